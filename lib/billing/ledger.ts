@@ -1,0 +1,213 @@
+import type { SupabaseClient } from '@supabase/supabase-js';
+import { z } from 'zod';
+import type { TokenUsage } from './token-buckets.ts';
+
+/** A call to a money function failed (bad input, missing privilege, unreachable database). */
+export class LedgerError extends Error {
+  override readonly name = 'LedgerError';
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly status: number,
+    readonly details: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+const priceSchema = z.record(z.string(), z.number().int().nullable());
+
+const authorizedSchema = z.object({
+  status: z.literal('authorized'),
+  replayed: z.boolean(),
+  request_id: z.string(),
+  event_status: z.string(),
+  account_id: z.string(),
+  api_key_id: z.string(),
+  model: z.object({ id: z.string(), provider: z.string(), upstream_model: z.string() }),
+  hold: z.number().int(),
+  max_input_tokens: z.number().int(),
+  max_output_tokens: z.number().int(),
+  price: priceSchema,
+  balance: z.number().int(),
+  held: z.number().int(),
+  available: z.number().int(),
+  key: z.object({ requests_per_minute: z.number().int().nullable(), max_concurrent: z.number().int().nullable() }),
+  plan: z.string(),
+});
+
+const refusedSchema = z
+  .object({
+    status: z.literal('refused'),
+    code: z.string(),
+    message: z.string(),
+    account_id: z.string().optional(),
+    required: z.number().int().optional(),
+    available: z.number().int().optional(),
+    limit: z.number().int().optional(),
+  });
+
+const authorizationSchema = z.discriminatedUnion('status', [authorizedSchema, refusedSchema]);
+
+const settlementSchema = z.object({
+  status: z.enum(['completed', 'aborted', 'failed', 'expired']),
+  replayed: z.boolean(),
+  request_id: z.string(),
+  account_id: z.string(),
+  hold: z.number().int(),
+  amount: z.number().int().nullable(),
+  charged: z.number().int().nullable(),
+  upstream_cost: z.number().int().nullable(),
+  usage_source: z.enum(['provider', 'tokenizer', 'estimate']).nullable(),
+  balance: z.number().int(),
+  held: z.number().int(),
+  available: z.number().int(),
+});
+
+const grantSchema = z.object({
+  replayed: z.boolean(),
+  entry_id: z.number().int(),
+  account_id: z.string(),
+  amount: z.number().int(),
+  balance: z.number().int(),
+});
+
+const createdKeySchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  prefix: z.string(),
+  key: z.string(),
+  expires_at: z.string().nullable(),
+  created_at: z.string(),
+});
+
+export type Authorization = z.infer<typeof authorizationSchema>;
+export type Authorized = z.infer<typeof authorizedSchema>;
+export type Refusal = z.infer<typeof refusedSchema>;
+export type Settlement = z.infer<typeof settlementSchema>;
+export type CreditGrant = z.infer<typeof grantSchema>;
+export type CreatedApiKey = z.infer<typeof createdKeySchema>;
+
+export interface AuthorizeRequestInput {
+  requestId: string;
+  keyHash: string;
+  model: string;
+  /** A strict upper bound on the request's input tokens (e.g. its UTF-8 byte count). */
+  maxInputTokens: number;
+  /** The output cap; omitted means the model's own maximum. */
+  maxOutputTokens?: number | undefined;
+  clientIp?: string | undefined;
+}
+
+export type RequestOutcome = 'completed' | 'aborted' | 'failed';
+export type UsageSource = 'provider' | 'tokenizer' | 'estimate';
+
+export interface SettleRequestInput {
+  requestId: string;
+  outcome: RequestOutcome;
+  usage: TokenUsage;
+  usageSource?: UsageSource | undefined;
+  error?: string | undefined;
+}
+
+export interface GrantCreditsInput {
+  accountId: string;
+  /** Micro-units; negative only with reason `adjustment`. */
+  amount: number;
+  reason?: 'grant' | 'adjustment';
+  /** Makes the grant idempotent: the same reason and reference post once. */
+  reference?: string;
+  note?: string;
+}
+
+async function callFunction<T>(
+  client: SupabaseClient,
+  name: string,
+  args: Record<string, unknown>,
+  schema: z.ZodType<T>,
+): Promise<T> {
+  const { data, error, status } = await client.rpc(name, args);
+  if (error) {
+    throw new LedgerError(error.message, error.code ?? 'unknown', status, error.details ?? null);
+  }
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) {
+    throw new LedgerError(`unexpected result from ${name}: ${parsed.error.message}`, 'invalid_result', status);
+  }
+  return parsed.data;
+}
+
+/** The money functions, for the gateway (a service-role client). */
+export function createLedger(serviceClient: SupabaseClient) {
+  return {
+    authorizeRequest(input: AuthorizeRequestInput): Promise<Authorization> {
+      return callFunction(
+        serviceClient,
+        'authorize_request',
+        {
+          p_request_id: input.requestId,
+          p_key_hash: input.keyHash,
+          p_model: input.model,
+          p_max_input_tokens: input.maxInputTokens,
+          p_max_output_tokens: input.maxOutputTokens ?? null,
+          p_client_ip: input.clientIp ?? null,
+        },
+        authorizationSchema,
+      );
+    },
+
+    settleRequest(input: SettleRequestInput): Promise<Settlement> {
+      return callFunction(
+        serviceClient,
+        'settle_request',
+        {
+          p_request_id: input.requestId,
+          p_outcome: input.outcome,
+          p_usage: input.usage,
+          p_usage_source: input.usageSource ?? null,
+          p_error: input.error ?? null,
+        },
+        settlementSchema,
+      );
+    },
+
+    grantCredits(input: GrantCreditsInput): Promise<CreditGrant> {
+      return callFunction(
+        serviceClient,
+        'grant_credits',
+        {
+          p_account_id: input.accountId,
+          p_amount: input.amount,
+          p_reason: input.reason ?? 'grant',
+          p_reference: input.reference ?? null,
+          p_note: input.note ?? null,
+        },
+        grantSchema,
+      );
+    },
+  };
+}
+
+export type Ledger = ReturnType<typeof createLedger>;
+
+/** Key management for a signed-in user (a client carrying the user's session). */
+export function createApiKeyManager(userClient: SupabaseClient) {
+  return {
+    createApiKey(name: string, expiresAt?: Date): Promise<CreatedApiKey> {
+      return callFunction(
+        userClient,
+        'create_api_key',
+        { p_name: name, p_expires_at: expiresAt?.toISOString() ?? null },
+        createdKeySchema,
+      );
+    },
+    revokeApiKey(keyId: string): Promise<{ id: string; revoked_at: string }> {
+      return callFunction(
+        userClient,
+        'revoke_api_key',
+        { p_key_id: keyId },
+        z.object({ id: z.string(), revoked_at: z.string() }),
+      );
+    },
+  };
+}

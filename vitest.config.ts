@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['tests/**/*.test.ts'],
+    globalSetup: ['tests/support/global-setup.ts'],
+    setupFiles: ['tests/support/check-invariants-after-each.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+  },
+});
