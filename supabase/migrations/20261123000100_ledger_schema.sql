@@ -326,7 +326,7 @@ grant select on public.accounts, public.api_keys, public.credit_ledger, public.u
 grant update (low_balance_threshold) on public.accounts to authenticated;
 
 grant select on all tables in schema public to service_role;
-grant insert, update, delete on public.models, public.credit_packs, public.billing_settings
-  to service_role;
+grant insert, update, delete on public.models, public.credit_packs to service_role;
+grant update on public.billing_settings to service_role;
 grant update (credit_limit, low_balance_threshold, plan) on public.accounts to service_role;
 grant update (delivered_at, delivery_status) on public.alerts to service_role;

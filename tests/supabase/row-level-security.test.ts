@@ -1,0 +1,234 @@
+import type { SupabaseClient } from '@supabase/supabase-js';
+import pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { admin, anonClient, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
+
+type Role = 'anon' | 'alice' | 'bob' | 'service';
+/** 'denied' is a privilege error (42501); a number is how many of Alice's rows were seen or touched. */
+type Outcome = 'denied' | number | `error:${string}`;
+
+const roles: Role[] = ['anon', 'alice', 'bob', 'service'];
+
+let alice: Customer;
+let bob: Customer;
+let clients: Record<Role, SupabaseClient>;
+let model: string;
+let packId: string;
+let eventId: string;
+
+beforeAll(async () => {
+  alice = await createCustomer({ balance: 1_000_000 });
+  bob = await createCustomer({ balance: 1_000_000 });
+  clients = { anon: anonClient(), alice: alice.client, bob: bob.client, service: serviceClient() };
+  model = await createModel({ input: 1_000_000, output: 1_000_000 }, { cost: { input: 500_000, output: 500_000 } });
+  const requestId = crypto.randomUUID();
+  await ledger.authorizeRequest({ requestId, keyHash: alice.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 });
+  await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 10, output: 10 }, usageSource: 'provider' });
+  await admin().query(`insert into public.alerts (account_id, kind, message) values ($1, 'low_balance', 'Balance is low.')`, [alice.accountId]);
+  const { rows: [pack] } = await admin().query(
+    `insert into public.credit_packs (name, stripe_payment_link_id, unit_amount, credits) values ('Ten', $1, 1000, 10000000) returning id`,
+    [`plink_${crypto.randomUUID()}`],
+  );
+  packId = pack.id;
+  eventId = `evt_${crypto.randomUUID()}`;
+  await admin().query(
+    `insert into public.stripe_events (id, type, account_id, status, payload) values ($1, 'checkout.session.completed', $2, 'credited', '{}')`,
+    [eventId, alice.accountId],
+  );
+});
+
+function outcomeOf(result: { data: unknown; error: { code?: string } | null }): Outcome {
+  if (result.error) return result.error.code === '42501' ? 'denied' : `error:${result.error.code}`;
+  return Array.isArray(result.data) ? result.data.length : 1;
+}
+
+interface TableCase {
+  table: string;
+  columns: string;
+  /** The column and value that pick Alice's row(s). */
+  match: () => [string, string];
+  insert: () => Record<string, unknown>;
+  update: Record<string, unknown>;
+  expected: Record<'select' | 'insert' | 'update' | 'delete', Record<Role, Outcome>>;
+}
+
+const nobody: Record<Role, Outcome> = { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' };
+const ownRows = (count: number): Record<Role, Outcome> => ({ anon: 'denied', alice: count, bob: 0, service: count });
+const serviceOnly = (count: number): Record<Role, Outcome> => ({ anon: 'denied', alice: 'denied', bob: 'denied', service: count });
+
+const tables: TableCase[] = [
+  {
+    table: 'accounts', columns: '*', match: () => ['id', alice.accountId],
+    insert: () => ({ user_id: alice.userId, balance: 1_000_000_000 }),
+    update: { balance: 1_000_000_000 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'api_keys', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ account_id: alice.accountId, name: 'x', prefix: 'tg_x', key_hash: '0'.repeat(64) }),
+    update: { revoked_at: null, spent: 0 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'credit_ledger', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ account_id: alice.accountId, amount: 1_000_000, balance_after: 0, reason: 'grant' }),
+    update: { amount: 1_000_000_000 },
+    // signup, the adjustment to 1,000,000, and one usage charge
+    expected: { select: ownRows(3), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'usage_events', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ request_id: 'x', account_id: alice.accountId, api_key_id: alice.apiKeyId, model_id: model, provider: 'openai', upstream_model: model, hold: 0, max_input_tokens: 0, max_output_tokens: 0, rates: {} }),
+    update: { charged: 0 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'alerts', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ account_id: alice.accountId, kind: 'x', message: 'x' }),
+    update: { delivery_status: 'delivered' },
+    expected: { select: ownRows(1), insert: nobody, update: serviceOnly(1), delete: nobody },
+  },
+  {
+    table: 'stripe_events', columns: '*', match: () => ['id', eventId],
+    insert: () => ({ id: `evt_${crypto.randomUUID()}`, type: 'x', status: 'x', payload: {} }),
+    update: { status: 'ignored' },
+    expected: { select: serviceOnly(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'billing_settings', columns: '*', match: () => ['id', 'true'],
+    insert: () => ({ id: true }),
+    update: { updated_at: new Date().toISOString() },
+    expected: { select: serviceOnly(1), insert: nobody, update: serviceOnly(1), delete: nobody },
+  },
+  {
+    table: 'credit_packs', columns: '*', match: () => ['id', packId],
+    insert: () => ({ name: 'Fifty', stripe_payment_link_id: `plink_${crypto.randomUUID()}`, unit_amount: 5000, credits: 55_000_000 }),
+    update: { active: true },
+    expected: {
+      select: { anon: 'denied', alice: 1, bob: 1, service: 1 },
+      insert: serviceOnly(1), update: serviceOnly(1), delete: serviceOnly(1),
+    },
+  },
+  {
+    // The public price list: anyone reads it, nobody writes through it.
+    table: 'model_prices', columns: '*', match: () => ['id', model],
+    insert: () => ({ id: 'x' }),
+    update: { price_input: 0 },
+    expected: { select: { anon: 1, alice: 1, bob: 1, service: 1 }, insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    // Prices are public; what the upstream charges us is not.
+    table: 'models', columns: 'id,provider,price_input,price_output', match: () => ['id', model],
+    insert: () => ({ id: `rls-${crypto.randomUUID()}`, provider: 'openai', upstream_model: 'x', max_output_tokens: 1 }),
+    update: { price_input: 1_000_000 },
+    expected: { select: { anon: 1, alice: 1, bob: 1, service: 1 }, insert: serviceOnly(1), update: serviceOnly(1), delete: serviceOnly(1) },
+  },
+];
+
+describe('row-level security and grants, table by table', () => {
+  for (const tableCase of tables) {
+    describe(tableCase.table, () => {
+      it.each(roles)('select as %s', async (role) => {
+        const [column, value] = tableCase.match();
+        const result = await clients[role].from(tableCase.table).select(tableCase.columns).eq(column, value);
+        expect(outcomeOf(result)).toBe(tableCase.expected.select[role]);
+      });
+
+      it.each(roles)('insert as %s', async (role) => {
+        const result = await clients[role].from(tableCase.table).insert(tableCase.insert()).select(tableCase.columns);
+        expect(outcomeOf(result)).toBe(tableCase.expected.insert[role]);
+      });
+
+      it.each(roles)('update as %s', async (role) => {
+        const [column, value] = tableCase.match();
+        const result = await clients[role].from(tableCase.table).update(tableCase.update).eq(column, value).select(tableCase.columns);
+        expect(outcomeOf(result)).toBe(tableCase.expected.update[role]);
+      });
+
+      it.each(roles)('delete as %s', async (role) => {
+        // Deletes aim at a throwaway row where one may succeed, and at Alice's otherwise.
+        let [column, value] = tableCase.match();
+        if (tableCase.table === 'models' && role === 'service') value = await createModel({ input: 1, output: 1 });
+        if (tableCase.table === 'credit_packs' && role === 'service') {
+          const { rows: [pack] } = await admin().query(
+            `insert into public.credit_packs (name, unit_amount, credits) values ('Throwaway', 100, 1) returning id`,
+          );
+          value = pack.id;
+        }
+        const result = await clients[role].from(tableCase.table).delete().eq(column, value).select(tableCase.columns);
+        expect(outcomeOf(result)).toBe(tableCase.expected.delete[role]);
+      });
+    });
+  }
+
+  it('users can set their own low-balance threshold, not anyone else\'s', async () => {
+    const own = await alice.client.from('accounts').update({ low_balance_threshold: 2_000_000 }).eq('id', alice.accountId).select('low_balance_threshold');
+    expect(own).toMatchObject({ error: null, data: [{ low_balance_threshold: 2_000_000 }] });
+    const other = await bob.client.from('accounts').update({ low_balance_threshold: 0 }).eq('id', alice.accountId).select('id');
+    expect(other).toMatchObject({ error: null, data: [] });
+    const { rows: [row] } = await admin().query('select low_balance_threshold from public.accounts where id = $1', [alice.accountId]);
+    expect(row.low_balance_threshold).toBe('2000000');
+  });
+
+  it('what the upstream charges us is hidden from everyone but the service role', async () => {
+    for (const role of ['anon', 'alice', 'bob'] as const) {
+      expect(outcomeOf(await clients[role].from('models').select('id,cost_input').eq('id', model))).toBe('denied');
+    }
+    expect(outcomeOf(await clients.service.from('models').select('id,cost_input').eq('id', model))).toBe(1);
+  });
+
+  it('even the tables\' owner cannot rewrite or delete the ledger', async () => {
+    const owner = new pg.Client({ connectionString: stack.databaseUrl });
+    await owner.connect();
+    try {
+      await expect(owner.query('update public.credit_ledger set amount = 1 where account_id = $1', [alice.accountId])).rejects.toThrow(/append-only/);
+      await expect(owner.query('delete from public.credit_ledger where account_id = $1', [alice.accountId])).rejects.toThrow(/append-only/);
+      await expect(owner.query('truncate public.credit_ledger cascade')).rejects.toThrow(/append-only/);
+    } finally {
+      await owner.end();
+    }
+  });
+});
+
+describe('functions: only the service role runs money functions', () => {
+  type FunctionCase = { name: string; args: () => Record<string, unknown>; expected: Record<Role, Outcome> };
+  const functions: FunctionCase[] = [
+    {
+      name: 'authorize_request',
+      args: () => ({ p_request_id: crypto.randomUUID(), p_key_hash: '0'.repeat(64), p_model: model, p_max_input_tokens: 1 }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
+      name: 'settle_request',
+      args: () => ({ p_request_id: 'unknown', p_outcome: 'completed' }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
+    },
+    {
+      name: 'grant_credits',
+      args: () => ({ p_account_id: alice.accountId, p_amount: 1 }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
+      name: 'create_api_key',
+      args: () => ({ p_name: 'matrix' }),
+      expected: { anon: 'denied', alice: 1, bob: 1, service: 'denied' },
+    },
+    {
+      name: 'revoke_api_key',
+      args: () => ({ p_key_id: crypto.randomUUID() }),
+      expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' },
+    },
+  ];
+
+  for (const functionCase of functions) {
+    it.each(roles)(`${functionCase.name} as %s`, async (role) => {
+      const result = await clients[role].rpc(functionCase.name, functionCase.args());
+      expect(outcomeOf(result)).toBe(functionCase.expected[role]);
+    });
+  }
+
+  it.each(roles)('the private helpers are not reachable through the API, as %s', async (role) => {
+    const result = await clients[role].rpc('post_ledger', { p_account_id: alice.accountId, p_amount: 1_000_000, p_reason: 'grant', p_reference: null });
+    expect(result.error?.code).toBe('PGRST202');
+  });
+});
