@@ -1,4 +1,3 @@
-import type { SupabaseClient } from '@supabase/supabase-js';
 import { z } from 'zod';
 import type { TokenUsage } from './token-buckets.ts';
 
@@ -28,6 +27,8 @@ const authorizedSchema = z.object({
   hold: z.number().int(),
   max_input_tokens: z.number().int(),
   max_output_tokens: z.number().int(),
+  output_capped: z.boolean(),
+  choices: z.number().int(),
   price: priceSchema,
   balance: z.number().int(),
   held: z.number().int(),
@@ -72,6 +73,28 @@ const grantSchema = z.object({
   balance: z.number().int(),
 });
 
+const keyOverviewSchema = z.discriminatedUnion('status', [
+  z.object({
+    status: z.literal('ok'),
+    account: z.object({
+      id: z.string(),
+      balance: z.number().int(),
+      held: z.number().int(),
+      credit_limit: z.number().int(),
+      available: z.number().int(),
+      plan: z.string(),
+    }),
+    key: z.object({
+      id: z.string(),
+      name: z.string(),
+      prefix: z.string(),
+      allowed_models: z.array(z.string()).nullable(),
+      expires_at: z.string().nullable(),
+    }),
+  }),
+  refusedSchema,
+]);
+
 const createdKeySchema = z.object({
   id: z.string(),
   name: z.string(),
@@ -87,6 +110,7 @@ export type Refusal = z.infer<typeof refusedSchema>;
 export type Settlement = z.infer<typeof settlementSchema>;
 export type CreditGrant = z.infer<typeof grantSchema>;
 export type CreatedApiKey = z.infer<typeof createdKeySchema>;
+export type KeyOverview = z.infer<typeof keyOverviewSchema>;
 
 export interface AuthorizeRequestInput {
   requestId: string;
@@ -97,6 +121,10 @@ export interface AuthorizeRequestInput {
   /** The output cap; omitted means the model's own maximum. */
   maxOutputTokens?: number | undefined;
   clientIp?: string | undefined;
+  /** Completions requested (`n`); the output bound is held once per choice. */
+  choices?: number | undefined;
+  /** When the caller set no output limit: hold what the balance affords instead of refusing. */
+  capOutput?: boolean | undefined;
 }
 
 export type RequestOutcome = 'completed' | 'aborted' | 'failed';
@@ -120,8 +148,19 @@ export interface GrantCreditsInput {
   note?: string;
 }
 
+/**
+ * What the ledger needs of a client: PostgREST's rpc. Both a supabase-js client
+ * and a bare postgrest-js client (the gateway's, no realtime or auth) fit.
+ */
+export interface RpcClient {
+  rpc(
+    name: string,
+    args: Record<string, unknown>,
+  ): PromiseLike<{ data: unknown; error: { message: string; code?: string; details?: string | null } | null; status: number }>;
+}
+
 async function callFunction<T>(
-  client: SupabaseClient,
+  client: RpcClient,
   name: string,
   args: Record<string, unknown>,
   schema: z.ZodType<T>,
@@ -138,7 +177,7 @@ async function callFunction<T>(
 }
 
 /** The money functions, for the gateway (a service-role client). */
-export function createLedger(serviceClient: SupabaseClient) {
+export function createLedger(serviceClient: RpcClient) {
   return {
     authorizeRequest(input: AuthorizeRequestInput): Promise<Authorization> {
       return callFunction(
@@ -151,6 +190,8 @@ export function createLedger(serviceClient: SupabaseClient) {
           p_max_input_tokens: input.maxInputTokens,
           p_max_output_tokens: input.maxOutputTokens ?? null,
           p_client_ip: input.clientIp ?? null,
+          p_choices: input.choices ?? 1,
+          p_cap_output: input.capOutput ?? false,
         },
         authorizationSchema,
       );
@@ -169,6 +210,10 @@ export function createLedger(serviceClient: SupabaseClient) {
         },
         settlementSchema,
       );
+    },
+
+    keyOverview(keyHash: string): Promise<KeyOverview> {
+      return callFunction(serviceClient, 'key_overview', { p_key_hash: keyHash }, keyOverviewSchema);
     },
 
     grantCredits(input: GrantCreditsInput): Promise<CreditGrant> {
@@ -191,7 +236,7 @@ export function createLedger(serviceClient: SupabaseClient) {
 export type Ledger = ReturnType<typeof createLedger>;
 
 /** Key management for a signed-in user (a client carrying the user's session). */
-export function createApiKeyManager(userClient: SupabaseClient) {
+export function createApiKeyManager(userClient: RpcClient) {
   return {
     createApiKey(name: string, expiresAt?: Date): Promise<CreatedApiKey> {
       return callFunction(

@@ -150,7 +150,7 @@ as
 select
   id, provider, display_name, max_output_tokens,
   price_input, price_cached_input, price_cache_write, price_cache_write_1h,
-  price_output, price_reasoning, price_image, price_audio
+  price_output, price_reasoning, price_image, price_audio, created_at
 from public.models
 where enabled and price_input is not null and price_output is not null;
 
@@ -209,6 +209,8 @@ create table public.usage_events (
   hold bigint not null,
   max_input_tokens bigint not null,
   max_output_tokens bigint not null,
+  choices integer not null default 1,
+  output_capped boolean not null default false,
   -- Effective price and cost per bucket, frozen when the hold was taken.
   rates jsonb not null,
   -- Token buckets are disjoint: output excludes reasoning, input excludes cached
@@ -317,7 +319,7 @@ create policy "Users can read their own alerts."
 grant select (
   id, provider, display_name, enabled, max_output_tokens,
   price_input, price_cached_input, price_cache_write, price_cache_write_1h,
-  price_output, price_reasoning, price_image, price_audio
+  price_output, price_reasoning, price_image, price_audio, created_at
 ) on public.models to anon, authenticated;
 grant select on public.model_prices to anon, authenticated, service_role;
 

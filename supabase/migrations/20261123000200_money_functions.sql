@@ -104,6 +104,26 @@ as $$
   from jsonb_each_text(p_usage) as u
 $$;
 
+-- The dearest rate an input-side token can be billed at, and an output-side one.
+create function private.max_input_rate(p_price jsonb)
+returns numeric
+language sql immutable
+set search_path = ''
+as $$
+  select greatest(
+    (p_price ->> 'input')::numeric, (p_price ->> 'cached_input')::numeric,
+    (p_price ->> 'cache_write')::numeric, (p_price ->> 'cache_write_1h')::numeric,
+    (p_price ->> 'image')::numeric, (p_price ->> 'audio')::numeric)
+$$;
+
+create function private.max_output_rate(p_price jsonb)
+returns numeric
+language sql immutable
+set search_path = ''
+as $$
+  select greatest((p_price ->> 'output')::numeric, (p_price ->> 'reasoning')::numeric)
+$$;
+
 -- Worst case of a request: every input token at the dearest input-side rate,
 -- every output token at the dearer of output and reasoning.
 create function private.worst_case_cost(p_price jsonb, p_max_input_tokens bigint, p_max_output_tokens bigint)
@@ -112,12 +132,8 @@ language sql immutable
 set search_path = ''
 as $$
   select ceil((
-    p_max_input_tokens::numeric * greatest(
-      (p_price ->> 'input')::numeric, (p_price ->> 'cached_input')::numeric,
-      (p_price ->> 'cache_write')::numeric, (p_price ->> 'cache_write_1h')::numeric,
-      (p_price ->> 'image')::numeric, (p_price ->> 'audio')::numeric)
-    + p_max_output_tokens::numeric * greatest(
-      (p_price ->> 'output')::numeric, (p_price ->> 'reasoning')::numeric)
+    p_max_input_tokens::numeric * private.max_input_rate(p_price)
+    + p_max_output_tokens::numeric * private.max_output_rate(p_price)
   ) / 1000000)::bigint
 $$;
 
@@ -218,6 +234,8 @@ as $$
     'hold', p_event.hold,
     'max_input_tokens', p_event.max_input_tokens,
     'max_output_tokens', p_event.max_output_tokens,
+    'output_capped', p_event.output_capped,
+    'choices', p_event.choices,
     'price', p_event.rates -> 'price',
     'balance', a.balance,
     'held', a.held,
@@ -238,7 +256,9 @@ create function public.authorize_request(
   p_model text,
   p_max_input_tokens bigint,
   p_max_output_tokens bigint default null,
-  p_client_ip inet default null
+  p_client_ip inet default null,
+  p_choices integer default 1,
+  p_cap_output boolean default false
 )
 returns jsonb
 language plpgsql
@@ -253,6 +273,9 @@ declare
   v_rates jsonb;
   v_max_output bigint;
   v_hold bigint;
+  v_affordable numeric;
+  v_capped boolean := false;
+  v_held boolean;
 begin
   if p_request_id is null or char_length(p_request_id) not between 1 and 128 then
     return private.refusal('invalid_request', 'request id must be 1 to 128 characters');
@@ -262,6 +285,9 @@ begin
   end if;
   if p_max_output_tokens is not null and p_max_output_tokens < 1 then
     return private.refusal('invalid_max_tokens', 'max output tokens must be at least 1');
+  end if;
+  if p_choices is null or p_choices not between 1 and 128 then
+    return private.refusal('invalid_request', 'the number of choices must be between 1 and 128');
   end if;
 
   select * into v_key from public.api_keys where key_hash = p_key_hash;
@@ -307,7 +333,7 @@ begin
       format('max output tokens %s is above the model''s limit of %s', v_max_output, v_model.max_output_tokens),
       jsonb_build_object('limit', v_model.max_output_tokens));
   end if;
-  v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output);
+  v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output * p_choices);
 
   begin
     -- The hold is taken by one conditional update: never read-then-write.
@@ -316,7 +342,30 @@ begin
      where id = v_key.account_id
        and balance - held + credit_limit >= v_hold
     returning * into v_account;
-    if not found then
+    v_held := found;
+    if not v_held and p_cap_output then
+      -- The caller set no output limit: offer the largest one the balance affords
+      -- after the worst case of the input. The conditional update still decides.
+      select * into v_account from public.accounts where id = v_key.account_id;
+      if private.max_output_rate(v_rates -> 'price') > 0 then
+        v_affordable := floor(
+          ((v_account.balance - v_account.held + v_account.credit_limit)::numeric * 1000000
+           - p_max_input_tokens::numeric * private.max_input_rate(v_rates -> 'price'))
+          / (private.max_output_rate(v_rates -> 'price') * p_choices));
+        if v_affordable >= 1 and v_affordable < v_max_output then
+          v_max_output := v_affordable::bigint;
+          v_capped := true;
+          v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output * p_choices);
+          update public.accounts
+             set held = held + v_hold, updated_at = now()
+           where id = v_key.account_id
+             and balance - held + credit_limit >= v_hold
+          returning * into v_account;
+          v_held := found;
+        end if;
+      end if;
+    end if;
+    if not v_held then
       select * into v_account from public.accounts where id = v_key.account_id;
       return private.refusal('insufficient_credits',
         format('Insufficient credits: this request may cost up to %s, %s is available.',
@@ -329,10 +378,10 @@ begin
 
     insert into public.usage_events (
       request_id, account_id, api_key_id, model_id, provider, upstream_model,
-      hold, max_input_tokens, max_output_tokens, rates)
+      hold, max_input_tokens, max_output_tokens, choices, output_capped, rates)
     values (
       p_request_id, v_key.account_id, v_key.id, v_model.id, v_model.provider, v_model.upstream_model,
-      v_hold, p_max_input_tokens, v_max_output, v_rates)
+      v_hold, p_max_input_tokens, v_max_output, p_choices, v_capped, v_rates)
     returning * into v_event;
   exception when unique_violation then
     -- The same request id was authorized concurrently: our hold is rolled back
@@ -576,16 +625,61 @@ begin
 end;
 $$;
 
+-- key_overview ----------------------------------------------------------------
+-- What a key may see of its own account (GET /v1/credits, GET /v1/models).
+-- Read-only; refuses unknown, revoked and expired keys like authorize_request.
+
+create function public.key_overview(p_key_hash text)
+returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_key public.api_keys;
+  v_account public.accounts;
+begin
+  select * into v_key from public.api_keys where key_hash = p_key_hash;
+  if not found then
+    return private.refusal('invalid_api_key', 'Invalid API key.');
+  end if;
+  if v_key.revoked_at is not null then
+    return private.refusal('api_key_revoked', 'This API key has been revoked.');
+  end if;
+  if v_key.expires_at is not null and v_key.expires_at <= now() then
+    return private.refusal('api_key_expired', 'This API key has expired.');
+  end if;
+  select * into v_account from public.accounts where id = v_key.account_id;
+  return jsonb_build_object(
+    'status', 'ok',
+    'account', jsonb_build_object(
+      'id', v_account.id,
+      'balance', v_account.balance,
+      'held', v_account.held,
+      'credit_limit', v_account.credit_limit,
+      'available', v_account.balance - v_account.held + v_account.credit_limit,
+      'plan', v_account.plan),
+    'key', jsonb_build_object(
+      'id', v_key.id,
+      'name', v_key.name,
+      'prefix', v_key.prefix,
+      'allowed_models', to_jsonb(v_key.allowed_models),
+      'expires_at', v_key.expires_at));
+end;
+$$;
+
 -- Grants ---------------------------------------------------------------------
 
-revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet) from public, anon, authenticated;
+revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean) from public, anon, authenticated;
 revoke all on function public.settle_request(text, text, jsonb, text, text) from public, anon, authenticated;
 revoke all on function public.grant_credits(uuid, bigint, text, text, text) from public, anon, authenticated;
 revoke all on function public.create_api_key(text, timestamptz) from public, anon, service_role;
 revoke all on function public.revoke_api_key(uuid) from public, anon, service_role;
 
-grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet) to service_role;
+grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean) to service_role;
 grant execute on function public.settle_request(text, text, jsonb, text, text) to service_role;
+revoke all on function public.key_overview(text) from public, anon, authenticated;
+grant execute on function public.key_overview(text) to service_role;
 grant execute on function public.grant_credits(uuid, bigint, text, text, text) to service_role;
 grant execute on function public.create_api_key(text, timestamptz) to authenticated;
 grant execute on function public.revoke_api_key(uuid) to authenticated;

@@ -204,6 +204,11 @@ describe('functions: only the service role runs money functions', () => {
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
     },
     {
+      name: 'key_overview',
+      args: () => ({ p_key_hash: '0'.repeat(64) }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
       name: 'grant_credits',
       args: () => ({ p_account_id: alice.accountId, p_amount: 1 }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },

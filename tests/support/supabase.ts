@@ -93,20 +93,24 @@ export interface ModelRates {
 let modelCounter = 0;
 
 /** A model with the given prices (micro-units per 1M tokens), private to the calling test. */
-export async function createModel(price: ModelRates, options: { maxOutputTokens?: number; cost?: Partial<ModelRates> } = {}): Promise<string> {
+export async function createModel(
+  price: ModelRates,
+  options: { maxOutputTokens?: number; cost?: Partial<ModelRates>; upstreamModel?: string; provider?: string } = {},
+): Promise<string> {
   const id = `test-model-${process.pid}-${Date.now()}-${modelCounter++}`;
   const { cost = {} } = options;
   await admin().query(
     `insert into public.models (id, provider, upstream_model, max_output_tokens,
        price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning, price_image, price_audio,
        cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h, cost_output, cost_reasoning, cost_image, cost_audio)
-     values ($1, 'openai', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+     values ($1, $19, $20, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
     [
       id, options.maxOutputTokens ?? 1000,
       price.input, price.cached_input ?? null, price.cache_write ?? null, price.cache_write_1h ?? null,
       price.output, price.reasoning ?? null, price.image ?? null, price.audio ?? null,
       cost.input ?? null, cost.cached_input ?? null, cost.cache_write ?? null, cost.cache_write_1h ?? null,
       cost.output ?? null, cost.reasoning ?? null, cost.image ?? null, cost.audio ?? null,
+      options.provider ?? 'openai', options.upstreamModel ?? id,
     ],
   );
   return id;

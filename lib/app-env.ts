@@ -1,0 +1,37 @@
+import type { Ledger } from './billing/ledger.ts';
+import type { Config } from './env.ts';
+
+export interface Services {
+  config: Config;
+  ledger: Ledger;
+  /** Reads the public price list (one PostgREST call). */
+  listModels: () => Promise<ModelPrice[]>;
+  /** Upstream calls go through this fetch. */
+  fetch: typeof fetch;
+  /** Keeps work (settlement) running after the response; Vercel's waitUntil in production. */
+  waitUntil: (promise: Promise<unknown>) => void;
+  log: (entry: Record<string, unknown>) => void;
+}
+
+export interface ModelPrice {
+  id: string;
+  provider: string;
+  display_name: string | null;
+  max_output_tokens: number;
+  price_input: number;
+  price_cached_input: number | null;
+  price_cache_write: number | null;
+  price_cache_write_1h: number | null;
+  price_output: number;
+  price_reasoning: number | null;
+  price_image: number | null;
+  price_audio: number | null;
+  created_at: string;
+}
+
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    services: Services;
+  };
+}

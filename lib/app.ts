@@ -1,0 +1,63 @@
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import type { AppEnv, Services } from './app-env.ts';
+import { GatewayError, renderError, type ErrorSurface } from './errors.ts';
+import { chatCompletions } from './routes/chat-completions.ts';
+import { embeddings } from './routes/embeddings.ts';
+import { credits, models } from './routes/account.ts';
+
+function surfaceOf(path: string): ErrorSurface {
+  if (path.startsWith('/v1/messages')) return 'anthropic';
+  if (path.startsWith('/v1beta')) return 'google';
+  return 'openai';
+}
+
+/** The gateway: one hono app for the edge, Node and tests alike. */
+export function createApp(services: Services): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.use(async function requestContext(c, next) {
+    const requestId = crypto.randomUUID();
+    c.set('requestId', requestId);
+    c.set('services', services);
+    await next();
+    c.res.headers.set('x-request-id', requestId);
+  });
+
+  app.use(
+    '/v1/*',
+    bodyLimit({
+      maxSize: services.config.MAX_BODY_BYTES,
+      onError: () => {
+        throw new GatewayError(413, 'request_too_large', `The request body is larger than ${services.config.MAX_BODY_BYTES} bytes.`);
+      },
+    }),
+  );
+
+  app.get('/health', (c) => c.json({ status: 'ok' }));
+  app.get('/v1/models', models);
+  app.get('/v1/credits', credits);
+  app.post('/v1/chat/completions', chatCompletions);
+  app.post('/v1/embeddings', embeddings);
+
+  app.notFound((c) => {
+    const error = new GatewayError(404, 'not_found', `No route for ${c.req.method} ${c.req.path}.`);
+    return c.json(renderError(error, surfaceOf(c.req.path)), 404);
+  });
+
+  app.onError(function renderGatewayError(error, c) {
+    const gatewayError =
+      error instanceof GatewayError
+        ? error
+        : new GatewayError(500, 'internal_error', 'The gateway failed to handle this request.');
+    if (!(error instanceof GatewayError)) {
+      services.log({ level: 'error', event: 'unhandled_error', requestId: c.var.requestId, error: String(error), stack: (error as Error).stack });
+    }
+    const response = c.json(renderError(gatewayError, surfaceOf(c.req.path)), gatewayError.status as 400);
+    for (const [name, value] of Object.entries(gatewayError.options.headers ?? {})) response.headers.set(name, value);
+    response.headers.set('x-request-id', c.var.requestId);
+    return response;
+  });
+
+  return app;
+}

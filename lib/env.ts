@@ -1,0 +1,79 @@
+import { z } from 'zod';
+
+const channelSchema = z.object({
+  provider: z.string().regex(/^[a-z0-9-]{1,32}$/, 'provider must be lower-case letters, digits and dashes'),
+  kind: z.enum(['openai', 'openai-compatible']).default('openai-compatible'),
+  baseUrl: z.url(),
+  apiKey: z.string().default(''),
+  priority: z.number().int().default(0),
+});
+
+export type ChannelConfig = z.infer<typeof channelSchema>;
+
+const optionalUrl = z.preprocess((value) => (value === '' ? undefined : value), z.url().optional());
+const optionalText = z.preprocess((value) => (value === '' ? undefined : value), z.string().optional());
+const positiveInteger = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+
+const environmentSchema = z.object({
+  SUPABASE_URL: z.url(),
+  SUPABASE_SERVICE_ROLE_KEY: z.string().min(1),
+  OPENAI_BASE_URL: z.url().default('https://api.openai.com/v1'),
+  OPENAI_API_KEY: optionalText,
+  ANTHROPIC_BASE_URL: z.url().default('https://api.anthropic.com'),
+  ANTHROPIC_API_KEY: optionalText,
+  GEMINI_BASE_URL: z.url().default('https://generativelanguage.googleapis.com'),
+  GEMINI_API_KEY: optionalText,
+  /** More upstream channels, as JSON: [{provider, kind, baseUrl, apiKey, priority}]. */
+  UPSTREAM_CHANNELS: z
+    .string()
+    .default('[]')
+    .transform((text, context) => {
+      try {
+        return JSON.parse(text) as unknown;
+      } catch {
+        context.addIssue({ code: 'custom', message: 'must be a JSON array of channels' });
+        return z.NEVER;
+      }
+    })
+    .pipe(z.array(channelSchema)),
+  /** A Stripe Payment Link (or any page) where customers buy credits. */
+  TOPUP_URL: optionalUrl,
+  MAX_BODY_BYTES: positiveInteger(4_000_000),
+  /** How long a stream waits for upstream headers before answering with its own. */
+  STREAM_HEADER_WAIT_MS: positiveInteger(1_000),
+  /** Interval of SSE comments while the upstream has not answered. */
+  STREAM_HEARTBEAT_MS: positiveInteger(10_000),
+  STRIPE_SECRET_KEY: optionalText,
+  STRIPE_WEBHOOK_SECRET: optionalText,
+  UPSTASH_REDIS_REST_URL: optionalUrl,
+  UPSTASH_REDIS_REST_TOKEN: optionalText,
+});
+
+export type Environment = z.infer<typeof environmentSchema>;
+
+export interface Config extends Environment {
+  /** Every upstream channel, by provider, highest priority first. */
+  channels: Map<string, ChannelConfig[]>;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Parses the environment once; a missing or malformed variable is an error that names it. */
+export function loadConfig(source: Record<string, string | undefined>): Config {
+  const parsed = environmentSchema.safeParse(source);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(environment)'}: ${issue.message}`);
+    throw new ConfigError(`Invalid environment: ${problems.join('; ')}`);
+  }
+  const environment = parsed.data;
+  const all: ChannelConfig[] = [
+    { provider: 'openai', kind: 'openai', baseUrl: environment.OPENAI_BASE_URL, apiKey: environment.OPENAI_API_KEY ?? '', priority: 0 },
+    ...environment.UPSTREAM_CHANNELS,
+  ];
+  const channels = new Map<string, ChannelConfig[]>();
+  for (const channel of all) channels.set(channel.provider, [...(channels.get(channel.provider) ?? []), channel]);
+  for (const list of channels.values()) list.sort((a, b) => b.priority - a.priority);
+  return { ...environment, channels };
+}

@@ -1,0 +1,107 @@
+import type { Refusal } from './billing/ledger.ts';
+
+export type ErrorSurface = 'openai' | 'anthropic' | 'google';
+
+/** The one error class of the gateway; `renderError` turns it into a response body. */
+export class GatewayError extends Error {
+  override readonly name = 'GatewayError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly options: { param?: string | null; extra?: Record<string, unknown>; headers?: Record<string, string> } = {},
+  ) {
+    super(message);
+  }
+}
+
+const openAITypes: Record<number, string> = {
+  400: 'invalid_request_error',
+  401: 'authentication_error',
+  402: 'insufficient_credits',
+  403: 'permission_error',
+  404: 'invalid_request_error',
+  409: 'invalid_request_error',
+  413: 'invalid_request_error',
+  429: 'rate_limit_error',
+};
+
+const anthropicTypes: Record<number, string> = {
+  400: 'invalid_request_error',
+  401: 'authentication_error',
+  402: 'billing_error',
+  403: 'permission_error',
+  404: 'not_found_error',
+  413: 'request_too_large',
+  429: 'rate_limit_error',
+};
+
+const googleStatuses: Record<number, string> = {
+  400: 'INVALID_ARGUMENT',
+  401: 'UNAUTHENTICATED',
+  402: 'FAILED_PRECONDITION',
+  403: 'PERMISSION_DENIED',
+  404: 'NOT_FOUND',
+  409: 'ABORTED',
+  413: 'INVALID_ARGUMENT',
+  429: 'RESOURCE_EXHAUSTED',
+};
+
+/** The error body in the caller's API shape. */
+export function renderError(error: GatewayError, surface: ErrorSurface): unknown {
+  if (surface === 'anthropic') {
+    return {
+      type: 'error',
+      error: { type: anthropicTypes[error.status] ?? 'api_error', message: error.message, code: error.code, ...error.options.extra },
+    };
+  }
+  if (surface === 'google') {
+    return {
+      error: { code: error.status, message: error.message, status: googleStatuses[error.status] ?? 'UNAVAILABLE', reason: error.code, ...error.options.extra },
+    };
+  }
+  return {
+    error: {
+      message: error.message,
+      type: openAITypes[error.status] ?? 'api_error',
+      code: error.code,
+      param: error.options.param ?? null,
+      ...error.options.extra,
+    },
+  };
+}
+
+const refusalStatus: Record<string, number> = {
+  invalid_api_key: 401,
+  api_key_revoked: 401,
+  api_key_expired: 401,
+  ip_not_allowed: 403,
+  model_not_allowed: 403,
+  model_not_found: 404,
+  model_not_priced: 404,
+  invalid_max_tokens: 400,
+  invalid_request: 400,
+  insufficient_credits: 402,
+  request_id_conflict: 409,
+};
+
+/** Builds a top-up link that carries the account to Stripe as client_reference_id. */
+export function topUpUrl(base: string | undefined, accountId: string | undefined): string | undefined {
+  if (!base || !accountId) return undefined;
+  const url = new URL(base);
+  url.searchParams.set('client_reference_id', accountId);
+  return url.toString();
+}
+
+/** A refusal of authorize_request as a gateway error. */
+export function refusalError(refusal: Refusal, topUpBase?: string): GatewayError {
+  const status = refusalStatus[refusal.code] ?? 400;
+  if (refusal.code === 'insufficient_credits') {
+    const url = topUpUrl(topUpBase, refusal.account_id);
+    return new GatewayError(402, refusal.code, url ? `${refusal.message} Top up at ${url}` : refusal.message, {
+      extra: { required: refusal.required, available: refusal.available, ...(url ? { top_up_url: url } : {}) },
+    });
+  }
+  const param = refusal.code === 'invalid_max_tokens' ? 'max_tokens' : refusal.code.startsWith('model_') ? 'model' : null;
+  return new GatewayError(status, refusal.code, refusal.message, { param });
+}

@@ -1,0 +1,108 @@
+import type { UpstreamResult } from './send-upstream.ts';
+import { GatewayError } from '../errors.ts';
+import { createSseEventSplitter } from '../metering/sse-event-splitter.ts';
+
+export type StreamEndReason = 'completed' | 'aborted' | 'failed';
+
+export interface MeteredStreamOptions {
+  upstream: Promise<UpstreamResult>;
+  upstreamAbort: AbortController;
+  processEvent: (event: string) => string | null;
+  /** An error as an SSE event in the caller's shape, for failures after the headers went out. */
+  errorEvent: (error: GatewayError) => string;
+  /** Send an SSE comment at once: the response is answering before the upstream has. */
+  announce: boolean;
+  heartbeatMs: number;
+  onEnd: (reason: StreamEndReason, error?: string) => void;
+}
+
+const encoder = new TextEncoder();
+const heartbeat = Symbol('heartbeat');
+
+/**
+ * The response body of a metered stream. Each upstream event is forwarded as
+ * received (or dropped, as processEvent decides). A plain ReadableStream rather
+ * than a pipeThrough chain, because a client going away must reach cancel(),
+ * which aborts the upstream call and settles as 'aborted'; a TransformStream
+ * has no such hook. onEnd runs exactly once.
+ */
+export function createMeteredStream(options: MeteredStreamOptions): ReadableStream<Uint8Array> {
+  const splitter = createSseEventSplitter();
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  let ended = false;
+
+  const end = (reason: StreamEndReason, error?: string) => {
+    if (ended) return;
+    ended = true;
+    options.onEnd(reason, error);
+  };
+
+  const fail = async (controller: ReadableStreamDefaultController<Uint8Array>, error: GatewayError) => {
+    controller.enqueue(encoder.encode(options.errorEvent(error)));
+    controller.close();
+    end('failed', error.message);
+  };
+
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (options.announce) controller.enqueue(encoder.encode(': waiting for the upstream\n\n'));
+    },
+
+    async pull(controller) {
+      if (!reader) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const tick = new Promise<typeof heartbeat>((resolve) => {
+          timer = setTimeout(() => resolve(heartbeat), options.heartbeatMs);
+        });
+        const result = await Promise.race([options.upstream, tick]);
+        clearTimeout(timer);
+        if (result === heartbeat) {
+          controller.enqueue(encoder.encode(': keep-alive\n\n'));
+          return;
+        }
+        if (!result.ok) return fail(controller, result.error);
+        const { response } = result;
+        if (!response.ok || !response.body) {
+          const text = await response.text().catch(() => '');
+          return fail(controller, new GatewayError(response.status, 'upstream_error', `The upstream answered HTTP ${response.status}: ${text.slice(0, 500)}`));
+        }
+        reader = response.body.getReader();
+      }
+
+      for (;;) {
+        let chunk: ReadableStreamReadResult<Uint8Array>;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          // The upstream died mid-stream: the client sees the connection drop, as it would have.
+          end('failed', `upstream stream broke: ${(error as Error).message}`);
+          controller.error(error);
+          return;
+        }
+        if (chunk.done) {
+          const rest = splitter.flush();
+          const tail = rest ? options.processEvent(rest) : null;
+          if (tail) controller.enqueue(encoder.encode(tail));
+          controller.close();
+          end('completed');
+          return;
+        }
+        const forwarded = splitter
+          .push(chunk.value)
+          .map(options.processEvent)
+          .filter((event): event is string => event !== null)
+          .join('');
+        if (forwarded) {
+          controller.enqueue(encoder.encode(forwarded));
+          return;
+        }
+      }
+    },
+
+    async cancel() {
+      options.upstreamAbort.abort();
+      end('aborted');
+      await reader?.cancel().catch(() => {});
+    },
+  });
+}

@@ -1,0 +1,63 @@
+import type { Context } from 'hono';
+import type { z } from 'zod';
+import type { AppEnv } from '../app-env.ts';
+import type { Authorized, AuthorizeRequestInput } from '../billing/ledger.ts';
+import { hashApiKey } from '../billing/hash-api-key.ts';
+import { GatewayError, refusalError } from '../errors.ts';
+
+const apiKeyFormat = /^tg_[A-Za-z0-9_-]{16,128}$/;
+
+/** The caller's key from any of the headers the supported SDKs send it in. */
+export function readApiKey(c: Context<AppEnv>): string {
+  const authorization = c.req.header('authorization');
+  const key =
+    (authorization?.match(/^Bearer\s+(.+)$/i)?.[1] ?? undefined) ??
+    c.req.header('x-api-key') ??
+    c.req.header('x-goog-api-key') ??
+    c.req.query('key');
+  if (!key) {
+    throw new GatewayError(401, 'missing_api_key', 'No API key was sent. Send it as "Authorization: Bearer <key>".');
+  }
+  // A key that cannot be one of ours costs no database round trip.
+  if (!apiKeyFormat.test(key.trim())) throw new GatewayError(401, 'invalid_api_key', 'Invalid API key.');
+  return key.trim();
+}
+
+export async function readKeyHash(c: Context<AppEnv>): Promise<string> {
+  return hashApiKey(readApiKey(c));
+}
+
+/** The JSON body, validated; unknown fields are kept as sent. */
+export async function readJsonBody<Schema extends z.ZodType>(c: Context<AppEnv>, schema: Schema): Promise<z.infer<Schema>> {
+  const text = await c.req.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new GatewayError(400, 'invalid_json', 'The request body is not valid JSON.');
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new GatewayError(400, 'invalid_request', 'The request body must be a JSON object.');
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const param = issue.path.map(String).join('.') || null;
+    const code = param === 'max_tokens' || param === 'max_completion_tokens' ? 'invalid_max_tokens' : param === 'model' ? 'invalid_model' : 'invalid_request';
+    throw new GatewayError(400, code, param ? `Invalid '${param}': ${issue.message}` : issue.message, { param });
+  }
+  return parsed.data;
+}
+
+export function clientIp(c: Context<AppEnv>): string | undefined {
+  const forwarded = c.req.header('x-forwarded-for')?.split(',')[0]?.trim() || c.req.header('x-real-ip');
+  return forwarded && /^[0-9a-fA-F.:]+$/.test(forwarded) ? forwarded : undefined;
+}
+
+/** The one database round trip before the upstream call. */
+export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>): Promise<Authorized> {
+  const { services, requestId } = c.var;
+  const result = await services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) });
+  if (result.status === 'refused') throw refusalError(result, services.config.TOPUP_URL);
+  return result;
+}

@@ -1,0 +1,57 @@
+import type { Context } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import { GatewayError, refusalError, topUpUrl } from '../errors.ts';
+import { readKeyHash } from '../gateway/request-helpers.ts';
+
+async function overview(c: Context<AppEnv>) {
+  const { services } = c.var;
+  const result = await services.ledger.keyOverview(await readKeyHash(c));
+  if (result.status === 'refused') throw refusalError(result);
+  return result;
+}
+
+/** GET /v1/credits: the key's account. Amounts are micro-units (1 USD = 1,000,000). */
+export async function credits(c: Context<AppEnv>): Promise<Response> {
+  const { account } = await overview(c);
+  return c.json({
+    object: 'credits',
+    account_id: account.id,
+    currency: 'usd',
+    unit: 'micro',
+    balance: account.balance,
+    held: account.held,
+    available: account.available,
+    credit_limit: account.credit_limit,
+    plan: account.plan,
+    top_up_url: topUpUrl(c.var.services.config.TOPUP_URL, account.id) ?? null,
+  });
+}
+
+/** GET /v1/models: the models this key may use, with their prices per 1M tokens in micro-units. */
+export async function models(c: Context<AppEnv>): Promise<Response> {
+  const [{ key }, list] = await Promise.all([overview(c), c.var.services.listModels()]);
+  const allowed = key.allowed_models ? new Set(key.allowed_models) : null;
+  const data = list
+    .filter((model) => !allowed || allowed.has(model.id))
+    .map((model) => ({
+      id: model.id,
+      object: 'model',
+      created: Math.floor(Date.parse(model.created_at) / 1000),
+      owned_by: model.provider,
+      max_output_tokens: model.max_output_tokens,
+      pricing: {
+        unit: 'micro-usd per 1M tokens',
+        input: model.price_input,
+        cached_input: model.price_cached_input ?? model.price_input,
+        cache_write: model.price_cache_write ?? model.price_input,
+        cache_write_1h: model.price_cache_write_1h ?? model.price_cache_write ?? model.price_input,
+        output: model.price_output,
+        reasoning: model.price_reasoning ?? model.price_output,
+      },
+    }));
+  return c.json({ object: 'list', data });
+}
+
+export function notFound(): never {
+  throw new GatewayError(404, 'not_found', 'There is no such route.');
+}

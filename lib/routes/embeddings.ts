@@ -1,0 +1,57 @@
+import type { Context } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import { GatewayError } from '../errors.ts';
+import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
+import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { countTokens } from '../metering/count-tokens.ts';
+import { convertOpenAIUsage } from '../providers/openai/convert-openai-usage.ts';
+import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
+import { boundEmbeddingInputTokens } from '../providers/openai/openai-input.ts';
+import { embeddingRequestSchema, embeddingResponseSchema, type EmbeddingRequest } from '../providers/openai/openai-wire.ts';
+import { channelsFor } from '../providers/registry.ts';
+
+async function countEmbeddingInput(request: EmbeddingRequest): Promise<number> {
+  const { input } = request;
+  if (typeof input === 'string') return countTokens([input]);
+  if (input.every((item) => typeof item === 'string')) return countTokens(input as string[]);
+  return boundEmbeddingInputTokens(request); // token arrays: their length is the count
+}
+
+export async function embeddings(c: Context<AppEnv>): Promise<Response> {
+  const { services, requestId } = c.var;
+  const keyHash = await readKeyHash(c);
+  const request = await readJsonBody(c, embeddingRequestSchema);
+  const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundEmbeddingInputTokens(request) });
+
+  const channels = channelsFor(services.config, authorization.model.provider, 'openai');
+  if (!channels) {
+    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {} }));
+    throw new GatewayError(400, 'unsupported_provider', `The model ${request.model} does not serve embeddings here.`, { param: 'model' });
+  }
+  const upstreamAbort = new AbortController();
+  c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
+  const result = await sendWithFailover(
+    channels,
+    (channel) => buildOpenAIRequest(channel, '/embeddings', { ...request, model: authorization.model.upstream_model }, false),
+    { fetch: services.fetch, signal: upstreamAbort.signal },
+  );
+  if (!result.ok) {
+    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: result.error.message }));
+    throw result.error;
+  }
+  const text = await result.response.text();
+  settleInBackground(services, async () => {
+    if (!result.response.ok) return { requestId, outcome: 'failed', usage: {}, error: `upstream HTTP ${result.response.status}` };
+    let usage;
+    try {
+      const parsed = embeddingResponseSchema.safeParse(JSON.parse(text));
+      usage = parsed.success ? parsed.data.usage : undefined;
+    } catch {
+      usage = undefined;
+    }
+    if (usage) return { requestId, outcome: 'completed', usage: convertOpenAIUsage(usage), usageSource: 'provider' };
+    return { requestId, outcome: 'completed', usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' };
+  });
+  return new Response(text, { status: result.response.status, headers: forwardableHeaders(result.response.headers) });
+}
