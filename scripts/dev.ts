@@ -1,12 +1,18 @@
-// `npm run dev`: the local Supabase stack with data kept in .local/, a demo
-// account with a demo API key, and .local/dev.json describing it all.
+// `npm run dev`: the local Supabase stack with data kept in .local/, the
+// `demo` upstream, the gateway on a local port, a demo account with a demo API
+// key, and .local/dev.json describing it all.
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createClient } from '@supabase/supabase-js';
+import { serve } from '@hono/node-server';
 import WebSocket from 'ws';
+import { createApp } from '../lib/app.ts';
 import { createApiKeyManager } from '../lib/billing/ledger.ts';
+import { createServices } from '../lib/create-services.ts';
+import { loadConfig } from '../lib/env.ts';
+import { startDemoUpstream } from './demo-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -42,7 +48,36 @@ async function main() {
     databasePort: Number(process.env.SUPABASE_DB_PORT ?? 54322),
   });
   const demo = await ensureDemo(stack);
+  const demoUpstream = await startDemoUpstream();
+
+  // The gateway reads its configuration as in production; the local stack and
+  // the demo upstream fill in what the shell does not set.
+  const config = loadConfig({
+    ...process.env,
+    SUPABASE_URL: stack.supabaseUrl,
+    SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    UPSTREAM_CHANNELS: JSON.stringify([
+      { provider: 'demo', kind: 'openai-compatible', baseUrl: demoUpstream.url },
+      ...JSON.parse(process.env.UPSTREAM_CHANNELS ?? '[]'),
+    ]),
+  });
+  const pending = new Set<Promise<unknown>>();
+  const services = createServices(config, {
+    waitUntil: (promise) => {
+      pending.add(promise);
+      void promise.finally(() => pending.delete(promise));
+    },
+  });
+  const gatewayPort = Number(process.env.GATEWAY_PORT ?? 8787);
+  const server = serve({ fetch: createApp(services).fetch, port: gatewayPort, hostname: '127.0.0.1' });
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', () => resolve());
+    server.once('error', reject);
+  });
+  const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
+
   const dev = {
+    gatewayUrl,
     supabaseUrl: stack.supabaseUrl,
     anonKey: stack.anonKey,
     serviceRoleKey: stack.serviceRoleKey,
@@ -52,18 +87,26 @@ async function main() {
   };
   await writeFile(join(localDir, 'dev.json'), JSON.stringify(dev, null, 2) + '\n');
 
+  console.log(`Gateway             ${gatewayUrl}`);
   console.log(`Local Supabase API  ${stack.supabaseUrl}/rest/v1`);
   console.log(`Database            ${stack.databaseUrl}`);
   console.log(`Demo user           ${demo.userId}`);
   console.log(`Demo API key        ${demo.apiKey}`);
-  console.log(`Everything above is in .local/dev.json. Press Ctrl-C to stop.`);
-  console.log('\nThe public price list, as anyone may read it:');
-  console.log(`  curl '${stack.supabaseUrl}/rest/v1/model_prices?select=id,price_input,price_output' -H 'apikey: ${stack.anonKey}'`);
+  console.log('Everything above is in .local/dev.json. Press Ctrl-C to stop.\n');
+  console.log('Ask the demo model (no provider key needed):');
+  console.log(`  curl ${gatewayUrl}/v1/chat/completions -H 'Authorization: Bearer ${demo.apiKey}' -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}]}'`);
+  console.log('See the balance fall (micro-dollars: 1 USD = 1,000,000):');
+  console.log(`  curl ${gatewayUrl}/v1/credits -H 'Authorization: Bearer ${demo.apiKey}'`);
+  console.log('With the OpenAI SDK (npm install openai), streaming:');
+  console.log(`  node --input-type=module -e "import OpenAI from 'openai'; const client = new OpenAI({ baseURL: '${gatewayUrl}/v1', apiKey: '${demo.apiKey}' }); const stream = await client.chat.completions.create({ model: 'demo', messages: [{ role: 'user', content: 'Hello!' }], stream: true }); for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? ''); console.log();"`);
 
   let stopping = false;
   const shutdown = async () => {
     if (stopping) return;
     stopping = true;
+    server.close();
+    await Promise.allSettled([...pending]);
+    await demoUpstream.close();
     await stack.stop();
     process.exit(0);
   };

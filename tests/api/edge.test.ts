@@ -1,0 +1,58 @@
+import { EdgeRuntime } from 'edge-runtime';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildEdgeBundle } from '../../scripts/build-edge.ts';
+import { readFixture, startFakeOpenAI, withoutUsage, type FakeOpenAI } from '../support/fake-openai.ts';
+import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
+
+// Vercel's edge limit for the Hobby plan: 1 MB after gzip.
+const edgeLimitBytes = 1024 * 1024;
+
+let fake: FakeOpenAI;
+
+beforeAll(async () => {
+  fake = await startFakeOpenAI();
+});
+
+afterAll(async () => {
+  await fake.close();
+});
+
+describe('the edge entry', () => {
+  it('bundles to at most 1 MB gzip, minified or not', async () => {
+    const minified = await buildEdgeBundle('esm', true);
+    const plain = await buildEdgeBundle('esm', false);
+    expect(minified.gzipBytes).toBeLessThanOrEqual(edgeLimitBytes);
+    expect(plain.gzipBytes).toBeLessThanOrEqual(edgeLimitBytes);
+  });
+
+  it('runs inside Vercel\'s edge-runtime VM and serves a streamed request there', async () => {
+    const { code } = await buildEdgeBundle('iife');
+    const environment = {
+      SUPABASE_URL: stack.supabaseUrl,
+      SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+      OPENAI_BASE_URL: `${fake.url}/v1`,
+    };
+    const runtime = new EdgeRuntime({
+      extend: (context) => Object.assign(context, { process: { env: environment } }),
+      initialCode: `${code}\naddEventListener('fetch', (event) => event.respondWith(tollgate.default(event.request)));`,
+    });
+    // Node built-ins do not exist in there: the bundle must not need them.
+    expect(runtime.evaluate('typeof require')).toBe('undefined');
+
+    const model = await createModel({ input: 1_000_000, output: 4_000_000 }, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await runtime.dispatchFetch('https://gateway.example/v1/chat/completions', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Say hello' }], stream: true }),
+    });
+    expect(response.status).toBe(200);
+    expect(await response.text()).toBe(withoutUsage(readFixture('chat-basic.chunks.txt')));
+    await response.waitUntil();
+
+    const requestId = response.headers.get('x-request-id');
+    await expect
+      .poll(async () => (await admin().query('select status, charged from public.usage_events where request_id = $1', [requestId])).rows[0], { timeout: 10_000 })
+      .toEqual({ status: 'completed', charged: '55' });
+  });
+});

@@ -1,0 +1,64 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+let gateway: Gateway;
+
+beforeAll(async () => {
+  gateway = await startGateway({ TOPUP_URL: 'https://buy.stripe.com/test_tollgate' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+});
+
+describe('GET /v1/models', () => {
+  it('lists the priced models with their prices, through the openai SDK', async () => {
+    const customer = await createCustomer();
+    const models = [];
+    for await (const model of gateway.openai(customer.apiKey).models.list()) models.push(model);
+    const ids = models.map((model) => model.id);
+    expect(ids).toContain('gpt-4o-mini');
+    expect(ids).toContain('demo');
+    expect(ids).not.toContain('unpriced-preview');
+    expect(models.find((model) => model.id === 'gpt-4o-mini')).toMatchObject({
+      object: 'model',
+      owned_by: 'openai',
+      pricing: { input: 180_000, cached_input: 90_000, output: 720_000 },
+    });
+  });
+
+  it('lists only the models a key is allowed', async () => {
+    const allowed = await createModel({ input: 1, output: 1 });
+    const customer = await createCustomer();
+    await admin().query('update public.api_keys set allowed_models = $2 where id = $1', [customer.apiKeyId, [allowed]]);
+    const page = await gateway.openai(customer.apiKey).models.list();
+    expect(page.data.map((model) => model.id)).toEqual([allowed]);
+  });
+
+  it('refuses a missing or unknown key', async () => {
+    expect((await fetch(`${gateway.url}/v1/models`)).status).toBe(401);
+    const response = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: 'Bearer tg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' } });
+    expect(response.status).toBe(401);
+    expect(await response.json()).toMatchObject({ error: { code: 'invalid_api_key' } });
+  });
+});
+
+describe('GET /v1/credits', () => {
+  it('shows the key\'s account: balance, held, available and where to top up', async () => {
+    const customer = await createCustomer({ balance: 2_500_000 });
+    const response = await fetch(`${gateway.url}/v1/credits`, { headers: { authorization: `Bearer ${customer.apiKey}` } });
+    expect(await response.json()).toEqual({
+      object: 'credits',
+      account_id: customer.accountId,
+      currency: 'usd',
+      unit: 'micro',
+      balance: 2_500_000,
+      held: 0,
+      available: 2_500_000,
+      credit_limit: 0,
+      plan: 'free',
+      top_up_url: `https://buy.stripe.com/test_tollgate?client_reference_id=${customer.accountId}`,
+    });
+  });
+});
