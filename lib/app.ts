@@ -5,6 +5,8 @@ import { GatewayError, renderError, type ErrorSurface } from './errors.ts';
 import { chatCompletions } from './routes/chat-completions.ts';
 import { embeddings } from './routes/embeddings.ts';
 import { credits, models } from './routes/account.ts';
+import { anthropicMessages } from './routes/anthropic-messages.ts';
+import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
 
 function surfaceOf(path: string): ErrorSurface {
   if (path.startsWith('/v1/messages')) return 'anthropic';
@@ -24,21 +26,22 @@ export function createApp(services: Services): Hono<AppEnv> {
     c.res.headers.set('x-request-id', requestId);
   });
 
-  app.use(
-    '/v1/*',
-    bodyLimit({
-      maxSize: services.config.MAX_BODY_BYTES,
-      onError: () => {
-        throw new GatewayError(413, 'request_too_large', `The request body is larger than ${services.config.MAX_BODY_BYTES} bytes.`);
-      },
-    }),
-  );
+  const limitBody = bodyLimit({
+    maxSize: services.config.MAX_BODY_BYTES,
+    onError: () => {
+      throw new GatewayError(413, 'request_too_large', `The request body is larger than ${services.config.MAX_BODY_BYTES} bytes.`);
+    },
+  });
+  app.use('/v1/*', limitBody);
+  app.use('/v1beta/*', limitBody);
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
   app.get('/v1/models', models);
   app.get('/v1/credits', credits);
   app.post('/v1/chat/completions', chatCompletions);
   app.post('/v1/embeddings', embeddings);
+  app.post('/v1/messages', anthropicMessages);
+  app.post('/v1beta/models/:target', geminiGenerateContent);
 
   app.notFound((c) => {
     const error = new GatewayError(404, 'not_found', `No route for ${c.req.method} ${c.req.path}.`);

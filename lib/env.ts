@@ -2,7 +2,7 @@ import { z } from 'zod';
 
 const channelSchema = z.object({
   provider: z.string().regex(/^[a-z0-9-]{1,32}$/, 'provider must be lower-case letters, digits and dashes'),
-  kind: z.enum(['openai', 'openai-compatible']).default('openai-compatible'),
+  kind: z.enum(['openai', 'openai-compatible', 'anthropic', 'google']).default('openai-compatible'),
   baseUrl: z.url(),
   apiKey: z.string().default(''),
   priority: z.number().int().default(0),
@@ -23,7 +23,7 @@ const environmentSchema = z.object({
   ANTHROPIC_API_KEY: optionalText,
   GEMINI_BASE_URL: z.url().default('https://generativelanguage.googleapis.com'),
   GEMINI_API_KEY: optionalText,
-  /** More upstream channels, as JSON: [{provider, kind, baseUrl, apiKey, priority}]. */
+  /** More upstream channels, as JSON: [{provider, kind, baseUrl, apiKey, priority}]; kind is the wire format. */
   UPSTREAM_CHANNELS: z
     .string()
     .default('[]')
@@ -70,6 +70,8 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   const environment = parsed.data;
   const all: ChannelConfig[] = [
     { provider: 'openai', kind: 'openai', baseUrl: environment.OPENAI_BASE_URL, apiKey: environment.OPENAI_API_KEY ?? '', priority: 0 },
+    { provider: 'anthropic', kind: 'anthropic', baseUrl: environment.ANTHROPIC_BASE_URL, apiKey: environment.ANTHROPIC_API_KEY ?? '', priority: 0 },
+    { provider: 'google', kind: 'google', baseUrl: environment.GEMINI_BASE_URL, apiKey: environment.GEMINI_API_KEY ?? '', priority: 0 },
     ...environment.UPSTREAM_CHANNELS,
   ];
   const channels = new Map<string, ChannelConfig[]>();

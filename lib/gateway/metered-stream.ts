@@ -8,6 +8,8 @@ export interface MeteredStreamOptions {
   upstream: Promise<UpstreamResult>;
   upstreamAbort: AbortController;
   processEvent: (event: string) => string | null;
+  /** Text to send after the upstream's last event. */
+  finish?: (() => string) | undefined;
   /** An error as an SSE event in the caller's shape, for failures after the headers went out. */
   errorEvent: (error: GatewayError) => string;
   /** Send an SSE comment at once: the response is answering before the upstream has. */
@@ -81,7 +83,7 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
         }
         if (chunk.done) {
           const rest = splitter.flush();
-          const tail = rest ? options.processEvent(rest) : null;
+          const tail = (rest ? options.processEvent(rest) ?? '' : '') + (options.finish?.() ?? '');
           if (tail) controller.enqueue(encoder.encode(tail));
           controller.close();
           end('completed');

@@ -1,0 +1,170 @@
+import type { Context } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import type { Authorized, RequestOutcome, SettleRequestInput } from '../billing/ledger.ts';
+import type { TokenUsage } from '../billing/token-buckets.ts';
+import type { ChannelConfig } from '../env.ts';
+import { GatewayError } from '../errors.ts';
+import { countTokens } from '../metering/count-tokens.ts';
+import { createMeteredStream } from './metered-stream.ts';
+import { forwardableHeaders, sendWithFailover, type UpstreamRequest, type UpstreamResult } from './send-upstream.ts';
+import { settleInBackground } from './settle-in-background.ts';
+
+/** Reads one upstream stream: what to send the client, and what to bill. */
+export interface StreamProcessor {
+  /** The text to send the client for one upstream event (translated or as is), or null for nothing. */
+  processEvent(event: string): string | null;
+  /** Text to send after the upstream's last event (a translation's closing events). */
+  finish?(): string;
+  /** The provider's final usage, normalized to buckets, once reported. */
+  usage(): TokenUsage | null;
+  /** The input buckets the provider reported before its final usage (Anthropic's message_start, Gemini's chunks). */
+  inputUsage?(): TokenUsage | null;
+  /** Output text that reached the gateway, for the tokenizer fallback. */
+  delivered(): string[];
+  /** An error the upstream reported inside the stream. */
+  error(): string | null;
+}
+
+export interface BodyResult {
+  /** The body for the client (translated or as is). */
+  body: string;
+  usage: TokenUsage | null;
+  delivered: string[];
+}
+
+export interface ProxyPlan {
+  channels: ChannelConfig[];
+  stream: boolean;
+  build: (channel: ChannelConfig) => UpstreamRequest;
+  createStreamProcessor: () => StreamProcessor;
+  /** Reads a successful non-streaming body. */
+  readBody: (text: string) => BodyResult;
+  /** An error inside a stream that has already started, in the caller's shape. */
+  errorEvent: (error: GatewayError) => string;
+  /** An upstream error response in the caller's shape; absent when caller and upstream speak the same format. */
+  translateError?: (status: number, text: string) => string;
+  /** The prompt's tokens, for the tokenizer fallback. */
+  countPrompt: () => Promise<{ tokens: number; estimated: boolean }>;
+  /** Extra response headers. */
+  headers?: Record<string, string>;
+}
+
+/**
+ * What a request is charged: the provider's usage when it reported it;
+ * otherwise the prompt and the output that reached the gateway, by the
+ * tokenizer; nothing at all when nothing was delivered.
+ */
+async function settlementFor(
+  requestId: string,
+  outcome: RequestOutcome,
+  usage: TokenUsage | null,
+  delivered: string[],
+  plan: ProxyPlan,
+  error?: string,
+  inputUsage?: TokenUsage | null,
+): Promise<SettleRequestInput> {
+  if (usage) return { requestId, outcome, usage, usageSource: 'provider', error };
+  if (delivered.length === 0) return { requestId, outcome, usage: {}, error };
+  const output = await countTokens(delivered);
+  // The provider already counted the input (with its cache buckets): only the output needs the tokenizer.
+  if (inputUsage) return { requestId, outcome, usage: { ...inputUsage, output, reasoning: 0 }, usageSource: 'tokenizer', error };
+  const prompt = await plan.countPrompt();
+  return { requestId, outcome, usage: { input: prompt.tokens, output }, usageSource: prompt.estimated ? 'estimate' : 'tokenizer', error };
+}
+
+/**
+ * Sends an authorized request upstream (with failover), answers the client and
+ * settles after the response. Shared by every route and wire format.
+ */
+export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan): Promise<Response> {
+  const { services, requestId } = c.var;
+  const upstreamAbort = new AbortController();
+  c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
+  const settle = (input: () => Promise<SettleRequestInput>) => settleInBackground(services, input);
+  // Nothing delivered: the hold is released, nothing is charged.
+  const release = (error: string) =>
+    settle(async () => ({ requestId, outcome: upstreamAbort.signal.aborted ? 'aborted' : 'failed', usage: {}, error }));
+
+  const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal });
+
+  const headersFor = (result: UpstreamResult & { ok: true }) => {
+    const headers = forwardableHeaders(result.response.headers);
+    if (authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
+    for (const [name, value] of Object.entries(plan.headers ?? {})) headers.set(name, value);
+    return headers;
+  };
+
+  const errorResponse = async (result: UpstreamResult & { ok: true }) => {
+    const text = await result.response.text().catch(() => '');
+    release(`upstream HTTP ${result.response.status}`);
+    const headers = headersFor(result);
+    if (!plan.translateError) return new Response(text, { status: result.response.status, headers });
+    headers.set('content-type', 'application/json');
+    return new Response(plan.translateError(result.response.status, text), { status: result.response.status, headers });
+  };
+
+  if (!plan.stream) {
+    const result = await upstream;
+    if (!result.ok) {
+      release(result.error.message);
+      throw result.error;
+    }
+    if (!result.response.ok) return errorResponse(result);
+    let text: string;
+    try {
+      text = await result.response.text();
+    } catch (error) {
+      release(`upstream body broke: ${String(error)}`);
+      throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
+    }
+    const read = plan.readBody(text);
+    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan));
+    const headers = headersFor(result);
+    if (plan.translateError) headers.set('content-type', 'application/json');
+    return new Response(read.body, { status: result.response.status, headers });
+  }
+
+  // Streams: wait briefly for the upstream's own headers; past that, answer at
+  // once with our own, so a slow upstream never hits the edge's first-byte deadline.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const early = await Promise.race([
+    upstream,
+    new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), services.config.STREAM_HEADER_WAIT_MS);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (early && !early.ok) {
+    release(early.error.message);
+    throw early.error;
+  }
+  if (early && !early.response.ok) return errorResponse(early);
+
+  const processor = plan.createStreamProcessor();
+  const body = createMeteredStream({
+    upstream,
+    upstreamAbort,
+    processEvent: processor.processEvent,
+    finish: processor.finish,
+    errorEvent: plan.errorEvent,
+    announce: early === null,
+    heartbeatMs: services.config.STREAM_HEARTBEAT_MS,
+    onEnd: (reason, error) =>
+      settle(() =>
+        settlementFor(
+          requestId,
+          reason === 'completed' && processor.error() ? 'failed' : reason,
+          processor.usage(),
+          processor.delivered(),
+          plan,
+          error ?? processor.error() ?? undefined,
+          processor.inputUsage?.(),
+        ),
+      ),
+  });
+  const headers = early ? headersFor(early) : new Headers(plan.headers);
+  if (!early && authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
+  headers.set('content-type', 'text/event-stream; charset=utf-8');
+  headers.set('cache-control', 'no-cache');
+  return new Response(body, { status: 200, headers });
+}

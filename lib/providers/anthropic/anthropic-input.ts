@@ -1,0 +1,46 @@
+import { countTokens, utf8Bytes } from '../../metering/count-tokens.ts';
+import { imageTokenBound, imageTokenEstimate } from '../openai/openai-input.ts';
+import type { MessagesRequest } from './anthropic-wire.ts';
+
+type Block = Record<string, unknown> & { type: string };
+
+function blockPieces(block: Block, texts: string[], counts: { images: number; opaque: number }) {
+  if (block.type === 'text' && typeof block.text === 'string') texts.push(block.text);
+  else if (block.type === 'image') counts.images += 1;
+  else if (block.type === 'tool_use') texts.push(String(block.name ?? ''), JSON.stringify(block.input ?? {}));
+  else if (block.type === 'tool_result') {
+    if (typeof block.content === 'string') texts.push(block.content);
+    else if (Array.isArray(block.content)) for (const inner of block.content as Block[]) blockPieces(inner, texts, counts);
+  } else if (block.type === 'thinking' && typeof block.thinking === 'string') texts.push(block.thinking);
+  else counts.opaque += utf8Bytes(JSON.stringify(block));
+}
+
+function promptPieces(request: MessagesRequest) {
+  const texts: string[] = [];
+  const counts = { images: 0, opaque: 0 };
+  if (typeof request.system === 'string') texts.push(request.system);
+  else for (const block of request.system ?? []) blockPieces(block as Block, texts, counts);
+  for (const message of request.messages) {
+    if (typeof message.content === 'string') texts.push(message.content);
+    else for (const block of message.content) blockPieces(block as Block, texts, counts);
+  }
+  if (request.tools) texts.push(JSON.stringify(request.tools));
+  return { texts, ...counts };
+}
+
+/** Per-message framing, a generous allowance for Anthropic's chat template. */
+const messageOverhead = 8;
+
+/** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image). */
+export function boundMessagesInputTokens(request: MessagesRequest): number {
+  const { texts, images, opaque } = promptPieces(request);
+  let bytes = opaque;
+  for (const text of texts) bytes += utf8Bytes(text);
+  return bytes + images * imageTokenBound + (request.messages.length + 1) * messageOverhead;
+}
+
+/** The prompt by the tokenizer, for when Anthropic reported no usage at all. */
+export async function countMessagesInputTokens(request: MessagesRequest): Promise<{ tokens: number; estimated: boolean }> {
+  const { texts, images, opaque } = promptPieces(request);
+  return { tokens: (await countTokens(texts)) + images * imageTokenEstimate + opaque, estimated: images > 0 || opaque > 0 };
+}

@@ -1,0 +1,71 @@
+import type { StreamProcessor } from '../../gateway/proxy.ts';
+import { sseData } from '../../metering/sse-event-splitter.ts';
+import { anthropicInputUsage, convertAnthropicUsage, mergeAnthropicUsage } from './convert-anthropic-usage.ts';
+import { anthropicStreamEventSchema, type AnthropicStreamEvent, type AnthropicUsage } from './anthropic-wire.ts';
+
+/** Reads Anthropic stream events: cumulative usage, delivered text, errors. */
+export function createAnthropicStreamReader() {
+  let usage: AnthropicUsage | null = null;
+  let final = false;
+  let error: string | null = null;
+  const delivered: string[] = [];
+
+  return {
+    /** Parses one SSE event; null when it carries no Anthropic event. */
+    read(event: string): AnthropicStreamEvent | null {
+      const data = sseData(event);
+      if (data === null) return null;
+      let json: unknown;
+      try {
+        json = JSON.parse(data);
+      } catch {
+        return null;
+      }
+      const parsed = anthropicStreamEventSchema.safeParse(json);
+      if (!parsed.success) return null;
+      const streamEvent = parsed.data;
+      switch (streamEvent.type) {
+        case 'message_start':
+          if (streamEvent.message?.usage) usage = mergeAnthropicUsage(usage, streamEvent.message.usage);
+          break;
+        case 'content_block_start':
+          if (streamEvent.content_block?.type === 'tool_use' && streamEvent.content_block.name) delivered.push(streamEvent.content_block.name);
+          if (streamEvent.content_block?.text) delivered.push(streamEvent.content_block.text);
+          break;
+        case 'content_block_delta': {
+          const delta = streamEvent.delta;
+          const text = delta?.text ?? delta?.partial_json ?? delta?.thinking;
+          if (text) delivered.push(text);
+          break;
+        }
+        case 'message_delta':
+          if (streamEvent.usage) usage = mergeAnthropicUsage(usage, streamEvent.usage);
+          final = true;
+          break;
+        case 'error':
+          error = streamEvent.error?.message ?? 'upstream error event';
+          break;
+      }
+      return streamEvent;
+    },
+    usage: () => (final && usage ? convertAnthropicUsage(usage) : null),
+    inputUsage: () => (usage ? anthropicInputUsage(usage) : null),
+    delivered: () => delivered,
+    error: () => error,
+  };
+}
+
+/** Native /v1/messages streams: forwarded as received, metered on the way. */
+export function createAnthropicStreamMeter(): StreamProcessor {
+  const reader = createAnthropicStreamReader();
+  return {
+    processEvent: (event) => {
+      reader.read(event);
+      return event;
+    },
+    usage: reader.usage,
+    inputUsage: reader.inputUsage,
+    delivered: reader.delivered,
+    error: reader.error,
+  };
+}

@@ -1,0 +1,73 @@
+import { z } from 'zod';
+
+// Minimal wire schemas for Anthropic's Messages API: only the fields read here.
+
+const blockSchema = z.looseObject({ type: z.string() });
+
+export const messagesRequestSchema = z.looseObject({
+  model: z.string().min(1).max(128),
+  max_tokens: z.number().int().min(1).max(10_000_000),
+  messages: z
+    .array(z.looseObject({ role: z.enum(['user', 'assistant']), content: z.union([z.string(), z.array(blockSchema)]) }))
+    .min(1),
+  system: z.union([z.string(), z.array(blockSchema)]).nullish(),
+  stream: z.boolean().nullish(),
+  tools: z.array(z.unknown()).nullish(),
+});
+
+export type MessagesRequest = z.infer<typeof messagesRequestSchema>;
+
+export const anthropicUsageSchema = z.looseObject({
+  input_tokens: z.number().int().nullish(),
+  output_tokens: z.number().int().nullish(),
+  cache_creation_input_tokens: z.number().int().nullish(),
+  cache_read_input_tokens: z.number().int().nullish(),
+  cache_creation: z
+    .looseObject({
+      ephemeral_5m_input_tokens: z.number().int().nullish(),
+      ephemeral_1h_input_tokens: z.number().int().nullish(),
+    })
+    .nullish(),
+  output_tokens_details: z.looseObject({ thinking_tokens: z.number().int().nullish() }).nullish(),
+});
+
+export type AnthropicUsage = z.infer<typeof anthropicUsageSchema>;
+
+const contentBlockSchema = z.looseObject({
+  type: z.string(),
+  text: z.string().nullish(),
+  thinking: z.string().nullish(),
+  id: z.string().nullish(),
+  name: z.string().nullish(),
+  input: z.unknown().optional(),
+});
+
+export const anthropicMessageSchema = z.looseObject({
+  id: z.string().nullish(),
+  model: z.string().nullish(),
+  content: z.array(contentBlockSchema).nullish(),
+  stop_reason: z.string().nullish(),
+  usage: anthropicUsageSchema.nullish(),
+});
+
+export type AnthropicMessage = z.infer<typeof anthropicMessageSchema>;
+
+export const anthropicStreamEventSchema = z.looseObject({
+  type: z.string(),
+  message: anthropicMessageSchema.nullish(),
+  index: z.number().int().nullish(),
+  content_block: contentBlockSchema.nullish(),
+  delta: z
+    .looseObject({
+      type: z.string().nullish(),
+      text: z.string().nullish(),
+      partial_json: z.string().nullish(),
+      thinking: z.string().nullish(),
+      stop_reason: z.string().nullish(),
+    })
+    .nullish(),
+  usage: anthropicUsageSchema.nullish(),
+  error: z.looseObject({ type: z.string().nullish(), message: z.string().nullish() }).nullish(),
+});
+
+export type AnthropicStreamEvent = z.infer<typeof anthropicStreamEventSchema>;

@@ -1,0 +1,40 @@
+import type { TokenUsage } from '../../billing/token-buckets.ts';
+import type { AnthropicUsage } from './anthropic-wire.ts';
+
+/**
+ * Anthropic's input_tokens exclude cache reads and writes; cache writes are
+ * split into 5-minute and 1-hour writes when `cache_creation` is present
+ * (https://docs.anthropic.com/en/api/messages). Thinking tokens are part of
+ * output_tokens and are moved to the reasoning bucket.
+ */
+export function convertAnthropicUsage(usage: AnthropicUsage): TokenUsage {
+  const atLeastZero = (count: number) => Math.max(0, count);
+  const cacheWrites = usage.cache_creation_input_tokens ?? 0;
+  const oneHour = usage.cache_creation?.ephemeral_1h_input_tokens ?? 0;
+  const fiveMinutes = usage.cache_creation?.ephemeral_5m_input_tokens ?? cacheWrites - oneHour;
+  const output = usage.output_tokens ?? 0;
+  const thinking = usage.output_tokens_details?.thinking_tokens ?? 0;
+  return {
+    input: atLeastZero(usage.input_tokens ?? 0),
+    cached_input: atLeastZero(usage.cache_read_input_tokens ?? 0),
+    cache_write: atLeastZero(fiveMinutes),
+    cache_write_1h: atLeastZero(oneHour),
+    output: atLeastZero(output - thinking),
+    reasoning: atLeastZero(thinking),
+  };
+}
+
+/** message_delta usage is cumulative: its fields replace those of message_start, they are not added. */
+export function mergeAnthropicUsage(current: AnthropicUsage | null, update: AnthropicUsage): AnthropicUsage {
+  const merged: AnthropicUsage = { ...(current ?? {}) };
+  for (const [field, value] of Object.entries(update)) {
+    if (value !== null && value !== undefined) (merged as Record<string, unknown>)[field] = value;
+  }
+  return merged;
+}
+
+/** The input side only, as known from message_start. */
+export function anthropicInputUsage(usage: AnthropicUsage): TokenUsage {
+  const { output: _output, reasoning: _reasoning, ...input } = convertAnthropicUsage(usage);
+  return input;
+}

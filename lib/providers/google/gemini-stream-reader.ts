@@ -1,0 +1,71 @@
+import type { StreamProcessor } from '../../gateway/proxy.ts';
+import { sseData } from '../../metering/sse-event-splitter.ts';
+import { convertGeminiUsage, geminiInputUsage } from './convert-gemini-usage.ts';
+import { generateContentResponseSchema, type GenerateContentResponse, type UsageMetadata } from './gemini-wire.ts';
+
+/** The output text of a response (thoughts included: they are billed output). */
+export function geminiDelivered(response: GenerateContentResponse): string[] {
+  const delivered: string[] = [];
+  for (const candidate of response.candidates ?? []) {
+    for (const part of candidate.content?.parts ?? []) {
+      if (part.text) delivered.push(part.text);
+      if (part.functionCall) delivered.push(part.functionCall.name ?? '', JSON.stringify(part.functionCall.args ?? {}));
+    }
+  }
+  return delivered;
+}
+
+/**
+ * Reads Gemini stream chunks. Each chunk's usageMetadata is the running total,
+ * so the last one counts; it is final once a candidate has a finishReason.
+ */
+export function createGeminiStreamReader() {
+  let usage: UsageMetadata | null = null;
+  let final = false;
+  let error: string | null = null;
+  const delivered: string[] = [];
+
+  return {
+    read(event: string): GenerateContentResponse | null {
+      const data = sseData(event);
+      if (data === null) return null;
+      let json: unknown;
+      try {
+        json = JSON.parse(data);
+      } catch {
+        return null;
+      }
+      const upstreamError = (json as { error?: { message?: unknown } } | null)?.error;
+      if (upstreamError) {
+        error = typeof upstreamError.message === 'string' ? upstreamError.message : 'upstream error';
+        return null;
+      }
+      const parsed = generateContentResponseSchema.safeParse(json);
+      if (!parsed.success) return null;
+      const chunk = parsed.data;
+      if (chunk.usageMetadata) usage = chunk.usageMetadata;
+      if (chunk.candidates?.some((candidate) => candidate.finishReason)) final = true;
+      delivered.push(...geminiDelivered(chunk));
+      return chunk;
+    },
+    usage: () => (final && usage ? convertGeminiUsage(usage) : null),
+    inputUsage: () => (usage ? geminiInputUsage(usage) : null),
+    delivered: () => delivered,
+    error: () => error,
+  };
+}
+
+/** Native streamGenerateContent: forwarded as received, metered on the way. */
+export function createGeminiStreamMeter(): StreamProcessor {
+  const reader = createGeminiStreamReader();
+  return {
+    processEvent: (event) => {
+      reader.read(event);
+      return event;
+    },
+    usage: reader.usage,
+    inputUsage: reader.inputUsage,
+    delivered: reader.delivered,
+    error: reader.error,
+  };
+}

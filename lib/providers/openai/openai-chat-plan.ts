@@ -1,0 +1,63 @@
+import type { Authorized } from '../../billing/ledger.ts';
+import type { ChannelConfig } from '../../env.ts';
+import type { ProxyPlan, StreamProcessor } from '../../gateway/proxy.ts';
+import { convertOpenAIUsage } from './convert-openai-usage.ts';
+import { buildOpenAIRequest, openAIErrorEvent, outputCapField } from './openai-adaptor.ts';
+import { createOpenAIChatMeter } from './openai-chat-meter.ts';
+import { countChatInputTokens } from './openai-input.ts';
+import { chatCompletionSchema, type ChatCompletionRequest } from './openai-wire.ts';
+
+/** The output text of a non-streaming chat completion. */
+export function completionText(text: string): { completion: ReturnType<typeof chatCompletionSchema.safeParse>['data']; delivered: string[] } {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return { completion: undefined, delivered: [] };
+  }
+  const parsed = chatCompletionSchema.safeParse(json);
+  const completion = parsed.success ? parsed.data : undefined;
+  const delivered: string[] = [];
+  for (const choice of completion?.choices ?? []) {
+    if (choice.message?.content) delivered.push(choice.message.content);
+    if (choice.message?.refusal) delivered.push(choice.message.refusal);
+    for (const call of choice.message?.tool_calls ?? []) {
+      if (call.function?.name) delivered.push(call.function.name);
+      if (call.function?.arguments) delivered.push(call.function.arguments);
+    }
+  }
+  return { completion, delivered };
+}
+
+/** OpenAI-format chat to an OpenAI or OpenAI-compatible upstream: forwarded as is, metered. */
+export function openAIChatPlan(request: ChatCompletionRequest, authorization: Authorized, channels: ChannelConfig[]): ProxyPlan {
+  const stream = request.stream === true;
+  return {
+    channels,
+    stream,
+    build: (channel) => {
+      const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
+      if (stream) body.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
+      if (authorization.output_capped) body[outputCapField(channel)] = authorization.max_output_tokens;
+      return buildOpenAIRequest(channel, '/chat/completions', body, stream);
+    },
+    createStreamProcessor: (): StreamProcessor => {
+      const meter = createOpenAIChatMeter({ clientWantsUsage: request.stream_options?.include_usage === true });
+      return {
+        processEvent: meter.processEvent,
+        usage: () => {
+          const usage = meter.usage();
+          return usage ? convertOpenAIUsage(usage) : null;
+        },
+        delivered: meter.delivered,
+        error: meter.error,
+      };
+    },
+    readBody: (text) => {
+      const { completion, delivered } = completionText(text);
+      return { body: text, usage: completion?.usage ? convertOpenAIUsage(completion.usage) : null, delivered };
+    },
+    errorEvent: (error) => openAIErrorEvent(error.message, error.code),
+    countPrompt: () => countChatInputTokens(request),
+  };
+}

@@ -1,0 +1,70 @@
+import type { Context } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import { GatewayError } from '../errors.ts';
+import { proxyMetered } from '../gateway/proxy.ts';
+import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
+import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
+import { createGeminiStreamMeter, geminiDelivered } from '../providers/google/gemini-stream-reader.ts';
+import { generateContentRequestSchema, generateContentResponseSchema } from '../providers/google/gemini-wire.ts';
+import { convertGeminiUsage } from '../providers/google/convert-gemini-usage.ts';
+import { channelsFor } from '../providers/registry.ts';
+
+/** POST /v1beta/models/{model}:generateContent and :streamGenerateContent (SSE), native, for Gemini models. */
+export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Response> {
+  const { services, requestId } = c.var;
+  const target = decodeURIComponent(c.req.param('target') ?? '');
+  const separator = target.lastIndexOf(':');
+  const model = target.slice(0, separator);
+  const method = target.slice(separator + 1);
+  if (separator < 1 || (method !== 'generateContent' && method !== 'streamGenerateContent')) {
+    throw new GatewayError(404, 'not_found', `No route for ${c.req.path}: expected models/{model}:generateContent or :streamGenerateContent.`);
+  }
+  const stream = method === 'streamGenerateContent';
+  if (stream && c.req.query('alt') !== 'sse') {
+    throw new GatewayError(400, 'invalid_request', 'streamGenerateContent is served as server-sent events only: add ?alt=sse.');
+  }
+  const keyHash = await readKeyHash(c);
+  const request = await readJsonBody(c, generateContentRequestSchema);
+  const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
+  const authorization = await authorize(c, {
+    keyHash,
+    model,
+    maxInputTokens: boundGeminiInputTokens(request),
+    maxOutputTokens: requestedCap,
+    choices: request.generationConfig?.candidateCount ?? 1,
+    capOutput: requestedCap === undefined,
+  });
+
+  const channels = channelsFor(services.config, authorization.model.provider, 'google');
+  if (!channels) {
+    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: 'not a Gemini model' }));
+    throw new GatewayError(400, 'unsupported_provider', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`);
+  }
+  const body = authorization.output_capped
+    ? { ...request, generationConfig: { ...request.generationConfig, maxOutputTokens: authorization.max_output_tokens } }
+    : request;
+  return proxyMetered(c, authorization, {
+    channels,
+    stream,
+    build: (channel) => buildGeminiRequest(channel, authorization.model.upstream_model, body, stream),
+    createStreamProcessor: createGeminiStreamMeter,
+    readBody: (text) => {
+      let parsed;
+      try {
+        parsed = generateContentResponseSchema.safeParse(JSON.parse(text));
+      } catch {
+        parsed = undefined;
+      }
+      const response = parsed?.success ? parsed.data : undefined;
+      return {
+        body: text,
+        usage: response?.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null,
+        delivered: response ? geminiDelivered(response) : [],
+      };
+    },
+    errorEvent: (error) => geminiErrorEvent(error.status, error.message),
+    countPrompt: () => countGeminiInputTokens(request),
+  });
+}
