@@ -1,16 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../lib/billing/ledger.ts';
-import { startFakeOpenAI, type FakeOpenAI } from './support/fake-openai.ts';
+import { startFakeUpstream, type FakeUpstream } from './support/fake-upstream.ts';
 import { startGateway, type Gateway } from './support/gateway.ts';
 import { admin, createCustomer, createModel, type Customer } from './support/supabase.ts';
 
-let fake: FakeOpenAI;
+let fake: FakeUpstream;
 let gateway: Gateway;
 let customer: Customer;
 let model: string;
 
 beforeAll(async () => {
-  fake = await startFakeOpenAI();
+  fake = await startFakeUpstream();
   gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, MAX_BODY_BYTES: '20000', TOPUP_URL: 'https://buy.stripe.com/test_tollgate' });
   customer = await createCustomer({ balance: 1_000_000 });
   model = await createModel({ input: 1_000_000, output: 1_000_000 }, { upstreamModel: 'chat-basic', maxOutputTokens: 1000 });

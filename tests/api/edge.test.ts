@@ -1,16 +1,16 @@
 import { EdgeRuntime } from 'edge-runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEdgeBundle } from '../../scripts/build-edge.ts';
-import { readFixture, startFakeOpenAI, withoutUsage, type FakeOpenAI } from '../support/fake-openai.ts';
+import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
 
 // Vercel's edge limit for the Hobby plan: 1 MB after gzip.
 const edgeLimitBytes = 1024 * 1024;
 
-let fake: FakeOpenAI;
+let fake: FakeUpstream;
 
 beforeAll(async () => {
-  fake = await startFakeOpenAI();
+  fake = await startFakeUpstream();
 });
 
 afterAll(async () => {

@@ -1,17 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getEncoding } from 'js-tiktoken';
-import { readFixture, splitEvents, startFakeOpenAI, withoutUsage, type FakeOpenAI } from '../support/fake-openai.ts';
+import { readFixture, splitEvents, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
 
-let fake: FakeOpenAI;
+let fake: FakeUpstream;
 let gateway: Gateway;
 
 // $1 / $4 per 1M input / output tokens, cached input $0.10, reasoning at the output price.
 const price = { input: 1_000_000, cached_input: 100_000, output: 4_000_000 };
 
 beforeAll(async () => {
-  fake = await startFakeOpenAI();
+  fake = await startFakeUpstream();
   gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, OPENAI_API_KEY: 'sk-upstream' });
 });
 
@@ -232,7 +232,7 @@ describe('channels and failover', () => {
   let deadPort: number;
 
   beforeAll(async () => {
-    const probe = await startFakeOpenAI();
+    const probe = await startFakeUpstream();
     deadPort = Number(new URL(probe.url).port);
     await probe.close();
   });
@@ -242,7 +242,7 @@ describe('channels and failover', () => {
   });
 
   it('connection refused, then HTTP 500, then a working channel: served by the third, charged once', async () => {
-    const broken = await startFakeOpenAI();
+    const broken = await startFakeUpstream();
     broken.scenarios.set('chat-basic', { fixture: 'chat-basic', status: 500 });
     failover = await startGateway({
       OPENAI_BASE_URL: `http://127.0.0.1:${deadPort}/v1`,

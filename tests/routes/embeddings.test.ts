@@ -1,13 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeOpenAI, type FakeOpenAI } from '../support/fake-openai.ts';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
 
-let fake: FakeOpenAI;
+let fake: FakeUpstream;
 let gateway: Gateway;
 
 beforeAll(async () => {
-  fake = await startFakeOpenAI();
+  fake = await startFakeUpstream();
   gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1` });
 });
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createOpenAIChatMeter } from '../../../../lib/providers/openai/openai-chat-meter.ts';
-import { readFixture, splitEvents, withoutUsage } from '../../../support/fake-openai.ts';
+import { readFixture, splitEvents, withoutUsage } from '../../../support/fake-upstream.ts';
 
 describe('createOpenAIChatMeter', () => {
   it('finds the usage and the delivered text, and strips the forced usage for clients that did not ask', () => {

@@ -3,10 +3,26 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-const fixtureDir = join(import.meta.dirname, '../fixtures/openai');
+export type Provider = 'openai' | 'anthropic' | 'google';
 
-export function readFixture(name: string): string {
-  return readFileSync(join(fixtureDir, name), 'utf8');
+const fixtureRoot = join(import.meta.dirname, '../fixtures');
+
+export function readFixture(name: string, provider: Provider = 'openai'): string {
+  return readFileSync(join(fixtureRoot, provider, name), 'utf8');
+}
+
+const errorBodies: Record<Provider, (status: number) => unknown> = {
+  openai: (status) => ({ error: { message: `Scripted failure ${status}`, type: 'server_error', param: null, code: null } }),
+  anthropic: (status) => ({ type: 'error', error: { type: status === 529 ? 'overloaded_error' : status >= 500 ? 'api_error' : 'invalid_request_error', message: `Scripted failure ${status}` } }),
+  google: (status) => ({ error: { code: status, message: `Scripted failure ${status}`, status: status >= 500 ? 'INTERNAL' : 'INVALID_ARGUMENT' } }),
+};
+
+/** Which API a request is for, its model and whether it streams, from its path and body. */
+function classify(path: string, body: Record<string, unknown>): { provider: Provider; model: string; stream: boolean } {
+  if (path.startsWith('/v1/messages')) return { provider: 'anthropic', model: String(body.model ?? ''), stream: body.stream === true };
+  const gemini = /^\/v1beta\/models\/([^:?]+):(\w+)/.exec(path);
+  if (gemini) return { provider: 'google', model: decodeURIComponent(gemini[1]!), stream: gemini[2] === 'streamGenerateContent' };
+  return { provider: 'openai', model: String(body.model ?? ''), stream: body.stream === true };
 }
 
 /** How the fake answers requests for one upstream model. */
@@ -24,6 +40,7 @@ export interface Scenario {
 }
 
 export interface RecordedRequest {
+  provider: Provider;
   path: string;
   model: string;
   body: Record<string, unknown>;
@@ -45,11 +62,14 @@ export function withoutUsage(stream: string): string {
 }
 
 export function splitEvents(stream: string): string[] {
-  return stream.split(/(?<=\n\n)/).filter((event) => event.length > 0);
+  return stream.split(/(?<=\r\n\r\n|\n\n)/).filter((event) => event.length > 0);
 }
 
-/** A stand-in for OpenAI's API that replays fixtures in OpenAI's wire format. */
-export async function startFakeOpenAI() {
+/**
+ * A stand-in for the OpenAI, Anthropic and Gemini APIs that replays fixtures
+ * written in each one's wire format, by the path a request arrives on.
+ */
+export async function startFakeUpstream() {
   const scenarios = new Map<string, Scenario>();
   const requests: RecordedRequest[] = [];
 
@@ -57,9 +77,9 @@ export async function startFakeOpenAI() {
     let raw = '';
     for await (const chunk of request) raw += chunk;
     const body = JSON.parse(raw || '{}') as Record<string, unknown>;
-    const model = String(body.model ?? '');
+    const { provider, model, stream: streaming } = classify(request.url ?? '', body);
     const record: RecordedRequest = {
-      path: request.url ?? '', model, body, headers: request.headers, receivedAt: performance.now(), eventsSent: 0, clientClosed: false,
+      provider, path: request.url ?? '', model, body, headers: request.headers, receivedAt: performance.now(), eventsSent: 0, clientClosed: false,
     };
     requests.push(record);
     response.on('close', () => {
@@ -70,18 +90,18 @@ export async function startFakeOpenAI() {
     if (scenario.headerDelayMs) await new Promise((resolve) => setTimeout(resolve, scenario.headerDelayMs));
     if (scenario.status) {
       response.writeHead(scenario.status, { 'content-type': 'application/json' });
-      response.end(JSON.stringify({ error: { message: `Scripted failure ${scenario.status}`, type: 'server_error', param: null, code: null } }));
+      response.end(JSON.stringify(errorBodies[provider](scenario.status)));
       return;
     }
-    if (body.stream !== true) {
-      response.writeHead(200, { 'content-type': 'application/json', 'openai-processing-ms': '42' });
-      response.end(readFixture(`${scenario.fixture}.json`));
+    if (!streaming) {
+      response.writeHead(200, { 'content-type': 'application/json', 'x-upstream-processing-ms': '42' });
+      response.end(readFixture(`${scenario.fixture}.json`, provider));
       return;
     }
-    let stream = readFixture(`${scenario.fixture}.chunks.txt`);
+    let stream = readFixture(`${scenario.fixture}.chunks.txt`, provider);
     const options = body.stream_options as { include_usage?: boolean } | undefined;
-    if (options?.include_usage !== true) stream = withoutUsage(stream);
-    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'openai-processing-ms': '7' });
+    if (provider === 'openai' && options?.include_usage !== true) stream = withoutUsage(stream);
+    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-upstream-processing-ms': '7' });
     for (const event of splitEvents(stream)) {
       if (record.clientClosed) return;
       if (scenario.disconnectAfterEvents !== undefined && record.eventsSent >= scenario.disconnectAfterEvents) {
@@ -110,4 +130,4 @@ export async function startFakeOpenAI() {
   };
 }
 
-export type FakeOpenAI = Awaited<ReturnType<typeof startFakeOpenAI>>;
+export type FakeUpstream = Awaited<ReturnType<typeof startFakeUpstream>>;

@@ -1,0 +1,162 @@
+import Anthropic from '@anthropic-ai/sdk';
+import { getEncoding } from 'js-tiktoken';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+
+// Claude Sonnet-like prices, micro-USD per 1M tokens; thinking priced apart to show its bucket.
+const price = { input: 3_000_000, cached_input: 300_000, cache_write: 3_750_000, cache_write_1h: 6_000_000, output: 15_000_000, reasoning: 10_000_000 };
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: 'sk-ant-upstream' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+const anthropic = (apiKey: string) => new Anthropic({ apiKey, baseURL: gateway.url, maxRetries: 0 });
+
+async function eventOf(requestId: string | null) {
+  const { rows } = await admin().query('select * from public.usage_events where request_id = $1', [requestId]);
+  return rows[0];
+}
+
+async function claude(upstreamModel: string) {
+  return createModel(price, { provider: 'anthropic', upstreamModel, maxOutputTokens: 64_000 });
+}
+
+describe('POST /v1/messages with @anthropic-ai/sdk', () => {
+  it('non-streaming: cache reads and 5-minute and 1-hour cache writes each at their own price', async () => {
+    const model = await claude('messages-cache');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { data: message, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1024, system: 'Be brief.', messages: [{ role: 'user', content: 'Hi' }] })
+      .withResponse();
+    expect(message).toEqual(JSON.parse(readFixture('messages-cache.json', 'anthropic')));
+    const upstream = fake.requestsFor('messages-cache').at(-1)!;
+    expect(upstream.headers['x-api-key']).toBe('sk-ant-upstream');
+    // The client's API version is forwarded as sent.
+    expect(upstream.headers['anthropic-version']).toMatch(/^\d{4}-\d{2}-\d{2}$/);
+    await gateway.settled();
+    // 25 × 3 + 3000 × 0.3 + 1000 × 3.75 + 200 × 6 + 14 × 15 = 75 + 900 + 3750 + 1200 + 210
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({
+      input_tokens: '25', cached_input_tokens: '3000', cache_write_tokens: '1000', cache_write_1h_tokens: '200', output_tokens: '14',
+      amount: '6135', usage_source: 'provider',
+    });
+  });
+
+  it('streaming: forwarded event for event; message_delta\'s cumulative usage is assigned, not added', async () => {
+    const model = await claude('messages-cache');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { data: stream, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }], stream: true })
+      .withResponse();
+    let text = '';
+    for await (const event of stream) if (event.type === 'content_block_delta' && event.delta.type === 'text_delta') text += event.delta.text;
+    expect(text).toBe('Hello! The cached context says hi.');
+    await gateway.settled();
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({
+      input_tokens: '25', cached_input_tokens: '3000', cache_write_tokens: '1000', cache_write_1h_tokens: '200', output_tokens: '14', amount: '6135',
+    });
+
+    const raw = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      body: JSON.stringify({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }], stream: true }),
+    });
+    expect(await raw.text()).toBe(readFixture('messages-cache.chunks.txt', 'anthropic'));
+    await gateway.settled();
+  });
+
+  it('thinking tokens go to the reasoning bucket, out of the output', async () => {
+    const model = await claude('messages-thinking');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = anthropic(customer.apiKey).messages.stream({
+      model, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 1024 }, messages: [{ role: 'user', content: '27 + 15?' }],
+    });
+    const final = await stream.finalMessage();
+    expect(final.content.map((block) => block.type)).toEqual(['thinking', 'text']);
+    await gateway.settled();
+    const { rows: [event] } = await admin().query('select * from public.usage_events where account_id = $1', [customer.accountId]);
+    // 40 × 3 + (310 − 290) × 15 + 290 × 10 = 120 + 300 + 2900
+    expect(event).toMatchObject({ input_tokens: '40', output_tokens: '20', reasoning_tokens: '290', amount: '3320' });
+  });
+
+  it('tool use, streamed and not', async () => {
+    const model = await claude('messages-tool-use');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const tools = [{ name: 'get_weather', description: 'Weather for a place', input_schema: { type: 'object' as const, properties: { location: { type: 'string' } } } }];
+    const client = anthropic(customer.apiKey);
+    const streamed = await client.messages.stream({ model, max_tokens: 1024, tools, messages: [{ role: 'user', content: 'Weather in Paris?' }] }).finalMessage();
+    expect(streamed.content[1]).toMatchObject({ type: 'tool_use', name: 'get_weather', input: { location: 'Paris, France' } });
+    const plain = await client.messages.create({ model, max_tokens: 1024, tools, messages: [{ role: 'user', content: 'Weather in Paris?' }] });
+    expect(plain.stop_reason).toBe('tool_use');
+    expect(fake.requestsFor('messages-tool-use').at(-1)!.body.tools).toEqual(tools);
+    await gateway.settled();
+    // 410 × 3 + 68 × 15 = 1230 + 1020, twice
+    const { rows } = await admin().query('select amount from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows).toEqual([{ amount: '2250' }, { amount: '2250' }]);
+  });
+
+  it('client abort: the input Anthropic reported plus the delivered output, hold released', async () => {
+    const upstreamModel = `claude-long-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-long', eventDelayMs: 40 });
+    const model = await claude(upstreamModel);
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { data: stream, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1000, messages: [{ role: 'user', content: 'Count' }], stream: true })
+      .withResponse();
+    let deltas = 0;
+    for await (const event of stream) {
+      if (event.type === 'content_block_delta') deltas += 1;
+      if (deltas === 5) break;
+    }
+    await expect.poll(() => fake.requestsFor(upstreamModel)[0]?.clientClosed, { timeout: 5000 }).toBe(true);
+    await gateway.settled();
+    const event = await eventOf(response.headers.get('x-request-id'));
+    const encoding = getEncoding('cl100k_base');
+    const words = Array.from({ length: 80 }, (_, index) => ` word${index + 1}`);
+    expect(event).toMatchObject({ status: 'aborted', usage_source: 'tokenizer', input_tokens: '30' });
+    expect(Number(event.output_tokens)).toBeGreaterThanOrEqual(encoding.encode(words.slice(0, 5).join('')).length);
+    expect(Number(event.output_tokens)).toBeLessThan(encoding.encode(words.join('')).length);
+    const { rows: [account] } = await admin().query('select held from public.accounts where id = $1', [customer.accountId]);
+    expect(account.held).toBe('0');
+  });
+
+  it('errors come back in Anthropic\'s shape', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const client = anthropic(customer.apiKey);
+    await expect(client.messages.create({ model: 'no-such-claude', max_tokens: 10, messages: [{ role: 'user', content: 'x' }] })).rejects.toMatchObject({
+      status: 404,
+      error: { type: 'error', error: { type: 'not_found_error', code: 'model_not_found' } },
+    });
+    const missingMaxTokens = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'claude-sonnet-4-5', messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(missingMaxTokens.status).toBe(400);
+    expect(await missingMaxTokens.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'invalid_max_tokens' } });
+    const noKey = await fetch(`${gateway.url}/v1/messages`, { method: 'POST', body: '{}' });
+    expect(await noKey.json()).toMatchObject({ type: 'error', error: { type: 'authentication_error', code: 'missing_api_key' } });
+
+    const gpt = await createModel({ input: 1, output: 1 });
+    const wrongFormat = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: gpt, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(wrongFormat.status).toBe(400);
+    expect(await wrongFormat.json()).toMatchObject({ type: 'error', error: { code: 'unsupported_provider' } });
+    await gateway.settled();
+    const { rows } = await admin().query('select status, charged from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows).toEqual([{ status: 'failed', charged: '0' }]);
+  });
+});

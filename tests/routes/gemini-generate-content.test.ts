@@ -1,0 +1,154 @@
+import { GoogleGenAI } from '@google/genai';
+import { getEncoding } from 'js-tiktoken';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+
+// Gemini 2.5 Flash-like prices, micro-USD per 1M tokens; audio input dearer than text.
+const price = { input: 300_000, cached_input: 30_000, output: 2_500_000, audio: 1_000_000 };
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ GEMINI_BASE_URL: fake.url, GEMINI_API_KEY: 'gemini-upstream-key' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+const genai = (apiKey: string) => new GoogleGenAI({ apiKey, httpOptions: { baseUrl: gateway.url } });
+
+async function gemini(upstreamModel: string) {
+  return createModel(price, { provider: 'google', upstreamModel, maxOutputTokens: 65_536 });
+}
+
+async function eventsOf(accountId: string) {
+  const { rows } = await admin().query('select * from public.usage_events where account_id = $1 order by created_at', [accountId]);
+  return rows;
+}
+
+describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
+  it('non-streaming: cached content and thoughts billed in their buckets (thoughts are not inside candidates)', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await genai(customer.apiKey).models.generateContent({ model, contents: 'What is the answer?' });
+    expect(response.text).toBe('The answer is 42.');
+    const upstream = fake.requestsFor('generate-cached-thoughts').at(-1)!;
+    expect(upstream.headers['x-goog-api-key']).toBe('gemini-upstream-key');
+    expect(upstream.path).toBe('/v1beta/models/generate-cached-thoughts:generateContent');
+    await gateway.settled();
+    // (1200 − 1000) × 0.3 + 1000 × 0.03 + 12 × 2.5 + 140 × 2.5 = 60 + 30 + 30 + 350
+    expect((await eventsOf(customer.accountId))[0]).toMatchObject({
+      input_tokens: '200', cached_input_tokens: '1000', output_tokens: '12', reasoning_tokens: '140', amount: '470', usage_source: 'provider',
+    });
+  });
+
+  it('streaming (SSE): forwarded as is; the last running usage counts once', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = await genai(customer.apiKey).models.generateContentStream({ model, contents: 'What is the answer?' });
+    let text = '';
+    for await (const chunk of stream) text += chunk.text ?? '';
+    expect(text).toBe('The answer is 42.');
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.path).toBe('/v1beta/models/generate-cached-thoughts:streamGenerateContent?alt=sse');
+
+    const raw = await fetch(`${gateway.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: 'What is the answer?' }] }] }),
+    });
+    expect(await raw.text()).toBe(readFixture('generate-cached-thoughts.chunks.txt', 'google'));
+    await gateway.settled();
+    const events = await eventsOf(customer.accountId);
+    expect(events.map((event) => event.amount)).toEqual(['470', '470']);
+  });
+
+  it('function calls, streamed and not', async () => {
+    const model = await gemini('generate-function-call');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const config = { tools: [{ functionDeclarations: [{ name: 'get_weather', parametersJsonSchema: { type: 'object', properties: { location: { type: 'string' } } } }] }] };
+    const client = genai(customer.apiKey);
+    const plain = await client.models.generateContent({ model, contents: 'Weather in Paris?', config });
+    expect(plain.functionCalls?.[0]).toMatchObject({ name: 'get_weather', args: { location: 'Paris, France' } });
+    const stream = await client.models.generateContentStream({ model, contents: 'Weather in Paris?', config });
+    const calls = [];
+    for await (const chunk of stream) calls.push(...(chunk.functionCalls ?? []));
+    expect(calls).toMatchObject([{ name: 'get_weather', args: { location: 'Paris, France' } }]);
+    await gateway.settled();
+    // 95 × 0.3 + 7 × 2.5 = 28.5 + 17.5
+    expect((await eventsOf(customer.accountId)).map((event) => event.amount)).toEqual(['46', '46']);
+  });
+
+  it('image and audio input, partly cached, and tool-use prompt tokens: no token in two buckets', async () => {
+    const model = await gemini('generate-image-audio');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    await genai(customer.apiKey).models.generateContent({
+      model,
+      contents: [{ role: 'user', parts: [{ text: 'What is this?' }, { inlineData: { mimeType: 'image/png', data: 'iVBORw0KGgo=' } }, { inlineData: { mimeType: 'audio/wav', data: 'UklGRg==' } }] }],
+    });
+    await gateway.settled();
+    // prompt 2100 = text 300 + image 1290 + audio 510; cached 600 = text 100 + image 500; tool-use prompt 50.
+    // image 790, audio 510, cached 600, input 2100 − 600 − 790 − 510 + 50 = 250, output 6:
+    // 250 × 0.3 + 600 × 0.03 + 790 × 0.3 + 510 × 1 + 6 × 2.5 = 75 + 18 + 237 + 510 + 15
+    expect((await eventsOf(customer.accountId))[0]).toMatchObject({
+      input_tokens: '250', cached_input_tokens: '600', image_tokens: '790', audio_tokens: '510', output_tokens: '6', amount: '855',
+    });
+  });
+
+  it('client abort: the prompt Gemini reported plus the delivered output, hold released', async () => {
+    const upstreamModel = `gemini-long-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'generate-long', eventDelayMs: 40 });
+    const model = await gemini(upstreamModel);
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const controller = new AbortController();
+    const stream = await genai(customer.apiKey).models.generateContentStream({ model, contents: 'Count', config: { abortSignal: controller.signal } });
+    let chunks = 0;
+    await expect(async () => {
+      for await (const _chunk of stream) {
+        chunks += 1;
+        if (chunks === 5) controller.abort();
+      }
+    }).rejects.toThrow();
+    await expect.poll(() => fake.requestsFor(upstreamModel)[0]?.clientClosed, { timeout: 5000 }).toBe(true);
+    await gateway.settled();
+    const [event] = await eventsOf(customer.accountId);
+    const encoding = getEncoding('cl100k_base');
+    const words = Array.from({ length: 80 }, (_, index) => ` word${index + 1}`);
+    expect(event).toMatchObject({ status: 'aborted', usage_source: 'tokenizer', input_tokens: '30' });
+    expect(Number(event.output_tokens)).toBeGreaterThanOrEqual(encoding.encode(words.slice(0, 5).join('')).length);
+    expect(Number(event.output_tokens)).toBeLessThan(encoding.encode(words.join('')).length);
+    const { rows: [account] } = await admin().query('select held from public.accounts where id = $1', [customer.accountId]);
+    expect(account.held).toBe('0');
+  });
+
+  it('errors come back in Google\'s shape', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const unknown = await fetch(`${gateway.url}/v1beta/models/no-such-gemini:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }] }),
+    });
+    expect(unknown.status).toBe(404);
+    expect(await unknown.json()).toMatchObject({ error: { code: 404, status: 'NOT_FOUND', reason: 'model_not_found' } });
+    const bad = await fetch(`${gateway.url}/v1beta/models/gemini-2.5-flash:generateContent?key=${customer.apiKey}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: 'not a list' }),
+    });
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toMatchObject({ error: { code: 400, status: 'INVALID_ARGUMENT' } });
+    const noSse = await fetch(`${gateway.url}/v1beta/models/gemini-2.5-flash:streamGenerateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }] }),
+    });
+    expect(noSse.status).toBe(400);
+    expect(await noSse.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', message: expect.stringContaining('alt=sse') } });
+    expect(await eventsOf(customer.accountId)).toEqual([]);
+  });
+});
