@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { convertAnthropicUsage, mergeAnthropicUsage } from '../../../../lib/providers/anthropic/convert-anthropic-usage.ts';
+
+describe('convertAnthropicUsage', () => {
+  it.each([
+    ['plain', { input_tokens: 25, output_tokens: 14 }, { input: 25, cached_input: 0, cache_write: 0, cache_write_1h: 0, output: 14, reasoning: 0 }],
+    [
+      'cache writes split by TTL; reads apart; input_tokens already excludes both',
+      { input_tokens: 25, output_tokens: 14, cache_read_input_tokens: 3000, cache_creation_input_tokens: 1200, cache_creation: { ephemeral_5m_input_tokens: 1000, ephemeral_1h_input_tokens: 200 } },
+      { input: 25, cached_input: 3000, cache_write: 1000, cache_write_1h: 200, output: 14, reasoning: 0 },
+    ],
+    [
+      'without the TTL breakdown, every write is a 5-minute write (counted once)',
+      { input_tokens: 5, output_tokens: 1, cache_creation_input_tokens: 700 },
+      { input: 5, cached_input: 0, cache_write: 700, cache_write_1h: 0, output: 1, reasoning: 0 },
+    ],
+    [
+      'thinking tokens leave the output bucket for the reasoning bucket',
+      { input_tokens: 40, output_tokens: 310, output_tokens_details: { thinking_tokens: 290 } },
+      { input: 40, cached_input: 0, cache_write: 0, cache_write_1h: 0, output: 20, reasoning: 290 },
+    ],
+  ])('%s', (_name, usage, expected) => {
+    expect(convertAnthropicUsage(usage)).toEqual(expected);
+  });
+});
+
+describe('mergeAnthropicUsage', () => {
+  it('takes message_delta\'s cumulative counts in place of message_start\'s, never adding them', () => {
+    const start = { input_tokens: 25, output_tokens: 1, cache_read_input_tokens: 3000, cache_creation: { ephemeral_5m_input_tokens: 1000, ephemeral_1h_input_tokens: 200 } };
+    const merged = mergeAnthropicUsage(start, { input_tokens: 25, output_tokens: 14, cache_read_input_tokens: 3000, cache_creation_input_tokens: null });
+    expect(merged).toEqual({ input_tokens: 25, output_tokens: 14, cache_read_input_tokens: 3000, cache_creation: { ephemeral_5m_input_tokens: 1000, ephemeral_1h_input_tokens: 200 } });
+  });
+});

@@ -1,0 +1,149 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+
+const claudePrice = { input: 3_000_000, cached_input: 300_000, cache_write: 3_750_000, cache_write_1h: 6_000_000, output: 15_000_000 };
+const geminiPrice = { input: 300_000, cached_input: 30_000, output: 2_500_000 };
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ ANTHROPIC_BASE_URL: fake.url, GEMINI_BASE_URL: fake.url });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+const tools = [
+  { type: 'function' as const, function: { name: 'get_weather', description: 'Weather for a place', parameters: { type: 'object', properties: { location: { type: 'string' } } } } },
+];
+
+async function amounts(accountId: string) {
+  const { rows } = await admin().query('select amount from public.usage_events where account_id = $1 order by created_at', [accountId]);
+  return rows.map((row) => Number(row.amount));
+}
+
+// A conversation using every translated feature: system prompt, image, tool call and tool result.
+const conversation = [
+  { role: 'system' as const, content: 'You are terse.' },
+  { role: 'user' as const, content: [{ type: 'text' as const, text: 'What is in this picture, and the weather there?' }, { type: 'image_url' as const, image_url: { url: 'data:image/png;base64,iVBORw0KGgo=' } }] },
+  { role: 'assistant' as const, content: null, tool_calls: [{ id: 'call_1', type: 'function' as const, function: { name: 'get_weather', arguments: '{"location":"Paris"}' } }] },
+  { role: 'tool' as const, tool_call_id: 'call_1', content: 'Sunny, 21°C' },
+];
+
+describe('the openai SDK calling a Claude model through /v1/chat/completions', () => {
+  it('non-streaming: translated there and back, billed on Anthropic\'s usage', async () => {
+    const model = await createModel(claudePrice, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const completion = await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: conversation, tools, max_tokens: 500 });
+    expect(completion).toMatchObject({
+      object: 'chat.completion',
+      model,
+      choices: [{ index: 0, message: { role: 'assistant', content: 'Hello! The cached context says hi.' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 25 + 3000 + 1200, completion_tokens: 14, prompt_tokens_details: { cached_tokens: 3000 } },
+    });
+    expect(fake.requestsFor('messages-cache').at(-1)!.body).toEqual({
+      model: 'messages-cache',
+      max_tokens: 500,
+      system: 'You are terse.',
+      messages: [
+        { role: 'user', content: [{ type: 'text', text: 'What is in this picture, and the weather there?' }, { type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'iVBORw0KGgo=' } }] },
+        { role: 'assistant', content: [{ type: 'tool_use', id: 'call_1', name: 'get_weather', input: { location: 'Paris' } }] },
+        { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'call_1', content: 'Sunny, 21°C' }] },
+      ],
+      tools: [{ name: 'get_weather', description: 'Weather for a place', input_schema: { type: 'object', properties: { location: { type: 'string' } } } }],
+    });
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([6135]);
+  });
+
+  it('streaming with tools: tool calls and their arguments arrive as OpenAI chunks', async () => {
+    const model = await createModel(claudePrice, { provider: 'anthropic', upstreamModel: 'messages-tool-use', maxOutputTokens: 64_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = gateway.openai(customer.apiKey).chat.completions.stream({
+      model, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools, stream_options: { include_usage: true },
+    });
+    const final = await stream.finalChatCompletion();
+    expect(final.choices[0]).toMatchObject({
+      finish_reason: 'tool_calls',
+      message: { content: "I'll check the weather.", tool_calls: [{ id: 'toolu_01A09q90qw90lq917835lq9', type: 'function', function: { name: 'get_weather', arguments: '{"location": "Paris, France"}' } }] },
+    });
+    expect(final.usage).toMatchObject({ prompt_tokens: 410, completion_tokens: 68 });
+    // No max_tokens from the client: Anthropic gets the model's maximum, which is what was held.
+    expect(fake.requestsFor('messages-tool-use').at(-1)!.body).toMatchObject({ max_tokens: 64_000, stream: true });
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([2250]);
+  });
+
+  it('an upstream error comes back in OpenAI\'s shape, nothing charged', async () => {
+    const upstreamModel = `claude-fails-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-cache', status: 400 });
+    const model = await createModel(claudePrice, { provider: 'anthropic', upstreamModel, maxOutputTokens: 1000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    await expect(gateway.openai(customer.apiKey).chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }] })).rejects.toMatchObject({
+      status: 400,
+      error: { message: 'Scripted failure 400', type: 'invalid_request_error', param: null },
+    });
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([0]);
+  });
+});
+
+describe('the openai SDK calling a Gemini model through /v1/chat/completions', () => {
+  it('non-streaming: translated there and back, thoughts reported as reasoning tokens', async () => {
+    const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const completion = await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: conversation, tools, max_tokens: 300, temperature: 0.2 });
+    expect(completion).toMatchObject({
+      model,
+      choices: [{ message: { role: 'assistant', content: 'The answer is 42.' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 1200, completion_tokens: 152, completion_tokens_details: { reasoning_tokens: 140 }, prompt_tokens_details: { cached_tokens: 1000 } },
+    });
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toEqual({
+      contents: [
+        { role: 'user', parts: [{ text: 'What is in this picture, and the weather there?' }, { inlineData: { mimeType: 'image/png', data: 'iVBORw0KGgo=' } }] },
+        { role: 'model', parts: [{ functionCall: { name: 'get_weather', args: { location: 'Paris' } } }] },
+        { role: 'user', parts: [{ functionResponse: { name: 'get_weather', response: { content: 'Sunny, 21°C' } } }] },
+      ],
+      generationConfig: { maxOutputTokens: 300, temperature: 0.2 },
+      systemInstruction: { parts: [{ text: 'You are terse.' }] },
+      tools: [{ functionDeclarations: [{ name: 'get_weather', description: 'Weather for a place', parameters: { type: 'object', properties: { location: { type: 'string' } } } }] }],
+    });
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([470]);
+  });
+
+  it('streaming with tools: the function call arrives as an OpenAI tool call', async () => {
+    const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-function-call', maxOutputTokens: 65_536 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = gateway.openai(customer.apiKey).chat.completions.stream({
+      model, messages: [{ role: 'user', content: 'Weather in Paris?' }], tools, stream_options: { include_usage: true },
+    });
+    const final = await stream.finalChatCompletion();
+    expect(final.choices[0]).toMatchObject({
+      finish_reason: 'tool_calls',
+      message: { tool_calls: [{ type: 'function', function: { name: 'get_weather', arguments: '{"location":"Paris, France"}' } }] },
+    });
+    expect(final.usage).toMatchObject({ prompt_tokens: 95, completion_tokens: 7 });
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([46]);
+  });
+
+  it('refuses what Gemini cannot take, in OpenAI\'s shape, and releases the hold', async () => {
+    const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    await expect(
+      gateway.openai(customer.apiKey).chat.completions.create({
+        model, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }] }],
+      }),
+    ).rejects.toMatchObject({ status: 400, error: { code: 'invalid_request', param: 'messages' } });
+    await gateway.settled();
+    const { rows } = await admin().query('select status, charged from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows).toEqual([{ status: 'failed', charged: '0' }]);
+  });
+});
