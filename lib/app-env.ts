@@ -1,9 +1,11 @@
-import type { Ledger } from './billing/ledger.ts';
+import type { Ledger, RpcClient } from './billing/ledger.ts';
 import type { Config } from './env.ts';
 
 export interface Services {
   config: Config;
   ledger: Ledger;
+  /** The service-role PostgREST client, for calls outside the ledger (Stripe events). */
+  database: RpcClient;
   /** Reads the public price list (one PostgREST call). */
   listModels: () => Promise<ModelPrice[]>;
   /** Upstream calls go through this fetch. */

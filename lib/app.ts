@@ -7,10 +7,12 @@ import { embeddings } from './routes/embeddings.ts';
 import { credits, models } from './routes/account.ts';
 import { anthropicMessages } from './routes/anthropic-messages.ts';
 import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
+import { stripeWebhook } from './routes/stripe-webhook.ts';
 
 function surfaceOf(path: string): ErrorSurface {
   if (path.startsWith('/v1/messages')) return 'anthropic';
   if (path.startsWith('/v1beta')) return 'google';
+  // OpenAI's shape everywhere else, webhooks included: {error: {message, type, code, param}}.
   return 'openai';
 }
 
@@ -34,6 +36,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   });
   app.use('/v1/*', limitBody);
   app.use('/v1beta/*', limitBody);
+  app.use('/webhooks/*', limitBody);
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
   app.get('/v1/models', models);
@@ -42,6 +45,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.post('/v1/embeddings', embeddings);
   app.post('/v1/messages', anthropicMessages);
   app.post('/v1beta/models/:target', geminiGenerateContent);
+  app.post('/webhooks/stripe', stripeWebhook);
 
   app.notFound((c) => {
     const error = new GatewayError(404, 'not_found', `No route for ${c.req.method} ${c.req.path}.`);

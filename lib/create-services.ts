@@ -26,6 +26,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
   return {
     config,
     ledger: createLedger(database),
+    database,
     listModels: async () => {
       const { data, error } = await database.from('model_prices').select('*').order('id');
       if (error) throw new Error(`could not read the price list: ${error.message}`);

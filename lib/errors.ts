@@ -1,4 +1,4 @@
-import type { Refusal } from './billing/ledger.ts';
+import type { Refusal, TopUpLink } from './billing/ledger.ts';
 
 export type ErrorSurface = 'openai' | 'anthropic' | 'google';
 
@@ -85,7 +85,7 @@ const refusalStatus: Record<string, number> = {
   request_id_conflict: 409,
 };
 
-/** Builds a top-up link that carries the account to Stripe as client_reference_id. */
+/** A payment link that carries the account to Stripe as client_reference_id. */
 export function topUpUrl(base: string | undefined, accountId: string | undefined): string | undefined {
   if (!base || !accountId) return undefined;
   const url = new URL(base);
@@ -93,13 +93,25 @@ export function topUpUrl(base: string | undefined, accountId: string | undefined
   return url.toString();
 }
 
+/** The active credit packs' Payment Links for this account, cheapest first; TOPUP_URL when there are none. */
+export function topUpOptions(links: TopUpLink[] | undefined, accountId: string | undefined, fallback?: string) {
+  const options = (links ?? []).map((link) => ({
+    name: link.name,
+    url: topUpUrl(link.url, accountId)!,
+    price: { amount: link.unit_amount, currency: link.currency },
+    credits: link.credits,
+  }));
+  const url = options[0]?.url ?? topUpUrl(fallback, accountId);
+  return { url, options };
+}
+
 /** A refusal of authorize_request as a gateway error. */
 export function refusalError(refusal: Refusal, topUpBase?: string): GatewayError {
   const status = refusalStatus[refusal.code] ?? 400;
   if (refusal.code === 'insufficient_credits') {
-    const url = topUpUrl(topUpBase, refusal.account_id);
+    const { url, options } = topUpOptions(refusal.top_up_links, refusal.account_id, topUpBase);
     return new GatewayError(402, refusal.code, url ? `${refusal.message} Top up at ${url}` : refusal.message, {
-      extra: { required: refusal.required, available: refusal.available, ...(url ? { top_up_url: url } : {}) },
+      extra: { required: refusal.required, available: refusal.available, ...(url ? { top_up_url: url } : {}), ...(options.length ? { top_up_options: options } : {}) },
     });
   }
   const param = refusal.code === 'invalid_max_tokens' ? 'max_tokens' : refusal.code.startsWith('model_') ? 'model' : null;

@@ -37,6 +37,16 @@ const authorizedSchema = z.object({
   plan: z.string(),
 });
 
+const topUpLinkSchema = z.object({
+  name: z.string(),
+  url: z.string(),
+  unit_amount: z.number().int(),
+  currency: z.string(),
+  credits: z.number().int(),
+});
+
+export type TopUpLink = z.infer<typeof topUpLinkSchema>;
+
 const refusedSchema = z
   .object({
     status: z.literal('refused'),
@@ -46,6 +56,7 @@ const refusedSchema = z
     required: z.number().int().optional(),
     available: z.number().int().optional(),
     limit: z.number().int().optional(),
+    top_up_links: z.array(topUpLinkSchema).optional(),
   });
 
 const authorizationSchema = z.discriminatedUnion('status', [authorizedSchema, refusedSchema]);
@@ -91,6 +102,7 @@ const keyOverviewSchema = z.discriminatedUnion('status', [
       allowed_models: z.array(z.string()).nullable(),
       expires_at: z.string().nullable(),
     }),
+    top_up_links: z.array(topUpLinkSchema),
   }),
   refusedSchema,
 ]);

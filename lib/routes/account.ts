@@ -1,6 +1,6 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
-import { GatewayError, refusalError, topUpUrl } from '../errors.ts';
+import { GatewayError, refusalError, topUpOptions } from '../errors.ts';
 import { readKeyHash } from '../gateway/request-helpers.ts';
 
 async function overview(c: Context<AppEnv>) {
@@ -12,7 +12,8 @@ async function overview(c: Context<AppEnv>) {
 
 /** GET /v1/credits: the key's account. Amounts are micro-units (1 USD = 1,000,000). */
 export async function credits(c: Context<AppEnv>): Promise<Response> {
-  const { account } = await overview(c);
+  const { account, top_up_links: links } = await overview(c);
+  const topUp = topUpOptions(links, account.id, c.var.services.config.TOPUP_URL);
   return c.json({
     object: 'credits',
     account_id: account.id,
@@ -23,7 +24,8 @@ export async function credits(c: Context<AppEnv>): Promise<Response> {
     available: account.available,
     credit_limit: account.credit_limit,
     plan: account.plan,
-    top_up_url: topUpUrl(c.var.services.config.TOPUP_URL, account.id) ?? null,
+    top_up_url: topUp.url ?? null,
+    top_up_options: topUp.options,
   });
 }
 

@@ -177,6 +177,20 @@ as $$
   select jsonb_build_object('status', 'refused', 'code', p_code, 'message', p_message) || p_details
 $$;
 
+-- The top-up links of the active packs, for the gateway's 402 and /v1/credits.
+create function private.top_up_links()
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'name', p.name, 'url', p.payment_link_url, 'unit_amount', p.unit_amount, 'currency', p.currency,
+           'credits', p.credits + p.bonus_credits) order by p.unit_amount), '[]')
+  from public.credit_packs p
+  where p.active and p.payment_link_url is not null
+$$;
+revoke all on function private.top_up_links() from public;
+
 revoke all on all functions in schema private from public;
 
 -- New users get an account (and the configured starting credits) -------------
@@ -373,7 +387,8 @@ begin
         jsonb_build_object(
           'account_id', v_account.id,
           'required', v_hold,
-          'available', greatest(0, v_account.balance - v_account.held + v_account.credit_limit)));
+          'available', greatest(0, v_account.balance - v_account.held + v_account.credit_limit),
+          'top_up_links', private.top_up_links()));
     end if;
 
     insert into public.usage_events (
@@ -664,7 +679,8 @@ begin
       'name', v_key.name,
       'prefix', v_key.prefix,
       'allowed_models', to_jsonb(v_key.allowed_models),
-      'expires_at', v_key.expires_at));
+      'expires_at', v_key.expires_at),
+    'top_up_links', private.top_up_links());
 end;
 $$;
 

@@ -45,6 +45,24 @@ describe('GET /v1/models', () => {
 });
 
 describe('GET /v1/credits', () => {
+  it('offers every active pack\'s Payment Link with the account as client_reference_id', async () => {
+    const customer = await createCustomer();
+    const link = `https://buy.stripe.com/test_credits_${crypto.randomUUID().slice(0, 8)}`;
+    const { rows: [pack] } = await admin().query(
+      `insert into public.credit_packs (name, unit_amount, credits, bonus_credits, payment_link_url) values ('Credits test', 1, 10000000, 0, $1) returning id`,
+      [link],
+    );
+    try {
+      const response = await fetch(`${gateway.url}/v1/credits`, { headers: { authorization: `Bearer ${customer.apiKey}` } });
+      const body = await response.json();
+      expect(body.top_up_options).toContainEqual({
+        name: 'Credits test', url: `${link}?client_reference_id=${customer.accountId}`, price: { amount: 1, currency: 'usd' }, credits: 10_000_000,
+      });
+    } finally {
+      await admin().query('update public.credit_packs set active = false where id = $1', [pack.id]);
+    }
+  });
+
   it('shows the key\'s account: balance, held, available and where to top up', async () => {
     const customer = await createCustomer({ balance: 2_500_000 });
     const response = await fetch(`${gateway.url}/v1/credits`, { headers: { authorization: `Bearer ${customer.apiKey}` } });
@@ -58,7 +76,9 @@ describe('GET /v1/credits', () => {
       available: 2_500_000,
       credit_limit: 0,
       plan: 'free',
-      top_up_url: `https://buy.stripe.com/test_tollgate?client_reference_id=${customer.accountId}`,
+      // The cheapest active pack's Payment Link (TOPUP_URL when no pack has one), carrying the account.
+      top_up_url: expect.stringContaining(`client_reference_id=${customer.accountId}`),
+      top_up_options: expect.any(Array),
     });
   });
 });

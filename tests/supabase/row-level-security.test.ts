@@ -15,6 +15,7 @@ let clients: Record<Role, SupabaseClient>;
 let model: string;
 let packId: string;
 let eventId: string;
+let planId: string;
 
 beforeAll(async () => {
   alice = await createCustomer({ balance: 1_000_000 });
@@ -30,6 +31,10 @@ beforeAll(async () => {
     [`plink_${crypto.randomUUID()}`],
   );
   packId = pack.id;
+  planId = `rls${crypto.randomUUID().slice(0, 8)}`;
+  await admin().query(`insert into public.plans (id, name, monthly_credits) values ($1, 'RLS', 0)`, [planId]);
+  await admin().query(`insert into public.stripe_payments (checkout_session_id, account_id, status) values ($1, $2, 'credited')`, [`cs_${crypto.randomUUID()}`, alice.accountId]);
+  await admin().query(`insert into public.stripe_invoices (id, customer_id, account_id, status) values ($1, 'cus_rls', $2, 'credited')`, [`in_${crypto.randomUUID()}`, alice.accountId]);
   eventId = `evt_${crypto.randomUUID()}`;
   await admin().query(
     `insert into public.stripe_events (id, type, account_id, status, payload) values ($1, 'checkout.session.completed', $2, 'credited', '{}')`,
@@ -110,6 +115,27 @@ const tables: TableCase[] = [
     },
   },
   {
+    table: 'plans', columns: '*', match: () => ['id', planId],
+    insert: () => ({ id: `x${crypto.randomUUID().slice(0, 8)}`, name: 'X' }),
+    update: { name: 'RLS' },
+    expected: {
+      select: { anon: 'denied', alice: 1, bob: 1, service: 1 },
+      insert: serviceOnly(1), update: serviceOnly(1), delete: serviceOnly(1),
+    },
+  },
+  {
+    table: 'stripe_payments', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ checkout_session_id: 'cs_x', account_id: alice.accountId, status: 'credited', credits: 1_000_000_000 }),
+    update: { credits: 1_000_000_000 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'stripe_invoices', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ id: 'in_x', customer_id: 'cus_x', account_id: alice.accountId }),
+    update: { credits: 1_000_000_000 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
     // The public price list: anyone reads it, nobody writes through it.
     table: 'model_prices', columns: '*', match: () => ['id', model],
     insert: () => ({ id: 'x' }),
@@ -149,6 +175,10 @@ describe('row-level security and grants, table by table', () => {
         // Deletes aim at a throwaway row where one may succeed, and at Alice's otherwise.
         let [column, value] = tableCase.match();
         if (tableCase.table === 'models' && role === 'service') value = await createModel({ input: 1, output: 1 });
+        if (tableCase.table === 'plans' && role === 'service') {
+          value = `del${crypto.randomUUID().slice(0, 8)}`;
+          await admin().query(`insert into public.plans (id, name) values ($1, 'Throwaway')`, [value]);
+        }
         if (tableCase.table === 'credit_packs' && role === 'service') {
           const { rows: [pack] } = await admin().query(
             `insert into public.credit_packs (name, unit_amount, credits) values ('Throwaway', 100, 1) returning id`,
@@ -213,6 +243,15 @@ describe('functions: only the service role runs money functions', () => {
       args: () => ({ p_account_id: alice.accountId, p_amount: 1 }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
     },
+    ...['apply_stripe_checkout', 'apply_stripe_refund', 'apply_stripe_dispute', 'apply_stripe_invoice', 'record_ignored_stripe_event'].map((name) => ({
+      name,
+      // Junk input: the service role reaches the function, which refuses it (22023); nobody else gets that far.
+      args: () =>
+        name === 'apply_stripe_checkout' ? { p_event_id: 'not-an-event', p_event_type: 'checkout.session.completed', p_session: { id: 'cs_x' } }
+        : name === 'record_ignored_stripe_event' ? { p_event_id: 'not-an-event', p_event_type: 'x', p_object: {} }
+        : { p_event_id: 'not-an-event', [name === 'apply_stripe_refund' ? 'p_charge' : name === 'apply_stripe_dispute' ? 'p_dispute' : 'p_invoice']: { id: 'x', payment_intent: 'pi_x', customer: 'cus_x' } },
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:22023' } as Record<Role, Outcome>,
+    })),
     {
       name: 'create_api_key',
       args: () => ({ p_name: 'matrix' }),

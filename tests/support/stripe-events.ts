@@ -1,0 +1,143 @@
+import Stripe from 'stripe';
+
+// Event payloads shaped like Stripe's for the API version the SDK pins.
+export const apiVersion = '2026-10-28.endive';
+
+const stripe = new Stripe('sk_test_unused');
+const id = (prefix: string) => `${prefix}_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+const now = () => Math.floor(Date.now() / 1000);
+
+export function stripeEvent(type: string, object: Record<string, unknown>) {
+  return {
+    id: id('evt'),
+    object: 'event',
+    api_version: apiVersion,
+    created: now(),
+    data: { object },
+    livemode: false,
+    pending_webhooks: 1,
+    request: { id: null, idempotency_key: null },
+    type,
+  };
+}
+
+export function checkoutSession(options: {
+  clientReferenceId?: string | null;
+  paymentLink: string;
+  amount: number;
+  paymentStatus?: 'paid' | 'unpaid' | 'no_payment_required';
+  mode?: 'payment' | 'subscription';
+  customer?: string | null;
+  paymentIntent?: string | null;
+}) {
+  const mode = options.mode ?? 'payment';
+  return {
+    id: id('cs'),
+    object: 'checkout.session',
+    after_expiration: null,
+    allow_promotion_codes: false,
+    amount_subtotal: options.amount,
+    amount_total: options.amount,
+    billing_address_collection: 'auto',
+    cancel_url: null,
+    client_reference_id: options.clientReferenceId ?? null,
+    created: now() - 60,
+    currency: 'usd',
+    customer: options.customer ?? null,
+    customer_creation: 'if_required',
+    customer_details: { email: 'buyer@example.test', name: 'Buyer', phone: null, tax_exempt: 'none', tax_ids: [] },
+    customer_email: null,
+    expires_at: now() + 86_400,
+    invoice: null,
+    livemode: false,
+    locale: 'auto',
+    metadata: {},
+    mode,
+    payment_intent: mode === 'payment' ? (options.paymentIntent === undefined ? id('pi') : options.paymentIntent) : null,
+    payment_link: options.paymentLink,
+    payment_method_types: ['card'],
+    payment_status: options.paymentStatus ?? 'paid',
+    status: 'complete',
+    submit_type: 'auto',
+    subscription: mode === 'subscription' ? id('sub') : null,
+    success_url: 'https://example.test/thanks',
+    total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: 0 },
+    ui_mode: 'hosted',
+    url: null,
+  };
+}
+
+export function charge(options: { paymentIntent: string; amount: number; amountRefunded: number }) {
+  return {
+    id: id('ch'),
+    object: 'charge',
+    amount: options.amount,
+    amount_captured: options.amount,
+    amount_refunded: options.amountRefunded,
+    captured: true,
+    created: now() - 30,
+    currency: 'usd',
+    disputed: false,
+    livemode: false,
+    paid: true,
+    payment_intent: options.paymentIntent,
+    refunded: options.amountRefunded === options.amount,
+    status: 'succeeded',
+  };
+}
+
+export function dispute(options: { paymentIntent: string; amount: number }) {
+  return {
+    id: id('dp'),
+    object: 'dispute',
+    amount: options.amount,
+    charge: id('ch'),
+    created: now(),
+    currency: 'usd',
+    is_charge_refundable: false,
+    livemode: false,
+    metadata: {},
+    payment_intent: options.paymentIntent,
+    reason: 'fraudulent',
+    status: 'needs_response',
+  };
+}
+
+export function invoice(options: { customer: string; price: string; amount: number }) {
+  const subscription = id('sub');
+  return {
+    id: id('in'),
+    object: 'invoice',
+    amount_due: options.amount,
+    amount_paid: options.amount,
+    amount_remaining: 0,
+    billing_reason: 'subscription_cycle',
+    collection_method: 'charge_automatically',
+    created: now(),
+    currency: 'usd',
+    customer: options.customer,
+    livemode: false,
+    parent: { type: 'subscription_details', quote_details: null, subscription_details: { metadata: {}, subscription } },
+    lines: {
+      object: 'list',
+      data: [
+        {
+          id: id('il'),
+          object: 'line_item',
+          amount: options.amount,
+          currency: 'usd',
+          pricing: { type: 'price_details', price_details: { price: options.price, product: id('prod') }, unit_amount_decimal: String(options.amount) },
+          quantity: 1,
+        },
+      ],
+      has_more: false,
+      url: '/v1/invoices/lines',
+    },
+    status: 'paid',
+  };
+}
+
+/** A Stripe-Signature header made with the SDK's own test helper. */
+export function signature(payload: string, secret: string, timestamp?: number): string {
+  return stripe.webhooks.generateTestHeaderString({ payload, secret, ...(timestamp ? { timestamp } : {}) });
+}
