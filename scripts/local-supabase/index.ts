@@ -47,7 +47,7 @@ export interface LocalSupabase {
   stop: () => Promise<void>;
 }
 
-interface Secrets {
+export interface Secrets {
   jwtSecret: string;
   adminPassword: string;
   postgresPassword: string;
@@ -74,7 +74,7 @@ export async function freePort(): Promise<number> {
  * under a private directory (mode 0700, as mktemp makes) would stop it, so the
  * directories on the way get the search bit for others (o+x, not read).
  */
-async function ensureTraversable(path: string): Promise<void> {
+export async function ensureTraversable(path: string): Promise<void> {
   for (let directory = resolve(path); ; directory = dirname(directory)) {
     const { mode } = await stat(directory);
     if ((mode & 0o001) === 0) await chmod(directory, mode | 0o001);
@@ -82,7 +82,7 @@ async function ensureTraversable(path: string): Promise<void> {
   }
 }
 
-async function loadSecrets(dataDir: string): Promise<Secrets> {
+export async function loadSecrets(dataDir: string): Promise<Secrets> {
   const path = join(dataDir, 'secrets.json');
   if (existsSync(path)) return JSON.parse(await readFile(path, 'utf8')) as Secrets;
   const hex = (bytes: number) => randomBytes(bytes).toString('hex');
@@ -202,18 +202,7 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
   };
 
   try {
-    if (fresh) {
-      const platformSql = (await readFile(join(projectRoot, 'scripts/local-supabase/platform.sql'), 'utf8'))
-        .replaceAll('{{authenticator_password}}', secrets.authenticatorPassword)
-        .replaceAll('{{postgres_password}}', secrets.postgresPassword)
-        .replaceAll('{{auth_admin_password}}', secrets.authAdminPassword);
-      await withClient(adminUrl, (client) => client.query(platformSql));
-    }
-    await withClient(postgresUrl, async (client) => {
-      const applied = await applyMigrations(client, join(supabaseDir, 'migrations'));
-      if (applied.length) log(`applied migrations ${applied.join(', ')}`);
-      if (fresh && (await applySeed(client, join(supabaseDir, 'seed.sql'), 'supabase/seed.sql'))) log('applied seed.sql');
-    });
+    await prepareDatabase({ adminUrl, postgresUrl, secrets, fresh, log });
 
     const anonKey = signRoleKey('anon', secrets.jwtSecret);
     const serviceRoleKey = signRoleKey('service_role', secrets.jwtSecret);
@@ -258,6 +247,33 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
     await stop().catch(() => {});
     throw error;
   }
+}
+
+/**
+ * On a fresh cluster, the Supabase platform bootstrap (as the superuser); then
+ * the migrations not yet applied and, on a fresh cluster, the seed (as postgres).
+ */
+export async function prepareDatabase(options: {
+  adminUrl: string;
+  postgresUrl: string;
+  secrets: Pick<Secrets, 'authenticatorPassword' | 'postgresPassword' | 'authAdminPassword'>;
+  fresh: boolean;
+  log?: (line: string) => void;
+}): Promise<string[]> {
+  const { adminUrl, postgresUrl, secrets, fresh, log = () => {} } = options;
+  if (fresh) {
+    const platformSql = (await readFile(join(projectRoot, 'scripts/local-supabase/platform.sql'), 'utf8'))
+      .replaceAll('{{authenticator_password}}', secrets.authenticatorPassword)
+      .replaceAll('{{postgres_password}}', secrets.postgresPassword)
+      .replaceAll('{{auth_admin_password}}', secrets.authAdminPassword);
+    await withClient(adminUrl, (client) => client.query(platformSql));
+  }
+  return withClient(postgresUrl, async (client) => {
+    const applied = await applyMigrations(client, join(supabaseDir, 'migrations'));
+    if (applied.length) log(`applied migrations ${applied.join(', ')}`);
+    if (fresh && (await applySeed(client, join(supabaseDir, 'seed.sql'), 'supabase/seed.sql'))) log('applied seed.sql');
+    return applied;
+  });
 }
 
 /** Inserts a confirmed email user into auth.users as Supabase Auth would. */

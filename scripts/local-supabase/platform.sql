@@ -130,3 +130,17 @@ create table supabase_migrations.seed_files (
 );
 alter table supabase_migrations.schema_migrations owner to postgres;
 alter table supabase_migrations.seed_files owner to postgres;
+
+-- pg_cron, where the server has it loaded (Debian's postgresql-15-cron in the CI
+-- stage; on Supabase it is enabled from the dashboard). Migrations only schedule.
+do $$
+begin
+  if exists (select 1 from pg_available_extensions where name = 'pg_cron')
+     and current_setting('shared_preload_libraries', true) like '%pg_cron%' then
+    create extension if not exists pg_cron;
+    grant usage on schema cron to postgres;
+    grant all privileges on all tables in schema cron to postgres;
+    grant all privileges on all sequences in schema cron to postgres;
+  end if;
+end;
+$$;

@@ -34,8 +34,11 @@ create table public.accounts (
   credit_limit bigint not null default 0,
   low_balance_threshold bigint not null default 1000000,
   plan text not null default 'free',
+  -- ok → low (below the threshold) → depleted (nothing left, credit included); one alert per crossing.
+  balance_state text not null default 'ok',
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
+  constraint accounts_balance_state check (balance_state in ('ok', 'low', 'depleted')),
   constraint accounts_held_not_negative check (held >= 0),
   constraint accounts_credit_limit_not_negative check (credit_limit >= 0),
   constraint accounts_threshold_not_negative check (low_balance_threshold >= 0),

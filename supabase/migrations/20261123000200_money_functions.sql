@@ -137,6 +137,49 @@ as $$
   ) / 1000000)::bigint
 $$;
 
+-- The balance state an account is in: depleted when nothing is left to spend
+-- (credit limit included), low below its threshold, ok otherwise.
+create function private.balance_state_of(p_account public.accounts)
+returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case
+    when p_account.balance + p_account.credit_limit <= 0 then 'depleted'
+    when p_account.balance < p_account.low_balance_threshold then 'low'
+    else 'ok'
+  end
+$$;
+
+-- Moves an account to the state its balance is in. Crossing down (ok → low,
+-- → depleted) writes one alert to the outbox; crossing back up re-arms silently.
+create function private.refresh_balance_state(p_account_id uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account public.accounts;
+  v_state text;
+begin
+  select * into v_account from public.accounts where id = p_account_id;
+  v_state := private.balance_state_of(v_account);
+  if v_state = v_account.balance_state then
+    return;
+  end if;
+  update public.accounts set balance_state = v_state where id = p_account_id;
+  if v_state = 'low' and v_account.balance_state = 'ok' then
+    insert into public.alerts (account_id, kind, message, details)
+    values (p_account_id, 'low_balance', 'Your balance is below your alert threshold.',
+            jsonb_build_object('balance', v_account.balance, 'threshold', v_account.low_balance_threshold));
+  elsif v_state = 'depleted' then
+    insert into public.alerts (account_id, kind, message, details)
+    values (p_account_id, 'balance_depleted', 'Your balance is used up: requests are refused until you top up.',
+            jsonb_build_object('balance', v_account.balance, 'credit_limit', v_account.credit_limit));
+  end if;
+end;
+$$;
+
 -- The one place a balance changes: moves the balance and appends the ledger row
 -- in the same statement sequence. The accounts check constraint refuses any
 -- change that would pass the credit limit.
@@ -165,6 +208,7 @@ begin
   insert into public.credit_ledger (account_id, amount, balance_after, reason, reference, note)
   values (p_account_id, p_amount, v_balance, p_reason, p_reference, p_note)
   returning * into v_entry;
+  perform private.refresh_balance_state(p_account_id);
   return v_entry;
 end;
 $$;
@@ -350,11 +394,13 @@ begin
   v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output * p_choices);
 
   begin
-    -- The hold is taken by one conditional update: never read-then-write.
+    -- The hold is taken by one conditional update: never read-then-write. A
+    -- depleted account is stopped until it is topped up.
     update public.accounts
        set held = held + v_hold, updated_at = now()
      where id = v_key.account_id
        and balance - held + credit_limit >= v_hold
+       and balance_state <> 'depleted'
     returning * into v_account;
     v_held := found;
     if not v_held and p_cap_output then
@@ -374,6 +420,7 @@ begin
              set held = held + v_hold, updated_at = now()
            where id = v_key.account_id
              and balance - held + credit_limit >= v_hold
+             and balance_state <> 'depleted'
           returning * into v_account;
           v_held := found;
         end if;

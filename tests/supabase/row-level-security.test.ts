@@ -18,8 +18,9 @@ let eventId: string;
 let planId: string;
 
 beforeAll(async () => {
-  alice = await createCustomer({ balance: 1_000_000 });
-  bob = await createCustomer({ balance: 1_000_000 });
+  // Well above the low-balance threshold, so the only alert is the one made below.
+  alice = await createCustomer({ balance: 10_000_000 });
+  bob = await createCustomer({ balance: 10_000_000 });
   clients = { anon: anonClient(), alice: alice.client, bob: bob.client, service: serviceClient() };
   model = await createModel({ input: 1_000_000, output: 1_000_000 }, { cost: { input: 500_000, output: 500_000 } });
   const requestId = crypto.randomUUID();
@@ -33,11 +34,11 @@ beforeAll(async () => {
   packId = pack.id;
   planId = `rls${crypto.randomUUID().slice(0, 8)}`;
   await admin().query(`insert into public.plans (id, name, monthly_credits) values ($1, 'RLS', 0)`, [planId]);
-  await admin().query(`insert into public.stripe_payments (checkout_session_id, account_id, status) values ($1, $2, 'credited')`, [`cs_${crypto.randomUUID()}`, alice.accountId]);
-  await admin().query(`insert into public.stripe_invoices (id, customer_id, account_id, status) values ($1, 'cus_rls', $2, 'credited')`, [`in_${crypto.randomUUID()}`, alice.accountId]);
+  await admin().query(`insert into public.stripe_payments (checkout_session_id, account_id, status) values ($1, $2, 'pending')`, [`cs_${crypto.randomUUID()}`, alice.accountId]);
+  await admin().query(`insert into public.stripe_invoices (id, customer_id, account_id, status) values ($1, 'cus_rls', $2, 'pending')`, [`in_${crypto.randomUUID()}`, alice.accountId]);
   eventId = `evt_${crypto.randomUUID()}`;
   await admin().query(
-    `insert into public.stripe_events (id, type, account_id, status, payload) values ($1, 'checkout.session.completed', $2, 'credited', '{}')`,
+    `insert into public.stripe_events (id, type, account_id, status, payload) values ($1, 'checkout.session.completed', $2, 'pending', '{}')`,
     [eventId, alice.accountId],
   );
 });
@@ -78,7 +79,7 @@ const tables: TableCase[] = [
     table: 'credit_ledger', columns: '*', match: () => ['account_id', alice.accountId],
     insert: () => ({ account_id: alice.accountId, amount: 1_000_000, balance_after: 0, reason: 'grant' }),
     update: { amount: 1_000_000_000 },
-    // signup, the adjustment to 1,000,000, and one usage charge
+    // signup, the grant up to 10,000,000, and one usage charge
     expected: { select: ownRows(3), insert: nobody, update: nobody, delete: nobody },
   },
   {
