@@ -1,5 +1,6 @@
 import type { Ledger, RpcClient } from './billing/ledger.ts';
 import type { Config } from './env.ts';
+import type { RateLimiter, createLimitsCache } from './gateway/rate-limits.ts';
 
 export interface Services {
   config: Config;
@@ -13,6 +14,9 @@ export interface Services {
   /** Keeps work (settlement) running after the response; Vercel's waitUntil in production. */
   waitUntil: (promise: Promise<unknown>) => void;
   log: (entry: Record<string, unknown>) => void;
+  /** Present when Upstash Redis is configured. */
+  rateLimiter?: RateLimiter | undefined;
+  limitsCache: ReturnType<typeof createLimitsCache>;
 }
 
 export interface ModelPrice {
@@ -35,5 +39,7 @@ export interface AppEnv {
   Variables: {
     requestId: string;
     services: Services;
+    /** x-ratelimit-* headers for the response. */
+    rateLimitHeaders?: Record<string, string>;
   };
 }

@@ -26,6 +26,9 @@ export function createApp(services: Services): Hono<AppEnv> {
     c.set('services', services);
     await next();
     c.res.headers.set('x-request-id', requestId);
+    for (const [name, value] of Object.entries(c.var.rateLimitHeaders ?? {})) {
+      if (!c.res.headers.has(name)) c.res.headers.set(name, value);
+    }
   });
 
   const limitBody = bodyLimit({

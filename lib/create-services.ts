@@ -2,6 +2,7 @@ import { PostgrestClient } from '@supabase/postgrest-js';
 import type { ModelPrice, Services } from './app-env.ts';
 import { createLedger } from './billing/ledger.ts';
 import type { Config } from './env.ts';
+import { createLimitsCache, createRateLimiter } from './gateway/rate-limits.ts';
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
@@ -23,8 +24,21 @@ export function createServices(config: Config, options: ServiceOptions): Service
     headers: { apikey: key, authorization: `Bearer ${key}` },
     fetch: options.databaseFetch ?? ((input, init) => fetch(input, init)),
   });
+  const log = options.log ?? ((entry: Record<string, unknown>) => console.error(JSON.stringify(entry)));
+  const rateLimiter =
+    config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
+      ? createRateLimiter({
+          url: config.UPSTASH_REDIS_REST_URL,
+          token: config.UPSTASH_REDIS_REST_TOKEN,
+          timeoutMs: config.RATE_LIMIT_TIMEOUT_MS,
+          windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
+          log,
+        })
+      : undefined;
   return {
     config,
+    rateLimiter,
+    limitsCache: createLimitsCache(),
     ledger: createLedger(database),
     database,
     listModels: async () => {
@@ -34,6 +48,6 @@ export function createServices(config: Config, options: ServiceOptions): Service
     },
     fetch: options.fetch ?? ((input, init) => fetch(input, init)),
     waitUntil: options.waitUntil,
-    log: options.log ?? ((entry) => console.error(JSON.stringify(entry))),
+    log,
   };
 }

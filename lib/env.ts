@@ -47,6 +47,9 @@ const environmentSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   UPSTASH_REDIS_REST_URL: optionalUrl,
   UPSTASH_REDIS_REST_TOKEN: optionalText,
+  /** If Redis has not answered within this, the request is allowed and the failure logged. */
+  RATE_LIMIT_TIMEOUT_MS: positiveInteger(500),
+  RATE_LIMIT_WINDOW_SECONDS: positiveInteger(60),
 });
 
 export type Environment = z.infer<typeof environmentSchema>;

@@ -83,6 +83,9 @@ const refusalStatus: Record<string, number> = {
   invalid_request: 400,
   insufficient_credits: 402,
   request_id_conflict: 409,
+  too_many_concurrent_requests: 429,
+  key_spend_limit_reached: 403,
+  key_monthly_limit_reached: 403,
 };
 
 /** A payment link that carries the account to Stripe as client_reference_id. */

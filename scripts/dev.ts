@@ -13,6 +13,7 @@ import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { createServices } from '../lib/create-services.ts';
 import { loadConfig } from '../lib/env.ts';
 import { startDemoUpstream } from './demo-upstream.ts';
+import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -49,6 +50,8 @@ async function main() {
   });
   const demo = await ensureDemo(stack);
   const demoUpstream = await startDemoUpstream();
+  // Rate limits need Redis: a local Upstash-compatible endpoint when redis-server is installed.
+  const upstash = !process.env.UPSTASH_REDIS_REST_URL && redisServerPath() ? await startLocalUpstash() : undefined;
 
   // The gateway reads its configuration as in production; the local stack and
   // the demo upstream fill in what the shell does not set.
@@ -56,6 +59,7 @@ async function main() {
     ...process.env,
     SUPABASE_URL: stack.supabaseUrl,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
     UPSTREAM_CHANNELS: JSON.stringify([
       { provider: 'demo', kind: 'openai-compatible', baseUrl: demoUpstream.url },
       ...JSON.parse(process.env.UPSTREAM_CHANNELS ?? '[]'),
@@ -90,6 +94,7 @@ async function main() {
   console.log(`Gateway             ${gatewayUrl}`);
   console.log(`Local Supabase API  ${stack.supabaseUrl}/rest/v1`);
   console.log(`Database            ${stack.databaseUrl}`);
+  console.log(`Rate limits         ${config.UPSTASH_REDIS_REST_URL ? `on (${config.UPSTASH_REDIS_REST_URL})` : 'off: install redis-server or set UPSTASH_REDIS_REST_URL'}`);
   console.log(`Demo user           ${demo.userId}`);
   console.log(`Demo API key        ${demo.apiKey}`);
   console.log('Everything above is in .local/dev.json. Press Ctrl-C to stop.\n');
@@ -107,6 +112,7 @@ async function main() {
     server.close();
     await Promise.allSettled([...pending]);
     await demoUpstream.close();
+    await upstash?.stop();
     await stack.stop();
     process.exit(0);
   };

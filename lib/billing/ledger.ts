@@ -35,6 +35,7 @@ const authorizedSchema = z.object({
   available: z.number().int(),
   key: z.object({ requests_per_minute: z.number().int().nullable(), max_concurrent: z.number().int().nullable() }),
   plan: z.string(),
+  limits: z.object({ requests_per_minute: z.number().int().nullable(), tokens_per_minute: z.number().int().nullable() }),
 });
 
 const topUpLinkSchema = z.object({
@@ -107,14 +108,28 @@ const keyOverviewSchema = z.discriminatedUnion('status', [
   refusedSchema,
 ]);
 
-const createdKeySchema = z.object({
+const keyPolicySchema = z.object({
+  allowed_models: z.array(z.string()).nullable(),
+  allowed_ips: z.array(z.string()).nullable(),
+  spend_limit: z.number().int().nullable(),
+  monthly_spend_limit: z.number().int().nullable(),
+  max_concurrent: z.number().int().nullable(),
+  requests_per_minute: z.number().int().nullable(),
+  tokens_per_minute: z.number().int().nullable(),
+});
+
+export type KeyPolicy = z.infer<typeof keyPolicySchema>;
+
+const keySummarySchema = z.object({
   id: z.string(),
   name: z.string(),
   prefix: z.string(),
-  key: z.string(),
   expires_at: z.string().nullable(),
   created_at: z.string(),
+  policy: keyPolicySchema,
 });
+
+const createdKeySchema = keySummarySchema.extend({ key: z.string() });
 
 export type Authorization = z.infer<typeof authorizationSchema>;
 export type Authorized = z.infer<typeof authorizedSchema>;
@@ -250,13 +265,17 @@ export type Ledger = ReturnType<typeof createLedger>;
 /** Key management for a signed-in user (a client carrying the user's session). */
 export function createApiKeyManager(userClient: RpcClient) {
   return {
-    createApiKey(name: string, expiresAt?: Date): Promise<CreatedApiKey> {
+    createApiKey(name: string, expiresAt?: Date, policy: Partial<KeyPolicy> = {}): Promise<CreatedApiKey> {
       return callFunction(
         userClient,
         'create_api_key',
-        { p_name: name, p_expires_at: expiresAt?.toISOString() ?? null },
+        { p_name: name, p_expires_at: expiresAt?.toISOString() ?? null, p_policy: policy },
         createdKeySchema,
       );
+    },
+    /** Fields left out stay as they are; null removes a limit. */
+    updateApiKeyPolicy(keyId: string, policy: Partial<KeyPolicy>): Promise<z.infer<typeof keySummarySchema>> {
+      return callFunction(userClient, 'update_api_key_policy', { p_key_id: keyId, p_policy: policy }, keySummarySchema);
     },
     revokeApiKey(keyId: string): Promise<{ id: string; revoked_at: string }> {
       return callFunction(

@@ -4,6 +4,7 @@ import type { AppEnv } from '../app-env.ts';
 import type { Authorized, AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
+import { settleInBackground } from './settle-in-background.ts';
 
 const apiKeyFormat = /^tg_[A-Za-z0-9_-]{16,128}$/;
 
@@ -54,10 +55,44 @@ export function clientIp(c: Context<AppEnv>): string | undefined {
   return forwarded && /^[0-9a-fA-F.:]+$/.test(forwarded) ? forwarded : undefined;
 }
 
-/** The one database round trip before the upstream call. */
+/**
+ * The one database round trip before the upstream call, with the rate limits
+ * checked in parallel when the key's limits are known from its last request
+ * (a brief in-memory cache); on a cache miss they are checked just after.
+ * Tokens count the hold's estimate: the input bound and the requested output
+ * cap up front, and whatever the hold added beyond that against the next
+ * requests.
+ */
 export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>): Promise<Authorized> {
   const { services, requestId } = c.var;
-  const result = await services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) });
+  const { rateLimiter, limitsCache } = services;
+  const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
+  const estimate = input.maxInputTokens + (input.maxOutputTokens ?? 0) * (input.choices ?? 1);
+  const [result, early] = await Promise.all([
+    services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) }),
+    known ? rateLimiter!.check(known, estimate) : undefined,
+  ]);
   if (result.status === 'refused') throw refusalError(result, services.config.TOPUP_URL);
+  if (!rateLimiter) return result;
+
+  const subject = {
+    keyId: result.api_key_id,
+    accountId: result.account_id,
+    requestsPerMinute: result.limits.requests_per_minute,
+    tokensPerMinute: result.limits.tokens_per_minute,
+  };
+  limitsCache.set(input.keyHash, subject);
+  const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
+  const decision = early ?? (await rateLimiter.check(subject, heldTokens));
+  if (early && heldTokens > estimate && decision.allowed) services.waitUntil(rateLimiter.consume(subject, heldTokens - estimate));
+  c.set('rateLimitHeaders', decision.headers);
+  if (!decision.allowed) {
+    // The hold was taken in parallel: release it, nothing is charged.
+    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: 'rate limited' }));
+    const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
+    throw new GatewayError(429, 'rate_limit_exceeded', `Rate limit reached: ${what}. Retry after ${decision.retryAfterSeconds} s.`, {
+      headers: decision.headers,
+    });
+  }
   return result;
 }

@@ -76,7 +76,11 @@ create table public.api_keys (
   monthly_spend_limit bigint,
   max_concurrent integer,
   requests_per_minute integer,
+  tokens_per_minute integer,
   spent bigint not null default 0,
+  -- Spend of the calendar month (UTC) that starts on spent_month.
+  month_spent bigint not null default 0,
+  spent_month date,
   last_used_at timestamptz,
   created_at timestamptz not null default now(),
   constraint api_keys_name_length check (char_length(name) between 1 and 100),
@@ -85,6 +89,7 @@ create table public.api_keys (
   constraint api_keys_monthly_spend_limit_not_negative check (monthly_spend_limit >= 0),
   constraint api_keys_max_concurrent_positive check (max_concurrent > 0),
   constraint api_keys_requests_per_minute_positive check (requests_per_minute > 0),
+  constraint api_keys_tokens_per_minute_positive check (tokens_per_minute > 0),
   constraint api_keys_spent_not_negative check (spent >= 0)
 );
 comment on column public.api_keys.key_hash is 'Hex SHA-256 of the key. The plaintext is shown once, at creation, and never stored.';
@@ -246,6 +251,7 @@ comment on column public.usage_events.upstream_cost is 'What the upstream charge
 create index usage_events_account_id_created_at_idx on public.usage_events (account_id, created_at desc);
 create index usage_events_api_key_id_created_at_idx on public.usage_events (api_key_id, created_at);
 create index usage_events_open_holds_idx on public.usage_events (created_at) where status = 'held';
+create index usage_events_open_holds_by_key_idx on public.usage_events (api_key_id) where status = 'held';
 alter table public.usage_events enable row level security;
 
 create policy "Users can read their own usage."
@@ -314,6 +320,36 @@ create policy "Users can read their own alerts."
   on public.alerts for select to authenticated
   using (account_id in (select a.id from public.accounts a where a.user_id = (select auth.uid())));
 
+-- Plans: rate limits, and subscriptions with monthly included credits -----------
+
+create table public.plans (
+  id text primary key,
+  name text not null,
+  monthly_credits bigint not null default 0,
+  stripe_price_id text unique,
+  stripe_payment_link_id text unique,
+  payment_link_url text,
+  currency text not null default 'usd',
+  unit_amount bigint,
+  -- Rate limits for the plan's accounts (a key may override them); null: none.
+  requests_per_minute integer,
+  tokens_per_minute integer,
+  active boolean not null default true,
+  created_at timestamptz not null default now(),
+  constraint plans_rate_limits_positive check (requests_per_minute > 0 and tokens_per_minute > 0),
+  constraint plans_id_format check (id ~ '^[a-z0-9_-]{1,32}$'),
+  constraint plans_monthly_credits_not_negative check (monthly_credits >= 0)
+);
+alter table public.plans enable row level security;
+
+create policy "Signed-in users can read active plans."
+  on public.plans for select to authenticated
+  using (active);
+
+insert into public.plans (id, name, monthly_credits, requests_per_minute, tokens_per_minute)
+values ('free', 'Free', 0, 60, 1000000);
+alter table public.accounts add constraint accounts_plan_fkey foreign key (plan) references public.plans (id);
+
 -- Grants ---------------------------------------------------------------------
 -- Explicit, because new Supabase projects no longer grant new objects to the API
 -- roles. Nobody gets a write grant on accounts' money, keys, the ledger, usage or
@@ -327,11 +363,11 @@ grant select (
 grant select on public.model_prices to anon, authenticated, service_role;
 
 grant select on public.accounts, public.api_keys, public.credit_ledger, public.usage_events,
-  public.credit_packs, public.alerts to authenticated;
+  public.credit_packs, public.alerts, public.plans to authenticated;
 grant update (low_balance_threshold) on public.accounts to authenticated;
 
 grant select on all tables in schema public to service_role;
-grant insert, update, delete on public.models, public.credit_packs to service_role;
+grant insert, update, delete on public.models, public.credit_packs, public.plans to service_role;
 grant update on public.billing_settings to service_role;
 grant update (credit_limit, low_balance_threshold, plan) on public.accounts to service_role;
 grant update (delivered_at, delivery_status) on public.alerts to service_role;

@@ -213,6 +213,15 @@ begin
 end;
 $$;
 
+-- The first day of the current calendar month, UTC: key monthly spend resets then.
+create function private.current_month()
+returns date
+language sql stable
+set search_path = ''
+as $$
+  select date_trunc('month', now() at time zone 'UTC')::date
+$$;
+
 create function private.refusal(p_code text, p_message text, p_details jsonb default '{}')
 returns jsonb
 language sql immutable
@@ -301,10 +310,16 @@ as $$
     'key', jsonb_build_object(
       'requests_per_minute', k.requests_per_minute,
       'max_concurrent', k.max_concurrent),
-    'plan', a.plan
+    'plan', a.plan,
+    -- Rate limits: the key's own, else its plan's; null means none.
+    'limits', jsonb_build_object(
+      'requests_per_minute', coalesce(k.requests_per_minute, pl.requests_per_minute),
+      'tokens_per_minute', coalesce(k.tokens_per_minute, pl.tokens_per_minute))
   )
-  from public.accounts a, public.api_keys k
-  where a.id = p_event.account_id and k.id = p_event.api_key_id
+  from public.accounts a
+  join public.api_keys k on k.id = p_event.api_key_id
+  left join public.plans pl on pl.id = a.plan
+  where a.id = p_event.account_id
 $$;
 revoke all on function private.authorization_result(public.usage_events, boolean) from public;
 
@@ -334,6 +349,8 @@ declare
   v_affordable numeric;
   v_capped boolean := false;
   v_held boolean;
+  v_open_count bigint;
+  v_open_holds bigint;
 begin
   if p_request_id is null or char_length(p_request_id) not between 1 and 128 then
     return private.refusal('invalid_request', 'request id must be 1 to 128 characters');
@@ -392,6 +409,32 @@ begin
       jsonb_build_object('limit', v_model.max_output_tokens));
   end if;
   v_hold := private.worst_case_cost(v_rates -> 'price', p_max_input_tokens, v_max_output * p_choices);
+
+  -- Key policy that depends on what is in flight: the key's row is locked so
+  -- concurrent requests of one key are counted one after the other.
+  if v_key.spend_limit is not null or v_key.monthly_spend_limit is not null or v_key.max_concurrent is not null then
+    select * into v_key from public.api_keys where id = v_key.id for update;
+    select count(*), coalesce(sum(hold), 0) into v_open_count, v_open_holds
+      from public.usage_events where api_key_id = v_key.id and status = 'held';
+    if v_key.max_concurrent is not null and v_open_count >= v_key.max_concurrent then
+      return private.refusal('too_many_concurrent_requests',
+        format('This API key already has %s requests in flight, its limit.', v_open_count),
+        jsonb_build_object('limit', v_key.max_concurrent));
+    end if;
+    if v_key.spend_limit is not null and v_key.spent + v_open_holds + v_hold > v_key.spend_limit then
+      return private.refusal('key_spend_limit_reached',
+        format('This API key has reached its spend limit of %s (spent %s, %s in flight, this request may cost up to %s).',
+               v_key.spend_limit, v_key.spent, v_open_holds, v_hold),
+        jsonb_build_object('limit', v_key.spend_limit));
+    end if;
+    if v_key.monthly_spend_limit is not null
+       and (case when v_key.spent_month = private.current_month() then v_key.month_spent else 0 end) + v_open_holds + v_hold
+           > v_key.monthly_spend_limit then
+      return private.refusal('key_monthly_limit_reached',
+        format('This API key has reached its monthly spend limit of %s.', v_key.monthly_spend_limit),
+        jsonb_build_object('limit', v_key.monthly_spend_limit));
+    end if;
+  end if;
 
   begin
     -- The hold is taken by one conditional update: never read-then-write. A
@@ -561,7 +604,10 @@ begin
   returning * into v_event;
 
   update public.api_keys
-     set spent = spent + v_charge, last_used_at = now()
+     set spent = spent + v_charge,
+         month_spent = case when spent_month = private.current_month() then month_spent + v_charge else v_charge end,
+         spent_month = private.current_month(),
+         last_used_at = now()
    where id = v_event.api_key_id;
 
   return private.settlement_result(v_event, false);
@@ -632,7 +678,75 @@ $$;
 
 -- API keys for signed-in users -----------------------------------------------
 
-create function public.create_api_key(p_name text, p_expires_at timestamptz default null)
+-- Sets a key's policy from {allowed_models, allowed_ips, spend_limit,
+-- monthly_spend_limit, max_concurrent, requests_per_minute, tokens_per_minute}.
+-- A field left out is unchanged; null clears it (no limit).
+create function private.apply_key_policy(p_key_id uuid, p_policy jsonb)
+returns public.api_keys
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_field text;
+  v_row public.api_keys;
+  v_limits text[] := array['spend_limit', 'monthly_spend_limit', 'max_concurrent', 'requests_per_minute', 'tokens_per_minute'];
+begin
+  if p_policy is null or jsonb_typeof(p_policy) <> 'object' then
+    raise exception 'policy must be an object' using errcode = '22023';
+  end if;
+  for v_field in select jsonb_object_keys(p_policy) loop
+    if not v_field = any (v_limits || array['allowed_models', 'allowed_ips']) then
+      raise exception 'unknown policy field "%"', v_field using errcode = '22023';
+    end if;
+    if v_field = any (v_limits) and jsonb_typeof(p_policy -> v_field) <> 'null'
+       and (jsonb_typeof(p_policy -> v_field) <> 'number' or (p_policy ->> v_field) !~ '^[0-9]{1,15}$') then
+      raise exception 'policy field "%" must be a non-negative integer or null', v_field using errcode = '22023';
+    end if;
+    if v_field in ('allowed_models', 'allowed_ips') and jsonb_typeof(p_policy -> v_field) not in ('array', 'null') then
+      raise exception 'policy field "%" must be an array or null', v_field using errcode = '22023';
+    end if;
+  end loop;
+  begin
+    update public.api_keys set
+      allowed_models = case when p_policy ? 'allowed_models'
+        then (select array_agg(value) from jsonb_array_elements_text(nullif(p_policy -> 'allowed_models', 'null'))) else allowed_models end,
+      allowed_ips = case when p_policy ? 'allowed_ips'
+        then (select array_agg(value::cidr) from jsonb_array_elements_text(nullif(p_policy -> 'allowed_ips', 'null'))) else allowed_ips end,
+      spend_limit = case when p_policy ? 'spend_limit' then (p_policy ->> 'spend_limit')::bigint else spend_limit end,
+      monthly_spend_limit = case when p_policy ? 'monthly_spend_limit' then (p_policy ->> 'monthly_spend_limit')::bigint else monthly_spend_limit end,
+      max_concurrent = case when p_policy ? 'max_concurrent' then (p_policy ->> 'max_concurrent')::integer else max_concurrent end,
+      requests_per_minute = case when p_policy ? 'requests_per_minute' then (p_policy ->> 'requests_per_minute')::integer else requests_per_minute end,
+      tokens_per_minute = case when p_policy ? 'tokens_per_minute' then (p_policy ->> 'tokens_per_minute')::integer else tokens_per_minute end
+    where id = p_key_id
+    returning * into v_row;
+  exception
+    when invalid_text_representation then
+      raise exception 'allowed_ips must be CIDR networks, such as 10.0.0.0/8 or 2001:db8::/32' using errcode = '22023';
+    when check_violation then
+      raise exception 'limits must be positive' using errcode = '22023';
+  end;
+  return v_row;
+end;
+$$;
+revoke all on function private.apply_key_policy(uuid, jsonb) from public;
+
+create function private.key_summary(p_row public.api_keys)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'id', p_row.id, 'name', p_row.name, 'prefix', p_row.prefix, 'expires_at', p_row.expires_at,
+    'created_at', p_row.created_at,
+    'policy', jsonb_build_object(
+      'allowed_models', to_jsonb(p_row.allowed_models), 'allowed_ips', to_jsonb(p_row.allowed_ips::text[]),
+      'spend_limit', p_row.spend_limit, 'monthly_spend_limit', p_row.monthly_spend_limit,
+      'max_concurrent', p_row.max_concurrent, 'requests_per_minute', p_row.requests_per_minute,
+      'tokens_per_minute', p_row.tokens_per_minute))
+$$;
+revoke all on function private.key_summary(public.api_keys) from public;
+
+create function public.create_api_key(p_name text, p_expires_at timestamptz default null, p_policy jsonb default '{}')
 returns jsonb
 language plpgsql
 security definer
@@ -660,9 +774,29 @@ begin
   values (v_account_id, trim(p_name), left(v_key, 11),
           encode(sha256(convert_to(v_key, 'UTF8')), 'hex'), p_expires_at)
   returning * into v_row;
+  v_row := private.apply_key_policy(v_row.id, coalesce(p_policy, '{}'));
 
-  return jsonb_build_object('id', v_row.id, 'name', v_row.name, 'prefix', v_row.prefix, 'key', v_key,
-                            'expires_at', v_row.expires_at, 'created_at', v_row.created_at);
+  return private.key_summary(v_row) || jsonb_build_object('key', v_key);
+end;
+$$;
+
+-- Users may restrict their own keys (models, addresses, spend, concurrency, rates).
+create function public.update_api_key_policy(p_key_id uuid, p_policy jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.api_keys;
+begin
+  perform 1 from public.api_keys k join public.accounts a on a.id = k.account_id
+   where k.id = p_key_id and a.user_id = (select auth.uid());
+  if not found then
+    raise exception 'no such key' using errcode = 'PT404';
+  end if;
+  v_row := private.apply_key_policy(p_key_id, p_policy);
+  return private.key_summary(v_row);
 end;
 $$;
 
@@ -736,7 +870,8 @@ $$;
 revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean) from public, anon, authenticated;
 revoke all on function public.settle_request(text, text, jsonb, text, text) from public, anon, authenticated;
 revoke all on function public.grant_credits(uuid, bigint, text, text, text) from public, anon, authenticated;
-revoke all on function public.create_api_key(text, timestamptz) from public, anon, service_role;
+revoke all on function public.create_api_key(text, timestamptz, jsonb) from public, anon, service_role;
+revoke all on function public.update_api_key_policy(uuid, jsonb) from public, anon, service_role;
 revoke all on function public.revoke_api_key(uuid) from public, anon, service_role;
 
 grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean) to service_role;
@@ -744,5 +879,6 @@ grant execute on function public.settle_request(text, text, jsonb, text, text) t
 revoke all on function public.key_overview(text) from public, anon, authenticated;
 grant execute on function public.key_overview(text) to service_role;
 grant execute on function public.grant_credits(uuid, bigint, text, text, text) to service_role;
-grant execute on function public.create_api_key(text, timestamptz) to authenticated;
+grant execute on function public.create_api_key(text, timestamptz, jsonb) to authenticated;
+grant execute on function public.update_api_key_policy(uuid, jsonb) to authenticated;
 grant execute on function public.revoke_api_key(uuid) to authenticated;

@@ -7,30 +7,6 @@
 -- credit. Events may arrive in any order: a refund or dispute that arrives
 -- before its checkout is recorded and applied when the checkout is.
 
--- Plans: subscriptions with monthly included credits ---------------------------
-
-create table public.plans (
-  id text primary key,
-  name text not null,
-  monthly_credits bigint not null default 0,
-  stripe_price_id text unique,
-  stripe_payment_link_id text unique,
-  payment_link_url text,
-  currency text not null default 'usd',
-  unit_amount bigint,
-  active boolean not null default true,
-  created_at timestamptz not null default now(),
-  constraint plans_id_format check (id ~ '^[a-z0-9_-]{1,32}$'),
-  constraint plans_monthly_credits_not_negative check (monthly_credits >= 0)
-);
-alter table public.plans enable row level security;
-
-create policy "Signed-in users can read active plans."
-  on public.plans for select to authenticated
-  using (active);
-
-insert into public.plans (id, name, monthly_credits) values ('free', 'Free', 0);
-
 create unique index credit_packs_stripe_price_id_key on public.credit_packs (stripe_price_id) where stripe_price_id is not null;
 
 alter table public.accounts
@@ -93,8 +69,7 @@ create policy "Users can read their own invoices."
   on public.stripe_invoices for select to authenticated
   using (account_id in (select a.id from public.accounts a where a.user_id = (select auth.uid())));
 
-grant select on public.plans, public.stripe_payments, public.stripe_invoices to authenticated, service_role;
-grant insert, update, delete on public.plans to service_role;
+grant select on public.stripe_payments, public.stripe_invoices to authenticated, service_role;
 
 -- Helpers -----------------------------------------------------------------------
 

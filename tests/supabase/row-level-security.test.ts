@@ -32,6 +32,7 @@ beforeAll(async () => {
     [`plink_${crypto.randomUUID()}`],
   );
   packId = pack.id;
+  await admin().query(`insert into public.usage_daily values ($1, 'rls-model', '2026-01-01', 1, 1, 0, 0, 0, 1, 0, 0, 0, 2, 2, 1, 1)`, [alice.accountId]);
   planId = `rls${crypto.randomUUID().slice(0, 8)}`;
   await admin().query(`insert into public.plans (id, name, monthly_credits) values ($1, 'RLS', 0)`, [planId]);
   await admin().query(`insert into public.stripe_payments (checkout_session_id, account_id, status) values ($1, $2, 'pending')`, [`cs_${crypto.randomUUID()}`, alice.accountId]);
@@ -134,6 +135,12 @@ const tables: TableCase[] = [
     table: 'stripe_invoices', columns: '*', match: () => ['account_id', alice.accountId],
     insert: () => ({ id: 'in_x', customer_id: 'cus_x', account_id: alice.accountId }),
     update: { credits: 1_000_000_000 },
+    expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'usage_daily', columns: '*', match: () => ['account_id', alice.accountId],
+    insert: () => ({ account_id: alice.accountId, model_id: 'x', day: '2026-01-01', requests: 0, input_tokens: 0, cached_input_tokens: 0, cache_write_tokens: 0, cache_write_1h_tokens: 0, output_tokens: 0, reasoning_tokens: 0, image_tokens: 0, audio_tokens: 0, amount: 0, charged: 0, upstream_cost: 0, margin: 0 }),
+    update: { charged: 0 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
   },
   {
@@ -258,6 +265,17 @@ describe('functions: only the service role runs money functions', () => {
       args: () => ({ p_name: 'matrix' }),
       expected: { anon: 'denied', alice: 1, bob: 1, service: 'denied' },
     },
+    {
+      name: 'update_api_key_policy',
+      args: () => ({ p_key_id: crypto.randomUUID(), p_policy: { max_concurrent: 1 } }),
+      expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' },
+    },
+    ...['reconcile_books', 'expire_stale_holds', 'check_balance_states', 'deliver_alerts'].map((name) => ({
+      name,
+      // Harmless to run: a time far in the past touches nothing.
+      args: () => ({ p_now: '2000-01-01T00:00:00Z' }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 } as Record<Role, Outcome>,
+    })),
     {
       name: 'revoke_api_key',
       args: () => ({ p_key_id: crypto.randomUUID() }),

@@ -1,0 +1,198 @@
+import { createServer, type Server } from 'node:net';
+import { Redis } from '@upstash/redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApiKeyManager } from '../../lib/billing/ledger.ts';
+import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+let upstash: LocalUpstash;
+let fake: FakeUpstream;
+const gateways: Gateway[] = [];
+
+beforeAll(async () => {
+  upstash = await startLocalUpstash();
+  fake = await startFakeUpstream();
+});
+
+afterAll(async () => {
+  await Promise.all(gateways.map((gateway) => gateway.close()));
+  await fake.close();
+  await upstash.stop();
+});
+
+async function gatewayWith(environment: Record<string, string> = {}) {
+  const gateway = await startGateway({
+    OPENAI_BASE_URL: `${fake.url}/v1`,
+    ANTHROPIC_BASE_URL: fake.url,
+    UPSTASH_REDIS_REST_URL: upstash.url,
+    UPSTASH_REDIS_REST_TOKEN: upstash.token,
+    RATE_LIMIT_WINDOW_SECONDS: '2',
+    ...environment,
+  });
+  gateways.push(gateway);
+  return gateway;
+}
+
+/**
+ * Sliding windows are weighted across fixed windows aligned on the clock; a burst
+ * that straddles a boundary may let one more through. Tests start their burst at
+ * the beginning of a window.
+ */
+async function startOfWindow(windowMs: number) {
+  const into = Date.now() % windowMs;
+  if (into > windowMs * 0.3) await new Promise((resolve) => setTimeout(resolve, windowMs - into + 20));
+}
+
+/** A customer whose key allows `rpm` requests per window. */
+async function limitedCustomer(policy: { requests_per_minute?: number; tokens_per_minute?: number }) {
+  const customer = await createCustomer({ balance: 10_000_000 });
+  await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, policy);
+  return customer;
+}
+
+const chat = (gateway: Gateway, apiKey: string, content = 'Hi') =>
+  fetch(`${gateway.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: chatModel, messages: [{ role: 'user', content }], max_tokens: 100 }),
+  });
+
+let chatModel: string;
+beforeAll(async () => {
+  chatModel = await createModel({ input: 1, output: 1 }, { upstreamModel: 'chat-basic' });
+});
+
+describe('the local Upstash endpoint', () => {
+  it('serves the @upstash/redis client itself, over a real redis-server', async () => {
+    const redis = new Redis({ url: upstash.url, token: upstash.token });
+    const key = `probe:${crypto.randomUUID()}`;
+    expect(await redis.set(key, 'grüße 🌍')).toBe('OK');
+    expect(await redis.get(key)).toBe('grüße 🌍');
+    expect(await redis.incr(`${key}:n`)).toBe(1);
+    const pipeline = redis.pipeline();
+    pipeline.incr(`${key}:n`);
+    pipeline.get(key);
+    expect(await pipeline.exec()).toEqual([2, 'grüße 🌍']);
+    const transaction = redis.multi();
+    transaction.incr(`${key}:n`);
+    transaction.expire(`${key}:n`, 60);
+    expect(await transaction.exec()).toEqual([3, 1]);
+    expect(await redis.eval('return ARGV[1] .. KEYS[1]', ['k'], ['v'])).toBe('vk');
+    await expect(new Redis({ url: upstash.url, token: 'wrong' }).get(key)).rejects.toThrow();
+  });
+});
+
+describe('requests per minute per key', () => {
+  it('refuses past the limit with 429, Retry-After and x-ratelimit-* headers, charging nothing; the window slides', async () => {
+    const gateway = await gatewayWith();
+    const customer = await limitedCustomer({ requests_per_minute: 3 });
+    await startOfWindow(2000);
+    const statuses = [];
+    let refused: Response | undefined;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const response = await chat(gateway, customer.apiKey);
+      statuses.push(response.status);
+      if (response.status === 429) refused = response;
+      else {
+        expect(response.headers.get('x-ratelimit-limit-requests')).toBe('3');
+        await response.text();
+      }
+    }
+    expect(statuses).toEqual([200, 200, 200, 429]);
+    expect(Number(refused!.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    expect(refused!.headers.get('x-ratelimit-limit-requests')).toBe('3');
+    expect(refused!.headers.get('x-ratelimit-remaining-requests')).toBe('0');
+    expect(refused!.headers.get('x-ratelimit-reset-requests')).toMatch(/^\d+s$/);
+    expect(await refused!.json()).toMatchObject({ error: { code: 'rate_limit_exceeded', type: 'rate_limit_error' } });
+
+    await gateway.settled();
+    const { rows } = await admin().query('select status, charged from public.usage_events where account_id = $1 order by created_at', [customer.accountId]);
+    expect(rows.map((row) => row.status)).toEqual(['completed', 'completed', 'completed', 'failed']);
+    expect(rows[3].charged).toBe('0');
+
+    // The window slides: after it has passed, requests go through again.
+    await new Promise((resolve) => setTimeout(resolve, 4100));
+    expect((await chat(gateway, customer.apiKey)).status).toBe(200);
+    await gateway.settled();
+  });
+
+  it('two gateway instances share one limit', async () => {
+    const [first, second] = [await gatewayWith(), await gatewayWith()];
+    const customer = await limitedCustomer({ requests_per_minute: 4 });
+    await startOfWindow(2000);
+    const statuses = [];
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const response = await chat(attempt % 2 === 0 ? first : second, customer.apiKey);
+      statuses.push(response.status);
+      await response.text();
+    }
+    expect(statuses.filter((status) => status === 200)).toHaveLength(4);
+    expect(statuses.filter((status) => status === 429)).toHaveLength(4);
+    await Promise.all([first.settled(), second.settled()]);
+  });
+
+  it('answers 429 in Anthropic\'s shape on /v1/messages', async () => {
+    const gateway = await gatewayWith();
+    const claude = await createModel({ input: 1, output: 1 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 1000 });
+    const customer = await limitedCustomer({ requests_per_minute: 1 });
+    await startOfWindow(2000);
+    const send = () =>
+      fetch(`${gateway.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: claude, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }),
+      });
+    expect((await send()).status).toBe(200);
+    const refused = await send();
+    expect(refused.status).toBe(429);
+    expect(await refused.json()).toMatchObject({ type: 'error', error: { type: 'rate_limit_error', code: 'rate_limit_exceeded' } });
+    await gateway.settled();
+  });
+});
+
+describe('tokens per minute per account', () => {
+  it('counts the hold\'s token estimate', async () => {
+    const gateway = await gatewayWith();
+    // "user" + 500 × "x" + framing ≈ 510 input tokens, plus max_tokens 100: about 610 a request.
+    const customer = await limitedCustomer({ tokens_per_minute: 1000 });
+    await startOfWindow(2000);
+    const first = await chat(gateway, customer.apiKey, 'x'.repeat(500));
+    expect(first.status).toBe(200);
+    expect(Number(first.headers.get('x-ratelimit-remaining-tokens'))).toBeLessThan(400);
+    const second = await chat(gateway, customer.apiKey, 'x'.repeat(500));
+    expect(second.status).toBe(429);
+    expect(await second.json()).toMatchObject({ error: { code: 'rate_limit_exceeded', message: expect.stringContaining('tokens per minute') } });
+    await gateway.settled();
+  });
+});
+
+describe('when Redis does not answer', () => {
+  it('allows the request and logs the failure: Redis down', async () => {
+    const own = await startLocalUpstash();
+    const gateway = await gatewayWith({ UPSTASH_REDIS_REST_URL: own.url, UPSTASH_REDIS_REST_TOKEN: own.token });
+    const customer = await limitedCustomer({ requests_per_minute: 1 });
+    await own.stopRedis();
+    for (let attempt = 0; attempt < 3; attempt++) expect((await chat(gateway, customer.apiKey)).status).toBe(200);
+    expect(gateway.logs.filter((entry) => entry.event === 'rate_limit_unavailable').length).toBeGreaterThan(0);
+    await gateway.settled();
+    await own.stop();
+  });
+
+  it('allows the request and logs the failure: no answer within the timeout', async () => {
+    // Accepts connections and never answers.
+    const silent: Server = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as { port: number }).port;
+    const gateway = await gatewayWith({ UPSTASH_REDIS_REST_URL: `http://127.0.0.1:${port}`, UPSTASH_REDIS_REST_TOKEN: 'x', RATE_LIMIT_TIMEOUT_MS: '300' });
+    const customer = await limitedCustomer({ requests_per_minute: 1 });
+    const started = performance.now();
+    expect((await chat(gateway, customer.apiKey)).status).toBe(200);
+    expect((await chat(gateway, customer.apiKey)).status).toBe(200);
+    expect(performance.now() - started).toBeLessThan(5000);
+    expect(gateway.logs.some((entry) => entry.event === 'rate_limit_unavailable' && String(entry.reason).includes('300 ms'))).toBe(true);
+    await gateway.settled();
+    silent.close();
+  });
+});

@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApiKeyManager } from '../../lib/billing/ledger.ts';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel, type Customer } from '../support/supabase.ts';
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+let model: string;
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, ANTHROPIC_BASE_URL: fake.url, GEMINI_BASE_URL: fake.url });
+  // 1 micro-unit per token: "user" + "Hi" + framing = 12 input, max_tokens 10 → a hold of 22; the fixture bills 19 + 9 = 28.
+  model = await createModel({ input: 1_000_000, output: 1_000_000 }, { upstreamModel: 'chat-basic' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+const chat = (customer: Customer, headers: Record<string, string> = {}, body: Record<string, unknown> = {}) =>
+  fetch(`${gateway.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 10, ...body }),
+  });
+
+async function books(accountId: string) {
+  const { rows: [row] } = await admin().query(
+    `select a.balance, a.held, (select count(*) from public.credit_ledger l where l.account_id = a.id)::int as ledger_rows
+       from public.accounts a where a.id = $1`,
+    [accountId],
+  );
+  return row;
+}
+
+async function withPolicy(policy: Parameters<ReturnType<typeof createApiKeyManager>['updateApiKeyPolicy']>[1]) {
+  const customer = await createCustomer({ balance: 10_000_000 });
+  await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, policy);
+  return customer;
+}
+
+async function expectRefused(response: Response, status: number, code: string, before: unknown, accountId: string) {
+  expect(response.status).toBe(status);
+  expect(await response.json()).toMatchObject({ error: { code, message: expect.any(String) } });
+  await gateway.settled();
+  expect(await books(accountId)).toEqual(before);
+}
+
+describe('key policies, enforced in authorize_request', () => {
+  it('a total spend cap counts what was spent and what is in flight', async () => {
+    const customer = await withPolicy({ spend_limit: 60 });
+    expect((await chat(customer)).status).toBe(200); // hold 22 ≤ 60, charged 28
+    await gateway.settled();
+    expect((await chat(customer)).status).toBe(200); // 28 + 22 ≤ 60, charged 28: 56 spent
+    await gateway.settled();
+    const before = await books(customer.accountId);
+    await expectRefused(await chat(customer), 403, 'key_spend_limit_reached', before, customer.accountId);
+  });
+
+  it('a monthly spend cap counts this calendar month only', async () => {
+    const customer = await withPolicy({ monthly_spend_limit: 50 });
+    await admin().query(`update public.api_keys set month_spent = 40, spent_month = date_trunc('month', now() at time zone 'UTC')::date where id = $1`, [customer.apiKeyId]);
+    const before = await books(customer.accountId);
+    await expectRefused(await chat(customer), 403, 'key_monthly_limit_reached', before, customer.accountId);
+    // Last month's spending does not count.
+    await admin().query(`update public.api_keys set spent_month = (date_trunc('month', now() at time zone 'UTC') - interval '1 month')::date where id = $1`, [customer.apiKeyId]);
+    expect((await chat(customer)).status).toBe(200);
+    await gateway.settled();
+    const { rows: [key] } = await admin().query('select month_spent, spent_month = date_trunc($2, now() at time zone $3)::date as this_month from public.api_keys where id = $1', [customer.apiKeyId, 'month', 'UTC']);
+    expect(key).toEqual({ month_spent: '28', this_month: true });
+  });
+
+  it('a maximum of concurrent requests counts the holds in flight', async () => {
+    const upstreamModel = `slow-policy-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'chat-basic', headerDelayMs: 500 });
+    const slow = await createModel({ input: 1_000_000, output: 1_000_000 }, { upstreamModel });
+    const customer = await withPolicy({ max_concurrent: 1 });
+    const first = chat(customer, {}, { model: slow });
+    await expect.poll(() => fake.requestsFor(upstreamModel).length).toBe(1);
+    const before = await books(customer.accountId);
+    const second = await chat(customer, {}, { model: slow });
+    expect(second.status).toBe(429);
+    expect(await second.json()).toMatchObject({ error: { code: 'too_many_concurrent_requests', type: 'rate_limit_error' } });
+    expect((await books(customer.accountId)).ledger_rows).toBe(before.ledger_rows);
+    expect((await first).status).toBe(200);
+    await gateway.settled();
+    expect((await chat(customer, {}, { model: slow })).status).toBe(200);
+    await gateway.settled();
+  });
+
+  it('a model allowlist refuses other models, in each caller\'s error shape', async () => {
+    const claude = await createModel({ input: 1, output: 1 }, { provider: 'anthropic', upstreamModel: 'messages-cache' });
+    const gemini = await createModel({ input: 1, output: 1 }, { provider: 'google', upstreamModel: 'generate-cached-thoughts' });
+    const customer = await withPolicy({ allowed_models: [model] });
+    expect((await chat(customer)).status).toBe(200);
+    await gateway.settled();
+    const before = await books(customer.accountId);
+    await expectRefused(await chat(customer, {}, { model: claude }), 403, 'model_not_allowed', before, customer.accountId);
+    const anthropic = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: claude, max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }),
+    });
+    expect(anthropic.status).toBe(403);
+    expect(await anthropic.json()).toMatchObject({ type: 'error', error: { type: 'permission_error', code: 'model_not_allowed' } });
+    const google = await fetch(`${gateway.url}/v1beta/models/${gemini}:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }] }),
+    });
+    expect(google.status).toBe(403);
+    expect(await google.json()).toMatchObject({ error: { code: 403, status: 'PERMISSION_DENIED', reason: 'model_not_allowed' } });
+    expect(await books(customer.accountId)).toEqual(before);
+  });
+
+  it('an IP allowlist (CIDR) refuses other addresses', async () => {
+    const customer = await withPolicy({ allowed_ips: ['203.0.113.0/24', '2001:db8::/32'] });
+    expect((await chat(customer, { 'x-forwarded-for': '203.0.113.7, 10.0.0.1' })).status).toBe(200);
+    expect((await chat(customer, { 'x-forwarded-for': '2001:db8::42' })).status).toBe(200);
+    await gateway.settled();
+    const before = await books(customer.accountId);
+    await expectRefused(await chat(customer, { 'x-forwarded-for': '198.51.100.1' }), 403, 'ip_not_allowed', before, customer.accountId);
+    await expectRefused(await chat(customer), 403, 'ip_not_allowed', before, customer.accountId);
+  });
+
+  it('users set policies on their own keys only, and bad policies are refused', async () => {
+    const alice = await createCustomer();
+    const bob = await createCustomer();
+    const keys = createApiKeyManager(alice.client);
+    const created = await keys.createApiKey('limited', undefined, { max_concurrent: 2, requests_per_minute: 30, allowed_models: ['gpt-4o-mini'] });
+    expect(created.policy).toMatchObject({ max_concurrent: 2, requests_per_minute: 30, allowed_models: ['gpt-4o-mini'], spend_limit: null });
+    expect((await keys.updateApiKeyPolicy(created.id, { max_concurrent: null })).policy).toMatchObject({ max_concurrent: null, requests_per_minute: 30 });
+    await expect(keys.updateApiKeyPolicy(created.id, { spend_limit: -1 })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.updateApiKeyPolicy(created.id, { allowed_ips: ['not-a-network'] })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.updateApiKeyPolicy(created.id, { max_concurrent: 0 })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.updateApiKeyPolicy(created.id, { colour: 'blue' } as never)).rejects.toMatchObject({ code: '22023' });
+    await expect(createApiKeyManager(bob.client).updateApiKeyPolicy(created.id, { spend_limit: 0 })).rejects.toMatchObject({ status: 404 });
+  });
+});
