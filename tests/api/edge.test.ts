@@ -2,6 +2,7 @@ import { EdgeRuntime } from 'edge-runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEdgeBundle } from '../../scripts/build-edge.ts';
 import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
+import { checkoutSession, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
 
 // Vercel's edge limit for the Hobby plan: 1 MB after gzip.
@@ -31,6 +32,7 @@ describe('the edge entry', () => {
       SUPABASE_URL: stack.supabaseUrl,
       SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
       OPENAI_BASE_URL: `${fake.url}/v1`,
+      STRIPE_WEBHOOK_SECRET: 'whsec_edge_test',
     };
     const runtime = new EdgeRuntime({
       extend: (context) => Object.assign(context, { process: { env: environment } }),
@@ -54,5 +56,23 @@ describe('the edge entry', () => {
     await expect
       .poll(async () => (await admin().query('select status, charged from public.usage_events where request_id = $1', [requestId])).rows[0], { timeout: 10_000 })
       .toEqual({ status: 'completed', charged: '55' });
+
+    // A Stripe webhook verified with SubtleCrypto inside the edge runtime.
+    const link = `plink_test_edge_${crypto.randomUUID().slice(0, 8)}`;
+    await admin().query(`insert into public.credit_packs (name, stripe_payment_link_id, unit_amount, credits) values ('Edge', $1, 1000, 10000000)`, [link]);
+    const event = JSON.stringify(stripeEvent('checkout.session.completed', checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 1000 })));
+    const webhook = await runtime.dispatchFetch('https://gateway.example/webhooks/stripe', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stripe-signature': signature(event, 'whsec_edge_test') },
+      body: event,
+    });
+    expect(webhook.status).toBe(200);
+    expect(await webhook.json()).toMatchObject({ status: 'credited' });
+    const forged = await runtime.dispatchFetch('https://gateway.example/webhooks/stripe', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stripe-signature': signature(event, 'whsec_someone_else') },
+      body: event,
+    });
+    expect(forged.status).toBe(400);
   });
 });
