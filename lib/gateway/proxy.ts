@@ -25,6 +25,25 @@ export interface StreamProcessor {
   error(): string | null;
 }
 
+/** What a provider's stream reader offers: it reads events and keeps the metering. */
+export interface StreamReader extends Omit<StreamProcessor, 'processEvent' | 'finish'> {
+  read(event: string): unknown;
+}
+
+/** A native stream: every event forwarded as received, metered on the way. */
+export function forwardAsIs(reader: StreamReader): StreamProcessor {
+  return {
+    processEvent: (event) => {
+      reader.read(event);
+      return event;
+    },
+    usage: reader.usage,
+    inputUsage: reader.inputUsage,
+    delivered: reader.delivered,
+    error: reader.error,
+  };
+}
+
 export interface BodyResult {
   /** The body for the client (translated or as is). */
   body: string;

@@ -42,3 +42,14 @@ export function sseData(event: string): string | null {
   }
   return data.length ? data.join('\n') : null;
 }
+
+/** The JSON of one event's data, or undefined for comments, `[DONE]` and data that does not parse. */
+export function sseJson(event: string): unknown {
+  const data = sseData(event);
+  if (data === null || data.trim() === '[DONE]') return undefined;
+  try {
+    return JSON.parse(data);
+  } catch {
+    return undefined;
+  }
+}

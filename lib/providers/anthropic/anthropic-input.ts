@@ -1,5 +1,5 @@
-import { countTokens, utf8Bytes } from '../../metering/count-tokens.ts';
-import { imageTokenBound, imageTokenEstimate } from '../openai/openai-input.ts';
+import { utf8Bytes } from '../../metering/count-tokens.ts';
+import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { MessagesRequest } from './anthropic-wire.ts';
 
 type Block = Record<string, unknown> & { type: string };
@@ -15,7 +15,7 @@ function blockPieces(block: Block, texts: string[], counts: { images: number; op
   else counts.opaque += utf8Bytes(JSON.stringify(block));
 }
 
-function promptPieces(request: MessagesRequest) {
+function promptPieces(request: MessagesRequest): PromptPieces {
   const texts: string[] = [];
   const counts = { images: 0, opaque: 0 };
   if (typeof request.system === 'string') texts.push(request.system);
@@ -25,22 +25,20 @@ function promptPieces(request: MessagesRequest) {
     else for (const block of message.content) blockPieces(block as Block, texts, counts);
   }
   if (request.tools) texts.push(JSON.stringify(request.tools));
-  return { texts, ...counts };
+  return { texts, images: counts.images, opaqueBytes: counts.opaque };
 }
 
 /** Per-message framing, a generous allowance for Anthropic's chat template. */
 const messageOverhead = 8;
 
+const framing = (request: MessagesRequest) => (request.messages.length + 1) * messageOverhead;
+
 /** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image). */
 export function boundMessagesInputTokens(request: MessagesRequest): number {
-  const { texts, images, opaque } = promptPieces(request);
-  let bytes = opaque;
-  for (const text of texts) bytes += utf8Bytes(text);
-  return bytes + images * imageTokenBound + (request.messages.length + 1) * messageOverhead;
+  return boundPromptTokens(promptPieces(request), framing(request));
 }
 
 /** The prompt by the tokenizer, for when Anthropic reported no usage at all. */
-export async function countMessagesInputTokens(request: MessagesRequest): Promise<{ tokens: number; estimated: boolean }> {
-  const { texts, images, opaque } = promptPieces(request);
-  return { tokens: (await countTokens(texts)) + images * imageTokenEstimate + opaque, estimated: images > 0 || opaque > 0 };
+export function countMessagesInputTokens(request: MessagesRequest): Promise<{ tokens: number; estimated: boolean }> {
+  return countPromptTokens(promptPieces(request), framing(request));
 }

@@ -1,5 +1,5 @@
-import type { StreamProcessor } from '../../gateway/proxy.ts';
-import { sseData } from '../../metering/sse-event-splitter.ts';
+import { forwardAsIs, type StreamProcessor } from '../../gateway/proxy.ts';
+import { sseJson } from '../../metering/sse-event-splitter.ts';
 import { anthropicInputUsage, convertAnthropicUsage, mergeAnthropicUsage } from './convert-anthropic-usage.ts';
 import { anthropicStreamEventSchema, type AnthropicStreamEvent, type AnthropicUsage } from './anthropic-wire.ts';
 
@@ -13,15 +13,7 @@ export function createAnthropicStreamReader() {
   return {
     /** Parses one SSE event; null when it carries no Anthropic event. */
     read(event: string): AnthropicStreamEvent | null {
-      const data = sseData(event);
-      if (data === null) return null;
-      let json: unknown;
-      try {
-        json = JSON.parse(data);
-      } catch {
-        return null;
-      }
-      const parsed = anthropicStreamEventSchema.safeParse(json);
+      const parsed = anthropicStreamEventSchema.safeParse(sseJson(event));
       if (!parsed.success) return null;
       const streamEvent = parsed.data;
       switch (streamEvent.type) {
@@ -55,17 +47,7 @@ export function createAnthropicStreamReader() {
   };
 }
 
-/** Native /v1/messages streams: forwarded as received, metered on the way. */
+/** Native streams: forwarded as received, metered on the way. */
 export function createAnthropicStreamMeter(): StreamProcessor {
-  const reader = createAnthropicStreamReader();
-  return {
-    processEvent: (event) => {
-      reader.read(event);
-      return event;
-    },
-    usage: reader.usage,
-    inputUsage: reader.inputUsage,
-    delivered: reader.delivered,
-    error: reader.error,
-  };
+  return forwardAsIs(createAnthropicStreamReader());
 }

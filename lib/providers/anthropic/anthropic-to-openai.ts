@@ -1,7 +1,7 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
 import type { StreamProcessor } from '../../gateway/proxy.ts';
 import { createChunkWriter, toOpenAIUsage } from '../openai/openai-chunks.ts';
-import { openAIErrorEvent } from '../openai/openai-adaptor.ts';
+import { openAIErrorBody, openAIErrorEvent } from '../openai/openai-adaptor.ts';
 import { createAnthropicStreamReader } from './anthropic-stream-meter.ts';
 import { anthropicMessageSchema } from './anthropic-wire.ts';
 import { convertAnthropicUsage } from './convert-anthropic-usage.ts';
@@ -122,5 +122,5 @@ export function anthropicErrorToOpenAI(status: number, text: string): string {
   } catch {
     // not JSON: keep the generic message
   }
-  return JSON.stringify({ error: { message, type, code: type, param: null } });
+  return openAIErrorBody(message, type, type);
 }

@@ -1,10 +1,10 @@
-import { countTokens, utf8Bytes } from '../../metering/count-tokens.ts';
-import { imageTokenBound, imageTokenEstimate } from '../openai/openai-input.ts';
+import { utf8Bytes } from '../../metering/count-tokens.ts';
+import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { GenerateContentRequest } from './gemini-wire.ts';
 
 type Part = GenerateContentRequest['contents'][number]['parts'][number];
 
-function promptPieces(request: GenerateContentRequest) {
+function promptPieces(request: GenerateContentRequest): PromptPieces {
   const texts: string[] = [];
   let images = 0;
   let opaque = 0;
@@ -20,20 +20,18 @@ function promptPieces(request: GenerateContentRequest) {
   for (const part of request.systemInstruction?.parts ?? []) visit(part);
   for (const content of request.contents) for (const part of content.parts) visit(part);
   if (request.tools) texts.push(JSON.stringify(request.tools));
-  return { texts, images, opaque };
+  return { texts, images, opaqueBytes: opaque };
 }
 
 const turnOverhead = 8;
 
+const framing = (request: GenerateContentRequest) => (request.contents.length + 1) * turnOverhead;
+
 /** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image). */
 export function boundGeminiInputTokens(request: GenerateContentRequest): number {
-  const { texts, images, opaque } = promptPieces(request);
-  let bytes = opaque;
-  for (const text of texts) bytes += utf8Bytes(text);
-  return bytes + images * imageTokenBound + (request.contents.length + 1) * turnOverhead;
+  return boundPromptTokens(promptPieces(request), framing(request));
 }
 
-export async function countGeminiInputTokens(request: GenerateContentRequest): Promise<{ tokens: number; estimated: boolean }> {
-  const { texts, images, opaque } = promptPieces(request);
-  return { tokens: (await countTokens(texts)) + images * imageTokenEstimate + opaque, estimated: images > 0 || opaque > 0 };
+export function countGeminiInputTokens(request: GenerateContentRequest): Promise<{ tokens: number; estimated: boolean }> {
+  return countPromptTokens(promptPieces(request), framing(request));
 }

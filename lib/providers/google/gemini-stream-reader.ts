@@ -1,5 +1,5 @@
-import type { StreamProcessor } from '../../gateway/proxy.ts';
-import { sseData } from '../../metering/sse-event-splitter.ts';
+import { forwardAsIs, type StreamProcessor } from '../../gateway/proxy.ts';
+import { sseJson } from '../../metering/sse-event-splitter.ts';
 import { convertGeminiUsage, geminiInputUsage } from './convert-gemini-usage.ts';
 import { generateContentResponseSchema, type GenerateContentResponse, type UsageMetadata } from './gemini-wire.ts';
 
@@ -27,14 +27,7 @@ export function createGeminiStreamReader() {
 
   return {
     read(event: string): GenerateContentResponse | null {
-      const data = sseData(event);
-      if (data === null) return null;
-      let json: unknown;
-      try {
-        json = JSON.parse(data);
-      } catch {
-        return null;
-      }
+      const json = sseJson(event);
       const upstreamError = (json as { error?: { message?: unknown } } | null)?.error;
       if (upstreamError) {
         error = typeof upstreamError.message === 'string' ? upstreamError.message : 'upstream error';
@@ -55,17 +48,7 @@ export function createGeminiStreamReader() {
   };
 }
 
-/** Native streamGenerateContent: forwarded as received, metered on the way. */
+/** Native streams: forwarded as received, metered on the way. */
 export function createGeminiStreamMeter(): StreamProcessor {
-  const reader = createGeminiStreamReader();
-  return {
-    processEvent: (event) => {
-      reader.read(event);
-      return event;
-    },
-    usage: reader.usage,
-    inputUsage: reader.inputUsage,
-    delivered: reader.delivered,
-    error: reader.error,
-  };
+  return forwardAsIs(createGeminiStreamReader());
 }

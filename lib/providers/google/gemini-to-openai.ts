@@ -1,6 +1,6 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
 import type { StreamProcessor } from '../../gateway/proxy.ts';
-import { openAIErrorEvent } from '../openai/openai-adaptor.ts';
+import { openAIErrorBody, openAIErrorEvent } from '../openai/openai-adaptor.ts';
 import { createChunkWriter, toOpenAIUsage } from '../openai/openai-chunks.ts';
 import { convertGeminiUsage } from './convert-gemini-usage.ts';
 import { createGeminiStreamReader, geminiDelivered } from './gemini-stream-reader.ts';
@@ -120,5 +120,5 @@ export function geminiErrorToOpenAI(status: number, text: string): string {
   } catch {
     // not JSON: keep the generic message
   }
-  return JSON.stringify({ error: { message, type: 'upstream_error', code, param: null } });
+  return openAIErrorBody(message, 'upstream_error', code);
 }

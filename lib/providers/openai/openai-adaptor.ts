@@ -27,3 +27,8 @@ export function outputCapField(channel: ChannelConfig): 'max_completion_tokens' 
 export function openAIErrorEvent(message: string, code: string): string {
   return `data: ${JSON.stringify({ error: { message, type: 'api_error', code, param: null } })}\n\n`;
 }
+
+/** An upstream's error (already read out of its own shape) as an OpenAI error body. */
+export function openAIErrorBody(message: string, type: string, code: string): string {
+  return JSON.stringify({ error: { message, type, code, param: null } });
+}

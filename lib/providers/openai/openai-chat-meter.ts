@@ -1,4 +1,4 @@
-import { sseData } from '../../metering/sse-event-splitter.ts';
+import { sseJson } from '../../metering/sse-event-splitter.ts';
 import { chatCompletionChunkSchema, type OpenAIUsage } from './openai-wire.ts';
 
 export interface ChatStreamMeter {
@@ -26,14 +26,8 @@ export function createOpenAIChatMeter({ clientWantsUsage }: { clientWantsUsage: 
 
   return {
     processEvent(event) {
-      const data = sseData(event);
-      if (data === null || data.trim() === '[DONE]') return event;
-      let json: unknown;
-      try {
-        json = JSON.parse(data);
-      } catch {
-        return event;
-      }
+      const json = sseJson(event);
+      if (json === undefined) return event;
       const upstreamError = (json as { error?: { message?: unknown } } | null)?.error;
       if (upstreamError) {
         error = typeof upstreamError.message === 'string' ? upstreamError.message : 'upstream error event';

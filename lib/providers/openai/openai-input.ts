@@ -1,14 +1,6 @@
-import { countTokens, utf8Bytes } from '../../metering/count-tokens.ts';
+import { utf8Bytes } from '../../metering/count-tokens.ts';
+import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { ChatCompletionRequest, EmbeddingRequest } from './openai-wire.ts';
-
-/**
- * Upper bound of an image's input tokens, for holds only. The dearest OpenAI
- * formula (gpt-4o-mini, high detail, 2048×768: 2833 + 8 × 5667 tokens) stays under it.
- */
-export const imageTokenBound = 50_000;
-
-/** Tokens counted for an image when no provider usage exists (a 1024×1024 high-detail image on gpt-4o). */
-export const imageTokenEstimate = 765;
 
 /** Per-message framing tokens (role and separators), as OpenAI's cookbook counts them. */
 const messageOverhead = 3;
@@ -26,7 +18,7 @@ function isImagePart(part: Record<string, unknown>): boolean {
 }
 
 /** The prompt's text pieces, images apart: base64 image data is never treated as text. */
-function promptPieces(request: ChatCompletionRequest) {
+function promptPieces(request: ChatCompletionRequest): PromptPieces {
   const texts: string[] = [];
   let images = 0;
   let opaque = 0;
@@ -49,22 +41,19 @@ function promptPieces(request: ChatCompletionRequest) {
   if (request.tools) texts.push(JSON.stringify(request.tools));
   const responseFormat = (request as { response_format?: unknown }).response_format;
   if (responseFormat) texts.push(JSON.stringify(responseFormat));
-  return { texts, images, opaque };
+  return { texts, images, opaqueBytes: opaque };
 }
+
+const framing = (request: ChatCompletionRequest) => request.messages.length * messageOverhead + replyPriming;
 
 /** A strict upper bound on the request's input tokens, with no tokenizer. */
 export function boundChatInputTokens(request: ChatCompletionRequest): number {
-  const { texts, images, opaque } = promptPieces(request);
-  let bytes = opaque;
-  for (const text of texts) bytes += utf8Bytes(text);
-  return bytes + images * imageTokenBound + request.messages.length * messageOverhead + replyPriming;
+  return boundPromptTokens(promptPieces(request), framing(request));
 }
 
 /** The prompt's tokens by the tokenizer, for when the provider reported no usage. */
-export async function countChatInputTokens(request: ChatCompletionRequest): Promise<{ tokens: number; estimated: boolean }> {
-  const { texts, images, opaque } = promptPieces(request);
-  const tokens = (await countTokens(texts)) + images * imageTokenEstimate + opaque + request.messages.length * messageOverhead + replyPriming;
-  return { tokens, estimated: images > 0 || opaque > 0 };
+export function countChatInputTokens(request: ChatCompletionRequest): Promise<{ tokens: number; estimated: boolean }> {
+  return countPromptTokens(promptPieces(request), framing(request));
 }
 
 export function boundEmbeddingInputTokens(request: EmbeddingRequest): number {

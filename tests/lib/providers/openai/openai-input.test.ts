@@ -1,6 +1,7 @@
 import { getEncoding } from 'js-tiktoken';
 import { describe, expect, it } from 'vitest';
-import { boundChatInputTokens, countChatInputTokens, imageTokenBound, imageTokenEstimate } from '../../../../lib/providers/openai/openai-input.ts';
+import { imageTokenBound, imageTokenEstimate } from '../../../../lib/metering/prompt-pieces.ts';
+import { boundChatInputTokens, countChatInputTokens } from '../../../../lib/providers/openai/openai-input.ts';
 
 const encoding = getEncoding('o200k_base');
 
