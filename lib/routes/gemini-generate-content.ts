@@ -14,7 +14,12 @@ import { channelsFor } from '../providers/registry.ts';
 /** POST /v1beta/models/{model}:generateContent and :streamGenerateContent (SSE), native, for Gemini models. */
 export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Response> {
   const { services, requestId } = c.var;
-  const target = decodeURIComponent(c.req.param('target') ?? '');
+  let target: string;
+  try {
+    target = decodeURIComponent(c.req.param('target') ?? '');
+  } catch {
+    throw new GatewayError(404, 'not_found', 'The model name in the path is not valid percent-encoding.');
+  }
   const separator = target.lastIndexOf(':');
   const model = target.slice(0, separator);
   const method = target.slice(separator + 1);

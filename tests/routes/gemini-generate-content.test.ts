@@ -149,6 +149,13 @@ describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
     });
     expect(noSse.status).toBe(400);
     expect(await noSse.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', message: expect.stringContaining('alt=sse') } });
+    const badPath = await fetch(`${gateway.url}/v1beta/models/%E0%A4%A:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: '{}',
+    });
+    expect(badPath.status).toBe(404);
+    expect(await badPath.json()).toMatchObject({ error: { code: 404, status: 'NOT_FOUND' } });
     expect(await eventsOf(customer.accountId)).toEqual([]);
   });
 });
