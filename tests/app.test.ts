@@ -64,6 +64,10 @@ describe('bad input: a clear 4xx in OpenAI\'s shape, and nothing written', () =>
     ['max_tokens above the model\'s limit', () => post({ model, messages, max_completion_tokens: 1001 }), 400, 'invalid_max_tokens', 'max_tokens'],
     ['n out of range', () => post({ model, messages, n: 0 }), 400, 'invalid_request', 'n'],
     ['stream of the wrong type', () => post({ model, messages, stream: 'yes' }), 400, 'invalid_request', 'stream'],
+    ['priority processing', () => post({ model, messages, service_tier: 'priority' }), 400, 'unsupported_parameter', 'service_tier'],
+    ['web search', () => post({ model, messages, web_search_options: {} }), 400, 'unsupported_parameter', 'web_search_options'],
+    ['a NUL in the model name', () => post({ model: 'gpt\u0000x', messages }), 404, 'model_not_found', 'model'],
+    ['a forwarded address that is not one', () => post({ model: 'no-such-model', messages }, { 'x-forwarded-for': 'beef' }), 404, 'model_not_found', 'model'],
   ];
 
   it.each(cases)('%s', async (_name, send, status, code, param) => {

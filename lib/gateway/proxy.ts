@@ -83,7 +83,9 @@ async function settlementFor(
   inputUsage?: TokenUsage | null,
 ): Promise<SettleRequestInput> {
   if (usage) return { requestId, outcome, usage, usageSource: 'provider', error };
-  if (delivered.length === 0) return { requestId, outcome, usage: {}, error };
+  // Nothing delivered: only what the provider itself reported (the input, on
+  // Anthropic and Gemini streams) is charged; with no provider usage, nothing.
+  if (delivered.length === 0) return { requestId, outcome, usage: inputUsage ?? {}, usageSource: inputUsage ? 'provider' : undefined, error };
   const output = await countTokens(delivered);
   // The provider already counted the input (with its cache buckets): only the output needs the tokenizer.
   if (inputUsage) return { requestId, outcome, usage: { ...inputUsage, output, reasoning: 0 }, usageSource: 'tokenizer', error };
@@ -99,7 +101,7 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
   const { services, requestId } = c.var;
   const upstreamAbort = new AbortController();
   c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
-  const settle = (input: () => Promise<SettleRequestInput>) => settleInBackground(services, input);
+  const settle = (input: () => Promise<SettleRequestInput>) => settleInBackground(services, input, requestId);
   // Nothing delivered: the hold is released, nothing is charged.
   const release = (error: string) =>
     settle(async () => ({ requestId, outcome: upstreamAbort.signal.aborted ? 'aborted' : 'failed', usage: {}, error }));
@@ -136,7 +138,13 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
       release(`upstream body broke: ${String(error)}`);
       throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
     }
-    const read = plan.readBody(text);
+    let read: BodyResult;
+    try {
+      read = plan.readBody(text);
+    } catch {
+      // A 2xx body of a shape we do not know: passed on as is; its text counts as delivered output.
+      read = { body: text, usage: null, delivered: [text] };
+    }
     settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan));
     const headers = headersFor(result);
     if (plan.translateError) headers.set('content-type', 'application/json');

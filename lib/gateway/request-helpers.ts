@@ -1,7 +1,7 @@
 import type { Context } from 'hono';
 import type { z } from 'zod';
 import type { AppEnv } from '../app-env.ts';
-import type { Authorized, AuthorizeRequestInput } from '../billing/ledger.ts';
+import { LedgerError, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { settleInBackground } from './settle-in-background.ts';
@@ -50,10 +50,31 @@ export async function readJsonBody<Schema extends z.ZodType>(c: Context<AppEnv>,
   return parsed.data;
 }
 
-export function clientIp(c: Context<AppEnv>): string | undefined {
-  const forwarded = c.req.header('x-forwarded-for')?.split(',')[0]?.trim() || c.req.header('x-real-ip');
-  return forwarded && /^[0-9a-fA-F.:]+$/.test(forwarded) ? forwarded : undefined;
+const ipv4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** A well-formed IPv4 or IPv6 address, or undefined. IPv6 is checked by the URL parser (web standard). */
+function validIp(text: string | undefined): string | undefined {
+  if (!text) return undefined;
+  if (ipv4.test(text)) return text;
+  if (!text.includes(':') || !/^[0-9a-fA-F:.]+$/.test(text)) return undefined;
+  try {
+    new URL(`http://[${text}]/`);
+    return text;
+  } catch {
+    return undefined;
+  }
 }
+
+/**
+ * The client's address: the first X-Forwarded-For entry, which Vercel sets itself.
+ * Behind another proxy, that proxy must set it; a malformed value counts as none.
+ */
+export function clientIp(c: Context<AppEnv>): string | undefined {
+  return validIp(c.req.header('x-forwarded-for')?.split(',')[0]?.trim()) ?? validIp(c.req.header('x-real-ip')?.trim());
+}
+
+/** The shape the database accepts for model ids; anything else cannot be a model. */
+const modelIdFormat = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$/;
 
 /**
  * The one database round trip before the upstream call, with the rate limits
@@ -68,8 +89,17 @@ export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequest
   const { rateLimiter, limitsCache } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
   const estimate = input.maxInputTokens + (input.maxOutputTokens ?? 0) * (input.choices ?? 1);
+  if (!modelIdFormat.test(input.model)) {
+    throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(input.model.slice(0, 130))} does not exist.`, { param: 'model' });
+  }
   const [result, early] = await Promise.all([
-    services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) }),
+    services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) }).catch((error: unknown) => {
+      // The database refusing the input itself (4xx) is the client's error, not ours.
+      if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
+        throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
+      }
+      throw error;
+    }),
     known ? rateLimiter!.check(known, estimate) : undefined,
   ]);
   if (result.status === 'refused') throw refusalError(result, services.config.TOPUP_URL);
@@ -95,4 +125,16 @@ export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequest
     });
   }
   return result;
+}
+
+/**
+ * Refuses request options that make the upstream charge more than the token
+ * prices this gateway bills (priority processing, search fees). Named per route.
+ */
+export function refuseUnbilledOptions(options: Array<[boolean, string, string]>): void {
+  for (const [present, param, what] of options) {
+    if (present) {
+      throw new GatewayError(400, 'unsupported_parameter', `${what} is not available through this gateway: it is billed by the upstream beyond token prices.`, { param });
+    }
+  }
 }

@@ -9,9 +9,17 @@ const retryDelaysMs = [100, 500, 2000];
  * failure to reach the database is retried; a hold that still cannot be settled
  * stays open for the scheduled stale-hold job.
  */
-export function settleInBackground(services: Services, input: () => Promise<SettleRequestInput>): void {
+export function settleInBackground(services: Services, input: () => Promise<SettleRequestInput>, requestId?: string): void {
   const run = async () => {
-    const settlement = await input();
+    let settlement: SettleRequestInput;
+    try {
+      settlement = await input();
+    } catch (error) {
+      // Working out the usage failed: settle what is certain (nothing), never leave the hold open.
+      services.log({ level: 'error', event: 'usage_unavailable', requestId, error: (error as Error).message });
+      if (!requestId) throw error;
+      settlement = { requestId, outcome: 'failed', usage: {}, error: `usage could not be determined: ${(error as Error).message}` };
+    }
     for (let attempt = 0; ; attempt++) {
       try {
         return await services.ledger.settleRequest(settlement);

@@ -13,7 +13,8 @@ export async function countTokens(texts: readonly string[]): Promise<number> {
   );
   const tiktoken = await encoder;
   let total = 0;
-  for (const text of texts) if (text) total += tiktoken.encode(text).length;
+  // Special-token strings in user text ("<|endoftext|>") are counted as the plain text they are.
+  for (const text of texts) if (text) total += tiktoken.encode(text, [], []).length;
   return total;
 }
 

@@ -9,10 +9,18 @@ export const imageTokenBound = 50_000;
 /** Tokens counted for an image when no provider usage exists (a 1024×1024 high-detail image on gpt-4o). */
 export const imageTokenEstimate = 765;
 
-/** A prompt taken apart: its text, its images (never read as text) and the bytes of parts of other kinds. */
+/**
+ * Upper bound, for holds, of content the upstream fetches itself (a file id, a
+ * document or video URL): its size is unknown here, and a long PDF or video can
+ * fill a context window.
+ */
+export const remoteContentTokenBound = 1_000_000;
+
+/** A prompt taken apart: its text, its images (never read as text), remote content, and the bytes of parts of other kinds. */
 export interface PromptPieces {
   texts: string[];
   images: number;
+  remote?: number;
   opaqueBytes: number;
 }
 
@@ -20,11 +28,12 @@ export interface PromptPieces {
 export function boundPromptTokens(pieces: PromptPieces, framingTokens: number): number {
   let bytes = pieces.opaqueBytes;
   for (const text of pieces.texts) bytes += utf8Bytes(text);
-  return bytes + pieces.images * imageTokenBound + framingTokens;
+  return bytes + pieces.images * imageTokenBound + (pieces.remote ?? 0) * remoteContentTokenBound + framingTokens;
 }
 
 /** The prompt's tokens by the tokenizer; `estimated` when images or other parts had to be guessed. */
 export async function countPromptTokens(pieces: PromptPieces, framingTokens: number): Promise<{ tokens: number; estimated: boolean }> {
   const tokens = (await countTokens(pieces.texts)) + pieces.images * imageTokenEstimate + pieces.opaqueBytes + framingTokens;
-  return { tokens, estimated: pieces.images > 0 || pieces.opaqueBytes > 0 };
+  // Remote content cannot be counted here: it adds nothing, and the count is marked an estimate.
+  return { tokens, estimated: pieces.images > 0 || pieces.opaqueBytes > 0 || (pieces.remote ?? 0) > 0 };
 }

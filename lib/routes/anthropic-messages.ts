@@ -2,7 +2,7 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { settleInBackground } from '../gateway/settle-in-background.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
@@ -16,6 +16,16 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, messagesRequestSchema);
+  // Server tools (web search, web fetch, code execution) carry fees beyond tokens;
+  // the 1M-token context beta is priced above the flat price sheet.
+  const serverTool = (request.tools ?? []).find((tool) => {
+    const type = (tool as { type?: unknown } | null)?.type;
+    return type !== undefined && type !== null && type !== 'custom';
+  }) as { type?: unknown } | undefined;
+  refuseUnbilledOptions([
+    [serverTool !== undefined, 'tools', `The server tool "${String(serverTool?.type)}"`],
+    [/context-1m/.test(c.req.header('anthropic-beta') ?? ''), 'anthropic-beta', 'The 1M-token context beta'],
+  ]);
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens });
 

@@ -2,7 +2,7 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered, type ProxyPlan } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { settleInBackground } from '../gateway/settle-in-background.ts';
 import { boundChatInputTokens } from '../providers/openai/openai-input.ts';
 import { chatCompletionRequestSchema } from '../providers/openai/openai-wire.ts';
@@ -13,6 +13,11 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
   const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, chatCompletionRequestSchema);
+  const raw = request as Record<string, unknown>;
+  refuseUnbilledOptions([
+    [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
+    [raw.web_search_options !== undefined && raw.web_search_options !== null, 'web_search_options', 'Web search'],
+  ]);
   const requestedCap = request.max_completion_tokens ?? request.max_tokens ?? undefined;
   const authorization = await authorize(c, {
     keyHash,

@@ -40,7 +40,17 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
     settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: result.error.message }));
     throw result.error;
   }
-  const text = await result.response.text();
+  let text: string;
+  try {
+    text = await result.response.text();
+  } catch (error) {
+    // The body broke off: the upstream did the work, so the input is billed (by the tokenizer).
+    settleInBackground(services, async () => ({
+      requestId, outcome: upstreamAbort.signal.aborted ? 'aborted' : 'failed', error: String(error),
+      ...(result.response.ok ? { usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' as const } : { usage: {} }),
+    }), requestId);
+    throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
+  }
   settleInBackground(services, async () => {
     if (!result.response.ok) return { requestId, outcome: 'failed', usage: {}, error: `upstream HTTP ${result.response.status}` };
     let usage;
@@ -52,6 +62,6 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
     }
     if (usage) return { requestId, outcome: 'completed', usage: convertOpenAIUsage(usage), usageSource: 'provider' };
     return { requestId, outcome: 'completed', usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' };
-  });
+  }, requestId);
   return new Response(text, { status: result.response.status, headers: forwardableHeaders(result.response.headers) });
 }

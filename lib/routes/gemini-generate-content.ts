@@ -2,7 +2,7 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { settleInBackground } from '../gateway/settle-in-background.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
@@ -32,6 +32,9 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   }
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, generateContentRequestSchema);
+  const grounding = ['googleSearch', 'googleSearchRetrieval', 'googleMaps', 'enterpriseWebSearch'];
+  const feeTool = (request.tools ?? []).flatMap((tool) => (tool && typeof tool === 'object' ? Object.keys(tool) : [])).find((name) => grounding.includes(name));
+  refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The ${feeTool} tool`]]);
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
   const authorization = await authorize(c, {
     keyHash,

@@ -573,6 +573,9 @@ begin
   v_amount := private.cost_of(v_usage, v_event.rates -> 'price');
   v_upstream_cost := private.cost_of(v_usage, v_event.rates -> 'cost');
 
+  -- Locks in the order authorize_request takes them (key, then account), so the
+  -- two never wait on each other in a cycle.
+  perform 1 from public.api_keys where id = v_event.api_key_id for update;
   select * into v_account from public.accounts where id = v_event.account_id for update;
   v_charge := least(v_amount,
                     greatest(0, v_account.balance - v_account.held + v_event.hold + v_account.credit_limit));

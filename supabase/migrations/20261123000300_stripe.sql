@@ -225,12 +225,15 @@ begin
     return jsonb_build_object('status', 'duplicate', 'event_id', p_event_id);
   end if;
 
-  if v_reference ~ '^[0-9a-fA-F-]{36}$' then
+  if v_reference ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' then
     select * into v_account from public.accounts where id = v_reference::uuid;
   end if;
 
   -- Subscriptions: remember the customer; credits come with each paid invoice.
   if p_session ->> 'mode' = 'subscription' then
+    -- Serialized with invoice.paid for the same customer, so an invoice that
+    -- arrives at the same moment is either seen here or sees this account.
+    perform pg_advisory_xact_lock(hashtext('stripe_customer:' || coalesce(p_session ->> 'customer', '')));
     select * into v_plan from public.plans where stripe_payment_link_id = v_link and active;
     if v_account.id is null or v_plan.id is null or p_session ->> 'customer' is null then
       perform private.raise_alert(v_account.id, 'unmatched_payment', 'A subscription checkout matches no account or plan.',
@@ -302,9 +305,18 @@ begin
                               format('%s credit pack', v_pack.name));
   update public.stripe_payments
      set status = 'credited', credits = v_pack.credits + v_pack.bonus_credits, updated_at = now()
-   where id = v_payment.id;
+   where id = v_payment.id
+  returning * into v_payment;
   -- A refund or dispute that arrived before this checkout takes effect now.
-  perform private.claw_back_stripe_payment(v_payment.id, 'refund', 'refund:' || p_event_id);
+  if v_payment.disputed_amount > 0 then
+    perform private.claw_back_stripe_payment(v_payment.id, 'dispute', 'dispute:' || p_event_id);
+    update public.accounts set flagged_reason = format('payment %s disputed', v_payment.payment_intent_id), updated_at = now()
+     where id = v_account.id;
+    perform private.raise_alert(v_account.id, 'payment_disputed', 'A disputed payment was credited late; its credits were taken back.',
+      jsonb_build_object('payment_intent', v_payment.payment_intent_id, 'session', v_session_id));
+  else
+    perform private.claw_back_stripe_payment(v_payment.id, 'refund', 'refund:' || p_event_id);
+  end if;
   return private.finish_stripe_event(p_event_id, 'credited', v_account.id);
 end;
 $$;
@@ -397,6 +409,7 @@ begin
   if not private.record_stripe_event(p_event_id, 'invoice.paid', v_invoice_id, p_invoice) then
     return jsonb_build_object('status', 'duplicate', 'event_id', p_event_id);
   end if;
+  perform pg_advisory_xact_lock(hashtext('stripe_customer:' || v_customer));
   if p_invoice #>> '{parent,subscription_details,subscription}' is null then
     return private.finish_stripe_event(p_event_id, 'ignored', null);
   end if;

@@ -15,6 +15,7 @@ alter table public.alerts
   add column dedupe_key text,
   add column delivery_attempts integer not null default 0,
   add column net_request_id bigint,
+  add column sent_at timestamptz,
   add column resolved_at timestamptz;
 -- An open alert about the same thing is not raised twice (reconciliation runs often).
 create unique index alerts_open_dedupe_key on public.alerts (dedupe_key) where dedupe_key is not null and resolved_at is null;
@@ -129,7 +130,7 @@ begin
   for v_row in
     select e.id, e.account_id, e.business_key
       from public.stripe_events e
-     where e.status = 'credited'
+     where e.status = 'credited' and e.type like 'checkout.session.%'
        and not exists (select 1 from public.credit_ledger l
                         where l.reference = e.business_key and l.reason in ('purchase', 'subscription'))
   loop
@@ -237,6 +238,10 @@ begin
   for v_alert in select * from public.alerts where delivery_status = 'sent' and net_request_id is not null for update skip locked loop
     execute 'select status_code, timed_out, error_msg from net._http_response where id = $1' into v_response using v_alert.net_request_id;
     if v_response is null then
+      -- pg_net keeps responses for a few hours: one that never came, or is gone, is sent again.
+      if v_alert.sent_at < p_now - interval '1 hour' then
+        update public.alerts set delivery_status = 'retry', net_request_id = null where id = v_alert.id;
+      end if;
       continue;
     end if;
     if v_response.status_code between 200 and 299 then
@@ -267,6 +272,7 @@ begin
              headers := '{"Content-Type": "application/json"}'::jsonb,
              timeout_milliseconds := 5000),
            delivery_status = 'sent',
+           sent_at = p_now,
            delivery_attempts = delivery_attempts + 1
      where id = v_alert.id;
     v_sent := v_sent + 1;

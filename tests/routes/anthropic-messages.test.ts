@@ -130,6 +130,40 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(account.held).toBe('0');
   });
 
+  it('client abort before any output: the input Anthropic already reported is charged, nothing more', async () => {
+    const upstreamModel = `claude-slow-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-long', eventDelayMs: 400 });
+    const model = await claude(upstreamModel);
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { data: stream, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1000, messages: [{ role: 'user', content: 'Count' }], stream: true })
+      .withResponse();
+    for await (const event of stream) if (event.type === 'message_start') break;
+    await expect.poll(() => fake.requestsFor(upstreamModel)[0]?.clientClosed, { timeout: 5000 }).toBe(true);
+    await gateway.settled();
+    // 30 input tokens × 3 = 90; no output reached the gateway.
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({
+      status: 'aborted', usage_source: 'provider', input_tokens: '30', output_tokens: '0', charged: '90',
+    });
+  });
+
+  it('refuses what is billed beyond token prices: server tools and the 1M-context beta', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const model = await claude('messages-cache');
+    const send = (body: object, headers: Record<string, string> = {}) =>
+      fetch(`${gateway.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ model, max_tokens: 10, messages: [{ role: 'user', content: 'x' }], ...body }),
+      });
+    const search = await send({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 5 }] });
+    expect(search.status).toBe(400);
+    expect(await search.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'unsupported_parameter' } });
+    expect((await send({}, { 'anthropic-beta': 'context-1m-2025-08-07' })).status).toBe(400);
+    const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows[0].n).toBe(0);
+  });
+
   it('errors come back in Anthropic\'s shape', async () => {
     const customer = await createCustomer({ balance: 1_000_000 });
     const client = anthropic(customer.apiKey);

@@ -149,6 +149,13 @@ describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
     });
     expect(noSse.status).toBe(400);
     expect(await noSse.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', message: expect.stringContaining('alt=sse') } });
+    const grounded = await fetch(`${gateway.url}/v1beta/models/gemini-2.5-flash:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }], tools: [{ googleSearch: {} }] }),
+    });
+    expect(grounded.status).toBe(400);
+    expect(await grounded.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
     const badPath = await fetch(`${gateway.url}/v1beta/models/%E0%A4%A:generateContent`, {
       method: 'POST',
       headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },

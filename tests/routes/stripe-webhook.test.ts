@@ -170,10 +170,25 @@ describe('refunds and disputes', () => {
   });
 });
 
+describe('refunds and disputes that arrive first', () => {
+  it('a dispute before its checkout: the checkout is credited, the disputed share taken back, the account flagged', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const link = await createPack({ unitAmount: 1000, credits: 10_000_000, bonus: 0 });
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 1000 });
+    await deliver(stripeEvent('charge.dispute.created', dispute({ paymentIntent: session.payment_intent!, amount: 1000 })));
+    expect(await (await deliver(stripeEvent('checkout.session.completed', session))).json()).toMatchObject({ status: 'credited' });
+    expect(await balance(customer.accountId)).toBe(0);
+    expect((await ledgerRows(customer.accountId)).at(-1)).toEqual({ amount: -10_000_000, reason: 'dispute' });
+    const { rows: [account] } = await admin().query('select flagged_reason from public.accounts where id = $1', [customer.accountId]);
+    expect(account.flagged_reason).toContain('disputed');
+  });
+});
+
 describe('payments that match nothing are recorded and alerted, never credited', () => {
   it.each([
     ['no client_reference_id', { clientReferenceId: null }],
     ['an unknown account', { clientReferenceId: crypto.randomUUID() }],
+    ['a client_reference_id that is not a UUID', { clientReferenceId: 'a'.repeat(36) }],
     ['an unknown payment link', { paymentLink: 'plink_test_unknown' }],
     ['an amount that is not the pack\'s', { amount: 4999 }],
   ])('%s', async (_name, override) => {
@@ -216,6 +231,26 @@ describe('subscriptions', () => {
     expect(await balance(customer.accountId)).toBe(40_000_000);
     const { rows: [account] } = await admin().query('select plan from public.accounts where id = $1', [customer.accountId]);
     expect(account.plan).toBe(planId);
+  });
+
+  it('a checkout and its first invoice delivered at the same moment still credit once', async () => {
+    const planId = `race${crypto.randomUUID().slice(0, 8)}`;
+    const price = `price_test_${planId}`;
+    const link = `plink_test_${planId}`;
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values ($1, 'Race', 7000000, $2, $3)`,
+      [planId, price, link],
+    );
+    for (let round = 0; round < 5; round++) {
+      const customer = await createCustomer({ balance: 0 });
+      const customerId = `cus_test_${planId}_${round}`;
+      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+      await Promise.all([
+        deliver(stripeEvent('checkout.session.completed', session)),
+        deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price, amount: 2000 }))),
+      ]);
+      expect(await balance(customer.accountId)).toBe(7_000_000);
+    }
   });
 });
 

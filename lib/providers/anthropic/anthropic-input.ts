@@ -4,20 +4,27 @@ import type { MessagesRequest } from './anthropic-wire.ts';
 
 type Block = Record<string, unknown> & { type: string };
 
-function blockPieces(block: Block, texts: string[], counts: { images: number; opaque: number }) {
+function blockPieces(block: Block, texts: string[], counts: { images: number; remote: number; opaque: number }) {
+  const sourceType = (block.source as { type?: unknown } | undefined)?.type;
   if (block.type === 'text' && typeof block.text === 'string') texts.push(block.text);
   else if (block.type === 'image') counts.images += 1;
+  else if (block.type === 'document' && (sourceType === 'url' || sourceType === 'file')) counts.remote += 1;
   else if (block.type === 'tool_use') texts.push(String(block.name ?? ''), JSON.stringify(block.input ?? {}));
   else if (block.type === 'tool_result') {
     if (typeof block.content === 'string') texts.push(block.content);
-    else if (Array.isArray(block.content)) for (const inner of block.content as Block[]) blockPieces(inner, texts, counts);
+    else if (Array.isArray(block.content)) {
+      for (const inner of block.content as unknown[]) {
+        if (inner && typeof inner === 'object' && typeof (inner as Block).type === 'string') blockPieces(inner as Block, texts, counts);
+        else counts.opaque += utf8Bytes(JSON.stringify(inner) ?? '');
+      }
+    }
   } else if (block.type === 'thinking' && typeof block.thinking === 'string') texts.push(block.thinking);
   else counts.opaque += utf8Bytes(JSON.stringify(block));
 }
 
 function promptPieces(request: MessagesRequest): PromptPieces {
   const texts: string[] = [];
-  const counts = { images: 0, opaque: 0 };
+  const counts = { images: 0, remote: 0, opaque: 0 };
   if (typeof request.system === 'string') texts.push(request.system);
   else for (const block of request.system ?? []) blockPieces(block as Block, texts, counts);
   for (const message of request.messages) {
@@ -25,7 +32,7 @@ function promptPieces(request: MessagesRequest): PromptPieces {
     else for (const block of message.content) blockPieces(block as Block, texts, counts);
   }
   if (request.tools) texts.push(JSON.stringify(request.tools));
-  return { texts, images: counts.images, opaqueBytes: counts.opaque };
+  return { texts, images: counts.images, remote: counts.remote, opaqueBytes: counts.opaque };
 }
 
 /** Per-message framing, a generous allowance for Anthropic's chat template. */

@@ -27,7 +27,9 @@ export function anthropicToOpenAICompletion(text: string, model: string): { body
   } catch {
     return { body: text, usage: null, delivered: [] };
   }
-  const message = anthropicMessageSchema.parse(json);
+  const parsed = anthropicMessageSchema.safeParse(json);
+  if (!parsed.success) return { body: text, usage: null, delivered: [text] };
+  const message = parsed.data;
   const delivered: string[] = [];
   const texts: string[] = [];
   const toolCalls: unknown[] = [];

@@ -69,6 +69,10 @@ export function openAIToAnthropic(request: ChatCompletionRequest, upstreamModel:
   if (typeof raw.temperature === 'number') body.temperature = Math.min(1, raw.temperature);
   if (typeof raw.top_p === 'number') body.top_p = raw.top_p;
   if (raw.stop) body.stop_sequences = Array.isArray(raw.stop) ? raw.stop : [raw.stop];
+  const unsupported = (request.tools ?? []).find((tool) => (tool as { type?: unknown } | null)?.type !== 'function' || !(tool as { function?: { name?: unknown } }).function?.name);
+  if (unsupported !== undefined) {
+    throw new GatewayError(400, 'invalid_request', 'Only tools of type "function", with a name, can be sent to this model.', { param: 'tools' });
+  }
   if (request.tools?.length) {
     body.tools = (request.tools as Array<{ function: { name: string; description?: string; parameters?: unknown } }>).map((tool) => ({
       name: tool.function.name,

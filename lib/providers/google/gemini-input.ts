@@ -7,6 +7,7 @@ type Part = GenerateContentRequest['contents'][number]['parts'][number];
 function promptPieces(request: GenerateContentRequest): PromptPieces {
   const texts: string[] = [];
   let images = 0;
+  let remote = 0;
   let opaque = 0;
   const visit = (part: Part) => {
     if (typeof part.text === 'string') texts.push(part.text);
@@ -20,7 +21,7 @@ function promptPieces(request: GenerateContentRequest): PromptPieces {
   for (const part of request.systemInstruction?.parts ?? []) visit(part);
   for (const content of request.contents) for (const part of content.parts) visit(part);
   if (request.tools) texts.push(JSON.stringify(request.tools));
-  return { texts, images, opaqueBytes: opaque };
+  return { texts, images, remote, opaqueBytes: opaque };
 }
 
 const turnOverhead = 8;

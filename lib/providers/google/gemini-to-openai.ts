@@ -29,7 +29,9 @@ export function geminiToOpenAICompletion(text: string, model: string): { body: s
   } catch {
     return { body: text, usage: null, delivered: [] };
   }
-  const response = generateContentResponseSchema.parse(json);
+  const parsed = generateContentResponseSchema.safeParse(json);
+  if (!parsed.success) return { body: text, usage: null, delivered: [text] };
+  const response = parsed.data;
   const usage = response.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null;
   const choices = (response.candidates ?? []).map((candidate, index) => {
     const texts: string[] = [];

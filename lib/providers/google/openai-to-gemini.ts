@@ -75,6 +75,10 @@ export function openAIToGemini(request: ChatCompletionRequest, maxOutputTokens: 
 
   const body: Record<string, unknown> = { contents, generationConfig };
   if (system.length) body.systemInstruction = { parts: [{ text: system.join('\n\n') }] };
+  const unsupported = (request.tools ?? []).find((tool) => (tool as { type?: unknown } | null)?.type !== 'function' || !(tool as { function?: { name?: unknown } }).function?.name);
+  if (unsupported !== undefined) {
+    throw new GatewayError(400, 'invalid_request', 'Only tools of type "function", with a name, can be sent to this model.', { param: 'tools' });
+  }
   if (request.tools?.length) {
     body.tools = [
       {

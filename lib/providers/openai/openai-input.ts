@@ -21,6 +21,7 @@ function isImagePart(part: Record<string, unknown>): boolean {
 function promptPieces(request: ChatCompletionRequest): PromptPieces {
   const texts: string[] = [];
   let images = 0;
+  let remote = 0;
   let opaque = 0;
   const visit = (message: Message) => {
     texts.push(message.role);
@@ -31,6 +32,7 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
         const text = partText(part);
         if (text !== null) texts.push(text);
         else if (isImagePart(part)) images += 1;
+        else if (part.type === 'file' && !(part as { file?: { file_data?: unknown } }).file?.file_data) remote += 1;
         else opaque += utf8Bytes(JSON.stringify(part));
       }
     }
@@ -41,7 +43,7 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
   if (request.tools) texts.push(JSON.stringify(request.tools));
   const responseFormat = (request as { response_format?: unknown }).response_format;
   if (responseFormat) texts.push(JSON.stringify(responseFormat));
-  return { texts, images, opaqueBytes: opaque };
+  return { texts, images, remote, opaqueBytes: opaque };
 }
 
 const framing = (request: ChatCompletionRequest) => request.messages.length * messageOverhead + replyPriming;
