@@ -1,5 +1,5 @@
 import { sseJson } from '../../metering/sse-event-splitter.ts';
-import { chatCompletionChunkSchema, type OpenAIUsage } from './openai-wire.ts';
+import { openAIUsageSchema, type OpenAIUsage } from './openai-wire.ts';
 
 export interface ChatStreamMeter {
   /** Returns the event to forward (unchanged, or without the usage the client did not ask for), or null to drop it. */
@@ -23,6 +23,9 @@ export function createOpenAIChatMeter({ clientWantsUsage }: { clientWantsUsage: 
   let usage: OpenAIUsage | null = null;
   let error: string | null = null;
   const delivered: string[] = [];
+  const keep = (text: unknown) => {
+    if (typeof text === 'string' && text) delivered.push(text);
+  };
 
   return {
     processEvent(event) {
@@ -33,25 +36,31 @@ export function createOpenAIChatMeter({ clientWantsUsage }: { clientWantsUsage: 
         error = typeof upstreamError.message === 'string' ? upstreamError.message : 'upstream error event';
         return event;
       }
-      const chunk = chatCompletionChunkSchema.safeParse(json);
-      if (!chunk.success) return event;
-      const { choices, usage: chunkUsage } = chunk.data;
-      if (chunkUsage) usage = chunkUsage;
+      // Read by hand, not by schema: this runs for every event of every stream.
+      const chunk = json as { choices?: unknown; usage?: unknown } | null;
+      if (typeof chunk !== 'object' || chunk === null) return event;
+      if (chunk.usage) {
+        const parsed = openAIUsageSchema.safeParse(chunk.usage);
+        if (parsed.success) usage = parsed.data;
+      }
+      const choices = Array.isArray(chunk.choices) ? (chunk.choices as Array<{ delta?: Record<string, unknown> } | null>) : null;
       for (const choice of choices ?? []) {
-        const delta = choice.delta;
-        if (!delta) continue;
-        if (delta.content) delivered.push(delta.content);
-        if (delta.refusal) delivered.push(delta.refusal);
-        if (delta.reasoning_content) delivered.push(delta.reasoning_content);
-        for (const call of delta.tool_calls ?? []) {
-          if (call.function?.name) delivered.push(call.function.name);
-          if (call.function?.arguments) delivered.push(call.function.arguments);
+        const delta = choice?.delta;
+        if (!delta || typeof delta !== 'object') continue;
+        keep(delta.content);
+        keep(delta.refusal);
+        keep(delta.reasoning_content);
+        if (Array.isArray(delta.tool_calls)) {
+          for (const call of delta.tool_calls as Array<{ function?: { name?: unknown; arguments?: unknown } } | null>) {
+            keep(call?.function?.name);
+            keep(call?.function?.arguments);
+          }
         }
       }
       if (clientWantsUsage) return event;
-      if (Array.isArray(choices) && choices.length === 0 && chunkUsage) return null;
+      if (choices?.length === 0 && chunk.usage) return null;
       // Escaped quotes inside strings (\") cannot match: only the top-level key does.
-      return event.replace(/,"usage":null/g, '').replace(/"usage":null,/g, '');
+      return event.includes('"usage":null') ? event.replace(/,"usage":null/g, '').replace(/"usage":null,/g, '') : event;
     },
     usage: () => usage,
     delivered: () => delivered,

@@ -63,25 +63,6 @@ const toolCallDeltaSchema = z.looseObject({
   function: z.looseObject({ name: z.string().nullish(), arguments: z.string().nullish() }).nullish(),
 });
 
-export const chatCompletionChunkSchema = z.looseObject({
-  choices: z
-    .array(
-      z.looseObject({
-        delta: z
-          .looseObject({
-            content: z.string().nullish(),
-            refusal: z.string().nullish(),
-            reasoning_content: z.string().nullish(),
-            tool_calls: z.array(toolCallDeltaSchema).nullish(),
-          })
-          .nullish(),
-        finish_reason: z.string().nullish(),
-      }),
-    )
-    .nullish(),
-  usage: openAIUsageSchema.nullish(),
-});
-
 export const chatCompletionSchema = z.looseObject({
   choices: z
     .array(
