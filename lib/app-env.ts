@@ -33,6 +33,8 @@ export interface ModelPrice {
   price_image: number | null;
   price_audio: number | null;
   created_at: string;
+  long_context_threshold: number | null;
+  long_context_price: Record<string, number> | null;
 }
 
 export interface AppEnv {

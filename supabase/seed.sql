@@ -51,6 +51,14 @@ select
   ceil(cache_write_1h * 1.2)::bigint, ceil(output * 1.2)::bigint
 from sheet;
 
+-- Gemini 2.5 Pro above 200k prompt tokens: input and cached input ×2, output ×1.5,
+-- for the whole request.
+update public.models
+   set long_context_threshold = 200000,
+       long_context_cost = '{"input": 2500000, "cached_input": 250000, "output": 15000000}',
+       long_context_price = '{"input": 3000000, "cached_input": 300000, "output": 18000000}'
+ where id = 'gemini-2.5-pro';
+
 -- A model that is listed but has no price yet: requests for it are refused.
 insert into public.models (id, provider, upstream_model, display_name, max_output_tokens)
 values ('unpriced-preview', 'openai', 'unpriced-preview', 'Listed without a price', 4096);

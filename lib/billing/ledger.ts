@@ -14,7 +14,8 @@ export class LedgerError extends Error {
   }
 }
 
-const priceSchema = z.record(z.string(), z.number().int().nullable());
+// Rates per 1M tokens by bucket; a model with a long-context tier also has `long: {threshold, …rates}`.
+const priceSchema = z.record(z.string(), z.unknown());
 
 const authorizedSchema = z.object({
   status: z.literal('authorized'),

@@ -49,6 +49,9 @@ export async function models(c: Context<AppEnv>): Promise<Response> {
         cache_write_1h: model.price_cache_write_1h ?? model.price_cache_write ?? model.price_input,
         output: model.price_output,
         reasoning: model.price_reasoning ?? model.price_output,
+        ...(model.long_context_threshold
+          ? { long_context: { above_prompt_tokens: model.long_context_threshold, ...model.long_context_price } }
+          : {}),
       },
     }));
   return c.json({ object: 'list', data });

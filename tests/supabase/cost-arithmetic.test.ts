@@ -87,3 +87,39 @@ describe('cost through settle_request', () => {
     });
   });
 });
+
+describe('long-context price tiers', () => {
+  // Gemini 2.5 Pro-like: above 200,000 prompt tokens, input ×2 and output ×1.5 for the whole request.
+  const rates = { input: 1_250_000, cached_input: 125_000, output: 10_000_000, reasoning: 10_000_000, long: { threshold: 200_000, input: 2_500_000, cached_input: 250_000, output: 15_000_000, reasoning: 15_000_000 } };
+
+  it.each([
+    // 100,000 × 1.25 + 1,000 × 10 = 125,000 + 10,000
+    ['a prompt at the threshold pays the ordinary rates', { input: 150_000, cached_input: 50_000, output: 1_000 }, 150_000 * 1.25 + 50_000 * 0.125 + 1_000 * 10],
+    // 200,001 prompt tokens: every bucket at the tier: 150,001 × 2.5 + 50,000 × 0.25 + 1,000 × 15
+    ['one token past it pays the tier, for the whole request', { input: 150_001, cached_input: 50_000, output: 1_000 }, Math.ceil(150_001 * 2.5 + 50_000 * 0.25 + 1_000 * 15)],
+  ])('%s', async (_name, usage, expected) => {
+    const { rows } = await admin().query('select private.cost_of(private.normalize_usage($1), $2) as cost', [usage, rates]);
+    expect(Number(rows[0].cost)).toBe(expected);
+  });
+
+  it('bills the tier through settle_request, and holds the dearer rates', async () => {
+    const model = await createModel({ input: 1_250_000, cached_input: 125_000, output: 10_000_000 }, { cost: { input: 1_000_000, output: 8_000_000 } });
+    await admin().query(
+      `update public.models set long_context_threshold = 200000, long_context_price = '{"input": 2500000, "output": 15000000}', long_context_cost = '{"input": 2000000}' where id = $1`,
+      [model],
+    );
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const settle = async (usage: Record<string, number>) => {
+      const requestId = crypto.randomUUID();
+      const authorization = await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 300_000, maxOutputTokens: 1000 });
+      // The hold takes the tier's input and output rates: 300,000 × 2.5 + 1,000 × 15.
+      expect(authorization).toMatchObject({ status: 'authorized', hold: 765_000 });
+      return ledger.settleRequest({ requestId, outcome: 'completed', usage, usageSource: 'provider' });
+    };
+    // Below: 100,000 × 1.25 + 500 × 10 = 130,000.
+    expect(await settle({ input: 100_000, output: 500 })).toMatchObject({ amount: 130_000 });
+    // Above: 250,000 × 2.5 + 500 × 15 = 632,500 (cached input falls back to the tier's input).
+    // Cost: the tier sets only input, 250,000 × 2; output keeps its ordinary cost, 500 × 8.
+    expect(await settle({ input: 200_000, cached_input: 50_000, output: 500 })).toMatchObject({ amount: 632_500, upstream_cost: 504_000 });
+  });
+});
