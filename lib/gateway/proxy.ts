@@ -7,7 +7,7 @@ import { GatewayError } from '../errors.ts';
 import { countTokens } from '../metering/count-tokens.ts';
 import { createMeteredStream } from './metered-stream.ts';
 import { forwardableHeaders, sendWithFailover, type UpstreamRequest, type UpstreamResult } from './send-upstream.ts';
-import { settleInBackground } from './settle-in-background.ts';
+import { releaseHold, settleInBackground } from './settle-in-background.ts';
 
 /** Reads one upstream stream: what to send the client, and what to bill. */
 export interface StreamProcessor {
@@ -102,9 +102,7 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
   const upstreamAbort = new AbortController();
   c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
   const settle = (input: () => Promise<SettleRequestInput>) => settleInBackground(services, input, requestId);
-  // Nothing delivered: the hold is released, nothing is charged.
-  const release = (error: string) =>
-    settle(async () => ({ requestId, outcome: upstreamAbort.signal.aborted ? 'aborted' : 'failed', usage: {}, error }));
+  const release = (error: string) => releaseHold(services, requestId, error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
 
   const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal });
 

@@ -4,7 +4,9 @@ import type { AppEnv } from '../app-env.ts';
 import { LedgerError, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
-import { settleInBackground } from './settle-in-background.ts';
+import { releaseHold } from './settle-in-background.ts';
+import { channelsFor, type WireFormat } from '../providers/registry.ts';
+import type { ChannelConfig } from '../env.ts';
 
 const apiKeyFormat = /^tg_[A-Za-z0-9_-]{16,128}$/;
 
@@ -118,7 +120,7 @@ export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequest
   c.set('rateLimitHeaders', decision.headers);
   if (!decision.allowed) {
     // The hold was taken in parallel: release it, nothing is charged.
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: 'rate limited' }));
+    releaseHold(services, requestId, 'rate limited');
     const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
     throw new GatewayError(429, 'rate_limit_exceeded', `Rate limit reached: ${what}. Retry after ${decision.retryAfterSeconds} s.`, {
       headers: decision.headers,
@@ -137,4 +139,12 @@ export function refuseUnbilledOptions(options: Array<[boolean, string, string]>)
       throw new GatewayError(400, 'unsupported_parameter', `${what} is not available through this gateway: it is billed by the upstream beyond token prices.`, { param });
     }
   }
+}
+
+/** The channels of an authorized model when its provider speaks `format`; otherwise the hold is released and the route refuses. */
+export function channelsSpeaking(c: Context<AppEnv>, authorization: Authorized, format: WireFormat, refusal: string): ChannelConfig[] {
+  const channels = channelsFor(c.var.services.config, authorization.model.provider, format);
+  if (channels) return channels;
+  releaseHold(c.var.services, c.var.requestId, `the provider does not speak the ${format} format`);
+  throw new GatewayError(400, 'unsupported_provider', refusal, { param: 'model' });
 }

@@ -40,3 +40,8 @@ export function settleInBackground(services: Services, input: () => Promise<Sett
     }),
   );
 }
+
+/** Nothing was sent upstream, or nothing came back: the hold is released and nothing is charged. */
+export function releaseHold(services: Services, requestId: string, reason: string, outcome: 'failed' | 'aborted' = 'failed'): void {
+  settleInBackground(services, async () => ({ requestId, outcome, usage: {}, error: reason }), requestId);
+}

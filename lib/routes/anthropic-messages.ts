@@ -1,19 +1,16 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
-import { GatewayError } from '../errors.ts';
+import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
-import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
 import { createAnthropicStreamMeter } from '../providers/anthropic/anthropic-stream-meter.ts';
 import { anthropicMessageSchema, messagesRequestSchema } from '../providers/anthropic/anthropic-wire.ts';
 import { convertAnthropicUsage } from '../providers/anthropic/convert-anthropic-usage.ts';
-import { channelsFor } from '../providers/registry.ts';
 
 /** POST /v1/messages: Anthropic's Messages API, native, for Claude models. */
 export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
-  const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, messagesRequestSchema);
   // Server tools (web search, web fetch, code execution) carry fees beyond tokens;
@@ -29,11 +26,7 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens });
 
-  const channels = channelsFor(services.config, authorization.model.provider, 'anthropic');
-  if (!channels) {
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: 'not an Anthropic model' }));
-    throw new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`);
-  }
+  const channels = channelsSpeaking(c, authorization, 'anthropic', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`);
   const stream = request.stream === true;
   const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
   return proxyMetered(c, authorization, {
@@ -42,13 +35,7 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
     build: (channel) => buildAnthropicRequest(channel, { ...request, model: authorization.model.upstream_model }, stream, clientHeaders),
     createStreamProcessor: createAnthropicStreamMeter,
     readBody: (text) => {
-      let message;
-      try {
-        message = anthropicMessageSchema.safeParse(JSON.parse(text));
-      } catch {
-        message = undefined;
-      }
-      const parsed = message?.success ? message.data : undefined;
+      const parsed = parseJsonAs(anthropicMessageSchema, text);
       const delivered: string[] = [];
       for (const block of parsed?.content ?? []) {
         if (block.text) delivered.push(block.text);

@@ -3,7 +3,7 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered, type ProxyPlan } from '../gateway/proxy.ts';
 import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
-import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { releaseHold } from '../gateway/settle-in-background.ts';
 import { boundChatInputTokens } from '../providers/openai/openai-input.ts';
 import { chatCompletionRequestSchema } from '../providers/openai/openai-wire.ts';
 import { chatPlanFor } from '../providers/registry.ts';
@@ -33,7 +33,7 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
     plan = chatPlanFor(services.config, request, authorization);
   } catch (error) {
     // A request the upstream's format cannot express: nothing was sent, release the hold.
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: (error as Error).message }));
+    releaseHold(services, requestId, (error as Error).message);
     if (error instanceof GatewayError) throw error;
     throw new GatewayError(400, 'invalid_request', (error as Error).message);
   }

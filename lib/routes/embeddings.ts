@@ -1,15 +1,15 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
-import { authorize, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { parseJsonAs } from '../parse-json-as.ts';
+import { authorize, channelsSpeaking, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
 import { forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
-import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { releaseHold, settleInBackground } from '../gateway/settle-in-background.ts';
 import { countTokens } from '../metering/count-tokens.ts';
 import { convertOpenAIUsage } from '../providers/openai/convert-openai-usage.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { boundEmbeddingInputTokens } from '../providers/openai/openai-input.ts';
 import { embeddingRequestSchema, embeddingResponseSchema, type EmbeddingRequest } from '../providers/openai/openai-wire.ts';
-import { channelsFor } from '../providers/registry.ts';
 
 async function countEmbeddingInput(request: EmbeddingRequest): Promise<number> {
   const { input } = request;
@@ -24,11 +24,7 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
   const request = await readJsonBody(c, embeddingRequestSchema);
   const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundEmbeddingInputTokens(request) });
 
-  const channels = channelsFor(services.config, authorization.model.provider, 'openai');
-  if (!channels) {
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {} }));
-    throw new GatewayError(400, 'unsupported_provider', `The model ${request.model} does not serve embeddings here.`, { param: 'model' });
-  }
+  const channels = channelsSpeaking(c, authorization, 'openai', `The model ${request.model} does not serve embeddings here.`);
   const upstreamAbort = new AbortController();
   c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
   const result = await sendWithFailover(
@@ -37,7 +33,7 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
     { fetch: services.fetch, signal: upstreamAbort.signal },
   );
   if (!result.ok) {
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: result.error.message }));
+    releaseHold(services, requestId, result.error.message);
     throw result.error;
   }
   let text: string;
@@ -53,13 +49,7 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
   }
   settleInBackground(services, async () => {
     if (!result.response.ok) return { requestId, outcome: 'failed', usage: {}, error: `upstream HTTP ${result.response.status}` };
-    let usage;
-    try {
-      const parsed = embeddingResponseSchema.safeParse(JSON.parse(text));
-      usage = parsed.success ? parsed.data.usage : undefined;
-    } catch {
-      usage = undefined;
-    }
+    const usage = parseJsonAs(embeddingResponseSchema, text)?.usage;
     if (usage) return { requestId, outcome: 'completed', usage: convertOpenAIUsage(usage), usageSource: 'provider' };
     return { requestId, outcome: 'completed', usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' };
   }, requestId);

@@ -1,19 +1,17 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
+import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
-import { settleInBackground } from '../gateway/settle-in-background.ts';
+import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
 import { createGeminiStreamMeter, geminiDelivered } from '../providers/google/gemini-stream-reader.ts';
 import { generateContentRequestSchema, generateContentResponseSchema } from '../providers/google/gemini-wire.ts';
 import { convertGeminiUsage } from '../providers/google/convert-gemini-usage.ts';
-import { channelsFor } from '../providers/registry.ts';
 
 /** POST /v1beta/models/{model}:generateContent and :streamGenerateContent (SSE), native, for Gemini models. */
 export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Response> {
-  const { services, requestId } = c.var;
   let target: string;
   try {
     target = decodeURIComponent(c.req.param('target') ?? '');
@@ -45,11 +43,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
     capOutput: requestedCap === undefined,
   });
 
-  const channels = channelsFor(services.config, authorization.model.provider, 'google');
-  if (!channels) {
-    settleInBackground(services, async () => ({ requestId, outcome: 'failed', usage: {}, error: 'not a Gemini model' }));
-    throw new GatewayError(400, 'unsupported_provider', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`);
-  }
+  const channels = channelsSpeaking(c, authorization, 'google', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`);
   const body = authorization.output_capped
     ? { ...request, generationConfig: { ...request.generationConfig, maxOutputTokens: authorization.max_output_tokens } }
     : request;
@@ -59,13 +53,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
     build: (channel) => buildGeminiRequest(channel, authorization.model.upstream_model, body, stream),
     createStreamProcessor: createGeminiStreamMeter,
     readBody: (text) => {
-      let parsed;
-      try {
-        parsed = generateContentResponseSchema.safeParse(JSON.parse(text));
-      } catch {
-        parsed = undefined;
-      }
-      const response = parsed?.success ? parsed.data : undefined;
+      const response = parseJsonAs(generateContentResponseSchema, text);
       return {
         body: text,
         usage: response?.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null,

@@ -188,9 +188,27 @@ begin
 end;
 $$;
 
+-- A disputed payment: the account is flagged for the operator and an alert raised.
+create function private.flag_dispute(p_account_id uuid, p_payment_intent text, p_reason text, p_message text, p_details jsonb)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_account_id is not null then
+    update public.accounts
+       set flagged_reason = format('payment %s disputed', p_payment_intent) || case when p_reason is null then '' else format(' (%s)', p_reason) end,
+           updated_at = now()
+     where id = p_account_id;
+  end if;
+  perform private.raise_alert(p_account_id, 'payment_disputed', p_message,
+    jsonb_build_object('payment_intent', p_payment_intent) || p_details);
+end;
+$$;
+
 revoke all on function private.record_stripe_event(text, text, text, jsonb), private.finish_stripe_event(text, text, uuid),
   private.raise_alert(uuid, text, text, jsonb), private.claw_back_stripe_payment(bigint, text, text),
-  private.credit_stripe_invoice(text) from public;
+  private.credit_stripe_invoice(text), private.flag_dispute(uuid, text, text, text, jsonb) from public;
 
 -- Checkout sessions: completed, async_payment_succeeded, async_payment_failed --
 
@@ -310,10 +328,8 @@ begin
   -- A refund or dispute that arrived before this checkout takes effect now.
   if v_payment.disputed_amount > 0 then
     perform private.claw_back_stripe_payment(v_payment.id, 'dispute', 'dispute:' || p_event_id);
-    update public.accounts set flagged_reason = format('payment %s disputed', v_payment.payment_intent_id), updated_at = now()
-     where id = v_account.id;
-    perform private.raise_alert(v_account.id, 'payment_disputed', 'A disputed payment was credited late; its credits were taken back.',
-      jsonb_build_object('payment_intent', v_payment.payment_intent_id, 'session', v_session_id));
+    perform private.flag_dispute(v_account.id, v_payment.payment_intent_id, null,
+      'A disputed payment was credited late; its credits were taken back.', jsonb_build_object('session', v_session_id));
   else
     perform private.claw_back_stripe_payment(v_payment.id, 'refund', 'refund:' || p_event_id);
   end if;
@@ -377,14 +393,9 @@ begin
     set disputed_amount = greatest(public.stripe_payments.disputed_amount, excluded.disputed_amount), updated_at = now()
   returning * into v_payment;
   perform private.claw_back_stripe_payment(v_payment.id, 'dispute', 'dispute:' || p_event_id);
-  if v_payment.account_id is not null then
-    update public.accounts set flagged_reason = format('payment %s disputed (%s)', v_payment_intent, p_dispute ->> 'reason'),
-                               updated_at = now()
-     where id = v_payment.account_id;
-  end if;
-  perform private.raise_alert(v_payment.account_id, 'payment_disputed', 'A payment was disputed; its credits were taken back.',
-    jsonb_build_object('payment_intent', v_payment_intent, 'dispute', p_dispute ->> 'id', 'amount', p_dispute ->> 'amount',
-                       'reason', p_dispute ->> 'reason'));
+  perform private.flag_dispute(v_payment.account_id, v_payment_intent, p_dispute ->> 'reason',
+    'A payment was disputed; its credits were taken back.',
+    jsonb_build_object('dispute', p_dispute ->> 'id', 'amount', p_dispute ->> 'amount', 'reason', p_dispute ->> 'reason'));
   return private.finish_stripe_event(p_event_id, 'disputed', v_payment.account_id);
 end;
 $$;

@@ -72,65 +72,57 @@ $$;
 
 revoke all on function private.prompt_tokens(jsonb), private.rates_for(jsonb, numeric), private.dearest_rates(jsonb) from public;
 
+-- Per-bucket rates with the documented fallbacks: cached input, cache writes,
+-- image and audio to input (1-hour writes to 5-minute writes first), reasoning
+-- to output. A bucket with no rate and nothing to fall back to is null.
+create function private.with_bucket_fallbacks(p_rates jsonb)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'input', p_rates -> 'input',
+    'cached_input', coalesce(p_rates -> 'cached_input', p_rates -> 'input'),
+    'cache_write', coalesce(p_rates -> 'cache_write', p_rates -> 'input'),
+    'cache_write_1h', coalesce(p_rates -> 'cache_write_1h', p_rates -> 'cache_write', p_rates -> 'input'),
+    'output', p_rates -> 'output',
+    'reasoning', coalesce(p_rates -> 'reasoning', p_rates -> 'output'),
+    'image', coalesce(p_rates -> 'image', p_rates -> 'input'),
+    'audio', coalesce(p_rates -> 'audio', p_rates -> 'input'))
+$$;
+revoke all on function private.with_bucket_fallbacks(jsonb) from public;
+
 create or replace function private.effective_rates(p_model public.models)
 returns jsonb
 language sql immutable
 set search_path = ''
 as $$
-  with base as (
+  -- jsonb_strip_nulls then coalesce: a null column is "no rate", the same as an absent tier bucket.
+  with rates as (
     select
-      jsonb_build_object(
-        'input', p_model.price_input,
-        'cached_input', coalesce(p_model.price_cached_input, p_model.price_input),
-        'cache_write', coalesce(p_model.price_cache_write, p_model.price_input),
-        'cache_write_1h', coalesce(p_model.price_cache_write_1h, p_model.price_cache_write, p_model.price_input),
-        'output', p_model.price_output,
-        'reasoning', coalesce(p_model.price_reasoning, p_model.price_output),
-        'image', coalesce(p_model.price_image, p_model.price_input),
-        'audio', coalesce(p_model.price_audio, p_model.price_input)
-      ) as price,
-      jsonb_build_object(
-        'input', p_model.cost_input,
-        'cached_input', coalesce(p_model.cost_cached_input, p_model.cost_input),
-        'cache_write', coalesce(p_model.cost_cache_write, p_model.cost_input),
-        'cache_write_1h', coalesce(p_model.cost_cache_write_1h, p_model.cost_cache_write, p_model.cost_input),
-        'output', p_model.cost_output,
-        'reasoning', coalesce(p_model.cost_reasoning, p_model.cost_output),
-        'image', coalesce(p_model.cost_image, p_model.cost_input),
-        'audio', coalesce(p_model.cost_audio, p_model.cost_input)
-      ) as cost
-  ),
-  -- The tier's own rates, with the same fallbacks as the ordinary ones
-  -- (reasoning follows the tier's output, cached input the tier's input, …).
-  tier as (
-    select
-      case when p_model.long_context_price is null then null else jsonb_strip_nulls(jsonb_build_object(
-        'input', p_model.long_context_price -> 'input',
-        'cached_input', coalesce(p_model.long_context_price -> 'cached_input', p_model.long_context_price -> 'input'),
-        'cache_write', coalesce(p_model.long_context_price -> 'cache_write', p_model.long_context_price -> 'input'),
-        'cache_write_1h', coalesce(p_model.long_context_price -> 'cache_write_1h', p_model.long_context_price -> 'cache_write', p_model.long_context_price -> 'input'),
-        'output', p_model.long_context_price -> 'output',
-        'reasoning', coalesce(p_model.long_context_price -> 'reasoning', p_model.long_context_price -> 'output'),
-        'image', coalesce(p_model.long_context_price -> 'image', p_model.long_context_price -> 'input'),
-        'audio', coalesce(p_model.long_context_price -> 'audio', p_model.long_context_price -> 'input'))) end as price,
-      case when p_model.long_context_cost is null then null else jsonb_strip_nulls(jsonb_build_object(
-        'input', p_model.long_context_cost -> 'input',
-        'cached_input', coalesce(p_model.long_context_cost -> 'cached_input', p_model.long_context_cost -> 'input'),
-        'cache_write', coalesce(p_model.long_context_cost -> 'cache_write', p_model.long_context_cost -> 'input'),
-        'cache_write_1h', coalesce(p_model.long_context_cost -> 'cache_write_1h', p_model.long_context_cost -> 'cache_write', p_model.long_context_cost -> 'input'),
-        'output', p_model.long_context_cost -> 'output',
-        'reasoning', coalesce(p_model.long_context_cost -> 'reasoning', p_model.long_context_cost -> 'output'),
-        'image', coalesce(p_model.long_context_cost -> 'image', p_model.long_context_cost -> 'input'),
-        'audio', coalesce(p_model.long_context_cost -> 'audio', p_model.long_context_cost -> 'input'))) end as cost
+      private.with_bucket_fallbacks(jsonb_strip_nulls(jsonb_build_object(
+        'input', p_model.price_input, 'cached_input', p_model.price_cached_input, 'cache_write', p_model.price_cache_write,
+        'cache_write_1h', p_model.price_cache_write_1h, 'output', p_model.price_output, 'reasoning', p_model.price_reasoning,
+        'image', p_model.price_image, 'audio', p_model.price_audio))) as price,
+      private.with_bucket_fallbacks(jsonb_strip_nulls(jsonb_build_object(
+        'input', p_model.cost_input, 'cached_input', p_model.cost_cached_input, 'cache_write', p_model.cost_cache_write,
+        'cache_write_1h', p_model.cost_cache_write_1h, 'output', p_model.cost_output, 'reasoning', p_model.cost_reasoning,
+        'image', p_model.cost_image, 'audio', p_model.cost_audio))) as cost,
+      -- The tier's buckets follow the same fallbacks within the tier; what the tier
+      -- leaves out keeps the ordinary rate.
+      case when p_model.long_context_price is not null
+           then jsonb_strip_nulls(private.with_bucket_fallbacks(p_model.long_context_price)) end as long_price,
+      case when p_model.long_context_cost is not null
+           then jsonb_strip_nulls(private.with_bucket_fallbacks(p_model.long_context_cost)) end as long_cost
   )
   select jsonb_build_object(
-    'price', base.price || case when p_model.long_context_threshold is not null and tier.price is not null
-                                then jsonb_build_object('long', tier.price || jsonb_build_object('threshold', p_model.long_context_threshold))
-                                else '{}' end,
-    'cost', base.cost || case when p_model.long_context_threshold is not null and tier.cost is not null
-                              then jsonb_build_object('long', tier.cost || jsonb_build_object('threshold', p_model.long_context_threshold))
-                              else '{}' end)
-  from base, tier
+    'price', rates.price || case when p_model.long_context_threshold is not null and rates.long_price is not null
+                                 then jsonb_build_object('long', rates.long_price || jsonb_build_object('threshold', p_model.long_context_threshold))
+                                 else '{}' end,
+    'cost', rates.cost || case when p_model.long_context_threshold is not null and rates.long_cost is not null
+                               then jsonb_build_object('long', rates.long_cost || jsonb_build_object('threshold', p_model.long_context_threshold))
+                               else '{}' end)
+  from rates
 $$;
 
 -- Cost of a usage: at the long-context tier when its prompt passes the threshold.

@@ -1,4 +1,6 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
+import { z } from 'zod';
+import { parseJsonAs } from '../../parse-json-as.ts';
 import type { StreamProcessor } from '../../gateway/proxy.ts';
 import { createChunkWriter, toOpenAIUsage } from '../openai/openai-chunks.ts';
 import { openAIErrorBody, openAIErrorEvent } from '../openai/openai-adaptor.ts';
@@ -21,15 +23,9 @@ export function anthropicFinishReason(reason: string | null | undefined): string
 
 /** A non-streaming Anthropic message as an OpenAI chat completion. */
 export function anthropicToOpenAICompletion(text: string, model: string): { body: string; usage: TokenUsage | null; delivered: string[] } {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    return { body: text, usage: null, delivered: [] };
-  }
-  const parsed = anthropicMessageSchema.safeParse(json);
-  if (!parsed.success) return { body: text, usage: null, delivered: [text] };
-  const message = parsed.data;
+  const message = parseJsonAs(anthropicMessageSchema, text);
+  // Not JSON: passed on, nothing counted; JSON of another shape: its text counts as output.
+  if (!message) return { body: text, usage: null, delivered: parseJsonAs(z.unknown(), text) === undefined ? [] : [text] };
   const delivered: string[] = [];
   const texts: string[] = [];
   const toolCalls: unknown[] = [];

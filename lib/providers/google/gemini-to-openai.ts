@@ -1,4 +1,6 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
+import { z } from 'zod';
+import { parseJsonAs } from '../../parse-json-as.ts';
 import type { StreamProcessor } from '../../gateway/proxy.ts';
 import { openAIErrorBody, openAIErrorEvent } from '../openai/openai-adaptor.ts';
 import { createChunkWriter, toOpenAIUsage } from '../openai/openai-chunks.ts';
@@ -23,15 +25,9 @@ function finishReason(reason: string | null | undefined, calledTools: boolean): 
 
 /** A non-streaming Gemini response as an OpenAI chat completion. */
 export function geminiToOpenAICompletion(text: string, model: string): { body: string; usage: TokenUsage | null; delivered: string[] } {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    return { body: text, usage: null, delivered: [] };
-  }
-  const parsed = generateContentResponseSchema.safeParse(json);
-  if (!parsed.success) return { body: text, usage: null, delivered: [text] };
-  const response = parsed.data;
+  const response = parseJsonAs(generateContentResponseSchema, text);
+  // Not JSON: passed on, nothing counted; JSON of another shape: its text counts as output.
+  if (!response) return { body: text, usage: null, delivered: parseJsonAs(z.unknown(), text) === undefined ? [] : [text] };
   const usage = response.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null;
   const choices = (response.candidates ?? []).map((candidate, index) => {
     const texts: string[] = [];

@@ -1,4 +1,5 @@
 import type { Authorized } from '../../billing/ledger.ts';
+import { parseJsonAs } from '../../parse-json-as.ts';
 import type { ChannelConfig } from '../../env.ts';
 import type { ProxyPlan, StreamProcessor } from '../../gateway/proxy.ts';
 import { convertOpenAIUsage } from './convert-openai-usage.ts';
@@ -8,15 +9,8 @@ import { countChatInputTokens } from './openai-input.ts';
 import { chatCompletionSchema, type ChatCompletionRequest } from './openai-wire.ts';
 
 /** The output text of a non-streaming chat completion. */
-export function completionText(text: string): { completion: ReturnType<typeof chatCompletionSchema.safeParse>['data']; delivered: string[] } {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    return { completion: undefined, delivered: [] };
-  }
-  const parsed = chatCompletionSchema.safeParse(json);
-  const completion = parsed.success ? parsed.data : undefined;
+export function completionText(text: string) {
+  const completion = parseJsonAs(chatCompletionSchema, text);
   const delivered: string[] = [];
   for (const choice of completion?.choices ?? []) {
     if (choice.message?.content) delivered.push(choice.message.content);
