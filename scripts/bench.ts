@@ -19,8 +19,12 @@ import { createOpenAIChatMeter } from '../lib/providers/openai/openai-chat-meter
 import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
 import { readFixture, startFakeUpstream } from '../tests/support/fake-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
+import { benchDatabase } from './bench-database.ts';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 300);
+const databaseSeconds = Number(process.env.BENCH_DB_SECONDS ?? 3);
+// `npm run bench -- database` runs one section; no argument runs them all.
+const sections = new Set(process.argv.slice(2).length ? process.argv.slice(2) : ['gateway', 'database']);
 
 function summary(samples: number[]) {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -61,6 +65,8 @@ async function main() {
   const gatewayUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
   try {
+    if (sections.has('database')) await benchDatabase({ stack, clusterDir: join(dataDir, 'postgres'), seconds: databaseSeconds });
+    if (!sections.has('gateway')) return;
     const userId = await stack.createUser();
     const token = stack.mintUserJwt(userId);
     const userClient = createClient(stack.supabaseUrl, stack.anonKey, { accessToken: async () => token, realtime: { transport: WebSocket as never } });

@@ -82,9 +82,28 @@ describe('expire_stale_holds', () => {
     expect(account).toEqual({ balance: '100000', held: '0' });
     expect(await alertsOf(customer.accountId, 'stale_hold')).toHaveLength(1);
 
-    // A late settlement of an expired request changes nothing.
+    // A settlement that arrives after the hold expired (an outage outlasted the
+    // gateway's retries) still charges what was used, once.
     const late = await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 10 }, usageSource: 'provider' });
-    expect(late).toMatchObject({ replayed: true, status: 'expired', charged: 0 });
+    expect(late).toMatchObject({ replayed: false, status: 'completed', amount: 10, charged: 10, balance: 99_990, held: 0 });
+    const again = await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 10 }, usageSource: 'provider' });
+    expect(again).toMatchObject({ replayed: true, status: 'completed', charged: 10, balance: 99_990 });
+    const { rows: [closed] } = await admin().query('select status, charged, hold_expired_at is not null as expired from public.usage_events where request_id = $1', [requestId]);
+    expect(closed).toEqual({ status: 'completed', charged: '10', expired: true });
+  });
+
+  it('a late settlement charges only what the balance still allows; the shortfall stays visible', async () => {
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const customer = await createCustomer({ balance: 1_000 });
+    const requestId = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 500, maxOutputTokens: 500 });
+    await admin().query(`select public.expire_stale_holds(now() + interval '16 minutes')`);
+    // Meanwhile the customer spent most of the balance on other requests.
+    const other = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId: other, keyHash: customer.keyHash, model, maxInputTokens: 800, maxOutputTokens: 100 });
+    await ledger.settleRequest({ requestId: other, outcome: 'completed', usage: { input: 800, output: 100 }, usageSource: 'provider' });
+    const late = await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 300, output: 200 }, usageSource: 'provider' });
+    expect(late).toMatchObject({ amount: 500, charged: 100, balance: 0, held: 0 });
   });
 });
 

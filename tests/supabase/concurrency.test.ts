@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { admin, createCustomer, createModel, ledger, stack } from '../support/supabase.ts';
+import { createApiKeyManager } from '../../lib/billing/ledger.ts';
+import { admin, createCustomer, createModel, ledger, stack, type Customer } from '../support/supabase.ts';
 
 // 100 input tokens at 1,000,000/M + 100 output tokens at 2,000,000/M: a hold of exactly 300.
 const price = { input: 1_000_000, output: 2_000_000 };
@@ -91,5 +92,95 @@ describe('authorize_request under real concurrency', () => {
     expect(settlements.every((settlement) => settlement.charged === 300)).toBe(true);
     const { rows } = await admin().query(`select amount from public.credit_ledger where reason = 'usage' and reference = $1`, [requestId]);
     expect(rows).toEqual([{ amount: '-300' }]);
+  });
+});
+
+/**
+ * `clients` real connections, each running authorize then settle on the same
+ * key in a loop for `seconds`: what a coding agent's parallel calls do to one
+ * account. Refusals (a cap reached) are counted; anything thrown is an error.
+ */
+async function hammer(customer: Customer, model: string, { clients = 32, seconds = 3, overruns = true } = {}) {
+  const connections = await Promise.all(
+    Array.from({ length: clients }, async () => {
+      const client = new pg.Client({ connectionString: stack.databaseUrl });
+      await client.connect();
+      await client.query('set role service_role');
+      return client;
+    }),
+  );
+  const deadline = Date.now() + seconds * 1000;
+  let pairs = 0;
+  const refusals = new Map<string, number>();
+  const errors: string[] = [];
+  try {
+    await Promise.all(
+      connections.map(async (client, index) => {
+        while (Date.now() < deadline) {
+          const requestId = crypto.randomUUID();
+          try {
+            const { rows: [authorized] } = await client.query<{ result: { status: string; code?: string } }>(
+              'select public.authorize_request($1, $2, $3, 100, 100) as result',
+              [requestId, customer.keyHash, model],
+            );
+            if (authorized!.result.status !== 'authorized') {
+              refusals.set(authorized!.result.code!, (refusals.get(authorized!.result.code!) ?? 0) + 1);
+              continue;
+            }
+            // Usage inside the hold, and now and then beyond it (an overrun charged from the balance).
+            const usage = overruns && index % 8 === 0 ? { input: 100, output: 150 } : { input: 60, output: 40 };
+            await client.query(`select public.settle_request($1, 'completed', $2, 'provider')`, [requestId, usage]);
+            pairs++;
+          } catch (error) {
+            errors.push((error as Error).message);
+          }
+        }
+      }),
+    );
+  } finally {
+    await Promise.all(connections.map((client) => client.end()));
+  }
+  return { pairs, refusals, errors };
+}
+
+describe('one busy key: 32 concurrent authorize+settle pairs on one account and one key', () => {
+  it('without caps: no deadlock, no error, every hold settled, the key counts every charge', async () => {
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 1_000_000_000 });
+    const { pairs, refusals, errors } = await hammer(customer, model);
+    expect(errors).toEqual([]);
+    expect(refusals.size).toBe(0);
+    expect(pairs).toBeGreaterThan(100);
+    const { rows: [totals] } = await admin().query(
+      `select count(*) filter (where e.status = 'held') as open, count(*) as requests, sum(e.charged) as charged,
+              (select spent from public.api_keys where id = $2) as key_spent
+         from public.usage_events e where e.account_id = $1`,
+      [customer.accountId, customer.apiKeyId],
+    );
+    expect(totals).toMatchObject({ open: '0', requests: String(pairs) });
+    expect(totals.key_spent).toBe(totals.charged);
+  });
+
+  it('with caps (in-flight and total spend): refusals only, never past a cap, no error', async () => {
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 1_000_000_000 });
+    // Pairs cost 140 each, inside their holds of 300: the spend cap (100 pairs) is reached within the run.
+    await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, { max_concurrent: 8, spend_limit: 14_000 });
+    const { pairs, refusals, errors } = await hammer(customer, model, { overruns: false });
+    expect(errors).toEqual([]);
+    // The last holds count at their worst case (300), so the cap stops a little before 100 pairs.
+    expect(pairs).toBeGreaterThan(90);
+    expect(pairs).toBeLessThanOrEqual(100);
+    expect([...refusals.keys()].every((code) => ['too_many_concurrent_requests', 'key_spend_limit_reached'].includes(code))).toBe(true);
+    expect(refusals.get('key_spend_limit_reached')).toBeGreaterThan(0);
+    const { rows: [totals] } = await admin().query(
+      `select count(*) filter (where e.status = 'held') as open, sum(e.charged) as charged,
+              (select spent from public.api_keys where id = $2) as key_spent
+         from public.usage_events e where e.account_id = $1`,
+      [customer.accountId, customer.apiKeyId],
+    );
+    expect(totals.open).toBe('0');
+    expect(totals.key_spent).toBe(totals.charged);
+    expect(Number(totals.charged)).toBeLessThanOrEqual(14_000);
   });
 });

@@ -1,0 +1,37 @@
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { startLocalSupabase } from './scripts/local-supabase/index.ts';
+const dataDir = await mkdtemp(join(tmpdir(), 'prof-'));
+const stack = await startLocalSupabase({ dataDir, persistent: false });
+const admin = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+await admin.connect();
+await admin.query(`insert into public.models (id, provider, upstream_model, max_output_tokens, price_input, price_output, cost_input, cost_output) values ('m','openai','m',1000,1000000,2000000,800000,1600000)`);
+const userId = await stack.createUser();
+await admin.query('begin');
+await admin.query(`select set_config('request.jwt.claims', $1, true)`, [JSON.stringify({ sub: userId, role: 'authenticated' })]);
+await admin.query('set local role authenticated');
+const { rows } = await admin.query(`select public.create_api_key('bench') as key`);
+await admin.query('commit');
+const key = rows[0].key.key;
+await admin.query(`select public.grant_credits((select id from public.accounts where user_id = $1), 1000000000000, 'grant', null, null)`, [userId]);
+const hash = (await admin.query(`select encode(sha256(convert_to($1, 'UTF8')), 'hex') as h`, [key])).rows[0].h;
+const N = Number(process.env.C ?? 32);
+const clients = await Promise.all(Array.from({ length: N }, async () => { const c = new pg.Client({ connectionString: stack.databaseUrl }); await c.connect(); await c.query('set role service_role'); return c; }));
+let stop = false; let pairs = 0;
+const loops = clients.map(async (c) => { while (!stop) { const id = crypto.randomUUID();
+  await c.query('select public.authorize_request($1,$2,$3,200,100)', [id, hash, 'm']);
+  await c.query(`select public.settle_request($1,'completed','{"input":150,"output":60}','provider')`, [id]); pairs++; } });
+const pm = (await import("node:fs")).readFileSync(join(dataDir, "postgres", "postmaster.pid"), "utf8").split("\n")[0]; const perfProc = (await import("node:child_process")).spawn("perf", ["record", "-F", "999", "-g", "-a", "-o", "/tmp/perf.data", "--", "sleep", "4"], { stdio: "ignore" });
+const waits = new Map<string, number>();
+const t0 = Date.now();
+while (Date.now() - t0 < 5000) {
+  const r = await admin.query(`select coalesce(wait_event_type,'CPU')||':'||coalesce(wait_event,'-') w, count(*) n from pg_stat_activity where backend_type='client backend' and state = 'active' and pid <> pg_backend_pid() group by 1`);
+  for (const row of r.rows) waits.set(row.w, (waits.get(row.w) ?? 0) + Number(row.n));
+  await new Promise(r => setTimeout(r, 5));
+}
+stop = true; await Promise.all(loops);
+console.log('pairs/s', pairs / 5);
+console.log([...waits.entries()].sort((a, b) => b[1] - a[1]));
+await Promise.all(clients.map(c => c.end())); await admin.end(); await stack.stop();
