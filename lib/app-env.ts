@@ -1,6 +1,8 @@
 import type { Ledger, RpcClient } from './billing/ledger.ts';
+import type { SettlementOutbox } from './billing/settlement-outbox.ts';
 import type { Config } from './env.ts';
 import type { RateLimiter, createLimitsCache } from './gateway/rate-limits.ts';
+import type { RequestHold } from './gateway/request-hold.ts';
 
 export interface Services {
   config: Config;
@@ -16,6 +18,8 @@ export interface Services {
   log: (entry: Record<string, unknown>) => void;
   /** Present when Upstash Redis is configured. */
   rateLimiter?: RateLimiter | undefined;
+  /** Settlements the database could not take in time; present when Upstash Redis is configured. */
+  outbox?: SettlementOutbox | undefined;
   limitsCache: ReturnType<typeof createLimitsCache>;
 }
 
@@ -43,5 +47,7 @@ export interface AppEnv {
     services: Services;
     /** x-ratelimit-* headers for the response. */
     rateLimitHeaders?: Record<string, string>;
+    /** The request's hold, once authorized. */
+    hold?: RequestHold;
   };
 }

@@ -1,7 +1,8 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { AppEnv, Services } from './app-env.ts';
-import { GatewayError, renderError, type ErrorSurface } from './errors.ts';
+import { LedgerError } from './billing/ledger.ts';
+import { billingUnavailable, GatewayError, renderError, type ErrorSurface } from './errors.ts';
 import { chatCompletions } from './routes/chat-completions.ts';
 import { embeddings } from './routes/embeddings.ts';
 import { credits, models } from './routes/account.ts';
@@ -25,6 +26,9 @@ export function createApp(services: Services): Hono<AppEnv> {
     c.set('requestId', requestId);
     c.set('services', services);
     await next();
+    // No hold outlives its request: one still open here (an exception, a refusal
+    // after authorize) delivered nothing, so it is released and nothing charged.
+    if (c.var.hold?.open) c.var.hold.release(c.error ? `the request failed: ${c.error.message}` : 'the request ended without settling');
     c.res.headers.set('x-request-id', requestId);
     for (const [name, value] of Object.entries(c.var.rateLimitHeaders ?? {})) {
       if (!c.res.headers.has(name)) c.res.headers.set(name, value);
@@ -56,12 +60,17 @@ export function createApp(services: Services): Hono<AppEnv> {
   });
 
   app.onError(function renderGatewayError(error, c) {
-    const gatewayError =
-      error instanceof GatewayError
-        ? error
-        : new GatewayError(500, 'internal_error', 'The gateway failed to handle this request.');
-    if (!(error instanceof GatewayError)) {
+    let gatewayError: GatewayError;
+    if (error instanceof GatewayError) {
+      gatewayError = error;
+    } else if (error instanceof LedgerError) {
+      // The database refused nothing of the client's: it is down, stalled past its
+      // deadline or failing. Nothing was sent upstream.
+      services.log({ level: 'error', event: 'database_unavailable', requestId: c.var.requestId, status: error.status, code: error.code, error: error.message });
+      gatewayError = billingUnavailable();
+    } else {
       services.log({ level: 'error', event: 'unhandled_error', requestId: c.var.requestId, error: String(error), stack: (error as Error).stack });
+      gatewayError = new GatewayError(500, 'internal_error', 'The gateway failed to handle this request.');
     }
     const response = c.json(renderError(gatewayError, surfaceOf(c.req.path)), gatewayError.status as 400);
     for (const [name, value] of Object.entries(gatewayError.options.headers ?? {})) response.headers.set(name, value);

@@ -1,6 +1,8 @@
 import { PostgrestClient } from '@supabase/postgrest-js';
 import type { ModelPrice, Services } from './app-env.ts';
-import { createLedger } from './billing/ledger.ts';
+import { createLedger, LedgerError } from './billing/ledger.ts';
+import { createSettlementOutbox } from './billing/settlement-outbox.ts';
+import { fetchWithDeadline } from './fetch-with-deadline.ts';
 import type { Config } from './env.ts';
 import { createLimitsCache, createRateLimiter } from './gateway/rate-limits.ts';
 
@@ -22,28 +24,26 @@ export function createServices(config: Config, options: ServiceOptions): Service
   const key = config.SUPABASE_SERVICE_ROLE_KEY;
   const database = new PostgrestClient(new URL('rest/v1', config.SUPABASE_URL.replace(/\/?$/, '/')).toString(), {
     headers: { apikey: key, authorization: `Bearer ${key}` },
-    fetch: options.databaseFetch ?? ((input, init) => fetch(input, init)),
+    // Every database call has a deadline: a stalled database is an error, never a hang.
+    fetch: fetchWithDeadline(options.databaseFetch ?? ((input, init) => fetch(input, init)), config.DATABASE_TIMEOUT_MS),
   });
   const log = options.log ?? ((entry: Record<string, unknown>) => console.error(JSON.stringify(entry)));
-  const rateLimiter =
+  const upstash =
     config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
-      ? createRateLimiter({
-          url: config.UPSTASH_REDIS_REST_URL,
-          token: config.UPSTASH_REDIS_REST_TOKEN,
-          timeoutMs: config.RATE_LIMIT_TIMEOUT_MS,
-          windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
-          log,
-        })
+      ? { url: config.UPSTASH_REDIS_REST_URL, token: config.UPSTASH_REDIS_REST_TOKEN }
       : undefined;
   return {
     config,
-    rateLimiter,
+    rateLimiter: upstash
+      ? createRateLimiter({ ...upstash, timeoutMs: config.RATE_LIMIT_TIMEOUT_MS, windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS, log })
+      : undefined,
+    outbox: upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined,
     limitsCache: createLimitsCache(),
     ledger: createLedger(database),
     database,
     listModels: async () => {
-      const { data, error } = await database.from('model_prices').select('*').order('id');
-      if (error) throw new Error(`could not read the price list: ${error.message}`);
+      const { data, error, status } = await database.from('model_prices').select('*').order('id').retry(false);
+      if (error) throw new LedgerError(`could not read the price list: ${error.message}`, error.code || 'unavailable', status);
       return data as ModelPrice[];
     },
     fetch: options.fetch ?? ((input, init) => fetch(input, init)),

@@ -50,6 +50,14 @@ const environmentSchema = z.object({
   /** If Redis has not answered within this, the request is allowed and the failure logged. */
   RATE_LIMIT_TIMEOUT_MS: positiveInteger(500),
   RATE_LIMIT_WINDOW_SECONDS: positiveInteger(60),
+  /** Deadline of each database call (authorize, key overview, price list, Stripe events, each settlement attempt). */
+  DATABASE_TIMEOUT_MS: positiveInteger(3_000),
+  /** How long a settlement is retried in the function before it goes to the outbox (under the ~30 s that waitUntil work gets on the edge). */
+  SETTLE_RETRY_WINDOW_MS: positiveInteger(25_000),
+  /** Deadline of each call to the settlement outbox in Redis. */
+  OUTBOX_TIMEOUT_MS: positiveInteger(2_000),
+  /** Bearer secret of the internal routes (the outbox drain); Vercel Cron sends it. Unset: those routes answer 503. */
+  CRON_SECRET: optionalText,
 });
 
 export type Environment = z.infer<typeof environmentSchema>;

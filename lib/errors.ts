@@ -24,6 +24,7 @@ const openAITypes: Record<number, string> = {
   409: 'invalid_request_error',
   413: 'invalid_request_error',
   429: 'rate_limit_error',
+  503: 'server_error',
 };
 
 const anthropicTypes: Record<number, string> = {
@@ -34,6 +35,7 @@ const anthropicTypes: Record<number, string> = {
   404: 'not_found_error',
   413: 'request_too_large',
   429: 'rate_limit_error',
+  503: 'api_error',
 };
 
 const googleStatuses: Record<number, string> = {
@@ -86,7 +88,24 @@ const refusalStatus: Record<string, number> = {
   too_many_concurrent_requests: 429,
   key_spend_limit_reached: 403,
   key_monthly_limit_reached: 403,
+  unsupported_provider: 400,
 };
+
+/** Seconds a client is asked to wait after a 503 billing_unavailable. */
+export const billingRetryAfterSeconds = 5;
+
+/**
+ * The database (or PostgREST in front of it) is down, stalled past its deadline
+ * or failing: the request is refused before anything is sent upstream, so
+ * nothing is charged, and the client may retry.
+ */
+export function billingUnavailable(
+  message = `Billing is unavailable right now, so the request was not sent; nothing was charged. Retry in ${billingRetryAfterSeconds} s.`,
+): GatewayError {
+  return new GatewayError(503, 'billing_unavailable', message, {
+    headers: { 'retry-after': String(billingRetryAfterSeconds) },
+  });
+}
 
 /** A payment link that carries the account to Stripe as client_reference_id. */
 export function topUpUrl(base: string | undefined, accountId: string | undefined): string | undefined {

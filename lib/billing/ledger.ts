@@ -58,6 +58,7 @@ const refusedSchema = z
     required: z.number().int().optional(),
     available: z.number().int().optional(),
     limit: z.number().int().optional(),
+    provider: z.string().optional(),
     top_up_links: z.array(topUpLinkSchema).optional(),
   });
 
@@ -77,6 +78,15 @@ const settlementSchema = z.object({
   held: z.number().int(),
   available: z.number().int(),
 });
+
+const batchSettlementSchema = z.array(
+  z.union([
+    z.object({ request_id: z.string().nullable(), ok: z.literal(true), result: settlementSchema }),
+    z.object({ request_id: z.string().nullable(), ok: z.literal(false), code: z.string(), message: z.string() }),
+  ]),
+);
+
+export type BatchSettlement = z.infer<typeof batchSettlementSchema>;
 
 const grantSchema = z.object({
   replayed: z.boolean(),
@@ -153,6 +163,8 @@ export interface AuthorizeRequestInput {
   choices?: number | undefined;
   /** When the caller set no output limit: hold what the balance affords instead of refusing. */
   capOutput?: boolean | undefined;
+  /** The providers the route can serve; a model of another is refused (`unsupported_provider`) before any hold. */
+  providers?: string[] | undefined;
 }
 
 export type RequestOutcome = 'completed' | 'aborted' | 'failed';
@@ -204,6 +216,50 @@ async function callFunction<T>(
   return parsed.data;
 }
 
+/** A settlement as the database (and the outbox, and the replay log) writes it. */
+export function settlementRow(input: SettleRequestInput) {
+  return {
+    request_id: input.requestId,
+    outcome: input.outcome,
+    usage: input.usage,
+    usage_source: input.usageSource ?? null,
+    error: input.error ?? null,
+  };
+}
+
+export type SettlementRow = ReturnType<typeof settlementRow>;
+
+const settlementRowSchema = z.object({
+  request_id: z.string().min(1),
+  outcome: z.enum(['completed', 'aborted', 'failed']),
+  usage: z.record(z.string(), z.number().int()),
+  usage_source: z.enum(['provider', 'tokenizer', 'estimate']).nullable(),
+  error: z.string().nullable(),
+});
+
+/** A settlement read back from the outbox or a log line; undefined when it is not one. */
+export function parseSettlementRow(value: unknown): SettleRequestInput | undefined {
+  const parsed = settlementRowSchema.safeParse(value);
+  if (!parsed.success) return undefined;
+  const row = parsed.data;
+  return {
+    requestId: row.request_id,
+    outcome: row.outcome,
+    usage: row.usage,
+    ...(row.usage_source ? { usageSource: row.usage_source } : {}),
+    ...(row.error !== null ? { error: row.error } : {}),
+  };
+}
+
+/**
+ * The database answered and refused the settlement itself (bad usage, or a
+ * request it never authorized): retrying cannot help. Anything else (no answer,
+ * a deadline, a 5xx, a misconfigured key) may pass later.
+ */
+export function isPermanentSettlementError(error: unknown): boolean {
+  return error instanceof LedgerError && (error.code === 'PT404' || error.code.startsWith('22'));
+}
+
 /** The money functions, for the gateway (a service-role client). */
 export function createLedger(serviceClient: RpcClient) {
   return {
@@ -220,6 +276,7 @@ export function createLedger(serviceClient: RpcClient) {
           p_client_ip: input.clientIp ?? null,
           p_choices: input.choices ?? 1,
           p_cap_output: input.capOutput ?? false,
+          p_providers: input.providers ?? null,
         },
         authorizationSchema,
       );
@@ -238,6 +295,11 @@ export function createLedger(serviceClient: RpcClient) {
         },
         settlementSchema,
       );
+    },
+
+    /** Many settlements in one call; each item succeeds or fails on its own. */
+    settleRequests(inputs: SettleRequestInput[]): Promise<BatchSettlement> {
+      return callFunction(serviceClient, 'settle_requests', { p_settlements: inputs.map(settlementRow) }, batchSettlementSchema);
     },
 
     keyOverview(keyHash: string): Promise<KeyOverview> {

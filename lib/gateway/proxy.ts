@@ -6,8 +6,7 @@ import type { ChannelConfig } from '../env.ts';
 import { GatewayError } from '../errors.ts';
 import { countTokens } from '../metering/count-tokens.ts';
 import { createMeteredStream } from './metered-stream.ts';
-import { forwardableHeaders, sendWithFailover, type UpstreamRequest, type UpstreamResult } from './send-upstream.ts';
-import { releaseHold, settleInBackground } from './settle-in-background.ts';
+import { abortWhenAborted, forwardableHeaders, sendWithFailover, type UpstreamRequest, type UpstreamResult } from './send-upstream.ts';
 
 /** Reads one upstream stream: what to send the client, and what to bill. */
 export interface StreamProcessor {
@@ -99,10 +98,11 @@ async function settlementFor(
  */
 export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan): Promise<Response> {
   const { services, requestId } = c.var;
+  const hold = c.var.hold!;
   const upstreamAbort = new AbortController();
-  c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
-  const settle = (input: () => Promise<SettleRequestInput>) => settleInBackground(services, input, requestId);
-  const release = (error: string) => releaseHold(services, requestId, error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
+  abortWhenAborted(c.req.raw.signal, upstreamAbort);
+  const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
+  const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
 
   const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal });
 
@@ -166,6 +166,7 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
   if (early && !early.response.ok) return errorResponse(early);
 
   const processor = plan.createStreamProcessor();
+  hold.handOff();
   const body = createMeteredStream({
     upstream,
     upstreamAbort,

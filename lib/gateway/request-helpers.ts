@@ -4,7 +4,8 @@ import type { AppEnv } from '../app-env.ts';
 import { LedgerError, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
-import { releaseHold } from './settle-in-background.ts';
+import { jsonNestingExceeds, maxJsonNesting } from './json-nesting.ts';
+import { openRequestHold } from './request-hold.ts';
 import { channelsFor, type WireFormat } from '../providers/registry.ts';
 import type { ChannelConfig } from '../env.ts';
 
@@ -33,6 +34,10 @@ export async function readKeyHash(c: Context<AppEnv>): Promise<string> {
 /** The JSON body, validated; unknown fields are kept as sent. */
 export async function readJsonBody<Schema extends z.ZodType>(c: Context<AppEnv>, schema: Schema): Promise<z.infer<Schema>> {
   const text = await c.req.text();
+  // Deeper nesting than any API needs would only make the upstream request builder throw.
+  if (jsonNestingExceeds(text, maxJsonNesting)) {
+    throw new GatewayError(400, 'invalid_request', `The request body nests JSON deeper than ${maxJsonNesting} levels.`);
+  }
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -78,15 +83,25 @@ export function clientIp(c: Context<AppEnv>): string | undefined {
 /** The shape the database accepts for model ids; anything else cannot be a model. */
 const modelIdFormat = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$/;
 
+export interface AuthorizeOptions {
+  /** The refusal for a model whose provider the route cannot serve (the route named `providers`). */
+  unsupportedProvider?: (provider: string) => GatewayError;
+}
+
 /**
  * The one database round trip before the upstream call, with the rate limits
  * checked in parallel when the key's limits are known from its last request
  * (a brief in-memory cache); on a cache miss they are checked just after.
  * Tokens count the hold's estimate: the input bound and the requested output
  * cap up front, and whatever the hold added beyond that against the next
- * requests.
+ * requests. Once the hold is taken it belongs to the request (`c.var.hold`);
+ * a client that left while authorize ran is not served, and its hold is given back.
  */
-export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>): Promise<Authorized> {
+export async function authorize(
+  c: Context<AppEnv>,
+  input: Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>,
+  options: AuthorizeOptions = {},
+): Promise<Authorized> {
   const { services, requestId } = c.var;
   const { rateLimiter, limitsCache } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
@@ -100,11 +115,23 @@ export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequest
       if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
         throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
       }
+      // No answer in time, or a failure: a hold may still be taken when the database
+      // comes back, so it is given back (that finds nothing if it never was).
+      openRequestHold(services, requestId).release('authorization did not answer in time');
       throw error;
     }),
     known ? rateLimiter!.check(known, estimate) : undefined,
   ]);
-  if (result.status === 'refused') throw refusalError(result, services.config.TOPUP_URL);
+  if (result.status === 'refused') {
+    if (result.code === 'unsupported_provider' && result.provider && options.unsupportedProvider) throw options.unsupportedProvider(result.provider);
+    throw refusalError(result, services.config.TOPUP_URL);
+  }
+  const hold = openRequestHold(services, requestId);
+  c.set('hold', hold);
+  if (c.req.raw.signal.aborted) {
+    hold.release('the client left before the request was authorized', 'aborted');
+    throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
+  }
   if (!rateLimiter) return result;
 
   const subject = {
@@ -120,11 +147,15 @@ export async function authorize(c: Context<AppEnv>, input: Omit<AuthorizeRequest
   c.set('rateLimitHeaders', decision.headers);
   if (!decision.allowed) {
     // The hold was taken in parallel: release it, nothing is charged.
-    releaseHold(services, requestId, 'rate limited');
+    hold.release('rate limited');
     const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
     throw new GatewayError(429, 'rate_limit_exceeded', `Rate limit reached: ${what}. Retry after ${decision.retryAfterSeconds} s.`, {
       headers: decision.headers,
     });
+  }
+  if (c.req.raw.signal.aborted) {
+    hold.release('the client left before the request was authorized', 'aborted');
+    throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
   }
   return result;
 }
@@ -141,10 +172,15 @@ export function refuseUnbilledOptions(options: Array<[boolean, string, string]>)
   }
 }
 
-/** The channels of an authorized model when its provider speaks `format`; otherwise the hold is released and the route refuses. */
-export function channelsSpeaking(c: Context<AppEnv>, authorization: Authorized, format: WireFormat, refusal: string): ChannelConfig[] {
+/** The providers whose channels speak `format`: what a route of that format can serve. */
+export function providersSpeaking(c: Context<AppEnv>, format: WireFormat): string[] {
+  const { config } = c.var.services;
+  return [...config.channels.keys()].filter((provider) => channelsFor(config, provider, format));
+}
+
+/** The channels of an authorized model, whose provider authorize already checked speaks `format`. */
+export function channelsSpeaking(c: Context<AppEnv>, authorization: Authorized, format: WireFormat): ChannelConfig[] {
   const channels = channelsFor(c.var.services.config, authorization.model.provider, format);
-  if (channels) return channels;
-  releaseHold(c.var.services, c.var.requestId, `the provider does not speak the ${format} format`);
-  throw new GatewayError(400, 'unsupported_provider', refusal, { param: 'model' });
+  if (!channels) throw new GatewayError(400, 'unsupported_provider', `The model ${authorization.model.id} is not served on this route.`, { param: 'model' });
+  return channels;
 }

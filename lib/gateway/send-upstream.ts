@@ -45,6 +45,12 @@ export async function sendWithFailover(
   return { ok: false, error: new GatewayError(502, 'upstream_unavailable', `The upstream provider is unavailable (${detail}).`), attempts };
 }
 
+/** Aborts `controller` when `signal` aborts, or at once if it already has (a listener alone would miss that). */
+export function abortWhenAborted(signal: AbortSignal, controller: AbortController): void {
+  if (signal.aborted) controller.abort(signal.reason);
+  else signal.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
+}
+
 const droppedHeaders = new Set(['content-encoding', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'set-cookie']);
 
 /** The upstream's response headers that still hold once the body has been decoded by fetch. */

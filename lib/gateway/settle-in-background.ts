@@ -1,47 +1,86 @@
 import type { Services } from '../app-env.ts';
-import type { SettleRequestInput } from '../billing/ledger.ts';
-import { LedgerError } from '../billing/ledger.ts';
+import { isPermanentSettlementError, LedgerError, settlementRow, type SettleRequestInput } from '../billing/ledger.ts';
 
-const retryDelaysMs = [100, 500, 2000];
+export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused' | 'not_authorized';
+
+const firstDelayMs = 100;
+const longestDelayMs = 2_000;
+
+const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
+
+/** A settlement that only gives a hold back (nothing used): unknown to the database means nothing to release. */
+function releasesOnly(settlement: SettleRequestInput): boolean {
+  return Object.values(settlement.usage).every((tokens) => !tokens);
+}
 
 /**
- * Settles after the response, through waitUntil — never fire-and-forget. A
- * failure to reach the database is retried; a hold that still cannot be settled
- * stays open for the scheduled stale-hold job.
+ * Delivers one settlement so that it is never lost:
+ * 1. to the database, retried with backoff (100 ms doubling to 2 s, each try
+ *    within the database deadline) for SETTLE_RETRY_WINDOW_MS — as long as a
+ *    function may keep working after its response;
+ * 2. then to the outbox in Upstash Redis, which the scheduled drain empties;
+ * 3. if Redis fails too, one error log line (`settlement_unrecorded`) carrying
+ *    the whole settlement, which `npm run settlements:replay` settles.
+ * The database settles by request id, so any path may deliver it twice.
  */
-export function settleInBackground(services: Services, input: () => Promise<SettleRequestInput>, requestId?: string): void {
+export async function deliverSettlement(services: Services, settlement: SettleRequestInput): Promise<DeliveryOutcome> {
+  const { ledger, outbox, log, config } = services;
+  const deadline = Date.now() + config.SETTLE_RETRY_WINDOW_MS;
+  let lastError = 'not tried';
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await ledger.settleRequest(settlement);
+      return 'settled';
+    } catch (error) {
+      if (error instanceof LedgerError && error.code === 'invalid_result') {
+        // The database answered: the settlement is recorded, only its echo was unexpected.
+        log({ level: 'warn', event: 'settlement_result_unexpected', requestId: settlement.requestId, error: error.message });
+        return 'settled';
+      }
+      if (isPermanentSettlementError(error)) {
+        if ((error as LedgerError).code === 'PT404' && releasesOnly(settlement)) return 'not_authorized';
+        log({ level: 'error', event: 'settlement_refused', requestId: settlement.requestId, settlement: settlementRow(settlement), error: (error as Error).message });
+        return 'refused';
+      }
+      lastError = (error as Error).message;
+    }
+    const delay = Math.min(longestDelayMs, firstDelayMs * 2 ** attempt) * (0.75 + Math.random() / 2);
+    if (Date.now() + delay >= deadline) break;
+    await sleep(delay);
+  }
+
+  if (outbox) {
+    try {
+      await outbox.put(settlement, lastError);
+      log({ level: 'warn', event: 'settlement_queued', requestId: settlement.requestId, error: lastError });
+      return 'queued';
+    } catch (error) {
+      lastError = `${lastError}; outbox: ${(error as Error).message}`;
+    }
+  }
+  log({ level: 'error', event: 'settlement_unrecorded', requestId: settlement.requestId, settlement: settlementRow(settlement), error: lastError });
+  return 'logged';
+}
+
+/**
+ * Settles after the response, through waitUntil — never fire-and-forget.
+ * Working out the usage may fail (the tokenizer, say): then what is certain,
+ * nothing, is settled, so the hold never stays open.
+ */
+export function settleInBackground(services: Services, requestId: string, compute: () => Promise<SettleRequestInput>): void {
   const run = async () => {
     let settlement: SettleRequestInput;
     try {
-      settlement = await input();
+      settlement = await compute();
     } catch (error) {
-      // Working out the usage failed: settle what is certain (nothing), never leave the hold open.
       services.log({ level: 'error', event: 'usage_unavailable', requestId, error: (error as Error).message });
-      if (!requestId) throw error;
       settlement = { requestId, outcome: 'failed', usage: {}, error: `usage could not be determined: ${(error as Error).message}` };
     }
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await services.ledger.settleRequest(settlement);
-      } catch (error) {
-        const retriable = !(error instanceof LedgerError) || error.status >= 500 || error.status === 0;
-        const delay = retryDelaysMs[attempt];
-        if (!retriable || delay === undefined) {
-          services.log({ level: 'error', event: 'settle_failed', requestId: settlement.requestId, error: (error as Error).message });
-          return undefined;
-        }
-        await new Promise((resolve) => setTimeout(resolve, delay));
-      }
-    }
+    await deliverSettlement(services, settlement);
   };
   services.waitUntil(
     run().catch((error: unknown) => {
-      services.log({ level: 'error', event: 'settle_failed', error: (error as Error).message });
+      services.log({ level: 'error', event: 'settlement_crashed', requestId, error: (error as Error).message });
     }),
   );
-}
-
-/** Nothing was sent upstream, or nothing came back: the hold is released and nothing is charged. */
-export function releaseHold(services: Services, requestId: string, reason: string, outcome: 'failed' | 'aborted' = 'failed'): void {
-  settleInBackground(services, async () => ({ requestId, outcome, usage: {}, error: reason }), requestId);
 }

@@ -2,7 +2,8 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { GatewayError } from '../errors.ts';
+import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
 import { createAnthropicStreamMeter } from '../providers/anthropic/anthropic-stream-meter.ts';
@@ -24,9 +25,13 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
     [/context-1m/.test(c.req.header('anthropic-beta') ?? ''), 'anthropic-beta', 'The 1M-token context beta'],
   ]);
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
-  const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens });
+  const authorization = await authorize(
+    c,
+    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic') },
+    { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
+  );
 
-  const channels = channelsSpeaking(c, authorization, 'anthropic', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`);
+  const channels = channelsSpeaking(c, authorization, 'anthropic');
   const stream = request.stream === true;
   const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
   return proxyMetered(c, authorization, {

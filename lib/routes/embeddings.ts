@@ -2,9 +2,8 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
-import { authorize, channelsSpeaking, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
-import { forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
-import { releaseHold, settleInBackground } from '../gateway/settle-in-background.ts';
+import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { countTokens } from '../metering/count-tokens.ts';
 import { convertOpenAIUsage } from '../providers/openai/convert-openai-usage.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
@@ -22,18 +21,23 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
   const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, embeddingRequestSchema);
-  const authorization = await authorize(c, { keyHash, model: request.model, maxInputTokens: boundEmbeddingInputTokens(request) });
+  const authorization = await authorize(
+    c,
+    { keyHash, model: request.model, maxInputTokens: boundEmbeddingInputTokens(request), providers: providersSpeaking(c, 'openai') },
+    { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} does not serve embeddings here.`, { param: 'model' }) },
+  );
+  const hold = c.var.hold!;
 
-  const channels = channelsSpeaking(c, authorization, 'openai', `The model ${request.model} does not serve embeddings here.`);
+  const channels = channelsSpeaking(c, authorization, 'openai');
   const upstreamAbort = new AbortController();
-  c.req.raw.signal.addEventListener('abort', () => upstreamAbort.abort(), { once: true });
+  abortWhenAborted(c.req.raw.signal, upstreamAbort);
   const result = await sendWithFailover(
     channels,
     (channel) => buildOpenAIRequest(channel, '/embeddings', { ...request, model: authorization.model.upstream_model }, false),
     { fetch: services.fetch, signal: upstreamAbort.signal },
   );
   if (!result.ok) {
-    releaseHold(services, requestId, result.error.message);
+    hold.release(result.error.message, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
     throw result.error;
   }
   let text: string;
@@ -41,17 +45,17 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
     text = await result.response.text();
   } catch (error) {
     // The body broke off: the upstream did the work, so the input is billed (by the tokenizer).
-    settleInBackground(services, async () => ({
+    hold.settle(async () => ({
       requestId, outcome: upstreamAbort.signal.aborted ? 'aborted' : 'failed', error: String(error),
       ...(result.response.ok ? { usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' as const } : { usage: {} }),
-    }), requestId);
+    }));
     throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
   }
-  settleInBackground(services, async () => {
+  hold.settle(async () => {
     if (!result.response.ok) return { requestId, outcome: 'failed', usage: {}, error: `upstream HTTP ${result.response.status}` };
     const usage = parseJsonAs(embeddingResponseSchema, text)?.usage;
     if (usage) return { requestId, outcome: 'completed', usage: convertOpenAIUsage(usage), usageSource: 'provider' };
     return { requestId, outcome: 'completed', usage: { input: await countEmbeddingInput(request) }, usageSource: 'tokenizer' };
-  }, requestId);
+  });
   return new Response(text, { status: result.response.status, headers: forwardableHeaders(result.response.headers) });
 }

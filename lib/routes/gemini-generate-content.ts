@@ -3,7 +3,7 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
 import { createGeminiStreamMeter, geminiDelivered } from '../providers/google/gemini-stream-reader.ts';
@@ -34,16 +34,21 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   const feeTool = (request.tools ?? []).flatMap((tool) => (tool && typeof tool === 'object' ? Object.keys(tool) : [])).find((name) => grounding.includes(name));
   refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The ${feeTool} tool`]]);
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
-  const authorization = await authorize(c, {
-    keyHash,
-    model,
-    maxInputTokens: boundGeminiInputTokens(request),
-    maxOutputTokens: requestedCap,
-    choices: request.generationConfig?.candidateCount ?? 1,
-    capOutput: requestedCap === undefined,
-  });
+  const authorization = await authorize(
+    c,
+    {
+      keyHash,
+      model,
+      maxInputTokens: boundGeminiInputTokens(request),
+      maxOutputTokens: requestedCap,
+      choices: request.generationConfig?.candidateCount ?? 1,
+      capOutput: requestedCap === undefined,
+      providers: providersSpeaking(c, 'google'),
+    },
+    { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`, { param: 'model' }) },
+  );
 
-  const channels = channelsSpeaking(c, authorization, 'google', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`);
+  const channels = channelsSpeaking(c, authorization, 'google');
   const body = authorization.output_capped
     ? { ...request, generationConfig: { ...request.generationConfig, maxOutputTokens: authorization.max_output_tokens } }
     : request;

@@ -1,7 +1,7 @@
 import type { Context } from 'hono';
 import Stripe from 'stripe';
 import type { AppEnv } from '../app-env.ts';
-import { GatewayError } from '../errors.ts';
+import { billingUnavailable, GatewayError } from '../errors.ts';
 
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
 let stripe: Stripe | undefined;
@@ -49,7 +49,7 @@ export async function stripeWebhook(c: Context<AppEnv>): Promise<Response> {
   const { data, error, status } = await database.rpc(call.name, call.args);
   if (error) {
     if (status >= 400 && status < 500) throw new GatewayError(400, 'invalid_event', `The event could not be applied: ${error.message}`);
-    throw new GatewayError(503, 'database_unavailable', 'The event could not be recorded; Stripe will retry.');
+    throw billingUnavailable('The event could not be recorded now; Stripe will deliver it again.');
   }
   return c.json({ received: true, ...(data as Record<string, unknown>) });
 }

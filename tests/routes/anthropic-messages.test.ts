@@ -190,7 +190,8 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(wrongFormat.status).toBe(400);
     expect(await wrongFormat.json()).toMatchObject({ type: 'error', error: { code: 'unsupported_provider' } });
     await gateway.settled();
+    // Refused inside authorize, before any hold: nothing is written.
     const { rows } = await admin().query('select status, charged from public.usage_events where account_id = $1', [customer.accountId]);
-    expect(rows).toEqual([{ status: 'failed', charged: '0' }]);
+    expect(rows).toEqual([]);
   });
 });

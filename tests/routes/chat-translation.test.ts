@@ -134,16 +134,17 @@ describe('the openai SDK calling a Gemini model through /v1/chat/completions', (
     expect(await amounts(customer.accountId)).toEqual([46]);
   });
 
-  it('refuses what Gemini cannot take, in OpenAI\'s shape, and releases the hold', async () => {
+  it('refuses what Gemini cannot take, in OpenAI\'s shape, before any hold', async () => {
     const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
     const customer = await createCustomer({ balance: 1_000_000 });
     await expect(
       gateway.openai(customer.apiKey).chat.completions.create({
         model, messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }] }],
       }),
-    ).rejects.toMatchObject({ status: 400, error: { code: 'invalid_request', param: 'messages' } });
+    ).rejects.toMatchObject({ status: 400, error: { code: 'invalid_request', param: 'messages', message: 'Gemini models take images as data: URLs (base64).' } });
     await gateway.settled();
+    // The request could not be translated, so it was refused inside authorize: nothing is written.
     const { rows } = await admin().query('select status, charged from public.usage_events where account_id = $1', [customer.accountId]);
-    expect(rows).toEqual([{ status: 'failed', charged: '0' }]);
+    expect(rows).toEqual([]);
   });
 });

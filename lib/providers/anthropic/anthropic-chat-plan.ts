@@ -6,13 +6,12 @@ import { countChatInputTokens } from '../openai/openai-input.ts';
 import type { ChatCompletionRequest } from '../openai/openai-wire.ts';
 import { buildAnthropicRequest } from './anthropic-adaptor.ts';
 import { anthropicErrorToOpenAI, anthropicToOpenAICompletion, createAnthropicToOpenAIStream } from './anthropic-to-openai.ts';
-import { openAIToAnthropic } from './openai-to-anthropic.ts';
 
 /** OpenAI-format chat for a Claude model: translated there and back, metered on Anthropic's usage. */
-export function anthropicChatPlan(request: ChatCompletionRequest, authorization: Authorized, channels: ChannelConfig[]): ProxyPlan {
+export function anthropicChatPlan(request: ChatCompletionRequest, authorization: Authorized, channels: ChannelConfig[], translated: Record<string, unknown>): ProxyPlan {
   const stream = request.stream === true;
-  // Translate once, up front: a request Anthropic's format cannot express fails before anything is sent.
-  const body = openAIToAnthropic(request, authorization.model.upstream_model, authorization.max_output_tokens);
+  // Translated before authorize (see translateChat); the model and the bound that was held go in now.
+  const body = { ...translated, model: authorization.model.upstream_model, max_tokens: authorization.max_output_tokens };
   return {
     channels,
     stream,

@@ -31,8 +31,10 @@ export function createAnthropicStreamReader() {
           break;
         }
         case 'message_delta':
+          // Only a message_delta that carries the output count is final usage:
+          // message_start's output_tokens is a placeholder (1), not a count.
           if (streamEvent.usage) usage = mergeAnthropicUsage(usage, streamEvent.usage);
-          final = true;
+          if (typeof streamEvent.usage?.output_tokens === 'number') final = true;
           break;
         case 'error':
           error = streamEvent.error?.message ?? 'upstream error event';

@@ -6,12 +6,13 @@ import { countChatInputTokens } from '../openai/openai-input.ts';
 import type { ChatCompletionRequest } from '../openai/openai-wire.ts';
 import { buildGeminiRequest } from './gemini-adaptor.ts';
 import { createGeminiToOpenAIStream, geminiErrorToOpenAI, geminiToOpenAICompletion } from './gemini-to-openai.ts';
-import { openAIToGemini } from './openai-to-gemini.ts';
 
 /** OpenAI-format chat for a Gemini model: translated there and back, metered on Gemini's usage. */
-export function geminiChatPlan(request: ChatCompletionRequest, authorization: Authorized, channels: ChannelConfig[]): ProxyPlan {
+export function geminiChatPlan(request: ChatCompletionRequest, authorization: Authorized, channels: ChannelConfig[], translated: Record<string, unknown>): ProxyPlan {
   const stream = request.stream === true;
-  const body = openAIToGemini(request, authorization.max_output_tokens);
+  // Translated before authorize (see translateChat); the bound that was held goes in now.
+  const generationConfig = { ...(translated.generationConfig as Record<string, unknown>), maxOutputTokens: authorization.max_output_tokens };
+  const body = { ...translated, generationConfig };
   return {
     channels,
     stream,

@@ -16,11 +16,13 @@ export function geminiDelivered(response: GenerateContentResponse): string[] {
 }
 
 /**
- * Reads Gemini stream chunks. Each chunk's usageMetadata is the running total,
- * so the last one counts; it is final once a candidate has a finishReason.
+ * Reads Gemini stream chunks. Each chunk's usageMetadata is the running total
+ * (the prompt only, until the end), so only one that comes with or after a
+ * finishReason is final usage; a stream cut before it has none.
  */
 export function createGeminiStreamReader() {
   let usage: UsageMetadata | null = null;
+  let finished = false;
   let final = false;
   let error: string | null = null;
   const delivered: string[] = [];
@@ -36,8 +38,11 @@ export function createGeminiStreamReader() {
       const parsed = generateContentResponseSchema.safeParse(json);
       if (!parsed.success) return null;
       const chunk = parsed.data;
-      if (chunk.usageMetadata) usage = chunk.usageMetadata;
-      if (chunk.candidates?.some((candidate) => candidate.finishReason)) final = true;
+      if (chunk.candidates?.some((candidate) => candidate.finishReason)) finished = true;
+      if (chunk.usageMetadata) {
+        usage = chunk.usageMetadata;
+        if (finished) final = true;
+      }
       delivered.push(...geminiDelivered(chunk));
       return chunk;
     },
