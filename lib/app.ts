@@ -8,6 +8,7 @@ import { embeddings } from './routes/embeddings.ts';
 import { credits, models } from './routes/account.ts';
 import { anthropicMessages } from './routes/anthropic-messages.ts';
 import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
+import { settlementDrain } from './routes/settlement-drain.ts';
 import { stripeWebhook } from './routes/stripe-webhook.ts';
 
 function surfaceOf(path: string): ErrorSurface {
@@ -53,6 +54,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.post('/v1/messages', anthropicMessages);
   app.post('/v1beta/models/:target', geminiGenerateContent);
   app.post('/webhooks/stripe', stripeWebhook);
+  app.on(['GET', 'POST'], '/internal/settlements/drain', settlementDrain);
 
   app.notFound((c) => {
     const error = new GatewayError(404, 'not_found', `No route for ${c.req.method} ${c.req.path}.`);

@@ -3,10 +3,10 @@
 // hot account and key, called in SQL on direct connections and through
 // PostgREST; and the PostgreSQL CPU each pair costs, read from /proc for every
 // process of the cluster. Figures only; nothing passes or fails.
-import { readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import type { LocalSupabase } from './local-supabase/index.ts';
+import { hashApiKey } from '../lib/billing/hash-api-key.ts';
+import { clusterPids, type LocalSupabase } from './local-supabase/index.ts';
 
 export interface DatabaseBenchOptions {
   stack: LocalSupabase;
@@ -24,46 +24,25 @@ const clockTicksPerSecond = 100;
 
 /** CPU seconds used so far by the postmaster and all its children (backends, writers). */
 function clusterCpuSeconds(clusterDir: string): number {
-  const postmaster = Number(readFileSync(join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   let ticks = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
+  for (const pid of clusterPids(clusterDir)) {
     try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // Fields after the command name (which may hold spaces): state ppid … utime(14) stime(15).
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
     } catch {
-      continue;
+      // gone meanwhile
     }
-    // Fields after the command name (which may hold spaces): state ppid … utime(14) stime(15).
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const pid = Number(entry);
-    const ppid = Number(fields[1]);
-    if (pid === postmaster || ppid === postmaster) ticks += Number(fields[11]) + Number(fields[12]);
   }
   return ticks / clockTicksPerSecond;
 }
 
-async function createSubjects(stack: LocalSupabase, admin: pg.Pool, count: number): Promise<Subject[]> {
+async function createSubjects(stack: LocalSupabase, count: number): Promise<Subject[]> {
   const subjects: Subject[] = [];
   for (let index = 0; index < count; index++) {
-    const userId = await stack.createUser();
-    const client = await admin.connect();
-    try {
-      await client.query('begin');
-      await client.query(`select set_config('request.jwt.claims', $1, true)`, [JSON.stringify({ sub: userId, role: 'authenticated' })]);
-      await client.query('set local role authenticated');
-      const { rows } = await client.query<{ key: { key: string } }>(`select public.create_api_key('bench') as key`);
-      await client.query('commit');
-      const key = rows[0]!.key.key;
-      const { rows: hashed } = await admin.query<{ hash: string }>(`select encode(sha256(convert_to($1, 'UTF8')), 'hex') as hash`, [key]);
-      await admin.query(
-        `select public.grant_credits((select id from public.accounts where user_id = $1), 1000000000000000, 'grant', null, 'bench')`,
-        [userId],
-      );
-      subjects.push({ keyHash: hashed[0]!.hash });
-    } finally {
-      client.release();
-    }
+    const { apiKey } = await stack.createCustomer(1_000_000_000_000_000);
+    subjects.push({ keyHash: await hashApiKey(apiKey) });
   }
   return subjects;
 }
@@ -101,8 +80,8 @@ export async function benchDatabase({ stack, clusterDir, seconds }: DatabaseBenc
     [model],
   );
   const maxClients = 32;
-  const many = await createSubjects(stack, admin, maxClients);
-  const [hot] = await createSubjects(stack, admin, 1);
+  const many = await createSubjects(stack, maxClients);
+  const [hot] = await createSubjects(stack, 1);
 
   // Direct SQL: one connection per client, as the service role (PostgREST's role for the gateway).
   const connections = await Promise.all(

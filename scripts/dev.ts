@@ -1,6 +1,7 @@
 // `npm run dev`: the local Supabase stack with data kept in .local/, the
 // `demo` upstream, the gateway on a local port, a demo account with a demo API
 // key, and .local/dev.json describing it all.
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -60,6 +61,7 @@ async function main() {
     SUPABASE_URL: stack.supabaseUrl,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
+    CRON_SECRET: process.env.CRON_SECRET ?? randomBytes(24).toString('base64url'),
     UPSTREAM_CHANNELS: JSON.stringify([
       { provider: 'demo', kind: 'openai-compatible', baseUrl: demoUpstream.url },
       ...JSON.parse(process.env.UPSTREAM_CHANNELS ?? '[]'),
@@ -95,6 +97,7 @@ async function main() {
   console.log(`Local Supabase API  ${stack.supabaseUrl}/rest/v1`);
   console.log(`Database            ${stack.databaseUrl}`);
   console.log(`Rate limits         ${config.UPSTASH_REDIS_REST_URL ? `on (${config.UPSTASH_REDIS_REST_URL})` : 'off: install redis-server or set UPSTASH_REDIS_REST_URL'}`);
+  console.log(`Settlement outbox   ${config.UPSTASH_REDIS_REST_URL ? 'on, drained every minute (as Vercel Cron does)' : 'off: settlements the database cannot take are only logged'}`);
   console.log(`Demo user           ${demo.userId}`);
   console.log(`Demo API key        ${demo.apiKey}`);
   console.log('Everything above is in .local/dev.json. Press Ctrl-C to stop.\n');
@@ -105,10 +108,21 @@ async function main() {
   console.log('With the OpenAI SDK (npm install openai), streaming:');
   console.log(`  node --input-type=module -e "import OpenAI from 'openai'; const client = new OpenAI({ baseURL: '${gatewayUrl}/v1', apiKey: '${demo.apiKey}' }); const stream = await client.chat.completions.create({ model: 'demo', messages: [{ role: 'user', content: 'Hello!' }], stream: true }); for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? ''); console.log();"`);
 
+  // The same schedule as vercel.json's cron: drain the settlement outbox every minute.
+  const drain = setInterval(() => {
+    fetch(`${gatewayUrl}/internal/settlements/drain`, { headers: { authorization: `Bearer ${config.CRON_SECRET}` } })
+      .then(async (response) => {
+        const report = (await response.json()) as { settled?: number; pending?: number; setAside?: number };
+        if (!response.ok || report.settled || report.pending || report.setAside) console.log(`settlement outbox drain: HTTP ${response.status} ${JSON.stringify(report)}`);
+      })
+      .catch((error: unknown) => console.error(`settlement outbox drain failed: ${(error as Error).message}`));
+  }, 60_000);
+
   let stopping = false;
   const shutdown = async () => {
     if (stopping) return;
     stopping = true;
+    clearInterval(drain);
     server.close();
     await Promise.allSettled([...pending]);
     await demoUpstream.close();

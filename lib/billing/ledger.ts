@@ -64,7 +64,9 @@ const refusedSchema = z
 
 const authorizationSchema = z.discriminatedUnion('status', [authorizedSchema, refusedSchema]);
 
-const settlementSchema = z.object({
+const cancelledSchema = z.object({ status: z.literal('cancelled'), replayed: z.boolean(), request_id: z.string() });
+
+const closedSchema = z.object({
   status: z.enum(['completed', 'aborted', 'failed', 'expired']),
   replayed: z.boolean(),
   request_id: z.string(),
@@ -78,6 +80,9 @@ const settlementSchema = z.object({
   held: z.number().int(),
   available: z.number().int(),
 });
+
+/** A settled request, or a hold given back before its authorization arrived (`cancelled`). */
+const settlementSchema = z.discriminatedUnion('status', [closedSchema, cancelledSchema]);
 
 const batchSettlementSchema = z.array(
   z.union([

@@ -97,10 +97,20 @@ async function settlementFor(
  * settles after the response. Shared by every route and wire format.
  */
 export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan): Promise<Response> {
-  const { services, requestId } = c.var;
-  const hold = c.var.hold!;
   const upstreamAbort = new AbortController();
   abortWhenAborted(c.req.raw.signal, upstreamAbort);
+  try {
+    return await answerMetered(c, authorization, plan, upstreamAbort);
+  } catch (error) {
+    // Whatever failed, the upstream call is not left running (the app releases a hold left open).
+    upstreamAbort.abort();
+    throw error;
+  }
+}
+
+async function answerMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan, upstreamAbort: AbortController): Promise<Response> {
+  const { services, requestId } = c.var;
+  const hold = c.var.hold!;
   const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
   const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
 
@@ -143,10 +153,12 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
       // A 2xx body of a shape we do not know: passed on as is; its text counts as delivered output.
       read = { body: text, usage: null, delivered: [text] };
     }
-    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan));
     const headers = headersFor(result);
     if (plan.translateError) headers.set('content-type', 'application/json');
-    return new Response(read.body, { status: result.response.status, headers });
+    const response = new Response(read.body, { status: result.response.status, headers });
+    // Charged once the answer is ready to go; a failure before this point releases the hold.
+    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan));
+    return response;
   }
 
   // Streams: wait briefly for the upstream's own headers; past that, answer at
@@ -166,7 +178,10 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
   if (early && !early.response.ok) return errorResponse(early);
 
   const processor = plan.createStreamProcessor();
-  hold.handOff();
+  const headers = early ? headersFor(early) : new Headers(plan.headers);
+  if (!early && authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
+  headers.set('content-type', 'text/event-stream; charset=utf-8');
+  headers.set('cache-control', 'no-cache');
   const body = createMeteredStream({
     upstream,
     upstreamAbort,
@@ -188,9 +203,7 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
         ),
       ),
   });
-  const headers = early ? headersFor(early) : new Headers(plan.headers);
-  if (!early && authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
-  headers.set('content-type', 'text/event-stream; charset=utf-8');
-  headers.set('cache-control', 'no-cache');
+  // From here the stream owns the hold and settles it when it ends.
+  hold.handOff();
   return new Response(body, { status: 200, headers });
 }

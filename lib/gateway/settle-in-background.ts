@@ -1,17 +1,12 @@
 import type { Services } from '../app-env.ts';
 import { isPermanentSettlementError, LedgerError, settlementRow, type SettleRequestInput } from '../billing/ledger.ts';
 
-export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused' | 'not_authorized';
+export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused';
 
 const firstDelayMs = 100;
 const longestDelayMs = 2_000;
 
 const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
-
-/** A settlement that only gives a hold back (nothing used): unknown to the database means nothing to release. */
-function releasesOnly(settlement: SettleRequestInput): boolean {
-  return Object.values(settlement.usage).every((tokens) => !tokens);
-}
 
 /**
  * Delivers one settlement so that it is never lost:
@@ -38,7 +33,6 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
         return 'settled';
       }
       if (isPermanentSettlementError(error)) {
-        if ((error as LedgerError).code === 'PT404' && releasesOnly(settlement)) return 'not_authorized';
         log({ level: 'error', event: 'settlement_refused', requestId: settlement.requestId, settlement: settlementRow(settlement), error: (error as Error).message });
         return 'refused';
       }

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
@@ -43,8 +43,47 @@ export interface LocalSupabase {
   authAdminDatabaseUrl: string;
   /** Creates a user the way Supabase Auth does (a row in auth.users, as supabase_auth_admin). */
   createUser: (email?: string) => Promise<string>;
+  /** A new user with one API key, made by create_api_key as that user, and `balance` micro-units granted. */
+  createCustomer: (balance: number) => Promise<LocalCustomer>;
   mintUserJwt: (userId: string, options?: UserJwtOptions) => string;
+  /** The real processes, for tests of outages: stopped, paused and started again. */
+  processes: StackProcesses;
   stop: () => Promise<void>;
+}
+
+export interface LocalCustomer {
+  userId: string;
+  accountId: string;
+  apiKey: string;
+  apiKeyId: string;
+}
+
+export interface StackProcesses {
+  /** Kills PostgREST (SIGKILL): /rest/v1 answers 503 from the router, as Supabase's gateway would. */
+  killPostgrest(): Promise<void>;
+  /** Starts PostgREST again on its port. */
+  startPostgrest(): Promise<void>;
+  /** Stops PostgreSQL (fast shutdown) and starts it again. */
+  restartPostgres(): Promise<void>;
+  /** Freezes every PostgreSQL process (SIGSTOP): connections stay open, nothing answers. */
+  pausePostgres(): void;
+  resumePostgres(): void;
+}
+
+/** The postmaster and its children (backends, writers), by /proc. */
+export function clusterPids(clusterDir: string): number[] {
+  const postmaster = Number(readFileSync(join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster) children.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return [postmaster, ...children];
 }
 
 export interface Secrets {
@@ -193,7 +232,7 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
 
   const stop = async () => {
     await router?.close();
-    if (postgrest && postgrest.exitCode === null) {
+    if (postgrest && postgrest.exitCode === null && postgrest.signalCode === null) {
       const exited = new Promise((done) => postgrest?.once('exit', done));
       postgrest.kill('SIGTERM');
       await exited;
@@ -207,22 +246,19 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
     const anonKey = signRoleKey('anon', secrets.jwtSecret);
     const serviceRoleKey = signRoleKey('service_role', secrets.jwtSecret);
     const postgrestPort = await freePort();
-    postgrest = await startPostgrest(
-      {
-        PGRST_DB_URI: databaseUrl('authenticator', secrets.authenticatorPassword, databasePort),
-        PGRST_DB_SCHEMAS: 'public,graphql_public',
-        PGRST_DB_EXTRA_SEARCH_PATH: 'public,extensions',
-        PGRST_DB_ANON_ROLE: 'anon',
-        PGRST_DB_MAX_ROWS: '1000',
-        PGRST_DB_POOL: '20',
-        PGRST_JWT_SECRET: secrets.jwtSecret,
-        PGRST_SERVER_HOST: '127.0.0.1',
-        PGRST_SERVER_PORT: String(postgrestPort),
-        PGRST_LOG_LEVEL: 'warn',
-      },
-      postgrestPort,
-      log,
-    );
+    const postgrestEnvironment = {
+      PGRST_DB_URI: databaseUrl('authenticator', secrets.authenticatorPassword, databasePort),
+      PGRST_DB_SCHEMAS: 'public,graphql_public',
+      PGRST_DB_EXTRA_SEARCH_PATH: 'public,extensions',
+      PGRST_DB_ANON_ROLE: 'anon',
+      PGRST_DB_MAX_ROWS: '1000',
+      PGRST_DB_POOL: '20',
+      PGRST_JWT_SECRET: secrets.jwtSecret,
+      PGRST_SERVER_HOST: '127.0.0.1',
+      PGRST_SERVER_PORT: String(postgrestPort),
+      PGRST_LOG_LEVEL: 'warn',
+    };
+    postgrest = await startPostgrest(postgrestEnvironment, postgrestPort, log);
     router = await startSupabaseRouter({
       port: options.apiPort ?? 0,
       postgrestUrl: `http://127.0.0.1:${postgrestPort}`,
@@ -240,7 +276,29 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
       adminDatabaseUrl: adminUrl,
       authAdminDatabaseUrl: authAdminUrl,
       createUser: (email) => createAuthUser(authAdminUrl, email),
+      createCustomer: async (balance) => createCustomer(adminUrl, await createAuthUser(authAdminUrl), balance),
       mintUserJwt: (userId, jwtOptions) => signUserJwt(userId, secrets.jwtSecret, jwtOptions),
+      processes: {
+        async killPostgrest() {
+          if (!postgrest || postgrest.exitCode !== null || postgrest.signalCode !== null) return;
+          const exited = new Promise((done) => postgrest?.once('exit', done));
+          postgrest.kill('SIGKILL');
+          await exited;
+        },
+        async startPostgrest() {
+          postgrest = await startPostgrest(postgrestEnvironment, postgrestPort, log);
+        },
+        async restartPostgres() {
+          await cluster.stop();
+          await cluster.start();
+        },
+        pausePostgres() {
+          for (const pid of clusterPids(clusterDir)) process.kill(pid, 'SIGSTOP');
+        },
+        resumePostgres() {
+          for (const pid of clusterPids(clusterDir).reverse()) process.kill(pid, 'SIGCONT');
+        },
+      },
       stop,
     };
   } catch (error) {
@@ -273,6 +331,19 @@ export async function prepareDatabase(options: {
     if (applied.length) log(`applied migrations ${applied.join(', ')}`);
     if (fresh && (await applySeed(client, join(supabaseDir, 'seed.sql'), 'supabase/seed.sql'))) log('applied seed.sql');
     return applied;
+  });
+}
+
+async function createCustomer(adminUrl: string, userId: string, balance: number): Promise<LocalCustomer> {
+  return withClient(adminUrl, async (client) => {
+    await client.query('begin');
+    await client.query(`select set_config('request.jwt.claims', $1, true)`, [JSON.stringify({ sub: userId, role: 'authenticated' })]);
+    await client.query('set local role authenticated');
+    const { rows: [created] } = await client.query<{ key: { key: string; id: string } }>(`select public.create_api_key('test key') as key`);
+    await client.query('commit');
+    const { rows: [account] } = await client.query<{ id: string }>('select id from public.accounts where user_id = $1', [userId]);
+    if (balance > 0) await client.query(`select public.grant_credits($1, $2, 'grant', null, 'starting balance')`, [account!.id, balance]);
+    return { userId, accountId: account!.id, apiKey: created!.key.key, apiKeyId: created!.key.id };
   });
 }
 

@@ -50,11 +50,26 @@
 --   released (a settlement delayed by an outage): it charges what was used, as
 --   far as the balance allows, and records that the hold had expired.
 -- - settle_requests settles many requests in one call (the settlement outbox).
+-- - Giving back a hold that was never taken is remembered (cancelled_requests),
+--   so an authorization that was only delayed cannot leave a hold behind.
 -- - expire_stale_holds and the Stripe claw-back follow the lock order.
 
 alter table public.usage_events add column hold_expired_at timestamptz;
 comment on column public.usage_events.hold_expired_at is
   'Set when the stale-hold job released the hold before the request was settled. A late settlement still charges what was used (status then shows its outcome).';
+
+-- Holds given back before their authorization arrived. When authorize does not
+-- answer in time the gateway answers 503 and gives the hold back; if the
+-- authorization was only delayed (a stalled database), it may still commit
+-- later. Giving back an unknown request leaves its id here, and authorize
+-- refuses that id, so no hold is left behind. expire_stale_holds clears old ids.
+create table public.cancelled_requests (
+  request_id text primary key,
+  cancelled_at timestamptz not null default now()
+);
+alter table public.cancelled_requests enable row level security;
+-- No policies: written by settle_request, read by authorize_request, both definers.
+grant select on public.cancelled_requests to service_role;
 
 -- usage_events loses its foreign keys. Each insert's foreign-key checks took FOR
 -- KEY SHARE on the account, the key and the model; on rows that concurrent
@@ -479,6 +494,11 @@ begin
     end if;
     return private.authorization_result(v_event, true);
   end if;
+  -- Checked after the insert, so a release that commits from now on finds the row.
+  if exists (select 1 from public.cancelled_requests where request_id = p_request_id) then
+    delete from public.usage_events where request_id = p_request_id;
+    return private.refusal('request_cancelled', 'This request was given up before it was authorized.');
+  end if;
   select pl.requests_per_minute, pl.tokens_per_minute into v_plan_requests, v_plan_tokens
     from public.accounts a join public.plans pl on pl.id = a.plan where a.id = v_key.account_id;
 
@@ -648,6 +668,12 @@ begin
   -- Lock 1: the request.
   select * into v_event from public.usage_events where request_id = p_request_id for update;
   if not found then
+    if v_usage = private.normalize_usage('{}') then
+      -- Giving back a hold that was never taken (its authorization timed out at
+      -- the gateway): remembered, so a late authorization is refused.
+      insert into public.cancelled_requests (request_id) values (p_request_id) on conflict do nothing;
+      return jsonb_build_object('status', 'cancelled', 'replayed', false, 'request_id', p_request_id);
+    end if;
     raise exception 'no authorized request with id %', p_request_id using errcode = 'PT404';
   end if;
   if v_event.status not in ('held', 'expired') then
@@ -804,6 +830,8 @@ begin
            where status = 'held' and created_at < v_cutoff
            order by request_id
              for update skip locked) as stale;
+  -- A late authorization comes within the stale-hold window or not at all.
+  delete from public.cancelled_requests where cancelled_at < v_cutoff;
   if cardinality(v_ids) = 0 then
     return jsonb_build_object('expired', 0, 'cutoff', v_cutoff);
   end if;

@@ -89,7 +89,7 @@ describe('authorize_request under real concurrency', () => {
       ),
     );
     expect(settlements.filter((settlement) => !settlement.replayed)).toHaveLength(1);
-    expect(settlements.every((settlement) => settlement.charged === 300)).toBe(true);
+    expect(settlements.every((settlement) => settlement.status === 'completed' && settlement.charged === 300)).toBe(true);
     const { rows } = await admin().query(`select amount from public.credit_ledger where reason = 'usage' and reference = $1`, [requestId]);
     expect(rows).toEqual([{ amount: '-300' }]);
   });

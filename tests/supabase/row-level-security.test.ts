@@ -16,6 +16,7 @@ let model: string;
 let packId: string;
 let eventId: string;
 let planId: string;
+let cancelledId: string;
 
 beforeAll(async () => {
   // Well above the low-balance threshold, so the only alert is the one made below.
@@ -37,6 +38,8 @@ beforeAll(async () => {
   await admin().query(`insert into public.plans (id, name, monthly_credits) values ($1, 'RLS', 0)`, [planId]);
   await admin().query(`insert into public.stripe_payments (checkout_session_id, account_id, status) values ($1, $2, 'pending')`, [`cs_${crypto.randomUUID()}`, alice.accountId]);
   await admin().query(`insert into public.stripe_invoices (id, customer_id, account_id, status) values ($1, 'cus_rls', $2, 'pending')`, [`in_${crypto.randomUUID()}`, alice.accountId]);
+  cancelledId = crypto.randomUUID();
+  await ledger.settleRequest({ requestId: cancelledId, outcome: 'failed', usage: {}, error: 'authorization did not answer in time' });
   eventId = `evt_${crypto.randomUUID()}`;
   await admin().query(
     `insert into public.stripe_events (id, type, account_id, status, payload) values ($1, 'checkout.session.completed', $2, 'pending', '{}')`,
@@ -99,6 +102,12 @@ const tables: TableCase[] = [
     table: 'stripe_events', columns: '*', match: () => ['id', eventId],
     insert: () => ({ id: `evt_${crypto.randomUUID()}`, type: 'x', status: 'x', payload: {} }),
     update: { status: 'ignored' },
+    expected: { select: serviceOnly(1), insert: nobody, update: nobody, delete: nobody },
+  },
+  {
+    table: 'cancelled_requests', columns: '*', match: () => ['request_id', cancelledId],
+    insert: () => ({ request_id: crypto.randomUUID() }),
+    update: { cancelled_at: new Date().toISOString() },
     expected: { select: serviceOnly(1), insert: nobody, update: nobody, delete: nobody },
   },
   {
@@ -238,7 +247,7 @@ describe('functions: only the service role runs money functions', () => {
     },
     {
       name: 'settle_request',
-      args: () => ({ p_request_id: 'unknown', p_outcome: 'completed' }),
+      args: () => ({ p_request_id: 'unknown', p_outcome: 'completed', p_usage: { input: 1 } }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
     },
     {

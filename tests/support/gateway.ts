@@ -17,10 +17,20 @@ export interface GatewayEvent {
  * stack. Every database round trip and upstream call is logged in order, and
  * work handed to waitUntil can be awaited.
  */
-export async function startGateway(environment: Record<string, string> = {}) {
+export interface GatewayOptions {
+  /** Another stack than the suite's (a private one, for outages). */
+  supabase?: { supabaseUrl: string; serviceRoleKey: string };
+  /** Stands between the gateway and PostgREST (to delay a call, say). */
+  databaseFetch?: typeof fetch;
+  /** Stands between the gateway and the upstream. */
+  upstreamFetch?: typeof fetch;
+}
+
+export async function startGateway(environment: Record<string, string> = {}, options: GatewayOptions = {}) {
+  const supabase = options.supabase ?? stack;
   const config = loadConfig({
-    SUPABASE_URL: stack.supabaseUrl,
-    SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    SUPABASE_URL: supabase.supabaseUrl,
+    SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
     STREAM_HEADER_WAIT_MS: '1000',
     STREAM_HEARTBEAT_MS: '10000',
     ...environment,
@@ -35,11 +45,11 @@ export async function startGateway(environment: Record<string, string> = {}) {
     },
     databaseFetch: (input, init) => {
       events.push({ kind: 'database', url: String(input), at: performance.now() });
-      return fetch(input, init);
+      return (options.databaseFetch ?? fetch)(input, init);
     },
     fetch: (input, init) => {
       events.push({ kind: 'upstream', url: String(input), at: performance.now() });
-      return fetch(input, init);
+      return (options.upstreamFetch ?? fetch)(input, init);
     },
     log: (entry) => logs.push(entry),
   });
@@ -55,6 +65,7 @@ export async function startGateway(environment: Record<string, string> = {}) {
     app,
     events,
     logs,
+    services,
     /** Waits until every settlement handed to waitUntil (including ones started meanwhile) is done. */
     async settled(): Promise<void> {
       for (let round = 0; round < 50; round++) {

@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import { admin } from './supabase.ts';
 
 export interface InvariantViolation {
@@ -14,8 +15,8 @@ export interface InvariantViolation {
  * - balance - held >= -credit_limit
  * - a settled request's charge equals minus its usage ledger row
  */
-export async function findInvariantViolations(): Promise<InvariantViolation[]> {
-  const { rows } = await admin().query<InvariantViolation>(`
+export async function findInvariantViolations(pool: pg.Pool = admin()): Promise<InvariantViolation[]> {
+  const { rows } = await pool.query<InvariantViolation>(`
     with totals as (
       select a.id, a.balance, a.held, a.credit_limit,
              coalesce((select sum(l.amount) from public.credit_ledger l where l.account_id = a.id), 0) as ledger_sum,

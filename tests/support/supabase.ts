@@ -92,14 +92,18 @@ export interface ModelRates {
 
 let modelCounter = 0;
 
-/** A model with the given prices (micro-units per 1M tokens), private to the calling test. */
-export async function createModel(
-  price: ModelRates,
-  options: { maxOutputTokens?: number; cost?: Partial<ModelRates>; upstreamModel?: string; provider?: string } = {},
-): Promise<string> {
+export interface ModelOptions {
+  maxOutputTokens?: number;
+  cost?: Partial<ModelRates>;
+  upstreamModel?: string;
+  provider?: string;
+}
+
+/** Inserts a model with the given prices (micro-units per 1M tokens) through `pool`; returns its id. */
+export async function insertModel(pool: pg.Pool, price: ModelRates, options: ModelOptions = {}): Promise<string> {
   const id = `test-model-${process.pid}-${Date.now()}-${modelCounter++}`;
   const { cost = {} } = options;
-  await admin().query(
+  await pool.query(
     `insert into public.models (id, provider, upstream_model, max_output_tokens,
        price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning, price_image, price_audio,
        cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h, cost_output, cost_reasoning, cost_image, cost_audio)
@@ -114,4 +118,9 @@ export async function createModel(
     ],
   );
   return id;
+}
+
+/** A model with the given prices (micro-units per 1M tokens), private to the calling test. */
+export function createModel(price: ModelRates, options: ModelOptions = {}): Promise<string> {
+  return insertModel(admin(), price, options);
 }

@@ -164,11 +164,24 @@ describe('settleRequest', () => {
     expect(await rowCounts(customer.accountId)).toEqual(before);
   });
 
-  it('refuses an unknown request id with 404', async () => {
-    await expect(ledger.settleRequest({ requestId: 'never-authorized', outcome: 'completed', usage: {} })).rejects.toMatchObject({
+  it('refuses usage for an unknown request id with 404', async () => {
+    await expect(ledger.settleRequest({ requestId: 'never-authorized', outcome: 'completed', usage: { input: 1 } })).rejects.toMatchObject({
       code: 'PT404',
       status: 404,
     });
+  });
+
+  it('a hold given back before its authorization arrived is remembered, and the late authorization refused', async () => {
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const customer = await createCustomer({ balance: 10_000 });
+    const requestId = crypto.randomUUID();
+    // The gateway gave up waiting for authorize and gives the hold back first.
+    expect(await ledger.settleRequest({ requestId, outcome: 'failed', usage: {}, error: 'authorization did not answer in time' }))
+      .toEqual({ status: 'cancelled', replayed: false, request_id: requestId });
+    // The delayed authorization arrives afterwards: refused, nothing held, nothing written.
+    expect(await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 10, maxOutputTokens: 10 }))
+      .toMatchObject({ status: 'refused', code: 'request_cancelled' });
+    expect(await rowCounts(customer.accountId)).toMatchObject({ usage_events: 0, held: '0' });
   });
 });
 
