@@ -65,9 +65,21 @@ export interface StackProcesses {
   startPostgrest(): Promise<void>;
   /** Stops PostgreSQL (fast shutdown) and starts it again. */
   restartPostgres(): Promise<void>;
+  stopPostgres(): Promise<void>;
+  startPostgres(): Promise<void>;
   /** Freezes every PostgreSQL process (SIGSTOP): connections stay open, nothing answers. */
   pausePostgres(): void;
   resumePostgres(): void;
+}
+
+/** A fast shutdown of the cluster (SIGINT to the postmaster), waiting until it is gone. */
+async function stopPostmaster(clusterDir: string): Promise<void> {
+  const postmaster = Number(readFileSync(join(clusterDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  process.kill(postmaster, 'SIGINT');
+  for (let waited = 0; existsSync(`/proc/${postmaster}`); waited += 50) {
+    if (waited > 30_000) throw new Error(`PostgreSQL (pid ${postmaster}) did not stop within 30 s`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 /** The postmaster and its children (backends, writers), by /proc. */
@@ -289,9 +301,12 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
           postgrest = await startPostgrest(postgrestEnvironment, postgrestPort, log);
         },
         async restartPostgres() {
-          await cluster.stop();
+          await stopPostmaster(clusterDir);
           await cluster.start();
         },
+        // Not cluster.stop(): for a throwaway cluster that deletes its data.
+        stopPostgres: () => stopPostmaster(clusterDir),
+        startPostgres: () => cluster.start(),
         pausePostgres() {
           for (const pid of clusterPids(clusterDir)) process.kill(pid, 'SIGSTOP');
         },

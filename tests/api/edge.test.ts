@@ -1,6 +1,7 @@
 import { EdgeRuntime } from 'edge-runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEdgeBundle } from '../../scripts/build-edge.ts';
+import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
 import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { checkoutSession, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
@@ -9,13 +10,15 @@ import { admin, createCustomer, createModel, stack } from '../support/supabase.t
 const edgeLimitBytes = 1024 * 1024;
 
 let fake: FakeUpstream;
+let upstash: LocalUpstash;
 
 beforeAll(async () => {
-  fake = await startFakeUpstream();
+  [fake, upstash] = await Promise.all([startFakeUpstream(), startLocalUpstash()]);
 });
 
 afterAll(async () => {
   await fake.close();
+  await upstash.stop();
 });
 
 describe('the edge entry', () => {
@@ -33,6 +36,9 @@ describe('the edge entry', () => {
       SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
       OPENAI_BASE_URL: `${fake.url}/v1`,
       STRIPE_WEBHOOK_SECRET: 'whsec_edge_test',
+      UPSTASH_REDIS_REST_URL: upstash.url,
+      UPSTASH_REDIS_REST_TOKEN: upstash.token,
+      CRON_SECRET: 'edge-cron-secret',
     };
     const runtime = new EdgeRuntime({
       extend: (context) => Object.assign(context, { process: { env: environment } }),
@@ -74,5 +80,12 @@ describe('the edge entry', () => {
       body: event,
     });
     expect(forged.status).toBe(400);
+
+    // The settlement outbox's drain (Redis over REST, a lock, a compare-and-delete script) runs in there too.
+    const drain = await runtime.dispatchFetch('https://gateway.example/internal/settlements/drain', {
+      headers: { authorization: 'Bearer edge-cron-secret' },
+    });
+    expect(drain.status).toBe(200);
+    expect(await drain.json()).toMatchObject({ status: 'drained', pending: 0 });
   });
 });

@@ -1,0 +1,64 @@
+import { createClient } from 'redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel, ledger } from '../support/supabase.ts';
+
+let upstash: LocalUpstash;
+let gateway: Gateway;
+let closed: Gateway;
+const secret = 'drain-test-secret';
+
+beforeAll(async () => {
+  upstash = await startLocalUpstash();
+  const redis = { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token };
+  gateway = await startGateway({ ...redis, CRON_SECRET: secret });
+  closed = await startGateway(redis);
+});
+
+afterAll(async () => {
+  await Promise.all([gateway.close(), closed.close()]);
+  await upstash.stop();
+});
+
+const drain = (url: string, authorization?: string) =>
+  fetch(`${url}/internal/settlements/drain`, { method: 'POST', headers: authorization ? { authorization } : {} });
+
+describe('/internal/settlements/drain', () => {
+  it('is closed without CRON_SECRET, and refuses any other secret', async () => {
+    const unconfigured = await drain(closed.url, `Bearer ${secret}`);
+    expect(unconfigured.status).toBe(503);
+    expect(await unconfigured.json()).toMatchObject({ error: { code: 'not_configured' } });
+    for (const authorization of [undefined, 'Bearer nope', secret, `Bearer ${secret}x`]) {
+      const refused = await drain(gateway.url, authorization);
+      expect(refused.status).toBe(401);
+    }
+  });
+
+  it('settles what waits, sets aside what the database refuses for good, and charges nothing twice', async () => {
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const requestId = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 });
+    const outbox = gateway.services.outbox!;
+    await outbox.put({ requestId, outcome: 'completed', usage: { input: 40, output: 20 }, usageSource: 'provider' }, 'database away');
+    // Delivered twice (the function and a retry): stored once.
+    await outbox.put({ requestId, outcome: 'completed', usage: { input: 40, output: 20 }, usageSource: 'provider' }, 'database away');
+    await outbox.put({ requestId: 'never-authorized', outcome: 'completed', usage: { input: 1 } }, 'database away');
+    const redis = createClient({ url: `redis://127.0.0.1:${upstash.redisPort}` });
+    await redis.connect();
+    await redis.hSet('tollgate:settlements:pending', 'garbled', '{not json');
+    await redis.quit();
+
+    const first = await drain(gateway.url, `Bearer ${secret}`);
+    expect(await first.json()).toEqual({ status: 'drained', settled: 1, replayed: 0, setAside: 2, kept: 0, pending: 0 });
+    expect(await outbox.size()).toEqual({ pending: 0, setAside: 2 });
+    expect(gateway.logs.filter((entry) => entry.event === 'settlement_set_aside').map((entry) => entry.requestId).sort()).toEqual(['garbled', 'never-authorized']);
+
+    // Delivered again later (a log replay, say): the database already has it.
+    await outbox.put({ requestId, outcome: 'completed', usage: { input: 40, output: 20 }, usageSource: 'provider' }, 'database away');
+    expect(await (await drain(gateway.url, `Bearer ${secret}`)).json()).toMatchObject({ settled: 0, replayed: 1, pending: 0 });
+    const { rows } = await admin().query(`select amount::int from public.credit_ledger where reason = 'usage' and reference = $1`, [requestId]);
+    expect(rows).toEqual([{ amount: -60 }]);
+  });
+});
