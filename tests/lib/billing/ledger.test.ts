@@ -178,6 +178,7 @@ describe('settleRequest', () => {
     // The gateway gave up waiting for authorize and gives the hold back first.
     expect(await ledger.settleRequest({ requestId, outcome: 'failed', usage: {}, error: 'authorization did not answer in time' }))
       .toEqual({ status: 'cancelled', replayed: false, request_id: requestId });
+    expect(await ledger.settleRequest({ requestId, outcome: 'failed', usage: {} })).toEqual({ status: 'cancelled', replayed: true, request_id: requestId });
     // The delayed authorization arrives afterwards: refused, nothing held, nothing written.
     expect(await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 10, maxOutputTokens: 10 }))
       .toMatchObject({ status: 'refused', code: 'request_cancelled' });
