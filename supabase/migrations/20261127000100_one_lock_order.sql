@@ -338,6 +338,20 @@ begin
 end;
 $$;
 
+-- The rate limits a key is held to: its own, else its plan's; null means none.
+create function private.rate_limits_of(p_key public.api_keys, p_plan_requests integer, p_plan_tokens integer)
+returns jsonb
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return jsonb_build_object(
+    'requests_per_minute', coalesce(p_key.requests_per_minute, p_plan_requests),
+    'tokens_per_minute', coalesce(p_key.tokens_per_minute, p_plan_tokens));
+end;
+$$;
+revoke all on function private.rate_limits_of(public.api_keys, integer, integer) from public;
+
 -- authorize_request ----------------------------------------------------------
 -- Redefined with one more parameter (p_providers), so the old signature is
 -- dropped: the providers the calling route can serve; null means any. Locks:
@@ -563,9 +577,7 @@ begin
     'available', v_balance - v_held + v_credit_limit,
     'key', jsonb_build_object('requests_per_minute', v_key.requests_per_minute, 'max_concurrent', v_key.max_concurrent),
     'plan', v_plan,
-    'limits', jsonb_build_object(
-      'requests_per_minute', coalesce(v_key.requests_per_minute, v_plan_requests),
-      'tokens_per_minute', coalesce(v_key.tokens_per_minute, v_plan_tokens)));
+    'limits', private.rate_limits_of(v_key, v_plan_requests, v_plan_tokens));
 end;
 $$;
 

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { admin, createCustomer, createModel, type Customer } from '../support/supabase.ts';
+import { admin, createCustomer, createModel, ledger, serviceClient, type Customer } from '../support/supabase.ts';
 
 let fake: FakeUpstream;
 let gateway: Gateway;
@@ -138,5 +138,47 @@ describe('key policies, enforced in authorize_request', () => {
     await expect(keys.updateApiKeyPolicy(created.id, { max_concurrent: 0 })).rejects.toMatchObject({ code: '22023' });
     await expect(keys.updateApiKeyPolicy(created.id, { colour: 'blue' } as never)).rejects.toMatchObject({ code: '22023' });
     await expect(createApiKeyManager(bob.client).updateApiKeyPolicy(created.id, { spend_limit: 0 })).rejects.toMatchObject({ status: 404 });
+  });
+});
+
+describe('a key\'s rate limits stay within its plan', () => {
+  const limitsOf = async (customer: Customer) => {
+    const result = await ledger.authorizeRequest({ requestId: crypto.randomUUID(), keyHash: customer.keyHash, model, maxInputTokens: 1, maxOutputTokens: 1 });
+    if (result.status !== 'authorized') throw new Error(result.message);
+    await ledger.settleRequest({ requestId: result.request_id, outcome: 'failed', usage: {} });
+    return result.limits;
+  };
+
+  it('a user cannot raise a key past the plan (free: 60 requests, 1,000,000 tokens a minute); lowering is fine', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const keys = createApiKeyManager(customer.client);
+    await expect(keys.updateApiKeyPolicy(customer.apiKeyId, { requests_per_minute: 1_000_000 })).rejects.toMatchObject({
+      code: '22023', message: expect.stringContaining("above the Free plan's limit of 60"),
+    });
+    await expect(keys.updateApiKeyPolicy(customer.apiKeyId, { tokens_per_minute: 1_000_001 })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.createApiKey('greedy', undefined, { requests_per_minute: 61 })).rejects.toMatchObject({ code: '22023' });
+    expect(await limitsOf(customer)).toEqual({ requests_per_minute: 60, tokens_per_minute: 1_000_000 });
+    await keys.updateApiKeyPolicy(customer.apiKeyId, { requests_per_minute: 10 });
+    expect(await limitsOf(customer)).toEqual({ requests_per_minute: 10, tokens_per_minute: 1_000_000 });
+  });
+
+  it('a plan that goes down takes its keys down; only the operator grants an exception', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const pro = `pro${crypto.randomUUID().slice(0, 8)}`;
+    await admin().query(`insert into public.plans (id, name, requests_per_minute, tokens_per_minute) values ($1, 'Pro', 600, 5000000)`, [pro]);
+    await admin().query('update public.accounts set plan = $2 where id = $1', [customer.accountId, pro]);
+    await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, { requests_per_minute: 500 });
+    expect(await limitsOf(customer)).toEqual({ requests_per_minute: 500, tokens_per_minute: 5_000_000 });
+    // The subscription ends: back on the free plan, the key is held to its limits.
+    await admin().query(`update public.accounts set plan = 'free' where id = $1`, [customer.accountId]);
+    expect(await limitsOf(customer)).toEqual({ requests_per_minute: 60, tokens_per_minute: 1_000_000 });
+    // The operator's exception.
+    const { data, error } = await serviceClient().rpc('set_api_key_limits', { p_key_id: customer.apiKeyId, p_policy: { requests_per_minute: 5000 } });
+    expect(error).toBeNull();
+    expect(data).toMatchObject({ limits_exception: true, policy: { requests_per_minute: 5000 } });
+    expect(await limitsOf(customer)).toEqual({ requests_per_minute: 5000, tokens_per_minute: 1_000_000 });
+    // Users cannot make one.
+    const refused = await customer.client.rpc('set_api_key_limits', { p_key_id: customer.apiKeyId, p_policy: { requests_per_minute: 9999 } });
+    expect(refused.error?.code).toBe('42501');
   });
 });

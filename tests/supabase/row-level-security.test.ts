@@ -87,7 +87,8 @@ const tables: TableCase[] = [
     expected: { select: ownRows(3), insert: nobody, update: nobody, delete: nobody },
   },
   {
-    table: 'usage_events', columns: '*', match: () => ['account_id', alice.accountId],
+    // Column grants: what the request cost upstream stays out of reach (see the column matrix below).
+    table: 'usage_events', columns: 'request_id,account_id,amount,charged', match: () => ['account_id', alice.accountId],
     insert: () => ({ request_id: 'x', account_id: alice.accountId, api_key_id: alice.apiKeyId, model_id: model, provider: 'openai', upstream_model: model, hold: 0, max_input_tokens: 0, max_output_tokens: 0, rates: {} }),
     update: { charged: 0 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
@@ -147,7 +148,7 @@ const tables: TableCase[] = [
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
   },
   {
-    table: 'usage_daily', columns: '*', match: () => ['account_id', alice.accountId],
+    table: 'usage_daily', columns: 'account_id,day,amount,charged', match: () => ['account_id', alice.accountId],
     insert: () => ({ account_id: alice.accountId, model_id: 'x', day: '2026-01-01', requests: 0, input_tokens: 0, cached_input_tokens: 0, cache_write_tokens: 0, cache_write_1h_tokens: 0, output_tokens: 0, reasoning_tokens: 0, image_tokens: 0, audio_tokens: 0, amount: 0, charged: 0, upstream_cost: 0, margin: 0 }),
     update: { charged: 0 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
@@ -251,6 +252,17 @@ describe('functions: only the service role runs money functions', () => {
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
     },
     {
+      name: 'set_api_key_limits',
+      args: () => ({ p_key_id: crypto.randomUUID(), p_policy: { requests_per_minute: 1 } }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
+    },
+    {
+      name: 'settle_requests',
+      args: () => ({ p_settlements: [] }),
+      // An empty batch: an empty list of results.
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 0 },
+    },
+    {
       name: 'key_overview',
       args: () => ({ p_key_hash: '0'.repeat(64) }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
@@ -302,5 +314,106 @@ describe('functions: only the service role runs money functions', () => {
   it.each(roles)('the private helpers are not reachable through the API, as %s', async (role) => {
     const result = await clients[role].rpc('post_ledger', { p_account_id: alice.accountId, p_amount: 1_000_000, p_reason: 'grant', p_reference: null });
     expect(result.error?.code).toBe('PGRST202');
+  });
+});
+
+/** Which columns of each table and view a role may read: 'all', 'none' or a list. Every relation of `public` must be here. */
+type Readable = 'all' | 'none' | string[];
+const prices = [
+  'price_input', 'price_cached_input', 'price_cache_write', 'price_cache_write_1h',
+  'price_output', 'price_reasoning', 'price_image', 'price_audio',
+];
+const publicModelColumns = ['id', 'provider', 'display_name', 'enabled', 'max_output_tokens', ...prices, 'created_at', 'long_context_threshold', 'long_context_price'];
+const tokenColumns = ['input_tokens', 'cached_input_tokens', 'cache_write_tokens', 'cache_write_1h_tokens', 'output_tokens', 'reasoning_tokens', 'image_tokens', 'audio_tokens'];
+const readableColumns: Record<string, { anon: Readable; authenticated: Readable; service_role: Readable }> = {
+  accounts: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  api_keys: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  models: { anon: publicModelColumns, authenticated: publicModelColumns, service_role: 'all' },
+  model_prices: { anon: 'all', authenticated: 'all', service_role: 'all' },
+  credit_ledger: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  usage_events: {
+    anon: 'none',
+    // Not upstream_cost, rates (they hold the cost rates) or upstream_model.
+    authenticated: [
+      'request_id', 'account_id', 'api_key_id', 'model_id', 'provider', 'status', 'hold', 'max_input_tokens', 'max_output_tokens',
+      'choices', 'output_capped', ...tokenColumns, 'usage_source', 'amount', 'charged', 'error', 'created_at', 'settled_at', 'hold_expired_at',
+    ],
+    service_role: 'all',
+  },
+  usage_daily: { anon: 'none', authenticated: ['account_id', 'model_id', 'day', 'requests', ...tokenColumns, 'amount', 'charged'], service_role: 'all' },
+  credit_packs: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  plans: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  alerts: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  stripe_payments: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  stripe_invoices: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  stripe_events: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  billing_settings: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  cancelled_requests: { anon: 'none', authenticated: 'none', service_role: 'all' },
+};
+
+describe('column grants: what each role may read, column by column', () => {
+  let relations: Map<string, string[]>;
+  const expectedColumns = (relation: string, role: keyof (typeof readableColumns)[string]) => {
+    const readable = readableColumns[relation]![role];
+    return readable === 'all' ? relations.get(relation)! : readable === 'none' ? [] : readable;
+  };
+
+  beforeAll(async () => {
+    const { rows } = await admin().query<{ relation: string; columns: string[] }>(`
+      select c.relname as relation, array_agg(a.attname::text order by a.attnum) as columns
+        from pg_catalog.pg_class c
+        join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+        join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+       where n.nspname = 'public' and c.relkind in ('r', 'v', 'm', 'p')
+       group by c.relname`);
+    relations = new Map(rows.map((row) => [row.relation, row.columns]));
+  });
+
+  it('every table and view of public is in this matrix', () => {
+    expect([...relations.keys()].sort()).toEqual(Object.keys(readableColumns).sort());
+  });
+
+  it.each(['anon', 'authenticated', 'service_role'] as const)('the grants match the matrix for %s', async (role) => {
+    for (const relation of Object.keys(readableColumns)) {
+      const { rows } = await admin().query<{ column: string }>(
+        `select a.attname::text as column
+           from pg_catalog.pg_attribute a
+          where a.attrelid = ('public.' || quote_ident($1))::regclass and a.attnum > 0 and not a.attisdropped
+            and has_column_privilege($2, a.attrelid, a.attnum, 'SELECT')
+          order by a.attnum`,
+        [relation, role],
+      );
+      expect({ relation, columns: rows.map((row) => row.column).sort() }).toEqual({ relation, columns: [...expectedColumns(relation, role)].sort() });
+    }
+  });
+
+  it.each([['anon', 'anon'], ['alice', 'authenticated'], ['service', 'service_role']] as const)(
+    'through PostgREST, %s can select exactly those columns',
+    async (client, role) => {
+      for (const relation of Object.keys(readableColumns)) {
+        const expected = new Set(expectedColumns(relation, role));
+        const outcomes = await Promise.all(
+          relations.get(relation)!.map(async (column) => {
+            const result = await clients[client].from(relation).select(column).limit(1);
+            return { column, readable: result.error === null, code: result.error?.code ?? null };
+          }),
+        );
+        for (const outcome of outcomes) {
+          expect({ relation, column: outcome.column, readable: outcome.readable }).toEqual({ relation, column: outcome.column, readable: expected.has(outcome.column) });
+          if (!outcome.readable) expect(outcome.code).toBe('42501');
+        }
+      }
+    },
+  );
+
+  it('a user cannot read what their requests cost upstream, even by asking for it by name', async () => {
+    for (const columns of ['upstream_cost', 'rates', 'upstream_model', 'request_id,upstream_cost', '*']) {
+      const result = await alice.client.from('usage_events').select(columns).eq('account_id', alice.accountId);
+      expect({ columns, code: result.error?.code }).toEqual({ columns, code: '42501' });
+    }
+    for (const columns of ['upstream_cost', 'margin', '*']) {
+      const result = await alice.client.from('usage_daily').select(columns).eq('account_id', alice.accountId);
+      expect({ columns, code: result.error?.code }).toEqual({ columns, code: '42501' });
+    }
   });
 });
