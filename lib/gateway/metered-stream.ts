@@ -76,9 +76,11 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
         try {
           chunk = await reader.read();
         } catch (error) {
-          // The upstream died mid-stream: the client sees the connection drop, as it would have.
+          // The upstream died mid-stream: the client gets an error event in its API's
+          // shape and a clean end, not a bare socket error; what was delivered is billed.
+          controller.enqueue(encoder.encode(options.errorEvent(new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke off before the answer was complete.'))));
+          controller.close();
           end('failed', `upstream stream broke: ${(error as Error).message}`);
-          controller.error(error);
           return;
         }
         if (chunk.done) {

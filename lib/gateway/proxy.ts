@@ -114,7 +114,7 @@ async function answerMetered(c: Context<AppEnv>, authorization: Authorized, plan
   const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
   const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
 
-  const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal });
+  const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
 
   const headersFor = (result: UpstreamResult & { ok: true }) => {
     const headers = forwardableHeaders(result.response.headers);

@@ -18,9 +18,13 @@ export function readApiKey(c: Context<AppEnv>): string {
     (authorization?.match(/^Bearer\s+(.+)$/i)?.[1] ?? undefined) ??
     c.req.header('x-api-key') ??
     c.req.header('x-goog-api-key') ??
-    c.req.query('key');
+    // Only Gemini's API takes the key in the URL (?key=), where proxies and logs keep it: nowhere else.
+    (c.req.path.startsWith('/v1beta/') ? c.req.query('key') : undefined);
   if (!key) {
-    throw new GatewayError(401, 'missing_api_key', 'No API key was sent. Send it as "Authorization: Bearer <key>".');
+    const inUrl = c.req.query('key') !== undefined;
+    throw new GatewayError(401, 'missing_api_key', inUrl
+      ? 'API keys are taken in the URL (?key=) only on the Gemini routes (/v1beta). Send it as "Authorization: Bearer <key>".'
+      : 'No API key was sent. Send it as "Authorization: Bearer <key>".');
   }
   // A key that cannot be one of ours costs no database round trip.
   if (!apiKeyFormat.test(key.trim())) throw new GatewayError(401, 'invalid_api_key', 'Invalid API key.');

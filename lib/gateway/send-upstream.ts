@@ -6,21 +6,56 @@ export interface UpstreamRequest {
   init: RequestInit;
 }
 
+/** One channel that did not answer usefully, for the log: never shown to the customer. */
+export interface FailedAttempt {
+  host: string;
+  problem: string;
+}
+
 export type UpstreamResult =
-  | { ok: true; response: Response; channel: ChannelConfig; attempts: string[] }
-  | { ok: false; error: GatewayError; attempts: string[] };
+  | { ok: true; response: Response; channel: ChannelConfig; attempts: FailedAttempt[] }
+  | { ok: false; error: GatewayError; attempts: FailedAttempt[] };
+
+/** The answers worth trying the next channel for: the gateway's own credentials refused, rate limits, server errors. */
+const failoverStatuses = new Set([401, 403, 429]);
+
+/** Seconds from a Retry-After header (seconds or an HTTP date); undefined when absent or unreadable. */
+function retryAfterSeconds(header: string | null): number | undefined {
+  if (!header) return undefined;
+  const seconds = Number(header);
+  if (Number.isFinite(seconds) && seconds >= 0) return Math.ceil(seconds);
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
 
 /**
  * Sends to the provider's channels in priority order. A failure before the
- * first byte — connection error, 5xx or 429 — moves on to the next channel;
- * any other answer (including a 4xx about the request) is the answer.
+ * first byte — connection error, 5xx, 429, or the channel's key refused (401,
+ * 403) — moves on to the next channel; any other answer (including a 4xx about
+ * the request) is the answer. When none answers, the error names no channel:
+ * `attempts` (hosts and problems) is for the log. Every channel rate limited:
+ * 429 `upstream_rate_limited`, with the soonest Retry-After any of them gave.
  */
 export async function sendWithFailover(
   channels: readonly ChannelConfig[],
   build: (channel: ChannelConfig) => UpstreamRequest,
+  options: { fetch: typeof fetch; signal: AbortSignal; log: (entry: Record<string, unknown>) => void; requestId: string },
+): Promise<UpstreamResult> {
+  const result = await tryChannels(channels, build, options);
+  if (result.attempts.length) {
+    options.log({ level: result.ok ? 'warn' : 'error', event: 'upstream_channels_failed', requestId: options.requestId, attempts: result.attempts });
+  }
+  return result;
+}
+
+async function tryChannels(
+  channels: readonly ChannelConfig[],
+  build: (channel: ChannelConfig) => UpstreamRequest,
   options: { fetch: typeof fetch; signal: AbortSignal },
 ): Promise<UpstreamResult> {
-  const attempts: string[] = [];
+  const attempts: FailedAttempt[] = [];
+  const retryAfters: number[] = [];
+  let rateLimited = 0;
   for (const channel of channels) {
     const { url, init } = build(channel);
     const host = new URL(url).host;
@@ -31,18 +66,33 @@ export async function sendWithFailover(
       if (options.signal.aborted) {
         return { ok: false, error: new GatewayError(499, 'client_closed_request', 'The client closed the request.'), attempts };
       }
-      attempts.push(`${host}: ${(error as Error).message}`);
+      attempts.push({ host, problem: (error as Error).message });
       continue;
     }
-    if (response.status >= 500 || response.status === 429) {
-      attempts.push(`${host}: HTTP ${response.status}`);
-      await response.body?.cancel().catch(() => {});
+    if (response.status >= 500 || failoverStatuses.has(response.status)) {
+      const body = await response.text().catch(() => '');
+      attempts.push({ host, problem: `HTTP ${response.status} ${body.slice(0, 300)}` });
+      if (response.status === 429) {
+        rateLimited++;
+        const retryAfter = retryAfterSeconds(response.headers.get('retry-after'));
+        if (retryAfter !== undefined) retryAfters.push(retryAfter);
+      }
       continue;
     }
     return { ok: true, response, channel, attempts };
   }
-  const detail = attempts.length ? attempts.join('; ') : 'no channel is configured for this provider';
-  return { ok: false, error: new GatewayError(502, 'upstream_unavailable', `The upstream provider is unavailable (${detail}).`), attempts };
+  if (rateLimited > 0 && rateLimited === attempts.length) {
+    const retryAfter = retryAfters.length ? Math.min(...retryAfters) : undefined;
+    return {
+      ok: false,
+      attempts,
+      error: new GatewayError(429, 'upstream_rate_limited', `The model's provider is limiting requests right now; nothing was charged.${retryAfter === undefined ? '' : ` Retry after ${retryAfter} s.`}`, {
+        headers: retryAfter === undefined ? {} : { 'retry-after': String(retryAfter) },
+      }),
+    };
+  }
+  const detail = channels.length ? 'did not answer' : 'has no channel configured';
+  return { ok: false, error: new GatewayError(502, 'upstream_unavailable', `The model's provider ${detail}; nothing was charged.`), attempts };
 }
 
 /** Aborts `controller` when `signal` aborts, or at once if it already has (a listener alone would miss that). */

@@ -34,7 +34,7 @@ export async function embeddings(c: Context<AppEnv>): Promise<Response> {
   const result = await sendWithFailover(
     channels,
     (channel) => buildOpenAIRequest(channel, '/embeddings', { ...request, model: authorization.model.upstream_model }, false),
-    { fetch: services.fetch, signal: upstreamAbort.signal },
+    { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId },
   );
   if (!result.ok) {
     hold.release(result.error.message, upstreamAbort.signal.aborted ? 'aborted' : 'failed');

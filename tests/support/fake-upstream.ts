@@ -29,8 +29,10 @@ function classify(path: string, body: Record<string, unknown>): { provider: Prov
 export interface Scenario {
   /** Fixture base name: `<name>.chunks.txt` for streams, `<name>.json` otherwise. */
   fixture: string;
-  /** Answer with this HTTP status and an OpenAI error body instead. */
+  /** Answer with this HTTP status and an error body in the provider's shape instead. */
   status?: number;
+  /** A Retry-After header on that error answer. */
+  retryAfter?: string;
   /** Wait this long before sending the response headers. */
   headerDelayMs?: number;
   /** Wait this long between stream events. */
@@ -89,7 +91,7 @@ export async function startFakeUpstream() {
     const scenario = scenarios.get(model) ?? { fixture: request.url?.endsWith('/embeddings') ? 'embeddings' : model };
     if (scenario.headerDelayMs) await new Promise((resolve) => setTimeout(resolve, scenario.headerDelayMs));
     if (scenario.status) {
-      response.writeHead(scenario.status, { 'content-type': 'application/json' });
+      response.writeHead(scenario.status, { 'content-type': 'application/json', ...(scenario.retryAfter ? { 'retry-after': scenario.retryAfter } : {}) });
       response.end(JSON.stringify(errorBodies[provider](scenario.status)));
       return;
     }

@@ -1,0 +1,168 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../scripts/local-supabase/index.ts';
+import { splitEvents, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+// What the upstream does wrong reaches the customer in their API's shape, and
+// never names the operator's channels, hosts or keys; the log has them.
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+const price = { input: 1_000_000, output: 4_000_000 };
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, ANTHROPIC_BASE_URL: fake.url, GEMINI_BASE_URL: fake.url, OPENAI_API_KEY: 'sk-operator-secret' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+async function eventOf(requestId: string | null) {
+  const { rows: [event] } = await admin().query('select status, usage_source, charged::int from public.usage_events where request_id = $1', [requestId]);
+  return event;
+}
+
+describe('a stream that breaks off mid-way ends with an error in the caller\'s format', () => {
+  const cases = [
+    {
+      name: 'Anthropic: event: error',
+      provider: 'anthropic', fixture: 'messages-long',
+      request: (model: string, apiKey: string) => fetch(`${gateway.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, max_tokens: 500, messages: [{ role: 'user', content: 'Count' }], stream: true }),
+      }),
+      last: /^event: error\ndata: \{"type":"error","error":\{"type":"api_error","message":"The upstream connection broke off before the answer was complete."\}\}\n\n$/,
+    },
+    {
+      name: 'Gemini: an error object',
+      provider: 'google', fixture: 'generate-long',
+      request: (model: string, apiKey: string) => fetch(`${gateway.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
+        method: 'POST',
+        headers: { 'x-goog-api-key': apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ contents: [{ parts: [{ text: 'Count' }] }] }),
+      }),
+      last: /^data: \{"error":\{"code":502,"message":"The upstream connection broke off before the answer was complete.","status":"UNAVAILABLE"\}\}\r\n\r\n$/,
+    },
+    {
+      name: 'OpenAI: an error chunk',
+      provider: 'openai', fixture: 'chat-long',
+      request: (model: string, apiKey: string) => fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Count' }], stream: true }),
+      }),
+      last: /^data: \{"error":\{"message":"The upstream connection broke off before the answer was complete.","type":"api_error","code":"upstream_unavailable","param":null\}\}\n\n$/,
+    },
+  ];
+
+  it.each(cases)('$name', async ({ provider, fixture, request, last }) => {
+    const upstreamModel = `cut-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture, disconnectAfterEvents: 6, eventDelayMs: 10 });
+    const model = await createModel(price, { provider, upstreamModel, maxOutputTokens: 8192 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await request(model, customer.apiKey);
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    const events = splitEvents(text);
+    expect(events.at(-1)).toMatch(last);
+    await gateway.settled();
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({ status: 'failed', usage_source: 'tokenizer' });
+  });
+});
+
+describe('channels that do not answer', () => {
+  it('every channel answering 429: 429 upstream_rate_limited with the upstream\'s Retry-After, nothing charged', async () => {
+    const upstreamModel = `limited-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'chat-basic', status: 429, retryAfter: '7' });
+    const model = await createModel(price, { upstreamModel });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    for (const stream of [false, true]) {
+      const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }], stream }),
+      });
+      expect(response.status).toBe(429);
+      expect(response.headers.get('retry-after')).toBe('7');
+      expect(await response.json()).toMatchObject({ error: { code: 'upstream_rate_limited', type: 'rate_limit_error' } });
+    }
+    const messages = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: await createModel(price, { provider: 'anthropic', upstreamModel }), max_tokens: 10, messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    expect(messages.status).toBe(429);
+    expect(await messages.json()).toMatchObject({ type: 'error', error: { type: 'rate_limit_error', code: 'upstream_rate_limited' } });
+    await gateway.settled();
+    const { rows } = await admin().query('select charged::int from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows.every((row) => row.charged === 0)).toBe(true);
+  });
+
+  it('errors name no channel, host or key: a refused key and a dead host answer 502, and only the log says which', async () => {
+    const deadPort = await freePort();
+    const upstreamModel = `refused-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'chat-basic', status: 401 });
+    const channels = await startGateway({
+      OPENAI_BASE_URL: `${fake.url}/v1`,
+      OPENAI_API_KEY: 'sk-operator-secret',
+      UPSTREAM_CHANNELS: JSON.stringify([{ provider: 'openai', kind: 'openai', baseUrl: `http://127.0.0.1:${deadPort}/v1`, apiKey: 'sk-backup-secret', priority: -1 }]),
+    });
+    try {
+      const model = await createModel(price, { upstreamModel });
+      const customer = await createCustomer({ balance: 1_000_000 });
+      const response = await fetch(`${channels.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }] }),
+      });
+      expect(response.status).toBe(502);
+      const text = await response.text();
+      expect(JSON.parse(text)).toMatchObject({ error: { code: 'upstream_unavailable' } });
+      for (const secret of [new URL(fake.url).host, String(deadPort), '127.0.0.1', 'sk-operator', 'sk-backup', 'Scripted failure']) expect(text).not.toContain(secret);
+      await channels.settled();
+      // What the customer may read of the request says no more.
+      const { rows: [event] } = await admin().query('select error from public.usage_events where account_id = $1', [customer.accountId]);
+      expect(event.error).not.toMatch(/127\.0\.0\.1|localhost/);
+      const logged = JSON.stringify(channels.logs.filter((entry) => entry.event === 'upstream_channels_failed'));
+      expect(logged).toContain(new URL(fake.url).host);
+      expect(logged).toContain(String(deadPort));
+      expect(logged).toContain('HTTP 401');
+    } finally {
+      await channels.close();
+    }
+  });
+});
+
+describe('keys in URLs and logs', () => {
+  it('?key= is taken only on the Gemini routes, and no key ever reaches the log', async () => {
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const gemini = await createModel(price, { provider: 'google', upstreamModel: 'generate-function-call', maxOutputTokens: 8192 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const inUrl = await fetch(`${gateway.url}/v1/chat/completions?key=${customer.apiKey}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    expect(inUrl.status).toBe(401);
+    expect(await inUrl.json()).toMatchObject({ error: { code: 'missing_api_key', message: expect.stringContaining('only on the Gemini routes') } });
+    for (const path of ['/v1/credits', '/v1/models']) expect((await fetch(`${gateway.url}${path}?key=${customer.apiKey}`)).status).toBe(401);
+
+    const viaGemini = await fetch(`${gateway.url}/v1beta/models/${gemini}:generateContent?key=${customer.apiKey}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'Weather in Paris?' }] }] }),
+    });
+    expect(viaGemini.status).toBe(200);
+    // A few failures too, which log.
+    await fetch(`${gateway.url}/v1/chat/completions`, {
+      method: 'POST', headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' }, body: '{"model":',
+    });
+    await gateway.settled();
+    const log = JSON.stringify(gateway.logs);
+    expect(log).not.toContain(customer.apiKey);
+    expect(log).not.toContain(customer.apiKey.slice(3, 20));
+  });
+});
