@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { charge, checkoutSession, dispute, invoice, signature, stripeEvent } from '../support/stripe-events.ts';
+import { charge, checkoutSession, dispute, invoice, legacyInvoice, signature, stripeEvent, subscription } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, ledger } from '../support/supabase.ts';
 
 const secret = 'whsec_test_tollgate';
@@ -286,5 +286,152 @@ describe('what is not verified writes nothing', () => {
     const response = await deliver(event);
     expect(response.status).toBe(200);
     expect(await response.json()).toMatchObject({ status: 'ignored' });
+  });
+});
+
+describe('Stripe as it really delivers', () => {
+  async function payment(sessionId: string) {
+    const { rows: [row] } = await admin().query(
+      'select status, credits::int, quantity, amount_subtotal::int, amount_discount::int, amount_tax::int from public.stripe_payments where checkout_session_id = $1',
+      [sessionId],
+    );
+    return row;
+  }
+
+  it('distinct events of one checkout delivered together all answer 2xx and credit once', async () => {
+    for (let round = 0; round < 5; round++) {
+      const customer = await createCustomer({ balance: 0 });
+      const link = await createPack();
+      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000 });
+      const responses = await Promise.all([
+        deliver(stripeEvent('checkout.session.completed', session)),
+        deliver(stripeEvent('checkout.session.async_payment_succeeded', session)),
+        deliver(stripeEvent('checkout.session.completed', session)),
+        deliver(stripeEvent('charge.refunded', charge({ paymentIntent: session.payment_intent!, amount: 5000, amountRefunded: 0 }))),
+      ]);
+      expect(responses.map((response) => response.status)).toEqual([200, 200, 200, 200]);
+      expect(await balance(customer.accountId)).toBe(55_000_000);
+    }
+  });
+
+  it.each([
+    ['null', 'null'],
+    ['an array', '[]'],
+    ['an empty object', '{}'],
+    ['an event without data', '{"id":"evt_test_nodata","object":"event","type":"checkout.session.completed"}'],
+    ['an event whose data.object is null', '{"id":"evt_test_nullobject","object":"event","type":"charge.refunded","data":{"object":null}}'],
+    ['an event with a made-up id', '{"id":"nope","object":"event","type":"charge.refunded","data":{"object":{}}}'],
+  ])('a correctly signed body that is not an event (%s) is a 400 and writes nothing', async (_name, body) => {
+    const { rows: [before] } = await admin().query('select (select count(*) from public.stripe_events)::int as events, (select count(*) from public.stripe_payments)::int as payments');
+    const response = await deliver({}, { body });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ error: { code: 'invalid_event' } });
+    const { rows: [after] } = await admin().query('select (select count(*) from public.stripe_events)::int as events, (select count(*) from public.stripe_payments)::int as payments');
+    expect(after).toEqual(before);
+  });
+
+  it('Stripe Tax on top of the pack\'s price: credited, the tax recorded', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const link = await createPack();
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5450, subtotal: 5000, tax: 450 });
+    expect(await (await deliver(stripeEvent('checkout.session.completed', session))).json()).toMatchObject({ status: 'credited' });
+    expect(await balance(customer.accountId)).toBe(55_000_000);
+    expect(await payment(session.id)).toEqual({ status: 'credited', credits: 55_000_000, quantity: 1, amount_subtotal: 5000, amount_discount: 0, amount_tax: 450 });
+  });
+
+  it('a promotion code: credited in full, the discount recorded; a full refund takes all of it back', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const link = await createPack();
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 4000, subtotal: 5000, discount: 1000 });
+    expect(await (await deliver(stripeEvent('checkout.session.completed', session))).json()).toMatchObject({ status: 'credited' });
+    expect(await payment(session.id)).toMatchObject({ credits: 55_000_000, quantity: 1, amount_discount: 1000 });
+    await deliver(stripeEvent('charge.refunded', charge({ paymentIntent: session.payment_intent!, amount: 4000, amountRefunded: 4000 })));
+    expect(await balance(customer.accountId)).toBe(0);
+  });
+
+  it('an adjustable quantity: 3 packs are 3 times the credits; a subtotal that is no whole number of packs is unmatched', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const link = await createPack();
+    const three = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 15_000 });
+    expect(await (await deliver(stripeEvent('checkout.session.completed', three))).json()).toMatchObject({ status: 'credited' });
+    expect(await payment(three.id)).toMatchObject({ credits: 165_000_000, quantity: 3 });
+    expect(await balance(customer.accountId)).toBe(165_000_000);
+    const odd = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 7500 });
+    expect(await (await deliver(stripeEvent('checkout.session.completed', odd))).json()).toMatchObject({ status: 'unmatched' });
+    expect(await balance(customer.accountId)).toBe(165_000_000);
+  });
+
+  it('a dispute won gives the credits back and clears the flag; a dispute lost keeps them taken back', async () => {
+    for (const outcome of ['won', 'lost'] as const) {
+      const customer = await createCustomer({ balance: 0 });
+      const link = await createPack();
+      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000 });
+      await deliver(stripeEvent('checkout.session.completed', session));
+      const disputeId = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+      await deliver(stripeEvent('charge.dispute.created', dispute({ paymentIntent: session.payment_intent!, amount: 5000, id: disputeId })));
+      expect(await balance(customer.accountId)).toBe(0);
+      const closed = await deliver(stripeEvent('charge.dispute.closed', dispute({ paymentIntent: session.payment_intent!, amount: 5000, id: disputeId, status: outcome })));
+      expect(await closed.json()).toMatchObject({ status: `dispute_${outcome}` });
+      const { rows: [account] } = await admin().query('select balance::int, flagged_reason from public.accounts where id = $1', [customer.accountId]);
+      if (outcome === 'won') expect(account).toEqual({ balance: 55_000_000, flagged_reason: null });
+      else expect(account).toMatchObject({ balance: 0, flagged_reason: expect.stringContaining('disputed') });
+    }
+  });
+
+  it('the plan follows the subscription: another price moves it, a scheduled cancellation waits, the end brings back the free plan', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const suffix = crypto.randomUUID().slice(0, 8);
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values
+         ($1, 'Pro', 20000000, $2, $3), ($4, 'Team', 50000000, $5, null)`,
+      [`pro${suffix}`, `price_test_pro${suffix}`, `plink_test_pro${suffix}`, `team${suffix}`, `price_test_team${suffix}`],
+    );
+    const customerId = `cus_test_plan${suffix}`;
+    await deliver(stripeEvent('checkout.session.completed', checkoutSession({
+      clientReferenceId: customer.accountId, paymentLink: `plink_test_pro${suffix}`, amount: 2000, mode: 'subscription', customer: customerId,
+    })));
+    const planOf = async () => (await admin().query('select plan from public.accounts where id = $1', [customer.accountId])).rows[0].plan;
+    expect(await planOf()).toBe(`pro${suffix}`);
+    const upgraded = await deliver(stripeEvent('customer.subscription.updated', subscription({ customer: customerId, price: `price_test_team${suffix}` })));
+    expect(await upgraded.json()).toMatchObject({ status: 'plan_changed' });
+    expect(await planOf()).toBe(`team${suffix}`);
+    await deliver(stripeEvent('customer.subscription.updated', subscription({ customer: customerId, price: `price_test_team${suffix}`, cancelAtPeriodEnd: true })));
+    expect(await planOf()).toBe(`team${suffix}`);
+    const ended = await deliver(stripeEvent('customer.subscription.deleted', subscription({ customer: customerId, price: `price_test_team${suffix}`, status: 'canceled' })));
+    expect(await ended.json()).toMatchObject({ status: 'plan_ended' });
+    expect(await planOf()).toBe('free');
+  });
+
+  it('a $0 invoice and an invoice of the older shape are credited only under the operator\'s setting, and alerted otherwise', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const suffix = crypto.randomUUID().slice(0, 8);
+    const price = `price_test_trial${suffix}`;
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values ($1, 'Trial', 3000000, $2, $3)`,
+      [`trial${suffix}`, price, `plink_test_trial${suffix}`],
+    );
+    const customerId = `cus_test_trial${suffix}`;
+    await deliver(stripeEvent('checkout.session.completed', checkoutSession({
+      clientReferenceId: customer.accountId, paymentLink: `plink_test_trial${suffix}`, amount: 0, mode: 'subscription', customer: customerId,
+    })));
+
+    const trial = await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price, amount: 0 })));
+    expect(await trial.json()).toMatchObject({ status: 'not_credited' });
+    const legacy = await deliver(stripeEvent('invoice.paid', legacyInvoice({ customer: customerId, price, amount: 2000 })));
+    expect(await legacy.json()).toMatchObject({ status: 'not_credited' });
+    expect(await balance(customer.accountId)).toBe(0);
+    const messages = (await alerts(customer.accountId, 'invoice_not_credited')).map((alert) => alert.message as string);
+    expect(messages).toHaveLength(2);
+    expect(messages.some((message) => message.includes('a $0 invoice'))).toBe(true);
+    expect(messages.some((message) => message.includes('before 2025'))).toBe(true);
+
+    await admin().query('update public.billing_settings set credit_zero_amount_invoices = true, accept_legacy_invoice_shape = true');
+    try {
+      expect(await (await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price, amount: 0 })))).json()).toMatchObject({ status: 'credited' });
+      expect(await (await deliver(stripeEvent('invoice.paid', legacyInvoice({ customer: customerId, price, amount: 2000 })))).json()).toMatchObject({ status: 'credited' });
+      expect(await balance(customer.accountId)).toBe(6_000_000);
+    } finally {
+      await admin().query('update public.billing_settings set credit_zero_amount_invoices = false, accept_legacy_invoice_shape = false');
+    }
   });
 });

@@ -29,14 +29,18 @@ export function checkoutSession(options: {
   mode?: 'payment' | 'subscription';
   customer?: string | null;
   paymentIntent?: string | null;
+  /** Before discounts and tax (the items × quantity); `amount` is the total paid. */
+  subtotal?: number;
+  discount?: number;
+  tax?: number;
 }) {
   const mode = options.mode ?? 'payment';
   return {
     id: id('cs'),
     object: 'checkout.session',
     after_expiration: null,
-    allow_promotion_codes: false,
-    amount_subtotal: options.amount,
+    allow_promotion_codes: options.discount !== undefined,
+    amount_subtotal: options.subtotal ?? options.amount,
     amount_total: options.amount,
     billing_address_collection: 'auto',
     cancel_url: null,
@@ -61,7 +65,7 @@ export function checkoutSession(options: {
     submit_type: 'auto',
     subscription: mode === 'subscription' ? id('sub') : null,
     success_url: 'https://example.test/thanks',
-    total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: 0 },
+    total_details: { amount_discount: options.discount ?? 0, amount_shipping: 0, amount_tax: options.tax ?? 0 },
     ui_mode: 'hosted',
     url: null,
   };
@@ -86,9 +90,9 @@ export function charge(options: { paymentIntent: string; amount: number; amountR
   };
 }
 
-export function dispute(options: { paymentIntent: string; amount: number }) {
+export function dispute(options: { paymentIntent: string; amount: number; id?: string; status?: string }) {
   return {
-    id: id('dp'),
+    id: options.id ?? id('dp'),
     object: 'dispute',
     amount: options.amount,
     charge: id('ch'),
@@ -99,7 +103,48 @@ export function dispute(options: { paymentIntent: string; amount: number }) {
     metadata: {},
     payment_intent: options.paymentIntent,
     reason: 'fraudulent',
-    status: 'needs_response',
+    status: options.status ?? 'needs_response',
+  };
+}
+
+export function subscription(options: { customer: string; price: string; status?: string; cancelAtPeriodEnd?: boolean }) {
+  return {
+    id: id('sub'),
+    object: 'subscription',
+    cancel_at_period_end: options.cancelAtPeriodEnd ?? false,
+    canceled_at: null,
+    collection_method: 'charge_automatically',
+    created: now() - 86_400,
+    currency: 'usd',
+    customer: options.customer,
+    items: {
+      object: 'list',
+      data: [{ id: id('si'), object: 'subscription_item', price: { id: options.price, object: 'price', currency: 'usd', unit_amount: 2000 }, quantity: 1 }],
+      has_more: false,
+    },
+    livemode: false,
+    status: options.status ?? 'active',
+  };
+}
+
+/** An invoice in the shape of API versions before 2025: top-level subscription, lines[].price. */
+export function legacyInvoice(options: { customer: string; price: string; amount: number }) {
+  return {
+    id: id('in'),
+    object: 'invoice',
+    amount_due: options.amount,
+    amount_paid: options.amount,
+    billing_reason: 'subscription_cycle',
+    created: now(),
+    currency: 'usd',
+    customer: options.customer,
+    subscription: id('sub'),
+    lines: {
+      object: 'list',
+      data: [{ id: id('il'), object: 'line_item', amount: options.amount, currency: 'usd', price: { id: options.price, object: 'price' }, quantity: 1 }],
+      has_more: false,
+    },
+    status: 'paid',
   };
 }
 
