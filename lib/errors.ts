@@ -89,6 +89,8 @@ const refusalStatus: Record<string, number> = {
   key_spend_limit_reached: 403,
   key_monthly_limit_reached: 403,
   unsupported_provider: 400,
+  long_context_not_priced: 400,
+  request_cancelled: 409,
 };
 
 /** Seconds a client is asked to wait after a 503 billing_unavailable. */

@@ -14,20 +14,19 @@ import { convertAnthropicUsage } from '../providers/anthropic/convert-anthropic-
 export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, messagesRequestSchema);
-  // Server tools (web search, web fetch, code execution) carry fees beyond tokens;
-  // the 1M-token context beta is priced above the flat price sheet.
+  // Server tools (web search, web fetch, code execution) carry fees beyond tokens.
   const serverTool = (request.tools ?? []).find((tool) => {
     const type = (tool as { type?: unknown } | null)?.type;
     return type !== undefined && type !== null && type !== 'custom';
   }) as { type?: unknown } | undefined;
-  refuseUnbilledOptions([
-    [serverTool !== undefined, 'tools', `The server tool "${String(serverTool?.type)}"`],
-    [/context-1m/.test(c.req.header('anthropic-beta') ?? ''), 'anthropic-beta', 'The 1M-token context beta'],
-  ]);
+  refuseUnbilledOptions([[serverTool !== undefined, 'tools', `The server tool "${String(serverTool?.type)}"`]]);
+  // The 1M-token context beta is billed above 200k input tokens at higher rates:
+  // served for models whose price has that long-context tier, refused for others.
+  const longContext = /context-1m/.test(c.req.header('anthropic-beta') ?? '');
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const authorization = await authorize(
     c,
-    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic') },
+    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), longContext },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
   );
 

@@ -147,7 +147,7 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     });
   });
 
-  it('refuses what is billed beyond token prices: server tools and the 1M-context beta', async () => {
+  it('refuses what is billed beyond token prices: server tools, and the 1M-context beta for a model without a long-context price', async () => {
     const customer = await createCustomer({ balance: 1_000_000 });
     const model = await claude('messages-cache');
     const send = (body: object, headers: Record<string, string> = {}) =>
@@ -159,9 +159,45 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     const search = await send({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 5 }] });
     expect(search.status).toBe(400);
     expect(await search.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'unsupported_parameter' } });
-    expect((await send({}, { 'anthropic-beta': 'context-1m-2025-08-07' })).status).toBe(400);
+    const longContext = await send({}, { 'anthropic-beta': 'context-1m-2025-08-07' });
+    expect(longContext.status).toBe(400);
+    expect(await longContext.json()).toMatchObject({ type: 'error', error: { code: 'long_context_not_priced' } });
     const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
     expect(rows[0].n).toBe(0);
+  });
+
+  it('what Claude Code sends by default passes: a system message inside messages, and the 1M-context beta on a model priced for it', async () => {
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const model = await claude('messages-cache');
+    // Above 200k prompt tokens the whole request pays the tier, as Anthropic bills the 1M beta.
+    await admin().query(
+      `update public.models set long_context_threshold = 200000, long_context_price = '{"input": 6000000, "output": 22500000}' where id = $1`,
+      [model],
+    );
+    const response = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: {
+        'x-api-key': customer.apiKey, 'content-type': 'application/json',
+        'anthropic-beta': 'context-1m-2025-08-07,mid-conversation-system-2026-04-07', 'anthropic-version': '2023-06-01',
+      },
+      body: JSON.stringify({
+        model, max_tokens: 100, thinking: { type: 'adaptive' }, output_config: { effort: 'high' },
+        messages: [
+          { role: 'user', content: 'Hello' },
+          { role: 'system', content: [{ type: 'text', text: 'The working directory changed.' }] },
+          { role: 'user', content: [{ type: 'text', text: 'Go on' }, { type: 'future_block', payload: { x: 1 } }] },
+        ],
+      }),
+    });
+    expect(response.status).toBe(200);
+    const upstream = fake.requests.at(-1)!;
+    // Forwarded untouched: unknown roles, blocks and fields, and the client's beta header.
+    expect((upstream.body.messages as Array<{ role: string }>)[1]!.role).toBe('system');
+    expect(upstream.body.output_config).toEqual({ effort: 'high' });
+    expect(upstream.headers['anthropic-beta']).toBe('context-1m-2025-08-07,mid-conversation-system-2026-04-07');
+    await gateway.settled();
+    const { rows: [event] } = await admin().query('select status, usage_source from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
+    expect(event).toEqual({ status: 'completed', usage_source: 'provider' });
   });
 
   it('errors come back in Anthropic\'s shape', async () => {

@@ -22,14 +22,26 @@ function blockPieces(block: Block, texts: string[], counts: { images: number; re
   else counts.opaque += utf8Bytes(JSON.stringify(block));
 }
 
+/** Text, a list of blocks, or anything else (whose JSON bytes bound its tokens). */
+function contentPieces(content: unknown, texts: string[], counts: { images: number; remote: number; opaque: number }) {
+  if (content === undefined || content === null) return;
+  if (typeof content === 'string') texts.push(content);
+  else if (Array.isArray(content)) {
+    for (const block of content) {
+      if (block && typeof block === 'object' && typeof (block as Block).type === 'string') blockPieces(block as Block, texts, counts);
+      else counts.opaque += utf8Bytes(JSON.stringify(block) ?? '');
+    }
+  } else counts.opaque += utf8Bytes(JSON.stringify(content) ?? '');
+}
+
 function promptPieces(request: MessagesRequest): PromptPieces {
   const texts: string[] = [];
   const counts = { images: 0, remote: 0, opaque: 0 };
-  if (typeof request.system === 'string') texts.push(request.system);
-  else for (const block of request.system ?? []) blockPieces(block as Block, texts, counts);
+  contentPieces(request.system, texts, counts);
   for (const message of request.messages) {
-    if (typeof message.content === 'string') texts.push(message.content);
-    else for (const block of message.content) blockPieces(block as Block, texts, counts);
+    if (typeof message.role === 'string') texts.push(message.role);
+    else counts.opaque += utf8Bytes(JSON.stringify(message.role) ?? '');
+    contentPieces(message.content, texts, counts);
   }
   if (request.tools) texts.push(JSON.stringify(request.tools));
   return { texts, images: counts.images, remote: counts.remote, opaqueBytes: counts.opaque };

@@ -2,15 +2,15 @@ import { z } from 'zod';
 
 // Minimal wire schemas for Anthropic's Messages API: only the fields read here.
 
-const blockSchema = z.looseObject({ type: z.string() });
-
+// Only what billing needs is checked: the model, the output cap, that there are
+// messages. Roles, content and block types are the upstream's to judge (Claude
+// Code sends `system` messages inside `messages` under a beta); whatever they
+// hold still counts, byte for byte, in the hold's bound.
 export const messagesRequestSchema = z.looseObject({
   model: z.string().min(1).max(128),
   max_tokens: z.number().int().min(1).max(10_000_000),
-  messages: z
-    .array(z.looseObject({ role: z.enum(['user', 'assistant']), content: z.union([z.string(), z.array(blockSchema)]) }))
-    .min(1),
-  system: z.union([z.string(), z.array(blockSchema)]).nullish(),
+  messages: z.array(z.looseObject({ role: z.unknown().optional(), content: z.unknown().optional() })).min(1),
+  system: z.unknown().optional(),
   stream: z.boolean().nullish(),
   tools: z.array(z.unknown()).nullish(),
 });

@@ -28,14 +28,19 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
     if (message.name) texts.push(message.name);
     if (typeof message.content === 'string') texts.push(message.content);
     else if (Array.isArray(message.content)) {
-      for (const part of message.content) {
+      for (const element of message.content as unknown[]) {
+        if (!element || typeof element !== 'object') {
+          opaque += utf8Bytes(JSON.stringify(element) ?? '');
+          continue;
+        }
+        const part = element as Record<string, unknown>;
         const text = partText(part);
         if (text !== null) texts.push(text);
         else if (isImagePart(part)) images += 1;
         else if (part.type === 'file' && !(part as { file?: { file_data?: unknown } }).file?.file_data) remote += 1;
         else opaque += utf8Bytes(JSON.stringify(part));
       }
-    }
+    } else if (message.content !== undefined && message.content !== null) opaque += utf8Bytes(JSON.stringify(message.content) ?? '');
     const toolCalls = (message as { tool_calls?: unknown }).tool_calls;
     if (toolCalls) texts.push(JSON.stringify(toolCalls));
   };
