@@ -9,8 +9,8 @@ export interface Services {
   ledger: Ledger;
   /** The service-role PostgREST client, for calls outside the ledger (Stripe events). */
   database: RpcClient;
-  /** Reads the public price list (one PostgREST call). */
-  listModels: () => Promise<ModelPrice[]>;
+  /** Reads the public price list and its aliases. */
+  listModels: () => Promise<{ models: ModelPrice[]; aliases: Array<{ alias: string; model_id: string }> }>;
   /** Upstream calls go through this fetch. */
   fetch: typeof fetch;
   /** Keeps work (settlement) running after the response; Vercel's waitUntil in production. */

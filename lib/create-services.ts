@@ -42,9 +42,14 @@ export function createServices(config: Config, options: ServiceOptions): Service
     ledger: createLedger(database),
     database,
     listModels: async () => {
-      const { data, error, status } = await database.from('model_prices').select('*').order('id').retry(false);
-      if (error) throw new LedgerError(`could not read the price list: ${error.message}`, error.code || 'unavailable', status);
-      return data as ModelPrice[];
+      const [models, aliases] = await Promise.all([
+        database.from('model_prices').select('*').order('id').retry(false),
+        database.from('model_aliases').select('alias,model_id').order('alias').retry(false),
+      ]);
+      for (const { error, status } of [models, aliases]) {
+        if (error) throw new LedgerError(`could not read the price list: ${error.message}`, error.code || 'unavailable', status);
+      }
+      return { models: models.data as ModelPrice[], aliases: aliases.data as Array<{ alias: string; model_id: string }> };
     },
     fetch: options.fetch ?? ((input, init) => fetch(input, init)),
     waitUntil: options.waitUntil,

@@ -1,5 +1,5 @@
 import type { Context } from 'hono';
-import type { AppEnv } from '../app-env.ts';
+import type { AppEnv, ModelPrice } from '../app-env.ts';
 import { GatewayError, refusalError, topUpOptions } from '../errors.ts';
 import { readKeyHash } from '../gateway/request-helpers.ts';
 
@@ -29,31 +29,37 @@ export async function credits(c: Context<AppEnv>): Promise<Response> {
   });
 }
 
-/** GET /v1/models: the models this key may use, with their prices per 1M tokens in micro-units. */
+/** GET /v1/models: the models this key may use, aliases included, with their prices per 1M tokens in micro-units. */
 export async function models(c: Context<AppEnv>): Promise<Response> {
   const [{ key }, list] = await Promise.all([overview(c), c.var.services.listModels()]);
   const allowed = key.allowed_models ? new Set(key.allowed_models) : null;
-  const data = list
-    .filter((model) => !allowed || allowed.has(model.id))
-    .map((model) => ({
-      id: model.id,
-      object: 'model',
-      created: Math.floor(Date.parse(model.created_at) / 1000),
-      owned_by: model.provider,
-      max_output_tokens: model.max_output_tokens,
-      pricing: {
-        unit: 'micro-usd per 1M tokens',
-        input: model.price_input,
-        cached_input: model.price_cached_input ?? model.price_input,
-        cache_write: model.price_cache_write ?? model.price_input,
-        cache_write_1h: model.price_cache_write_1h ?? model.price_cache_write ?? model.price_input,
-        output: model.price_output,
-        reasoning: model.price_reasoning ?? model.price_output,
-        ...(model.long_context_threshold
-          ? { long_context: { above_prompt_tokens: model.long_context_threshold, ...model.long_context_price } }
-          : {}),
-      },
-    }));
+  const entry = (model: ModelPrice, id: string) => ({
+    id,
+    object: 'model',
+    created: Math.floor(Date.parse(model.created_at) / 1000),
+    owned_by: model.provider,
+    ...(id === model.id ? {} : { alias_of: model.id }),
+    max_output_tokens: model.max_output_tokens,
+    pricing: {
+      unit: 'micro-usd per 1M tokens',
+      input: model.price_input,
+      cached_input: model.price_cached_input ?? model.price_input,
+      cache_write: model.price_cache_write ?? model.price_input,
+      cache_write_1h: model.price_cache_write_1h ?? model.price_cache_write ?? model.price_input,
+      output: model.price_output,
+      reasoning: model.price_reasoning ?? model.price_output,
+      ...(model.long_context_threshold
+        ? { long_context: { above_prompt_tokens: model.long_context_threshold, ...model.long_context_price } }
+        : {}),
+    },
+  });
+  const byId = new Map(list.models.map((model) => [model.id, model]));
+  const data = [
+    ...list.models.filter((model) => !allowed || allowed.has(model.id)).map((model) => entry(model, model.id)),
+    ...list.aliases
+      .filter(({ alias, model_id: modelId }) => byId.has(modelId) && (!allowed || allowed.has(alias) || allowed.has(modelId)))
+      .map(({ alias, model_id: modelId }) => entry(byId.get(modelId)!, alias)),
+  ];
   return c.json({ object: 'list', data });
 }
 

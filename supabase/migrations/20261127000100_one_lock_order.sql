@@ -339,6 +339,22 @@ begin
 end;
 $$;
 
+-- The enabled model a request names, as the request will be billed and sent
+-- upstream; a row of nulls when there is none.
+create function private.priced_model(p_model text)
+returns public.models
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_model public.models;
+begin
+  select * into v_model from public.models where id = p_model and enabled;
+  return v_model;
+end;
+$$;
+revoke all on function private.priced_model(text) from public;
+
 -- The rate limits a key is held to: its own, else its plan's; null means none.
 create function private.rate_limits_of(p_key public.api_keys, p_plan_requests integer, p_plan_tokens integer)
 returns jsonb
@@ -442,15 +458,15 @@ begin
     return private.refusal('ip_not_allowed', 'This API key may not be used from this address.');
   end if;
 
-  select * into v_model from public.models where id = p_model and enabled;
-  if not found then
+  v_model := private.priced_model(p_model);
+  if v_model.id is null then
     return private.refusal('model_not_found', format('The model %s does not exist or is not available.', p_model));
   end if;
   if p_providers is not null and not (v_model.provider = any (p_providers)) then
     return private.refusal('unsupported_provider', format('The model %s is not served on this route.', p_model),
                            jsonb_build_object('provider', v_model.provider));
   end if;
-  if v_key.allowed_models is not null and not (p_model = any (v_key.allowed_models)) then
+  if v_key.allowed_models is not null and not (p_model = any (v_key.allowed_models) or v_model.id = any (v_key.allowed_models)) then
     return private.refusal('model_not_allowed', format('This API key may not use the model %s.', p_model));
   end if;
   v_rates := private.effective_rates(v_model);

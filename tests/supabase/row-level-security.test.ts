@@ -349,6 +349,8 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   stripe_events: { anon: 'none', authenticated: 'none', service_role: 'all' },
   billing_settings: { anon: 'none', authenticated: 'none', service_role: 'all' },
   cancelled_requests: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  // Which id the upstream is sent is the operator's routing.
+  model_aliases: { anon: ['alias', 'model_id', 'created_at'], authenticated: ['alias', 'model_id', 'created_at'], service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {
