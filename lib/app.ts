@@ -7,6 +7,7 @@ import { chatCompletions } from './routes/chat-completions.ts';
 import { embeddings } from './routes/embeddings.ts';
 import { credits, models } from './routes/account.ts';
 import { anthropicMessages } from './routes/anthropic-messages.ts';
+import { anthropicCountTokens } from './routes/count-tokens.ts';
 import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
 import { settlementDrain } from './routes/settlement-drain.ts';
 import { stripeWebhook } from './routes/stripe-webhook.ts';
@@ -52,6 +53,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.post('/v1/chat/completions', chatCompletions);
   app.post('/v1/embeddings', embeddings);
   app.post('/v1/messages', anthropicMessages);
+  app.post('/v1/messages/count_tokens', anthropicCountTokens);
   app.post('/v1beta/models/:target', geminiGenerateContent);
   app.post('/webhooks/stripe', stripeWebhook);
   app.on(['GET', 'POST'], '/internal/settlements/drain', settlementDrain);

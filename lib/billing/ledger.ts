@@ -84,6 +84,19 @@ const closedSchema = z.object({
 /** A settled request, or a hold given back before its authorization arrived (`cancelled`). */
 const settlementSchema = z.discriminatedUnion('status', [closedSchema, cancelledSchema]);
 
+const unchargedCallSchema = z.discriminatedUnion('status', [
+  z.object({
+    status: z.literal('ok'),
+    account_id: z.string(),
+    api_key_id: z.string(),
+    model: z.object({ id: z.string(), provider: z.string(), upstream_model: z.string() }),
+    limits: z.object({ requests_per_minute: z.number().int().nullable(), tokens_per_minute: z.number().int().nullable() }),
+  }),
+  refusedSchema,
+]);
+
+export type UnchargedCall = z.infer<typeof unchargedCallSchema>;
+
 const batchSettlementSchema = z.array(
   z.union([
     z.object({ request_id: z.string().nullable(), ok: z.literal(true), result: settlementSchema }),
@@ -308,6 +321,16 @@ export function createLedger(serviceClient: RpcClient) {
     /** Many settlements in one call; each item succeeds or fails on its own. */
     settleRequests(inputs: SettleRequestInput[]): Promise<BatchSettlement> {
       return callFunction(serviceClient, 'settle_requests', { p_settlements: inputs.map(settlementRow) }, batchSettlementSchema);
+    },
+
+    /** A call that is checked like a request and charged nothing (token counting). */
+    authorizeUnchargedCall(input: { keyHash: string; model: string; clientIp?: string | undefined; providers?: string[] | undefined }): Promise<UnchargedCall> {
+      return callFunction(
+        serviceClient,
+        'authorize_uncharged_call',
+        { p_key_hash: input.keyHash, p_model: input.model, p_client_ip: input.clientIp ?? null, p_providers: input.providers ?? null },
+        unchargedCallSchema,
+      );
     },
 
     keyOverview(keyHash: string): Promise<KeyOverview> {

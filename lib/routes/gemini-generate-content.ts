@@ -3,6 +3,7 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
+import { geminiCountTokens } from './count-tokens.ts';
 import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
@@ -10,7 +11,7 @@ import { createGeminiStreamMeter, geminiDelivered } from '../providers/google/ge
 import { generateContentRequestSchema, generateContentResponseSchema } from '../providers/google/gemini-wire.ts';
 import { convertGeminiUsage } from '../providers/google/convert-gemini-usage.ts';
 
-/** POST /v1beta/models/{model}:generateContent and :streamGenerateContent (SSE), native, for Gemini models. */
+/** POST /v1beta/models/{model}:generateContent, :streamGenerateContent (SSE) and :countTokens, native, for Gemini models. */
 export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Response> {
   let target: string;
   try {
@@ -21,9 +22,10 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   const separator = target.lastIndexOf(':');
   const model = target.slice(0, separator);
   const method = target.slice(separator + 1);
-  if (separator < 1 || (method !== 'generateContent' && method !== 'streamGenerateContent')) {
-    throw new GatewayError(404, 'not_found', `No route for ${c.req.path}: expected models/{model}:generateContent or :streamGenerateContent.`);
+  if (separator < 1 || !['generateContent', 'streamGenerateContent', 'countTokens'].includes(method)) {
+    throw new GatewayError(404, 'not_found', `No route for ${c.req.path}: expected models/{model}:generateContent, :streamGenerateContent or :countTokens.`);
   }
+  if (method === 'countTokens') return geminiCountTokens(c, model);
   const stream = method === 'streamGenerateContent';
   if (stream && c.req.query('alt') !== 'sse') {
     throw new GatewayError(400, 'invalid_request', 'streamGenerateContent is served as server-sent events only: add ?alt=sse.');

@@ -252,6 +252,11 @@ describe('functions: only the service role runs money functions', () => {
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
     },
     {
+      name: 'authorize_uncharged_call',
+      args: () => ({ p_key_hash: '0'.repeat(64), p_model: model }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
       name: 'set_api_key_limits',
       args: () => ({ p_key_id: crypto.randomUUID(), p_policy: { requests_per_minute: 1 } }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },

@@ -88,6 +88,18 @@ export async function startFakeUpstream() {
       if (!response.writableFinished) record.clientClosed = true;
     });
 
+    // Token counting, as each provider answers it (a rough count: a token per 4 bytes of the body).
+    const counted = Math.ceil(Buffer.byteLength(raw) / 4);
+    if (request.url?.startsWith('/v1/messages/count_tokens')) {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ input_tokens: counted }));
+      return;
+    }
+    if (/:countTokens/.test(request.url ?? '')) {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ totalTokens: counted, promptTokensDetails: [{ modality: 'TEXT', tokenCount: counted }] }));
+      return;
+    }
     const scenario = scenarios.get(model) ?? { fixture: request.url?.endsWith('/embeddings') ? 'embeddings' : model };
     if (scenario.headerDelayMs) await new Promise((resolve) => setTimeout(resolve, scenario.headerDelayMs));
     if (scenario.status) {

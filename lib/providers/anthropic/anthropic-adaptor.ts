@@ -8,6 +8,7 @@ export function buildAnthropicRequest(
   body: unknown,
   stream: boolean,
   clientHeaders: { version?: string | undefined; beta?: string | undefined } = {},
+  path = '/v1/messages',
 ): UpstreamRequest {
   const headers: Record<string, string> = {
     'content-type': 'application/json',
@@ -17,7 +18,7 @@ export function buildAnthropicRequest(
   if (clientHeaders.beta) headers['anthropic-beta'] = clientHeaders.beta;
   if (channel.apiKey) headers['x-api-key'] = channel.apiKey;
   return {
-    url: `${channel.baseUrl.replace(/\/+$/, '')}/v1/messages`,
+    url: `${channel.baseUrl.replace(/\/+$/, '')}${path}`,
     init: { method: 'POST', headers, body: JSON.stringify(body) },
   };
 }

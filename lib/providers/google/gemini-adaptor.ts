@@ -1,11 +1,11 @@
 import type { ChannelConfig } from '../../env.ts';
 import type { UpstreamRequest } from '../../gateway/send-upstream.ts';
 
-/** A generateContent call; streams always use SSE (`alt=sse`). */
-export function buildGeminiRequest(channel: ChannelConfig, upstreamModel: string, body: unknown, stream: boolean): UpstreamRequest {
+/** A generateContent call (streams always use SSE, `alt=sse`), or a countTokens call. */
+export function buildGeminiRequest(channel: ChannelConfig, upstreamModel: string, body: unknown, stream: boolean | 'countTokens'): UpstreamRequest {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (channel.apiKey) headers['x-goog-api-key'] = channel.apiKey;
-  const method = stream ? 'streamGenerateContent?alt=sse' : 'generateContent';
+  const method = stream === 'countTokens' ? 'countTokens' : stream ? 'streamGenerateContent?alt=sse' : 'generateContent';
   return {
     url: `${channel.baseUrl.replace(/\/+$/, '')}/v1beta/models/${encodeURIComponent(upstreamModel)}:${method}`,
     init: { method: 'POST', headers, body: JSON.stringify(body) },
