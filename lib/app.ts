@@ -9,6 +9,7 @@ import { credits, models } from './routes/account.ts';
 import { anthropicMessages } from './routes/anthropic-messages.ts';
 import { anthropicCountTokens } from './routes/count-tokens.ts';
 import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
+import { retrieveResponse, responses } from './routes/responses.ts';
 import { settlementDrain } from './routes/settlement-drain.ts';
 import { stripeWebhook } from './routes/stripe-webhook.ts';
 
@@ -52,6 +53,9 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.get('/v1/credits', credits);
   app.post('/v1/chat/completions', chatCompletions);
   app.post('/v1/embeddings', embeddings);
+  app.post('/v1/responses', responses);
+  app.get('/v1/responses/:id', retrieveResponse);
+  app.get('/v1/responses/:id/input_items', retrieveResponse);
   app.post('/v1/messages', anthropicMessages);
   app.post('/v1/messages/count_tokens', anthropicCountTokens);
   app.post('/v1beta/models/:target', geminiGenerateContent);

@@ -91,6 +91,7 @@ const refusalStatus: Record<string, number> = {
   unsupported_provider: 400,
   long_context_not_priced: 400,
   request_cancelled: 409,
+  response_not_found: 404,
 };
 
 /** Seconds a client is asked to wait after a 503 billing_unavailable. */

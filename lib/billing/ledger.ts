@@ -333,6 +333,21 @@ export function createLedger(serviceClient: RpcClient) {
       );
     },
 
+    /** Remembers which account created a response stored upstream. */
+    recordStoredResponse(requestId: string, responseId: string): Promise<unknown> {
+      return callFunction(serviceClient, 'record_stored_response', { p_request_id: requestId, p_response_id: responseId }, z.unknown());
+    },
+
+    /** May this key read that stored response (its own account's only)? */
+    authorizeStoredResponse(keyHash: string, responseId: string): Promise<{ status: 'ok'; account_id: string } | Refusal> {
+      return callFunction(
+        serviceClient,
+        'authorize_stored_response',
+        { p_key_hash: keyHash, p_response_id: responseId },
+        z.discriminatedUnion('status', [z.object({ status: z.literal('ok'), account_id: z.string() }), refusedSchema]),
+      );
+    },
+
     keyOverview(keyHash: string): Promise<KeyOverview> {
       return callFunction(serviceClient, 'key_overview', { p_key_hash: keyHash }, keyOverviewSchema);
     },

@@ -58,3 +58,65 @@ end;
 $$;
 revoke all on function public.authorize_uncharged_call(text, text, inet, text[]) from public, anon, authenticated;
 grant execute on function public.authorize_uncharged_call(text, text, inet, text[]) to service_role;
+
+-- Responses stored upstream (the Responses API's store, on by default) belong to
+-- the account that created them: one operator key stores every customer's, so
+-- retrieving one by id is allowed only to its own account.
+create table public.stored_responses (
+  response_id text primary key,
+  account_id uuid not null references public.accounts (id),
+  request_id text not null,
+  created_at timestamptz not null default now()
+);
+create index stored_responses_account_id_idx on public.stored_responses (account_id);
+alter table public.stored_responses enable row level security;
+-- No policies: written and read by the functions below.
+grant select on public.stored_responses to service_role;
+
+-- Records who created a stored response (after the response, off the request's path).
+create function public.record_stored_response(p_request_id text, p_response_id text)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_response_id is null or char_length(p_response_id) not between 1 and 200 then
+    raise exception 'response id must be 1 to 200 characters' using errcode = '22023';
+  end if;
+  insert into public.stored_responses (response_id, account_id, request_id)
+  select p_response_id, e.account_id, e.request_id from public.usage_events e where e.request_id = p_request_id
+  on conflict (response_id) do nothing;
+end;
+$$;
+
+-- May this key read that stored response? As key_overview refuses keys, and
+-- a response of another account is not found.
+create function public.authorize_stored_response(p_key_hash text, p_response_id text)
+returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_key public.api_keys;
+begin
+  select * into v_key from public.api_keys where key_hash = p_key_hash;
+  if not found then
+    return private.refusal('invalid_api_key', 'Invalid API key.');
+  end if;
+  if v_key.revoked_at is not null then
+    return private.refusal('api_key_revoked', 'This API key has been revoked.');
+  end if;
+  if v_key.expires_at is not null and v_key.expires_at <= now() then
+    return private.refusal('api_key_expired', 'This API key has expired.');
+  end if;
+  if not exists (select 1 from public.stored_responses where response_id = p_response_id and account_id = v_key.account_id) then
+    return private.refusal('response_not_found', format('No response %s was stored for this account.', p_response_id));
+  end if;
+  return jsonb_build_object('status', 'ok', 'account_id', v_key.account_id);
+end;
+$$;
+
+revoke all on function public.record_stored_response(text, text), public.authorize_stored_response(text, text) from public, anon, authenticated;
+grant execute on function public.record_stored_response(text, text), public.authorize_stored_response(text, text) to service_role;

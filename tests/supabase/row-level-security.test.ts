@@ -257,6 +257,16 @@ describe('functions: only the service role runs money functions', () => {
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
     },
     {
+      name: 'authorize_stored_response',
+      args: () => ({ p_key_hash: '0'.repeat(64), p_response_id: 'resp_x' }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
+      name: 'record_stored_response',
+      args: () => ({ p_request_id: 'unknown', p_response_id: 'resp_x' }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
       name: 'set_api_key_limits',
       args: () => ({ p_key_id: crypto.randomUUID(), p_policy: { requests_per_minute: 1 } }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'error:PT404' },
@@ -356,6 +366,7 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   cancelled_requests: { anon: 'none', authenticated: 'none', service_role: 'all' },
   // Which id the upstream is sent is the operator's routing.
   model_aliases: { anon: ['alias', 'model_id', 'created_at'], authenticated: ['alias', 'model_id', 'created_at'], service_role: 'all' },
+  stored_responses: { anon: 'none', authenticated: 'none', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {

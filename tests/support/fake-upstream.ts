@@ -63,6 +63,12 @@ export function withoutUsage(stream: string): string {
     .join('');
 }
 
+function randomHex(length: number): string {
+  let hex = '';
+  while (hex.length < length) hex += crypto.randomUUID().replaceAll('-', '');
+  return hex.slice(0, length);
+}
+
 export function splitEvents(stream: string): string[] {
   return stream.split(/(?<=\r\n\r\n|\n\n)/).filter((event) => event.length > 0);
 }
@@ -88,6 +94,13 @@ export async function startFakeUpstream() {
       if (!response.writableFinished) record.clientClosed = true;
     });
 
+    // A stored response, retrieved (the Responses API's GET /v1/responses/{id}).
+    const stored = request.method === 'GET' ? /^\/v1\/responses\/([^/?]+)/.exec(request.url ?? '') : null;
+    if (stored) {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ ...JSON.parse(readFixture('responses-basic.json')), id: stored[1] }));
+      return;
+    }
     // Token counting, as each provider answers it (a rough count: a token per 4 bytes of the body).
     const counted = Math.ceil(Buffer.byteLength(raw) / 4);
     if (request.url?.startsWith('/v1/messages/count_tokens')) {
@@ -107,14 +120,17 @@ export async function startFakeUpstream() {
       response.end(JSON.stringify(errorBodies[provider](scenario.status)));
       return;
     }
+    // Each response the Responses API stores has an id of its own.
+    const freshIds = (text: string) => (request.url?.startsWith('/v1/responses') ? text.replace(/resp_[0-9a-f]{48}/g, `resp_${randomHex(48)}`) : text);
     if (!streaming) {
       response.writeHead(200, { 'content-type': 'application/json', 'x-upstream-processing-ms': '42' });
-      response.end(readFixture(`${scenario.fixture}.json`, provider));
+      response.end(freshIds(readFixture(`${scenario.fixture}.json`, provider)));
       return;
     }
-    let stream = readFixture(`${scenario.fixture}.chunks.txt`, provider);
+    let stream = freshIds(readFixture(`${scenario.fixture}.chunks.txt`, provider));
     const options = body.stream_options as { include_usage?: boolean } | undefined;
-    if (provider === 'openai' && options?.include_usage !== true) stream = withoutUsage(stream);
+    // Chat streams only (the Responses API always reports usage, in response.completed).
+    if (provider === 'openai' && !request.url?.startsWith('/v1/responses') && options?.include_usage !== true) stream = withoutUsage(stream);
     response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-upstream-processing-ms': '7' });
     for (const event of splitEvents(stream)) {
       if (record.clientClosed) return;

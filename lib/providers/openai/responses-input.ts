@@ -1,0 +1,67 @@
+import { utf8Bytes } from '../../metering/count-tokens.ts';
+import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import type { ResponsesRequest } from './responses-wire.ts';
+
+type Item = Record<string, unknown>;
+
+/** Per-item framing, as for chat messages. */
+const itemOverhead = 3;
+
+function contentPieces(content: unknown, pieces: PromptPieces): void {
+  if (content === undefined || content === null) return;
+  if (typeof content === 'string') {
+    pieces.texts.push(content);
+    return;
+  }
+  if (!Array.isArray(content)) {
+    pieces.opaqueBytes += utf8Bytes(JSON.stringify(content) ?? '');
+    return;
+  }
+  for (const element of content as unknown[]) {
+    const part = element as Item | null;
+    if (part && (part.type === 'input_text' || part.type === 'output_text' || part.type === 'text') && typeof part.text === 'string') pieces.texts.push(part.text);
+    else if (part && part.type === 'input_image') {
+      // An image by URL or inline data; a file id is fetched upstream, its size unknown here.
+      if (typeof part.file_id === 'string' && !part.image_url) pieces.remote = (pieces.remote ?? 0) + 1;
+      else pieces.images += 1;
+    } else if (part && part.type === 'input_file' && !part.file_data) pieces.remote = (pieces.remote ?? 0) + 1;
+    else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+  }
+}
+
+/** The input's pieces: text by its bytes, images and remote content by their bounds, anything else by its JSON. */
+function promptPieces(request: ResponsesRequest): PromptPieces {
+  const pieces: PromptPieces = { texts: [], images: 0, remote: 0, opaqueBytes: 0 };
+  contentPieces(request.instructions, pieces);
+  if (typeof request.input === 'string') pieces.texts.push(request.input);
+  else if (Array.isArray(request.input)) {
+    for (const element of request.input as unknown[]) {
+      const item = element as Item | null;
+      if (item && (item.type === 'message' || (item.type === undefined && 'role' in item))) {
+        if (typeof item.role === 'string') pieces.texts.push(item.role);
+        contentPieces(item.content, pieces);
+      } else if (item && item.type === 'item_reference') {
+        // A stored item, fetched upstream.
+        pieces.remote = (pieces.remote ?? 0) + 1;
+      } else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+    }
+  } else if (request.input !== undefined && request.input !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.input) ?? '');
+  // A stored conversation continued upstream: its size is unknown here.
+  if (request.previous_response_id) pieces.remote = (pieces.remote ?? 0) + 1;
+  if (request.tools) pieces.texts.push(JSON.stringify(request.tools));
+  const text = (request as { text?: unknown }).text;
+  if (text) pieces.texts.push(JSON.stringify(text));
+  return pieces;
+}
+
+const framing = (request: ResponsesRequest) => (Array.isArray(request.input) ? request.input.length : 1) * itemOverhead + 3;
+
+/** A strict upper bound on the request's input tokens, with no tokenizer. */
+export function boundResponsesInputTokens(request: ResponsesRequest): number {
+  return boundPromptTokens(promptPieces(request), framing(request));
+}
+
+/** The input by the tokenizer, for when the provider reported no usage. */
+export function countResponsesInputTokens(request: ResponsesRequest): Promise<{ tokens: number; estimated: boolean }> {
+  return countPromptTokens(promptPieces(request), framing(request));
+}

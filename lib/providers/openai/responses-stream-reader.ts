@@ -1,0 +1,80 @@
+import type { TokenUsage } from '../../billing/token-buckets.ts';
+import { sseJson } from '../../metering/sse-event-splitter.ts';
+import { convertResponsesUsage } from './convert-responses-usage.ts';
+import { responsesUsageSchema, type ResponseObject } from './responses-wire.ts';
+
+/** The events whose `delta` is output that reached the gateway. */
+const outputDeltas = new Set([
+  'response.output_text.delta',
+  'response.refusal.delta',
+  'response.function_call_arguments.delta',
+  'response.custom_tool_call_input.delta',
+  'response.reasoning_summary_text.delta',
+  'response.reasoning_text.delta',
+]);
+
+/** The events that end a response and carry its final usage. */
+const terminal = new Set(['response.completed', 'response.incomplete', 'response.failed']);
+
+/** The output text of a finished response object: messages, refusals, tool calls, reasoning summaries. */
+export function responseDelivered(response: ResponseObject): string[] {
+  const delivered: string[] = [];
+  const keep = (text: string | null | undefined) => {
+    if (text) delivered.push(text);
+  };
+  for (const item of response.output ?? []) {
+    for (const part of item.content ?? []) {
+      keep(part.text);
+      keep(part.refusal);
+    }
+    for (const part of item.summary ?? []) keep(part.text);
+    keep(item.name);
+    keep(item.arguments);
+    keep(item.input);
+  }
+  return delivered;
+}
+
+/**
+ * Reads a Responses API stream: the output deltas that reached the gateway, and
+ * the final usage of response.completed (or .incomplete, or .failed). Usage is
+ * final only there: a stream cut before it has none. Read by hand, not by
+ * schema, since it runs for every event; a line that does not parse is skipped.
+ */
+export function createResponsesStreamReader() {
+  let usage: TokenUsage | null = null;
+  let error: string | null = null;
+  let responseId: string | null = null;
+  const delivered: string[] = [];
+
+  return {
+    read(event: string): Record<string, unknown> | null {
+      const json = sseJson(event) as Record<string, unknown> | null | undefined;
+      if (!json || typeof json !== 'object') return null;
+      const type = json.type;
+      if (typeof type !== 'string') return null;
+      if (type === 'response.created') {
+        const id = (json.response as { id?: unknown } | null)?.id;
+        if (typeof id === 'string') responseId = id;
+      }
+      if (outputDeltas.has(type) && typeof json.delta === 'string' && json.delta) delivered.push(json.delta);
+      else if (type === 'response.output_item.added') {
+        const name = (json.item as { name?: unknown } | null)?.name;
+        if (typeof name === 'string' && name) delivered.push(name);
+      } else if (terminal.has(type)) {
+        const response = json.response as { usage?: unknown; error?: { message?: unknown } | null } | null;
+        const parsed = responsesUsageSchema.safeParse(response?.usage);
+        if (parsed.success && response?.usage) usage = convertResponsesUsage(parsed.data);
+        if (type === 'response.failed') error = typeof response?.error?.message === 'string' ? response.error.message : 'the response failed';
+      } else if (type === 'error') {
+        error = typeof json.message === 'string' ? json.message : 'upstream error event';
+      }
+      return json;
+    },
+    usage: () => usage,
+    delivered: () => delivered,
+    error: () => error,
+    /** The response's id, from response.created. */
+    responseId: () => responseId,
+  };
+}

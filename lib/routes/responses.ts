@@ -1,0 +1,144 @@
+import type { Context } from 'hono';
+import type { AppEnv } from '../app-env.ts';
+import { GatewayError, refusalError } from '../errors.ts';
+import { parseJsonAs } from '../parse-json-as.ts';
+import { forwardAsIs, proxyMetered } from '../gateway/proxy.ts';
+import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
+import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
+import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
+import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
+import { createResponsesStreamReader, responseDelivered } from '../providers/openai/responses-stream-reader.ts';
+import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
+import { channelsFor } from '../providers/registry.ts';
+
+/** Hosted tools the upstream bills per call or per session, beyond tokens: not on this price sheet. */
+const feeTools = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'file_search', 'code_interpreter', 'image_generation']);
+
+/** The client's own headers that matter upstream (Codex's session and client headers); nothing else of the client's is sent. */
+const forwardedClientHeader = /^(x-openai-[a-z0-9-]+|openai-beta|session_id|conversation_id|originator)$/;
+
+function clientHeaders(c: Context<AppEnv>): Record<string, string> {
+  const headers: Record<string, string> = {};
+  c.req.raw.headers.forEach((value, name) => {
+    if (forwardedClientHeader.test(name)) headers[name] = value;
+  });
+  return headers;
+}
+
+/** Every tool the request offers: `tools`, and those Codex puts in input items of type additional_tools. */
+function offeredTools(request: Record<string, unknown>): unknown[] {
+  const tools = [...((request.tools as unknown[] | undefined) ?? [])];
+  if (Array.isArray(request.input)) {
+    for (const item of request.input as Array<{ type?: unknown; tools?: unknown } | null>) {
+      if (item?.type === 'additional_tools' && Array.isArray(item.tools)) tools.push(...item.tools);
+    }
+  }
+  return tools;
+}
+
+/** An error in the Responses API's streaming shape. */
+function responsesErrorEvent(error: GatewayError): string {
+  return `event: error\ndata: ${JSON.stringify({ type: 'error', code: error.code, message: error.message, param: null, sequence_number: 0 })}\n\n`;
+}
+
+/**
+ * POST /v1/responses: OpenAI's Responses API (Codex CLI, the AI SDK's default
+ * OpenAI provider, the Agents SDK), streamed and not, for models of
+ * OpenAI-format providers, forwarded as sent and metered on response.completed.
+ * `store` and `previous_response_id` pass through; a continued conversation is
+ * held as content of unknown size.
+ */
+export async function responses(c: Context<AppEnv>): Promise<Response> {
+  const keyHash = await readKeyHash(c);
+  const request = await readJsonBody(c, responsesRequestSchema);
+  const raw = request as Record<string, unknown>;
+  const feeTool = offeredTools(raw).find((tool) => feeTools.has(String((tool as { type?: unknown } | null)?.type))) as { type?: unknown } | undefined;
+  refuseUnbilledOptions([
+    [feeTool !== undefined, 'tools', `The hosted tool "${String(feeTool?.type)}"`],
+    [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
+  ]);
+  const requestedCap = request.max_output_tokens ?? undefined;
+  const authorization = await authorize(
+    c,
+    {
+      keyHash,
+      model: request.model,
+      maxInputTokens: boundResponsesInputTokens(request),
+      maxOutputTokens: requestedCap,
+      capOutput: requestedCap === undefined,
+      providers: providersSpeaking(c, 'openai'),
+    },
+    { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through the Responses API here; use /v1/chat/completions.`, { param: 'model' }) },
+  );
+  const stream = request.stream === true;
+  const extraHeaders = clientHeaders(c);
+  // A response stored upstream is remembered as this account's, so only it may retrieve it.
+  const { services, requestId } = c.var;
+  const remember = (responseId: string | null | undefined) => {
+    if (!responseId || raw.store === false) return;
+    services.waitUntil(
+      services.ledger.recordStoredResponse(requestId, responseId).catch((error: unknown) => {
+        services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
+      }),
+    );
+  };
+  return proxyMetered(c, authorization, {
+    channels: channelsSpeaking(c, authorization, 'openai'),
+    stream,
+    build: (channel) => {
+      const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
+      if (authorization.output_capped) body.max_output_tokens = authorization.max_output_tokens;
+      const built = buildOpenAIRequest(channel, '/responses', body, stream);
+      built.init.headers = { ...extraHeaders, ...(built.init.headers as Record<string, string>) };
+      return built;
+    },
+    createStreamProcessor: () => {
+      const reader = createResponsesStreamReader();
+      const processor = forwardAsIs(reader);
+      return {
+        ...processor,
+        processEvent: (event) => {
+          const known = reader.responseId();
+          const forwarded = processor.processEvent(event);
+          if (!known) remember(reader.responseId());
+          return forwarded;
+        },
+      };
+    },
+    readBody: (text) => {
+      const response = parseJsonAs(responseObjectSchema, text);
+      remember(response?.id);
+      return { body: text, usage: response?.usage ? convertResponsesUsage(response.usage) : null, delivered: response ? responseDelivered(response) : [] };
+    },
+    errorEvent: responsesErrorEvent,
+    countPrompt: () => countResponsesInputTokens(request),
+  });
+}
+
+/**
+ * GET /v1/responses/{id} (and its /input_items): a stored response, retrieved
+ * from the OpenAI channel for the account that created it (one operator key
+ * stores every customer's responses). Not charged: the upstream does not charge
+ * retrieval.
+ */
+export async function retrieveResponse(c: Context<AppEnv>): Promise<Response> {
+  const { services, requestId } = c.var;
+  const allowed = await services.ledger.authorizeStoredResponse(await readKeyHash(c), c.req.param('id') ?? '');
+  if (allowed.status === 'refused') throw refusalError(allowed);
+  const channels = channelsFor(services.config, 'openai', 'openai') ?? [];
+  const suffix = c.req.path.slice('/v1/responses'.length) + (new URL(c.req.url).search || '');
+  const upstreamAbort = new AbortController();
+  abortWhenAborted(c.req.raw.signal, upstreamAbort);
+  const headers = clientHeaders(c);
+  const result = await sendWithFailover(
+    channels,
+    (channel) => {
+      const built = buildOpenAIRequest(channel, `/responses${suffix}`, undefined, false);
+      return { url: built.url, init: { method: 'GET', headers: { ...headers, ...(built.init.headers as Record<string, string>) } } };
+    },
+    { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId },
+  );
+  if (!result.ok) throw result.error;
+  return new Response(await result.response.text(), { status: result.response.status, headers: forwardableHeaders(result.response.headers) });
+}

@@ -1,0 +1,146 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countTokens } from '../../lib/metering/count-tokens.ts';
+import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+// OpenAI's Responses API, as Codex CLI, the AI SDK's default OpenAI provider and
+// the Agents SDK call it, through the official openai SDK.
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+// $1.25 / $10 per 1M input / output tokens, cached input $0.125: reasoning at the output price.
+const price = { input: 1_250_000, cached_input: 125_000, output: 10_000_000 };
+
+beforeAll(async () => {
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, OPENAI_API_KEY: 'sk-upstream' });
+});
+
+afterAll(async () => {
+  await gateway.close();
+  await fake.close();
+});
+
+async function eventOf(requestId: string | null) {
+  await gateway.settled();
+  const { rows: [event] } = await admin().query(
+    `select status, usage_source, input_tokens::int, cached_input_tokens::int, output_tokens::int, reasoning_tokens::int, charged::int
+       from public.usage_events where request_id = $1`,
+    [requestId],
+  );
+  return event;
+}
+
+describe('POST /v1/responses with the openai SDK', () => {
+  it('non-streaming: the upstream answer as is, billed from its usage', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { data: response, response: raw } = await gateway.openai(customer.apiKey).responses
+      .create({ model, input: 'Say hello', reasoning: { effort: 'medium' } })
+      .withResponse();
+    expect(response.output_text).toBe('Hello! How can I help you today?');
+    expect(response).toMatchObject({ ...JSON.parse(readFixture('responses-basic.json')), id: expect.stringMatching(/^resp_[0-9a-f]{48}$/) });
+    // 20 input × 1.25 + 10 output × 10 + 64 reasoning × 10 = 25 + 100 + 640 = 765.
+    expect(await eventOf(raw.headers.get('x-request-id'))).toEqual({
+      status: 'completed', usage_source: 'provider', input_tokens: 20, cached_input_tokens: 0, output_tokens: 10, reasoning_tokens: 64, charged: 765,
+    });
+  });
+
+  it('streaming: the events as the upstream sent them, billed from response.completed', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = await gateway.openai(customer.apiKey).responses.create({ model, input: 'Say hello', stream: true });
+    const types: string[] = [];
+    let text = '';
+    for await (const event of stream) {
+      types.push(event.type);
+      if (event.type === 'response.output_text.delta') text += event.delta;
+    }
+    expect(text).toBe('Hello! How can I help you today?');
+    expect(types.at(0)).toBe('response.created');
+    expect(types.at(-1)).toBe('response.completed');
+    const { rows: [event] } = await admin().query('select request_id from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(await eventOf(event.request_id)).toMatchObject({ status: 'completed', usage_source: 'provider', charged: 765 });
+  });
+
+  it('what Codex sends passes through untouched: tools in input items, namespace and custom tools, store false, its headers', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-function-call', maxOutputTokens: 128_000 });
+    // Enough for the model's whole output, so max_output_tokens is not capped.
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const body = {
+      model,
+      instructions: 'You are Codex.',
+      input: [
+        { type: 'message', role: 'developer', content: [{ type: 'input_text', text: '<permissions>workspace-write</permissions>' }] },
+        { type: 'message', role: 'user', content: [{ type: 'input_text', text: 'List the files' }] },
+        { type: 'additional_tools', tools: [{ type: 'namespace', name: 'mcp__fs', tools: [{ type: 'function', name: 'read', parameters: { type: 'object' } }] }] },
+      ],
+      tools: [
+        { type: 'function', name: 'shell', parameters: { type: 'object', properties: { command: { type: 'array', items: { type: 'string' } } } } },
+        { type: 'custom', name: 'apply_patch', format: { type: 'grammar', syntax: 'lark', definition: 'start: /.+/' } },
+      ],
+      tool_choice: 'auto', parallel_tool_calls: false, store: false, stream: true,
+      reasoning: { effort: 'medium', summary: 'auto', context: 'all_turns' }, text: { verbosity: 'low' },
+      include: ['reasoning.encrypted_content'], prompt_cache_key: 'session-123', client_metadata: { origin: 'codex_cli_rs' },
+    };
+    const response = await fetch(`${gateway.url}/v1/responses`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json',
+        originator: 'codex_cli_rs', session_id: 'session-123', 'x-openai-subagent': 'review', 'x-unrelated': 'kept-out',
+      },
+      body: JSON.stringify(body),
+    });
+    expect(response.status).toBe(200);
+    expect(await response.text()).toContain('"name":"shell"');
+    const upstream = fake.requests.at(-1)!;
+    expect(upstream.path).toBe('/v1/responses');
+    expect(upstream.body).toEqual({ ...body, model: 'responses-function-call' });
+    expect(upstream.headers).toMatchObject({ originator: 'codex_cli_rs', session_id: 'session-123', 'x-openai-subagent': 'review', authorization: 'Bearer sk-upstream' });
+    expect(upstream.headers['x-unrelated']).toBeUndefined();
+    // 28 uncached input × 1.25 + 384 cached × 0.125 + 20 output × 10 + 32 reasoning × 10 = 35 + 48 + 200 + 320 = 603.
+    expect(await eventOf(response.headers.get('x-request-id'))).toEqual({
+      status: 'completed', usage_source: 'provider', input_tokens: 28, cached_input_tokens: 384, output_tokens: 20, reasoning_tokens: 32, charged: 603,
+    });
+  });
+
+  it('a stream cut before response.completed: the delivered output by the tokenizer, as for chat', async () => {
+    const upstreamModel = `responses-cut-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'responses-basic', disconnectAfterEvents: 10, eventDelayMs: 5 });
+    const model = await createModel(price, { upstreamModel, maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await fetch(`${gateway.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, input: 'Say hello', stream: true }),
+    });
+    const text = await response.text();
+    expect(text).toMatch(/event: error\ndata: \{"type":"error","code":"upstream_unavailable"/);
+    // Events 0-9 went out: the deltas "Hello", "!", " How", " can".
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({
+      status: 'failed', usage_source: 'tokenizer', output_tokens: await countTokens(['Hello', '!', ' How', ' can']),
+    });
+  });
+
+  it('hosted tools with fees are refused before any hold; a stored response is retrievable only by its own account, free', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const other = await createCustomer({ balance: 1_000_000 });
+    const client = gateway.openai(customer.apiKey);
+    await expect(client.responses.create({ model, input: 'news?', tools: [{ type: 'web_search' }] })).rejects.toMatchObject({
+      status: 400, error: { code: 'unsupported_parameter', param: 'tools' },
+    });
+    const created = await client.responses.create({ model, input: 'Say hello' });
+    await gateway.settled();
+    const { rows: [before] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    const retrieved = await client.responses.retrieve(created.id);
+    expect(retrieved.id).toBe(created.id);
+    await expect(gateway.openai(other.apiKey).responses.retrieve(created.id)).rejects.toMatchObject({ status: 404, error: { code: 'response_not_found' } });
+    await gateway.settled();
+    const { rows: [after] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    expect(after).toEqual(before);
+    const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows[0].n).toBe(1);
+  });
+});
