@@ -89,7 +89,6 @@ const refusalStatus: Record<string, number> = {
   key_spend_limit_reached: 403,
   key_monthly_limit_reached: 403,
   unsupported_provider: 400,
-  long_context_not_priced: 400,
   request_cancelled: 409,
   response_not_found: 404,
 };

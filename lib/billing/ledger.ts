@@ -183,8 +183,6 @@ export interface AuthorizeRequestInput {
   capOutput?: boolean | undefined;
   /** The providers the route can serve; a model of another is refused (`unsupported_provider`) before any hold. */
   providers?: string[] | undefined;
-  /** The request asks for a long context priced above the flat rates: refused unless the model has a long-context tier. */
-  longContext?: boolean | undefined;
 }
 
 export type RequestOutcome = 'completed' | 'aborted' | 'failed';
@@ -297,7 +295,6 @@ export function createLedger(serviceClient: RpcClient) {
           p_choices: input.choices ?? 1,
           p_cap_output: input.capOutput ?? false,
           p_providers: input.providers ?? null,
-          p_long_context: input.longContext ?? false,
         },
         authorizationSchema,
       );

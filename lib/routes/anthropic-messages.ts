@@ -20,13 +20,12 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
     return type !== undefined && type !== null && type !== 'custom';
   }) as { type?: unknown } | undefined;
   refuseUnbilledOptions([[serverTool !== undefined, 'tools', `The server tool "${String(serverTool?.type)}"`]]);
-  // The 1M-token context beta is billed above 200k input tokens at higher rates:
-  // served for models whose price has that long-context tier, refused for others.
-  const longContext = /context-1m/.test(c.req.header('anthropic-beta') ?? '');
+  // The 1M-token context beta passes: where the upstream bills long prompts at
+  // higher rates, the model's price has that long-context tier (and the hold takes it).
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const authorization = await authorize(
     c,
-    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), longContext },
+    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic') },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
   );
 

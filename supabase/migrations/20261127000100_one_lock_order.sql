@@ -45,8 +45,7 @@
 --   tests and other functions use are redefined in PL/pgSQL, whose plans are
 --   cached per session, with the same results.
 -- - authorize_request takes p_providers: a route that serves only some providers
---   (Anthropic's Messages, OpenAI's embeddings) is refused before any hold; and
---   p_long_context: a long context is served only at a long-context price.
+--   (Anthropic's Messages, OpenAI's embeddings) is refused before any hold.
 -- - settle_request settles a request whose hold the stale-hold job already
 --   released (a settlement delayed by an outage): it charges what was used, as
 --   far as the balance allows, and records that the hold had expired.
@@ -370,11 +369,8 @@ $$;
 revoke all on function private.rate_limits_of(public.api_keys, integer, integer) from public;
 
 -- authorize_request ----------------------------------------------------------
--- Redefined with two more parameters, so the old signature is dropped:
--- p_providers, the providers the calling route can serve (null: any), and
--- p_long_context, set when the request asks for a long context that is priced
--- above the flat rates (Anthropic's 1M-token beta): refused unless the model
--- has a long-context tier. Locks:
+-- Redefined with one more parameter (p_providers), so the old signature is
+-- dropped: the providers the calling route can serve; null means any. Locks:
 -- the key row (only when its policy counts what is in flight), then the account
 -- (the conditional update that takes the hold), then the new usage_events row.
 -- The result is built from the values read, with no second read.
@@ -390,8 +386,7 @@ create function public.authorize_request(
   p_client_ip inet default null,
   p_choices integer default 1,
   p_cap_output boolean default false,
-  p_providers text[] default null,
-  p_long_context boolean default false
+  p_providers text[] default null
 )
 returns jsonb
 language plpgsql
@@ -473,10 +468,6 @@ begin
   v_price := v_rates -> 'price';
   if v_price -> 'input' = 'null' or v_price -> 'output' = 'null' then
     return private.refusal('model_not_priced', format('The model %s has no price and cannot be billed.', p_model));
-  end if;
-  if p_long_context and jsonb_typeof(v_price -> 'long') is distinct from 'object' then
-    return private.refusal('long_context_not_priced',
-      format('The model %s has no long-context price, so its long context (such as Anthropic''s 1M-token beta) is not available here.', p_model));
   end if;
 
   v_max_output := coalesce(p_max_output_tokens, v_model.max_output_tokens);
@@ -606,8 +597,8 @@ begin
 end;
 $$;
 
-revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[], boolean) from public, anon, authenticated;
-grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[], boolean) to service_role;
+revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[]) from public, anon, authenticated;
+grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[]) to service_role;
 
 -- Settlement -------------------------------------------------------------------
 -- One request: its usage_events row (lock 1), its key (lock 2), its account
