@@ -46,6 +46,7 @@ describe.skipIf(!runStage)('Debian PostgreSQL 15 with pg_cron', () => {
   it('registers the jobs by name, and a re-run of the scheduling updates them instead of adding more', async () => {
     const jobs = async () => (await client.query('select jobname, schedule from cron.job order by jobname')).rows;
     expect(await jobs()).toEqual([
+      { jobname: 'tollgate-apply-price-versions', schedule: '* * * * *' },
       { jobname: 'tollgate-check-balance-states', schedule: '* * * * *' },
       { jobname: 'tollgate-deliver-alerts', schedule: '* * * * *' },
       { jobname: 'tollgate-expire-stale-holds', schedule: '* * * * *' },
@@ -57,7 +58,7 @@ describe.skipIf(!runStage)('Debian PostgreSQL 15 with pg_cron', () => {
     await client.query('set role postgres');
     await client.query(scheduling);
     await client.query('reset role');
-    expect(await jobs()).toHaveLength(5);
+    expect(await jobs()).toHaveLength(6);
   });
 
   it('actually runs a scheduled job (seen in cron.job_run_details)', async () => {

@@ -367,6 +367,8 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   // Which id the upstream is sent is the operator's routing.
   model_aliases: { anon: ['alias', 'model_id', 'created_at'], authenticated: ['alias', 'model_id', 'created_at'], service_role: 'all' },
   stored_responses: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  margin_rules: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  price_versions: { anon: 'none', authenticated: 'none', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {
