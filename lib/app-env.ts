@@ -39,6 +39,8 @@ export interface ModelPrice {
   created_at: string;
   long_context_threshold: number | null;
   long_context_price: Record<string, number> | null;
+  /** Micro-units per hosted web search; null: not served. */
+  price_web_search: number | null;
 }
 
 export interface AppEnv {

@@ -91,6 +91,7 @@ const refusalStatus: Record<string, number> = {
   unsupported_provider: 400,
   request_cancelled: 409,
   response_not_found: 404,
+  tool_not_priced: 400,
 };
 
 /** Seconds a client is asked to wait after a 503 billing_unavailable. */
@@ -138,6 +139,6 @@ export function refusalError(refusal: Refusal, topUpBase?: string): GatewayError
       extra: { required: refusal.required, available: refusal.available, ...(url ? { top_up_url: url } : {}), ...(options.length ? { top_up_options: options } : {}) },
     });
   }
-  const param = refusal.code === 'invalid_max_tokens' ? 'max_tokens' : refusal.code.startsWith('model_') ? 'model' : null;
+  const param = refusal.code === 'invalid_max_tokens' ? 'max_tokens' : refusal.code.startsWith('model_') ? 'model' : refusal.code === 'tool_not_priced' ? 'tools' : null;
   return new GatewayError(status, refusal.code, refusal.message, { param });
 }

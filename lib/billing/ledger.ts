@@ -183,6 +183,8 @@ export interface AuthorizeRequestInput {
   capOutput?: boolean | undefined;
   /** The providers the route can serve; a model of another is refused (`unsupported_provider`) before any hold. */
   providers?: string[] | undefined;
+  /** Priced calls the request may make at most (`{web_search: 10}`): held per call, refused (`tool_not_priced`) where unpriced. */
+  calls?: Partial<Record<'web_search', number>> | undefined;
 }
 
 export type RequestOutcome = 'completed' | 'aborted' | 'failed';
@@ -295,6 +297,7 @@ export function createLedger(serviceClient: RpcClient) {
           p_choices: input.choices ?? 1,
           p_cap_output: input.capOutput ?? false,
           p_providers: input.providers ?? null,
+          p_calls: input.calls ?? {},
         },
         authorizationSchema,
       );

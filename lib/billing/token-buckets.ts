@@ -12,6 +12,8 @@ export const tokenBuckets = [
   'reasoning',
   'image',
   'audio',
+  // Not tokens: hosted web searches, priced per search.
+  'web_search',
 ] as const;
 
 export type TokenBucket = (typeof tokenBuckets)[number];

@@ -22,6 +22,8 @@ export interface StreamProcessor {
   delivered(): string[];
   /** An error the upstream reported inside the stream. */
   error(): string | null;
+  /** Priced calls the upstream reported (hosted web searches), billed however the tokens are counted. */
+  calls?(): TokenUsage;
 }
 
 /** What a provider's stream reader offers: it reads events and keeps the metering. */
@@ -40,6 +42,7 @@ export function forwardAsIs(reader: StreamReader): StreamProcessor {
     inputUsage: reader.inputUsage,
     delivered: reader.delivered,
     error: reader.error,
+    calls: reader.calls,
   };
 }
 
@@ -48,6 +51,8 @@ export interface BodyResult {
   body: string;
   usage: TokenUsage | null;
   delivered: string[];
+  /** Priced calls the answer reports (hosted web searches). */
+  calls?: TokenUsage;
 }
 
 export interface ProxyPlan {
@@ -80,16 +85,22 @@ async function settlementFor(
   plan: ProxyPlan,
   error?: string,
   inputUsage?: TokenUsage | null,
+  calls: TokenUsage = {},
 ): Promise<SettleRequestInput> {
-  if (usage) return { requestId, outcome, usage, usageSource: 'provider', error };
+  // Calls the provider reported (web searches) are billed whichever way the tokens are.
+  const reportedCalls = Object.values(calls).some((count) => count);
+  if (usage) return { requestId, outcome, usage: { ...calls, ...usage }, usageSource: 'provider', error };
   // Nothing delivered: only what the provider itself reported (the input, on
   // Anthropic and Gemini streams) is charged; with no provider usage, nothing.
-  if (delivered.length === 0) return { requestId, outcome, usage: inputUsage ?? {}, usageSource: inputUsage ? 'provider' : undefined, error };
+  if (delivered.length === 0) {
+    const reported = inputUsage || reportedCalls ? { ...inputUsage, ...calls } : {};
+    return { requestId, outcome, usage: reported, usageSource: inputUsage || reportedCalls ? 'provider' : undefined, error };
+  }
   const output = await countTokens(delivered);
   // The provider already counted the input (with its cache buckets): only the output needs the tokenizer.
-  if (inputUsage) return { requestId, outcome, usage: { ...inputUsage, output, reasoning: 0 }, usageSource: 'tokenizer', error };
+  if (inputUsage) return { requestId, outcome, usage: { ...calls, ...inputUsage, output, reasoning: 0 }, usageSource: 'tokenizer', error };
   const prompt = await plan.countPrompt();
-  return { requestId, outcome, usage: { input: prompt.tokens, output }, usageSource: prompt.estimated ? 'estimate' : 'tokenizer', error };
+  return { requestId, outcome, usage: { ...calls, input: prompt.tokens, output }, usageSource: prompt.estimated ? 'estimate' : 'tokenizer', error };
 }
 
 /**
@@ -157,7 +168,7 @@ async function answerMetered(c: Context<AppEnv>, authorization: Authorized, plan
     if (plan.translateError) headers.set('content-type', 'application/json');
     const response = new Response(read.body, { status: result.response.status, headers });
     // Charged once the answer is ready to go; a failure before this point releases the hold.
-    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan));
+    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan, undefined, null, read.calls));
     return response;
   }
 
@@ -200,6 +211,7 @@ async function answerMetered(c: Context<AppEnv>, authorization: Authorized, plan
           plan,
           error ?? processor.error() ?? undefined,
           processor.inputUsage?.(),
+          processor.calls?.(),
         ),
       ),
   });

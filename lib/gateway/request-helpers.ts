@@ -161,6 +161,12 @@ export async function authorize(
 }
 
 /**
+ * Hosted web searches held for a request that sets no bound of its own; more are
+ * billed as the response reports them, as far as the balance allows.
+ */
+export const defaultSearchBound = 10;
+
+/**
  * Refuses request options that make the upstream charge more than the token
  * prices this gateway bills (priority processing, search fees). Named per route.
  */

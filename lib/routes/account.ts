@@ -51,6 +51,7 @@ export async function models(c: Context<AppEnv>): Promise<Response> {
       ...(model.long_context_threshold
         ? { long_context: { above_prompt_tokens: model.long_context_threshold, ...model.long_context_price } }
         : {}),
+      ...(model.price_web_search !== null && model.price_web_search !== undefined ? { web_search_per_call: model.price_web_search } : {}),
     },
   });
   const byId = new Map(list.models.map((model) => [model.id, model]));

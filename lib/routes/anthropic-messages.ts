@@ -3,7 +3,7 @@ import type { AppEnv } from '../app-env.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
 import { GatewayError } from '../errors.ts';
-import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
 import { createAnthropicStreamMeter } from '../providers/anthropic/anthropic-stream-meter.ts';
@@ -14,18 +14,21 @@ import { convertAnthropicUsage } from '../providers/anthropic/convert-anthropic-
 export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, messagesRequestSchema);
-  // Server tools (web search, web fetch, code execution) carry fees beyond tokens.
-  const serverTool = (request.tools ?? []).find((tool) => {
-    const type = (tool as { type?: unknown } | null)?.type;
-    return type !== undefined && type !== null && type !== 'custom';
-  }) as { type?: unknown } | undefined;
-  refuseUnbilledOptions([[serverTool !== undefined, 'tools', `The server tool "${String(serverTool?.type)}"`]]);
+  // Server tools: web search is billed per search (priced per model, held at its
+  // max_uses); code execution by container time, which is not priced here. Web
+  // fetch costs tokens only, and client tools (bash, text editor, computer) run
+  // on the client: they pass.
+  const tools = (request.tools ?? []) as Array<{ type?: unknown; max_uses?: unknown } | null>;
+  const feeTool = tools.find((tool) => /^code_execution_/.test(String(tool?.type ?? '')));
+  refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The server tool "${String(feeTool?.type)}"`]]);
+  const search = tools.find((tool) => /^web_search_/.test(String(tool?.type ?? '')));
+  const searches = search ? (typeof search.max_uses === 'number' && search.max_uses > 0 ? search.max_uses : defaultSearchBound) : 0;
   // The 1M-token context beta passes: where the upstream bills long prompts at
   // higher rates, the model's price has that long-context tier (and the hold takes it).
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const authorization = await authorize(
     c,
-    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic') },
+    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), ...(searches ? { calls: { web_search: searches } } : {}) },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
   );
 

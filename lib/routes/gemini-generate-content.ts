@@ -4,10 +4,10 @@ import { GatewayError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { proxyMetered } from '../gateway/proxy.ts';
 import { geminiCountTokens } from './count-tokens.ts';
-import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
-import { createGeminiStreamMeter, geminiDelivered } from '../providers/google/gemini-stream-reader.ts';
+import { createGeminiStreamMeter, geminiDelivered, geminiSearches } from '../providers/google/gemini-stream-reader.ts';
 import { generateContentRequestSchema, generateContentResponseSchema } from '../providers/google/gemini-wire.ts';
 import { convertGeminiUsage } from '../providers/google/convert-gemini-usage.ts';
 
@@ -32,9 +32,12 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   }
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, generateContentRequestSchema);
-  const grounding = ['googleSearch', 'googleSearchRetrieval', 'googleMaps', 'enterpriseWebSearch'];
-  const feeTool = (request.tools ?? []).flatMap((tool) => (tool && typeof tool === 'object' ? Object.keys(tool) : [])).find((name) => grounding.includes(name));
+  // Google Search grounding is billed per search (priced per model); the other
+  // grounding tools are not priced here.
+  const toolNames = (request.tools ?? []).flatMap((tool) => (tool && typeof tool === 'object' ? Object.keys(tool) : []));
+  const feeTool = toolNames.find((name) => ['googleSearchRetrieval', 'googleMaps', 'enterpriseWebSearch'].includes(name));
   refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The ${feeTool} tool`]]);
+  const searches = toolNames.includes('googleSearch') ? defaultSearchBound : 0;
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
   const authorization = await authorize(
     c,
@@ -46,6 +49,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
       choices: request.generationConfig?.candidateCount ?? 1,
       capOutput: requestedCap === undefined,
       providers: providersSpeaking(c, 'google'),
+      ...(searches ? { calls: { web_search: searches } } : {}),
     },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`, { param: 'model' }) },
   );
@@ -61,10 +65,12 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
     createStreamProcessor: createGeminiStreamMeter,
     readBody: (text) => {
       const response = parseJsonAs(generateContentResponseSchema, text);
+      const searched = response ? geminiSearches(response) : 0;
       return {
         body: text,
         usage: response?.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null,
         delivered: response ? geminiDelivered(response) : [],
+        calls: searched ? { web_search: searched } : {},
       };
     },
     errorEvent: (error) => geminiErrorEvent(error.status, error.message),

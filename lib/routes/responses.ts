@@ -3,17 +3,20 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { forwardAsIs, proxyMetered } from '../gateway/proxy.ts';
-import { authorize, channelsSpeaking, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
 import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
-import { createResponsesStreamReader, responseDelivered } from '../providers/openai/responses-stream-reader.ts';
+import { createResponsesStreamReader, responseDelivered, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
 import { channelsFor } from '../providers/registry.ts';
 
-/** Hosted tools the upstream bills per call or per session, beyond tokens: not on this price sheet. */
-const feeTools = new Set(['web_search', 'web_search_preview', 'web_search_preview_2025_03_11', 'file_search', 'code_interpreter', 'image_generation']);
+/** Hosted tools the upstream bills beyond tokens that this gateway does not price (per stored file, per container, per image). */
+const feeTools = new Set(['file_search', 'code_interpreter', 'image_generation']);
+
+/** OpenAI's hosted web search: priced per search (models.price_web_search). */
+const searchTools = new Set(['web_search', 'web_search_2025_08_26', 'web_search_preview', 'web_search_preview_2025_03_11']);
 
 /** The client's own headers that matter upstream (Codex's session and client headers); nothing else of the client's is sent. */
 const forwardedClientHeader = /^(x-openai-[a-z0-9-]+|openai-beta|session_id|conversation_id|originator)$/;
@@ -53,9 +56,11 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, responsesRequestSchema);
   const raw = request as Record<string, unknown>;
-  const feeTool = offeredTools(raw).find((tool) => feeTools.has(String((tool as { type?: unknown } | null)?.type))) as { type?: unknown } | undefined;
+  const tools = offeredTools(raw).map((tool) => String((tool as { type?: unknown } | null)?.type));
+  const feeTool = tools.find((type) => feeTools.has(type));
+  const searches = tools.some((type) => searchTools.has(type)) ? (typeof raw.max_tool_calls === 'number' && raw.max_tool_calls > 0 ? raw.max_tool_calls : defaultSearchBound) : 0;
   refuseUnbilledOptions([
-    [feeTool !== undefined, 'tools', `The hosted tool "${String(feeTool?.type)}"`],
+    [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
   ]);
   const requestedCap = request.max_output_tokens ?? undefined;
@@ -68,6 +73,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
       providers: providersSpeaking(c, 'openai'),
+      ...(searches ? { calls: { web_search: searches } } : {}),
     },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through the Responses API here; use /v1/chat/completions.`, { param: 'model' }) },
   );
@@ -109,7 +115,12 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     readBody: (text) => {
       const response = parseJsonAs(responseObjectSchema, text);
       remember(response?.id);
-      return { body: text, usage: response?.usage ? convertResponsesUsage(response.usage) : null, delivered: response ? responseDelivered(response) : [] };
+      return {
+        body: text,
+        usage: response?.usage ? convertResponsesUsage(response.usage) : null,
+        delivered: response ? responseDelivered(response) : [],
+        calls: response ? responseSearches(response) : {},
+      };
     },
     errorEvent: responsesErrorEvent,
     countPrompt: () => countResponsesInputTokens(request),

@@ -12,7 +12,7 @@ export const datasetVersion: string = (JSON.parse(
   readFileSync(join(dirname(fileURLToPath(import.meta.resolve('@pydantic/genai-prices'))), '..', 'package.json'), 'utf8'),
 ) as { version: string }).version;
 
-/** The dataset's price keys this gateway bills, and the bucket each becomes. Others (per-search fees, image output) are not billed here. */
+/** The dataset's price keys this gateway bills, and the bucket each becomes (web_searches_kcount, per thousand searches, too). Others (image output, file search…) are not billed here. */
 const bucketOfKey: Record<string, string> = {
   input_mtok: 'input',
   cache_read_mtok: 'cached_input',
@@ -65,6 +65,13 @@ function convert(modelPrice: ModelPrice, effectiveFrom: string | null): DatedCos
   };
   for (const [key, value] of Object.entries(modelPrice)) {
     if (value === undefined) continue;
+    if (key === 'web_searches_kcount' && typeof value === 'number') {
+      // Dollars per thousand searches → micro-dollars per search.
+      const perThousand = micro(key, value);
+      if (perThousand % 1000 !== 0) inexact.push(`${key} ${value}`);
+      costs.web_search = Math.ceil(perThousand / 1000);
+      continue;
+    }
     const bucket = bucketOfKey[key];
     if (!bucket) {
       ignored.push(key);

@@ -45,7 +45,8 @@
 --   tests and other functions use are redefined in PL/pgSQL, whose plans are
 --   cached per session, with the same results.
 -- - authorize_request takes p_providers: a route that serves only some providers
---   (Anthropic's Messages, OpenAI's embeddings) is refused before any hold.
+--   (Anthropic's Messages, OpenAI's embeddings) is refused before any hold; and
+--   p_calls, priced calls (hosted web searches) held at their price per call.
 -- - settle_request settles a request whose hold the stale-hold job already
 --   released (a settlement delayed by an outage): it charges what was used, as
 --   far as the balance allows, and records that the hold had expired.
@@ -369,8 +370,10 @@ $$;
 revoke all on function private.rate_limits_of(public.api_keys, integer, integer) from public;
 
 -- authorize_request ----------------------------------------------------------
--- Redefined with one more parameter (p_providers), so the old signature is
--- dropped: the providers the calling route can serve; null means any. Locks:
+-- Redefined with two more parameters, so the old signature is dropped:
+-- p_providers, the providers the calling route can serve (null: any), and
+-- p_calls, the priced calls the request may make at most ({"web_search": 10}):
+-- held at their price per call, refused where they have none. Locks:
 -- the key row (only when its policy counts what is in flight), then the account
 -- (the conditional update that takes the hold), then the new usage_events row.
 -- The result is built from the values read, with no second read.
@@ -386,7 +389,8 @@ create function public.authorize_request(
   p_client_ip inet default null,
   p_choices integer default 1,
   p_cap_output boolean default false,
-  p_providers text[] default null
+  p_providers text[] default null,
+  p_calls jsonb default '{}'
 )
 returns jsonb
 language plpgsql
@@ -414,6 +418,8 @@ declare
   v_open_holds bigint;
   v_plan_requests integer;
   v_plan_tokens integer;
+  v_calls numeric := 0;
+  v_call text;
 begin
   if p_request_id is null or char_length(p_request_id) not between 1 and 128 then
     return private.refusal('invalid_request', 'request id must be 1 to 128 characters');
@@ -476,9 +482,17 @@ begin
       format('max output tokens %s is above the model''s limit of %s', v_max_output, v_model.max_output_tokens),
       jsonb_build_object('limit', v_model.max_output_tokens));
   end if;
+  -- Priced calls (hosted web searches) the request may make, at most: each has a
+  -- price per call, or the request is refused.
+  for v_call in select jsonb_object_keys(coalesce(p_calls, '{}')) loop
+    if jsonb_typeof(v_price -> v_call) is distinct from 'number' then
+      return private.refusal('tool_not_priced', format('The model %s has no price for %s, so that tool is not available here.', p_model, v_call));
+    end if;
+    v_calls := v_calls + (p_calls ->> v_call)::numeric * (v_price ->> v_call)::numeric;
+  end loop;
   v_input_rate := private.max_input_rate(v_price);
   v_output_rate := private.max_output_rate(v_price);
-  v_hold := ceil((p_max_input_tokens * v_input_rate + v_max_output * p_choices * v_output_rate) / 1000000)::bigint;
+  v_hold := ceil((p_max_input_tokens * v_input_rate + v_max_output * p_choices * v_output_rate + v_calls) / 1000000)::bigint;
 
   -- Lock 2: the key, when its policy counts what is in flight, so concurrent
   -- requests of one key are counted one after the other.
@@ -546,11 +560,11 @@ begin
     -- The caller set no output limit: offer the largest one the balance affords
     -- after the worst case of the input. The conditional update still decides.
     if p_cap_output and v_output_rate > 0 then
-      v_affordable := floor((v_available::numeric * 1000000 - p_max_input_tokens * v_input_rate) / (v_output_rate * p_choices));
+      v_affordable := floor((v_available::numeric * 1000000 - p_max_input_tokens * v_input_rate - v_calls) / (v_output_rate * p_choices));
       if v_affordable >= 1 and v_affordable < v_max_output then
         v_max_output := v_affordable::bigint;
         v_capped := true;
-        v_hold := ceil((p_max_input_tokens * v_input_rate + v_max_output * p_choices * v_output_rate) / 1000000)::bigint;
+        v_hold := ceil((p_max_input_tokens * v_input_rate + v_max_output * p_choices * v_output_rate + v_calls) / 1000000)::bigint;
         update public.accounts
            set held = held + v_hold, updated_at = now()
          where id = v_key.account_id
@@ -597,8 +611,8 @@ begin
 end;
 $$;
 
-revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[]) from public, anon, authenticated;
-grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[]) to service_role;
+revoke all on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[], jsonb) from public, anon, authenticated;
+grant execute on function public.authorize_request(text, text, text, bigint, bigint, inet, integer, boolean, text[], jsonb) to service_role;
 
 -- Settlement -------------------------------------------------------------------
 -- One request: its usage_events row (lock 1), its key (lock 2), its account

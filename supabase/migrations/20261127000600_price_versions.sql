@@ -56,6 +56,29 @@ $$;
 
 revoke all on function private.markup_bps(text, text), private.with_markup(jsonb, integer) from public;
 
+-- A model's cost and price columns as {bucket: micro-units per 1M}, nulls left out:
+-- what a price version's costs and prices are compared with.
+create function private.model_costs(p_model public.models)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_strip_nulls(jsonb_build_object('input', p_model.cost_input, 'cached_input', p_model.cost_cached_input,
+    'cache_write', p_model.cost_cache_write, 'cache_write_1h', p_model.cost_cache_write_1h, 'output', p_model.cost_output,
+    'image', p_model.cost_image, 'audio', p_model.cost_audio))
+$$;
+
+create function private.model_prices(p_model public.models)
+returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_strip_nulls(jsonb_build_object('input', p_model.price_input, 'cached_input', p_model.price_cached_input,
+    'cache_write', p_model.price_cache_write, 'cache_write_1h', p_model.price_cache_write_1h, 'output', p_model.price_output,
+    'image', p_model.price_image, 'audio', p_model.price_audio))
+$$;
+revoke all on function private.model_costs(public.models), private.model_prices(public.models) from public;
+
 -- Price versions ------------------------------------------------------------------------
 
 create table public.price_versions (
@@ -271,10 +294,8 @@ begin
         continue when exists (
           select 1 from public.models m
            where m.id = v_entry ->> 'id'
-             and jsonb_strip_nulls(jsonb_build_object('input', m.cost_input, 'cached_input', m.cost_cached_input, 'cache_write', m.cost_cache_write,
-                   'cache_write_1h', m.cost_cache_write_1h, 'output', m.cost_output, 'image', m.cost_image, 'audio', m.cost_audio)) = v_version -> 'costs'
-             and jsonb_strip_nulls(jsonb_build_object('input', m.price_input, 'cached_input', m.price_cached_input, 'cache_write', m.price_cache_write,
-                   'cache_write_1h', m.price_cache_write_1h, 'output', m.price_output, 'image', m.price_image, 'audio', m.price_audio)) = v_prices
+             and private.model_costs(m) = v_version -> 'costs'
+             and private.model_prices(m) = v_prices
              and m.long_context_threshold is not distinct from (v_version #>> '{long,threshold}')::bigint
              and m.long_context_cost is not distinct from (v_version #> '{long,costs}')
              and m.long_context_price is not distinct from v_long_prices);

@@ -28,6 +28,17 @@ describe('GET /v1/models', () => {
     });
   });
 
+  it('shows a model\'s price per hosted web search, where it has one', async () => {
+    const searched = await createModel({ input: 1, output: 1, web_search: 12_000 });
+    const plain = await createModel({ input: 1, output: 1 });
+    const customer = await createCustomer();
+    await admin().query('update public.api_keys set allowed_models = $2 where id = $1', [customer.apiKeyId, [searched, plain]]);
+    const page = await gateway.openai(customer.apiKey).models.list();
+    const pricing = Object.fromEntries(page.data.map((model) => [model.id, (model as unknown as { pricing: Record<string, unknown> }).pricing]));
+    expect(pricing[searched]).toMatchObject({ web_search_per_call: 12_000 });
+    expect(pricing[plain]).not.toHaveProperty('web_search_per_call');
+  });
+
   it('lists only the models a key is allowed', async () => {
     const allowed = await createModel({ input: 1, output: 1 });
     const customer = await createCustomer();

@@ -1,6 +1,7 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { getEncoding } from 'js-tiktoken';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
@@ -156,9 +157,13 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
         headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json', ...headers },
         body: JSON.stringify({ model, max_tokens: 10, messages: [{ role: 'user', content: 'x' }], ...body }),
       });
+    const code = await send({ tools: [{ type: 'code_execution_20250825', name: 'code_execution' }] });
+    expect(code.status).toBe(400);
+    expect(await code.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'unsupported_parameter' } });
+    // Web search is priced per search; this model has no such price.
     const search = await send({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 5 }] });
     expect(search.status).toBe(400);
-    expect(await search.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'unsupported_parameter' } });
+    expect(await search.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'tool_not_priced' } });
     const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
     expect(rows[0].n).toBe(0);
   });
@@ -228,3 +233,67 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(rows).toEqual([]);
   });
 });
+
+describe('the web_search server tool on /v1/messages', () => {
+  // $0.01 per search ($10 per 1k), as Anthropic bills it.
+  const searchModel = (upstreamModel: string) => createModel({ ...price, web_search: 10_000 }, { provider: 'anthropic', upstreamModel, maxOutputTokens: 64_000 });
+  const tools = [{ type: 'web_search_20250305' as const, name: 'web_search' as const, max_uses: 3 }];
+  // 6321 input × 3 + 58 output × 15 + 1 search × 10,000 = 18,963 + 870 + 10,000.
+  const charged = 29_833;
+
+  async function searchEvent(requestId: string | null) {
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select status, usage_source, input_tokens::int, output_tokens::int, web_searches::int, charged::int from public.usage_events where request_id = $1',
+      [requestId],
+    );
+    return event;
+  }
+
+  it('non-streaming: usage.server_tool_use.web_search_requests is billed per search', async () => {
+    const model = await searchModel('messages-web-search');
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const { data: message, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'When was PostgreSQL 18 released?' }], tools })
+      .withResponse();
+    expect(message.content.map((block) => block.type)).toEqual(['text', 'server_tool_use', 'web_search_tool_result', 'text']);
+    expect(fake.requests.at(-1)!.body.tools).toEqual(tools);
+    expect(await searchEvent(response.headers.get('x-request-id'))).toEqual({
+      status: 'completed', usage_source: 'provider', input_tokens: 6321, output_tokens: 58, web_searches: 1, charged,
+    });
+  });
+
+  it('streaming: message_delta\'s usage, search count included, is what is billed', async () => {
+    const model = await searchModel('messages-web-search');
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const { data: stream, response } = await anthropic(customer.apiKey)
+      .messages.create({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'When was PostgreSQL 18 released?' }], tools, stream: true })
+      .withResponse();
+    const blocks: string[] = [];
+    for await (const event of stream) if (event.type === 'content_block_start') blocks.push(event.content_block.type);
+    expect(blocks).toEqual(['text', 'server_tool_use', 'web_search_tool_result', 'text']);
+    expect(await searchEvent(response.headers.get('x-request-id'))).toEqual({
+      status: 'completed', usage_source: 'provider', input_tokens: 6321, output_tokens: 58, web_searches: 1, charged,
+    });
+  });
+
+  it('a stream cut after a search: the search, message_start\'s input and the delivered output', async () => {
+    const upstreamModel = `messages-search-cut-${crypto.randomUUID()}`;
+    // Events 0-9: the first text block, the search and its results; no final usage.
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-web-search', disconnectAfterEvents: 10, eventDelayMs: 5 });
+    const model = await searchModel(upstreamModel);
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const response = await fetch(`${gateway.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'When was PostgreSQL 18 released?' }], tools, stream: true }),
+    });
+    expect(await response.text()).toMatch(/event: error\ndata: \{"type":"error"/);
+    // The search query the model wrote is output too.
+    const output = await countTokens(["I'll search for that.", '{"query": "PostgreSQL 18 release date"}']);
+    expect(await searchEvent(response.headers.get('x-request-id'))).toEqual({
+      status: 'failed', usage_source: 'tokenizer', input_tokens: 2130, output_tokens: output, web_searches: 1, charged: 2130 * 3 + output * 15 + 10_000,
+    });
+  });
+});
+

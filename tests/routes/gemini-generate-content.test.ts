@@ -154,8 +154,16 @@ describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
       headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
       body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }], tools: [{ googleSearch: {} }] }),
     });
+    // Google Search grounding is priced per search; gemini-2.5-flash here has no such price.
     expect(grounded.status).toBe(400);
-    expect(await grounded.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
+    expect(await grounded.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'tool_not_priced' } });
+    const maps = await fetch(`${gateway.url}/v1beta/models/gemini-2.5-flash:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }], tools: [{ googleMaps: {} }] }),
+    });
+    expect(maps.status).toBe(400);
+    expect(await maps.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
     const badPath = await fetch(`${gateway.url}/v1beta/models/%E0%A4%A:generateContent`, {
       method: 'POST',
       headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
@@ -166,3 +174,43 @@ describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
     expect(await eventsOf(customer.accountId)).toEqual([]);
   });
 });
+
+describe('Google Search grounding', () => {
+  // $0.014 per search query ($14 per 1k), as Google bills grounding on Gemini 3.
+  const grounded = () => createModel({ ...price, web_search: 14_000 }, { provider: 'google', upstreamModel: 'generate-grounded', maxOutputTokens: 65_536 });
+  // (12 prompt + 1098 tool-use prompt) × 0.3 + (16 output + 88 thoughts) × 2.5 + 2 searches × 14,000 = 333 + 260 + 28,000.
+  const charged = 28_593;
+
+  async function searchEvent(accountId: string) {
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select status, usage_source, input_tokens::int, web_searches::int, charged::int from public.usage_events where account_id = $1',
+      [accountId],
+    );
+    return event;
+  }
+
+  it('non-streaming: each of groundingMetadata.webSearchQueries is billed per search', async () => {
+    const model = await grounded();
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await genai(customer.apiKey).models.generateContent({
+      model, contents: 'When was PostgreSQL 18 released?', config: { tools: [{ googleSearch: {} }] },
+    });
+    expect(response.candidates?.[0]?.groundingMetadata?.webSearchQueries).toHaveLength(2);
+    expect(fake.requestsFor('generate-grounded').at(-1)!.body.tools).toEqual([{ googleSearch: {} }]);
+    expect(await searchEvent(customer.accountId)).toEqual({ status: 'completed', usage_source: 'provider', input_tokens: 1110, web_searches: 2, charged });
+  });
+
+  it('streaming: the searches the last chunk reports are billed once', async () => {
+    const model = await grounded();
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const stream = await genai(customer.apiKey).models.generateContentStream({
+      model, contents: 'When was PostgreSQL 18 released?', config: { tools: [{ googleSearch: {} }] },
+    });
+    let text = '';
+    for await (const chunk of stream) text += chunk.text ?? '';
+    expect(text).toBe('PostgreSQL 18 was released on 25 September 2025.');
+    expect(await searchEvent(customer.accountId)).toEqual({ status: 'completed', usage_source: 'provider', input_tokens: 1110, web_searches: 2, charged });
+  });
+});
+

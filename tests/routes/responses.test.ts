@@ -128,8 +128,12 @@ describe('POST /v1/responses with the openai SDK', () => {
     const customer = await createCustomer({ balance: 1_000_000 });
     const other = await createCustomer({ balance: 1_000_000 });
     const client = gateway.openai(customer.apiKey);
-    await expect(client.responses.create({ model, input: 'news?', tools: [{ type: 'web_search' }] })).rejects.toMatchObject({
+    await expect(client.responses.create({ model, input: 'find it', tools: [{ type: 'file_search', vector_store_ids: ['vs_1'] }] })).rejects.toMatchObject({
       status: 400, error: { code: 'unsupported_parameter', param: 'tools' },
+    });
+    // Web search is priced per search; this model has no such price.
+    await expect(client.responses.create({ model, input: 'news?', tools: [{ type: 'web_search' }] })).rejects.toMatchObject({
+      status: 400, error: { code: 'tool_not_priced', param: 'tools' },
     });
     const created = await client.responses.create({ model, input: 'Say hello' });
     await gateway.settled();
@@ -142,5 +146,76 @@ describe('POST /v1/responses with the openai SDK', () => {
     expect(after).toEqual(before);
     const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
     expect(rows[0].n).toBe(1);
+  });
+});
+
+describe('hosted web search on /v1/responses', () => {
+  // $0.01 per search ($10 per 1k), as OpenAI bills its web_search tool.
+  const searched = { ...price, web_search: 10_000 };
+  // 8452 input × 1.25 + (47 output + 96 reasoning) × 10 + 2 searches × 10,000 = 10,565 + 1,430 + 20,000.
+  const charged = 31_995;
+
+  async function searchEvent(requestId: string | null) {
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select status, usage_source, web_searches::int, charged::int from public.usage_events where request_id = $1',
+      [requestId],
+    );
+    return event;
+  }
+
+  it('non-streaming: each web_search_call in the output is billed at the model\'s price per search', async () => {
+    const model = await createModel(searched, { upstreamModel: 'responses-web-search', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const { data: response, response: raw } = await gateway.openai(customer.apiKey).responses
+      .create({ model, input: 'When was PostgreSQL 18 released?', tools: [{ type: 'web_search' }] })
+      .withResponse();
+    expect(response.output.filter((item) => item.type === 'web_search_call')).toHaveLength(2);
+    expect(fake.requests.at(-1)!.body.tools).toEqual([{ type: 'web_search' }]);
+    expect(await searchEvent(raw.headers.get('x-request-id'))).toEqual({ status: 'completed', usage_source: 'provider', web_searches: 2, charged });
+  });
+
+  it('streaming: the searches response.completed lists are billed', async () => {
+    const model = await createModel(searched, { upstreamModel: 'responses-web-search', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const stream = await gateway.openai(customer.apiKey).responses
+      .create({ model, input: 'When was PostgreSQL 18 released?', tools: [{ type: 'web_search_preview' }], stream: true })
+      .withResponse();
+    const types: string[] = [];
+    for await (const event of stream.data) types.push(event.type);
+    expect(types.filter((type) => type === 'response.web_search_call.completed')).toHaveLength(2);
+    expect(await searchEvent(stream.response.headers.get('x-request-id'))).toEqual({ status: 'completed', usage_source: 'provider', web_searches: 2, charged });
+  });
+
+  it('searches run before the stream broke are billed with it', async () => {
+    const upstreamModel = `responses-search-cut-${crypto.randomUUID()}`;
+    // Events 0-11: both searches done, no text yet.
+    fake.scenarios.set(upstreamModel, { fixture: 'responses-web-search', disconnectAfterEvents: 12, eventDelayMs: 5 });
+    const model = await createModel(searched, { upstreamModel, maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const response = await fetch(`${gateway.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, input: 'When was PostgreSQL 18 released?', tools: [{ type: 'web_search' }], stream: true }),
+    });
+    expect(await response.text()).toMatch(/event: error\ndata: \{"type":"error","code":"upstream_unavailable"/);
+    expect(await searchEvent(response.headers.get('x-request-id'))).toEqual({ status: 'failed', usage_source: 'provider', web_searches: 2, charged: 20_000 });
+  });
+
+  it('the hold covers max_tool_calls searches, or 10 when the request sets no bound', async () => {
+    const model = await createModel(searched, { upstreamModel: 'responses-web-search', maxOutputTokens: 128_000 });
+    // Enough for 3 searches and 200 output tokens, not for 10 searches.
+    const customer = await createCustomer({ balance: 40_000 });
+    const client = gateway.openai(customer.apiKey);
+    const body = { model, input: 'When was PostgreSQL 18 released?', tools: [{ type: 'web_search' as const }], max_output_tokens: 200 };
+    await expect(client.responses.create(body)).rejects.toMatchObject({ status: 402, error: { code: 'insufficient_credits' } });
+    expect(fake.requests.filter((request) => request.body.model === 'responses-web-search' && request.body.max_output_tokens === 200)).toHaveLength(0);
+    // max_tool_calls is in the API, not yet in this SDK's types.
+    const withBound = { ...body, max_tool_calls: 3 };
+    const bounded = await client.responses.create(withBound);
+    expect(bounded.status).toBe('completed');
+    await gateway.settled();
+    const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account).toEqual({ balance: 40_000 - charged, held: 0 });
   });
 });

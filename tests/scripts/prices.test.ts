@@ -70,8 +70,14 @@ describe('the seed', () => {
       // cost + 20%, rounded up.
       expect(row.price_input).toBe(Math.ceil(row.cost_input * 1.2));
     }
-    const { rows: [opus] } = await admin().query(`select cost_input::int, cost_cached_input::int, cost_cache_write_1h::int, cost_output::int from public.models where id = 'claude-opus-4-8'`);
-    expect(opus).toEqual({ cost_input: 5_000_000, cost_cached_input: 500_000, cost_cache_write_1h: 10_000_000, cost_output: 25_000_000 });
+    const { rows: [opus] } = await admin().query(
+      `select cost_input::int, cost_cached_input::int, cost_cache_write_1h::int, cost_output::int, cost_web_search::int, price_web_search::int
+         from public.models where id = 'claude-opus-4-8'`,
+    );
+    // Web search: the dataset's $10 per thousand is 10,000 micro-dollars per search, + 20%.
+    expect(opus).toEqual({
+      cost_input: 5_000_000, cost_cached_input: 500_000, cost_cache_write_1h: 10_000_000, cost_output: 25_000_000, cost_web_search: 10_000, price_web_search: 12_000,
+    });
     const { rows: [later] } = await admin().query(`select costs, applied_at from public.price_versions where model_id = 'gemini-3.8-flash' and effective_from = '2027-01-01T00:00:00Z'`);
     expect(later).toEqual({ costs: { input: 1_500_000, cached_input: 150_000, output: 7_500_000 }, applied_at: null });
     const { rows: aliases } = await admin().query(`select alias, model_id from public.model_aliases where alias in ('gpt-6.2-sol', 'gpt-4.1-2025-04-14') order by alias`);

@@ -338,7 +338,7 @@ const prices = [
   'price_input', 'price_cached_input', 'price_cache_write', 'price_cache_write_1h',
   'price_output', 'price_reasoning', 'price_image', 'price_audio',
 ];
-const publicModelColumns = ['id', 'provider', 'display_name', 'enabled', 'max_output_tokens', ...prices, 'created_at', 'long_context_threshold', 'long_context_price'];
+const publicModelColumns = ['id', 'provider', 'display_name', 'enabled', 'max_output_tokens', ...prices, 'created_at', 'long_context_threshold', 'long_context_price', 'price_web_search'];
 const tokenColumns = ['input_tokens', 'cached_input_tokens', 'cache_write_tokens', 'cache_write_1h_tokens', 'output_tokens', 'reasoning_tokens', 'image_tokens', 'audio_tokens'];
 const readableColumns: Record<string, { anon: Readable; authenticated: Readable; service_role: Readable }> = {
   accounts: { anon: 'none', authenticated: 'all', service_role: 'all' },
@@ -351,7 +351,7 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
     // Not upstream_cost, rates (they hold the cost rates) or upstream_model.
     authenticated: [
       'request_id', 'account_id', 'api_key_id', 'model_id', 'provider', 'status', 'hold', 'max_input_tokens', 'max_output_tokens',
-      'choices', 'output_capped', ...tokenColumns, 'usage_source', 'amount', 'charged', 'error', 'created_at', 'settled_at', 'hold_expired_at',
+      'choices', 'output_capped', ...tokenColumns, 'usage_source', 'amount', 'charged', 'error', 'created_at', 'settled_at', 'hold_expired_at', 'web_searches',
     ],
     service_role: 'all',
   },

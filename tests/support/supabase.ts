@@ -88,6 +88,8 @@ export interface ModelRates {
   reasoning?: number | null;
   image?: number | null;
   audio?: number | null;
+  /** Micro-units per hosted web search (not per 1M). */
+  web_search?: number | null;
 }
 
 let modelCounter = 0;
@@ -105,9 +107,9 @@ export async function insertModel(pool: pg.Pool, price: ModelRates, options: Mod
   const { cost = {} } = options;
   await pool.query(
     `insert into public.models (id, provider, upstream_model, max_output_tokens,
-       price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning, price_image, price_audio,
-       cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h, cost_output, cost_reasoning, cost_image, cost_audio)
-     values ($1, $19, $20, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+       price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning, price_image, price_audio, price_web_search,
+       cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h, cost_output, cost_reasoning, cost_image, cost_audio, cost_web_search)
+     values ($1, $19, $20, $2, $3, $4, $5, $6, $7, $8, $9, $10, $21, $11, $12, $13, $14, $15, $16, $17, $18, $22)`,
     [
       id, options.maxOutputTokens ?? 1000,
       price.input, price.cached_input ?? null, price.cache_write ?? null, price.cache_write_1h ?? null,
@@ -115,6 +117,7 @@ export async function insertModel(pool: pg.Pool, price: ModelRates, options: Mod
       cost.input ?? null, cost.cached_input ?? null, cost.cache_write ?? null, cost.cache_write_1h ?? null,
       cost.output ?? null, cost.reasoning ?? null, cost.image ?? null, cost.audio ?? null,
       options.provider ?? 'openai', options.upstreamModel ?? id,
+      price.web_search ?? null, cost.web_search ?? null,
     ],
   );
   return id;

@@ -1,3 +1,4 @@
+import type { TokenUsage } from '../../billing/token-buckets.ts';
 import { forwardAsIs, type StreamProcessor } from '../../gateway/proxy.ts';
 import { sseJson } from '../../metering/sse-event-splitter.ts';
 import { anthropicInputUsage, convertAnthropicUsage, mergeAnthropicUsage } from './convert-anthropic-usage.ts';
@@ -8,6 +9,7 @@ export function createAnthropicStreamReader() {
   let usage: AnthropicUsage | null = null;
   let final = false;
   let error: string | null = null;
+  let searches = 0;
   const delivered: string[] = [];
 
   return {
@@ -21,6 +23,7 @@ export function createAnthropicStreamReader() {
           if (streamEvent.message?.usage) usage = mergeAnthropicUsage(usage, streamEvent.message.usage);
           break;
         case 'content_block_start':
+          if (streamEvent.content_block?.type === 'server_tool_use' && streamEvent.content_block.name === 'web_search') searches++;
           if (streamEvent.content_block?.type === 'tool_use' && streamEvent.content_block.name) delivered.push(streamEvent.content_block.name);
           if (streamEvent.content_block?.text) delivered.push(streamEvent.content_block.text);
           break;
@@ -46,6 +49,8 @@ export function createAnthropicStreamReader() {
     inputUsage: () => (usage ? anthropicInputUsage(usage) : null),
     delivered: () => delivered,
     error: () => error,
+    /** Web searches begun, for when the stream ends before its final usage counts them. */
+    calls: (): TokenUsage => (searches ? { web_search: searches } : {}),
   };
 }
 

@@ -29,6 +29,7 @@ export const anthropicUsageSchema = z.looseObject({
     })
     .nullish(),
   output_tokens_details: z.looseObject({ thinking_tokens: z.number().int().nullish() }).nullish(),
+  server_tool_use: z.looseObject({ web_search_requests: z.number().int().nullish() }).nullish(),
 });
 
 export type AnthropicUsage = z.infer<typeof anthropicUsageSchema>;

@@ -21,6 +21,8 @@ export function convertAnthropicUsage(usage: AnthropicUsage): TokenUsage {
     cache_write_1h: atLeastZero(oneHour),
     output: atLeastZero(output - thinking),
     reasoning: atLeastZero(thinking),
+    // The web_search server tool, billed per search (usage.server_tool_use).
+    ...(usage.server_tool_use?.web_search_requests ? { web_search: atLeastZero(usage.server_tool_use.web_search_requests) } : {}),
   };
 }
 
@@ -35,6 +37,6 @@ export function mergeAnthropicUsage(current: AnthropicUsage | null, update: Anth
 
 /** The input side only, as known from message_start. */
 export function anthropicInputUsage(usage: AnthropicUsage): TokenUsage {
-  const { output: _output, reasoning: _reasoning, ...input } = convertAnthropicUsage(usage);
+  const { output: _output, reasoning: _reasoning, web_search: _searches, ...input } = convertAnthropicUsage(usage);
   return input;
 }

@@ -1,3 +1,4 @@
+import type { TokenUsage } from '../../billing/token-buckets.ts';
 import { forwardAsIs, type StreamProcessor } from '../../gateway/proxy.ts';
 import { sseJson } from '../../metering/sse-event-splitter.ts';
 import { convertGeminiUsage, geminiInputUsage } from './convert-gemini-usage.ts';
@@ -15,6 +16,11 @@ export function geminiDelivered(response: GenerateContentResponse): string[] {
   return delivered;
 }
 
+/** Google Search grounding: the searches a response ran (webSearchQueries), billed per search. */
+export function geminiSearches(response: GenerateContentResponse): number {
+  return (response.candidates ?? []).reduce((total, candidate) => total + (candidate.groundingMetadata?.webSearchQueries?.length ?? 0), 0);
+}
+
 /**
  * Reads Gemini stream chunks. Each chunk's usageMetadata is the running total
  * (the prompt only, until the end), so only one that comes with or after a
@@ -25,6 +31,7 @@ export function createGeminiStreamReader() {
   let finished = false;
   let final = false;
   let error: string | null = null;
+  let searches = 0;
   const delivered: string[] = [];
 
   return {
@@ -44,12 +51,14 @@ export function createGeminiStreamReader() {
         if (finished) final = true;
       }
       delivered.push(...geminiDelivered(chunk));
+      searches = Math.max(searches, geminiSearches(chunk));
       return chunk;
     },
     usage: () => (final && usage ? convertGeminiUsage(usage) : null),
     inputUsage: () => (usage ? geminiInputUsage(usage) : null),
     delivered: () => delivered,
     error: () => error,
+    calls: (): TokenUsage => (searches ? { web_search: searches } : {}),
   };
 }
 

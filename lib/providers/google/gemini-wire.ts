@@ -47,6 +47,7 @@ export const generateContentResponseSchema = z.looseObject({
       z.looseObject({
         content: z.looseObject({ parts: z.array(partSchema).nullish() }).nullish(),
         finishReason: z.string().nullish(),
+        groundingMetadata: z.looseObject({ webSearchQueries: z.array(z.unknown()).nullish() }).nullish(),
       }),
     )
     .nullish(),

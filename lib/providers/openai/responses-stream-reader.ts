@@ -16,6 +16,12 @@ const outputDeltas = new Set([
 /** The events that end a response and carry its final usage. */
 const terminal = new Set(['response.completed', 'response.incomplete', 'response.failed']);
 
+/** Hosted web searches among a response's output items: billed per search. */
+export function responseSearches(response: ResponseObject): TokenUsage {
+  const searches = (response.output ?? []).filter((item) => item.type === 'web_search_call').length;
+  return searches ? { web_search: searches } : {};
+}
+
 /** The output text of a finished response object: messages, refusals, tool calls, reasoning summaries. */
 export function responseDelivered(response: ResponseObject): string[] {
   const delivered: string[] = [];
@@ -45,6 +51,8 @@ export function createResponsesStreamReader() {
   let usage: TokenUsage | null = null;
   let error: string | null = null;
   let responseId: string | null = null;
+  let searchesSeen = 0;
+  let finalSearches: number | null = null;
   const delivered: string[] = [];
 
   return {
@@ -61,8 +69,13 @@ export function createResponsesStreamReader() {
       else if (type === 'response.output_item.added') {
         const name = (json.item as { name?: unknown } | null)?.name;
         if (typeof name === 'string' && name) delivered.push(name);
+      } else if (type === 'response.output_item.done') {
+        if ((json.item as { type?: unknown } | null)?.type === 'web_search_call') searchesSeen++;
       } else if (terminal.has(type)) {
-        const response = json.response as { usage?: unknown; error?: { message?: unknown } | null } | null;
+        const response = json.response as { usage?: unknown; output?: unknown; error?: { message?: unknown } | null } | null;
+        if (Array.isArray(response?.output)) {
+          finalSearches = (response.output as Array<{ type?: unknown } | null>).filter((item) => item?.type === 'web_search_call').length;
+        }
         const parsed = responsesUsageSchema.safeParse(response?.usage);
         if (parsed.success && response?.usage) usage = convertResponsesUsage(parsed.data);
         if (type === 'response.failed') error = typeof response?.error?.message === 'string' ? response.error.message : 'the response failed';
@@ -76,5 +89,10 @@ export function createResponsesStreamReader() {
     error: () => error,
     /** The response's id, from response.created. */
     responseId: () => responseId,
+    /** Hosted web searches: as response.completed lists them, else as far as they were seen. */
+    calls: (): TokenUsage => {
+      const searches = finalSearches ?? searchesSeen;
+      return searches ? { web_search: searches } : {};
+    },
   };
 }
