@@ -26,7 +26,8 @@ function generator(seed: number) {
       case 'bool': return next() < 0.5;
       case 'array': return Array.from({ length: Math.floor(next() * 4) }, () => value(depth + 1));
       default: {
-        const keys = ['model', 'messages', 'role', 'content', 'type', 'text', 'max_tokens', 'stream', 'n', 'tools', 'input', 'contents', 'parts', 'generationConfig', 'maxOutputTokens', 'system', 'stream_options', 'image_url', 'url', 'tool_calls', 'function'];
+        const keys = ['model', 'messages', 'role', 'content', 'type', 'text', 'max_tokens', 'stream', 'n', 'tools', 'input', 'contents', 'parts', 'generationConfig', 'maxOutputTokens', 'system', 'stream_options', 'image_url', 'url', 'tool_calls', 'function',
+          'instructions', 'call_id', 'arguments', 'output', 'summary', 'encrypted_content', 'name', 'namespace', 'reasoning', 'effort', 'previous_response_id'];
         return Object.fromEntries(Array.from({ length: Math.floor(next() * 5) }, () => [pick(keys), value(depth + 1)]));
       }
     }
@@ -40,6 +41,7 @@ function generator(seed: number) {
       object.messages = [{ role: pick(['user', 'system', 'assistant', 'tool', 'wizard']), content: value(2) }];
       object.contents = [{ role: 'user', parts: [{ text: 'hi' }, value(3)] }];
       object.max_tokens = pick([1, 5, 0, -3, 1.5, '10']);
+      object.input = [pick([{ role: 'user', content: value(2) }, { type: pick(['function_call', 'function_call_output', 'reasoning', 'custom_tool_call', 'message', 'x']), ...(value(2) as object) }])];
     }
     return JSON.stringify(object);
   };
@@ -65,14 +67,14 @@ afterAll(async () => {
 });
 
 describe('no client input gives a 500', () => {
-  it('400 random requests across every route', async () => {
+  it('600 random requests across every route', async () => {
     const random = generator(20261123);
     const routes = [
-      '/v1/chat/completions', '/v1/embeddings', '/v1/messages', '/webhooks/stripe', '/v1/credits', '/v1/models',
+      '/v1/chat/completions', '/v1/embeddings', '/v1/messages', '/v1/responses', '/v1/responses', '/webhooks/stripe', '/v1/credits', '/v1/models',
       `/v1beta/models/${models[2]}:generateContent`, `/v1beta/models/${models[2]}:streamGenerateContent?alt=sse`, '/v1beta/models/x:nothing', '/v1/unknown',
     ];
     const statuses = new Map<number, number>();
-    for (let round = 0; round < 400; round++) {
+    for (let round = 0; round < 600; round++) {
       const path = random.pick(routes);
       const auth = random.pick([`Bearer ${customer.apiKey}`, 'Bearer tg_AAAAAAAAAAAAAAAAAAAAAAAA', '', 'Basic abc']);
       const response = await fetch(`${gateway.url}${path}`, {

@@ -3,14 +3,17 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { forwardAsIs, proxyMetered } from '../gateway/proxy.ts';
-import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
 import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
 import { createResponsesStreamReader, responseDelivered, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
-import { channelsFor } from '../providers/registry.ts';
+import { channelsFor, channelsOf, providerFormat } from '../providers/registry.ts';
+import { translateResponses, translatedResponsesPlan } from '../providers/responses-translation.ts';
+import { searchBound } from '../providers/openai/responses-conversation.ts';
+import { responsesErrorEvent } from '../providers/openai/responses-writer.ts';
 
 /** Hosted tools the upstream bills beyond tokens that this gateway does not price (per stored file, per container, per image). */
 const feeTools = new Set(['file_search', 'code_interpreter', 'image_generation']);
@@ -40,17 +43,12 @@ function offeredTools(request: Record<string, unknown>): unknown[] {
   return tools;
 }
 
-/** An error in the Responses API's streaming shape. */
-function responsesErrorEvent(error: GatewayError): string {
-  return `event: error\ndata: ${JSON.stringify({ type: 'error', code: error.code, message: error.message, param: null, sequence_number: 0 })}\n\n`;
-}
-
 /**
  * POST /v1/responses: OpenAI's Responses API (Codex CLI, the AI SDK's default
- * OpenAI provider, the Agents SDK), streamed and not, for models of
- * OpenAI-format providers, forwarded as sent and metered on response.completed.
- * `store` and `previous_response_id` pass through; a continued conversation is
- * held as content of unknown size.
+ * OpenAI provider, the Agents SDK), streamed and not. For models of
+ * OpenAI-format providers, forwarded as sent and metered on response.completed;
+ * `store` and `previous_response_id` pass through, a continued conversation
+ * held as content of unknown size. Claude and Gemini models get it translated.
  */
 export async function responses(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
@@ -58,11 +56,14 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const raw = request as Record<string, unknown>;
   const tools = offeredTools(raw).map((tool) => String((tool as { type?: unknown } | null)?.type));
   const feeTool = tools.find((type) => feeTools.has(type));
-  const searches = tools.some((type) => searchTools.has(type)) ? (typeof raw.max_tool_calls === 'number' && raw.max_tool_calls > 0 ? raw.max_tool_calls : defaultSearchBound) : 0;
+  const searches = tools.some((type) => searchTools.has(type)) ? searchBound(raw) : 0;
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
   ]);
+  const { config } = c.var.services;
+  // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
+  const translations = translateResponses(request);
   const requestedCap = request.max_output_tokens ?? undefined;
   const authorization = await authorize(
     c,
@@ -72,11 +73,22 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       maxInputTokens: boundResponsesInputTokens(request),
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
-      providers: providersSpeaking(c, 'openai'),
+      providers: [...config.channels.keys()].filter((provider) => {
+        const format = providerFormat(config, provider);
+        return format === 'openai' || translations.bodies.has(format);
+      }),
       ...(searches ? { calls: { web_search: searches } } : {}),
     },
-    { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through the Responses API here; use /v1/chat/completions.`, { param: 'model' }) },
+    {
+      unsupportedProvider: (provider) =>
+        translations.refusals.get(providerFormat(config, provider)) ??
+        new GatewayError(400, 'unsupported_provider', `The model ${request.model} has no upstream channel configured.`, { param: 'model' }),
+    },
   );
+  const format = providerFormat(config, authorization.model.provider);
+  if (format !== 'openai') {
+    return proxyMetered(c, authorization, translatedResponsesPlan(format, request, authorization, channelsOf(config, authorization.model.provider), translations));
+  }
   const stream = request.stream === true;
   const extraHeaders = clientHeaders(c);
   // A response stored upstream is remembered as this account's, so only it may retrieve it.
@@ -122,7 +134,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
         calls: response ? responseSearches(response) : {},
       };
     },
-    errorEvent: responsesErrorEvent,
+    errorEvent: (error) => responsesErrorEvent(error.code, error.message),
     countPrompt: () => countResponsesInputTokens(request),
   });
 }

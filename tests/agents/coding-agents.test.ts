@@ -23,13 +23,13 @@ const available = existsSync(join(bin, 'claude')) || process.env.CI === 'true';
 let fake: FakeUpstream;
 let gateway: Gateway;
 
-interface Price { input: number; cached_input?: number; cache_write?: number; cache_write_1h?: number; output: number }
+interface Price { input: number; cached_input?: number; cache_write?: number; cache_write_1h?: number; output: number; web_search?: number }
 
 /** The agents' default models today, priced for the test; each answered by a fixture. */
 const models: Array<{ id: string; provider: string; fixture: string; price: Price; longContext?: Price }> = [
   {
     id: 'claude-opus-4-8', provider: 'anthropic', fixture: 'messages-cache',
-    price: { input: 5_000_000, cached_input: 500_000, cache_write: 6_250_000, cache_write_1h: 10_000_000, output: 25_000_000 },
+    price: { input: 5_000_000, cached_input: 500_000, cache_write: 6_250_000, cache_write_1h: 10_000_000, output: 25_000_000, web_search: 10_000 },
     longContext: { input: 10_000_000, output: 37_500_000 },
   },
   { id: 'gpt-6.2-sol', provider: 'openai', fixture: 'responses-basic', price: { input: 1_250_000, cached_input: 125_000, output: 10_000_000 } },
@@ -45,15 +45,17 @@ beforeAll(async () => {
     fake.scenarios.set(model.id, { fixture: model.fixture });
     await admin().query(
       `insert into public.models (id, provider, upstream_model, max_output_tokens, price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output,
-                                  long_context_threshold, long_context_price)
-       values ($1, $2, $1, 64000, $3, $4, $5, $6, $7, $8, $9)
+                                  long_context_threshold, long_context_price, price_web_search)
+       values ($1, $2, $1, 64000, $3, $4, $5, $6, $7, $8, $9, $10)
        on conflict (id) do update set provider = excluded.provider, upstream_model = excluded.upstream_model, enabled = true,
          max_output_tokens = excluded.max_output_tokens, price_input = excluded.price_input, price_cached_input = excluded.price_cached_input,
          price_cache_write = excluded.price_cache_write, price_cache_write_1h = excluded.price_cache_write_1h, price_output = excluded.price_output,
-         long_context_threshold = excluded.long_context_threshold, long_context_price = excluded.long_context_price`,
+         long_context_threshold = excluded.long_context_threshold, long_context_price = excluded.long_context_price,
+         price_web_search = excluded.price_web_search`,
       [
         model.id, model.provider, model.price.input, model.price.cached_input ?? null, model.price.cache_write ?? null,
         model.price.cache_write_1h ?? null, model.price.output, model.longContext ? 200_000 : null, model.longContext ?? null,
+        model.price.web_search ?? null,
       ],
     );
   }
@@ -110,6 +112,20 @@ function expectBill(row: Record<string, unknown>, modelId: string, usage: Requir
   expect(row).toEqual({ model_id: modelId, status: 'completed', usage_source: 'provider', ...buckets, charged: chargeFor(modelId, buckets) });
 }
 
+/** Codex's settings for a Tollgate deployment, as the README gives them. */
+function codexConfig(): string {
+  return [
+    'model_provider = "tollgate"',
+    '',
+    '[model_providers.tollgate]',
+    'name = "Tollgate"',
+    `base_url = "${gateway.url}/v1"`,
+    'env_key = "TOLLGATE_API_KEY"',
+    'wire_api = "responses"',
+    '',
+  ].join('\n');
+}
+
 describe.skipIf(!available)('the coding agents, headless, in their default configuration', () => {
   it('Claude Code: claude-opus-4-8 with its default betas (the 1M context among them), billed from the stream\'s usage', async () => {
     const customer = await createCustomer({ balance: 100_000_000 });
@@ -134,22 +150,31 @@ describe.skipIf(!available)('the coding agents, headless, in their default confi
     const customer = await createCustomer({ balance: 100_000_000 });
     const result = await runAgent('codex', ['exec', '--skip-git-repo-check', 'Say hello'], { TOLLGATE_API_KEY: customer.apiKey }, async (home) => {
       await mkdir(join(home, '.codex'));
-      await writeFile(join(home, '.codex/config.toml'), [
-        'model_provider = "tollgate"',
-        '',
-        '[model_providers.tollgate]',
-        'name = "Tollgate"',
-        `base_url = "${gateway.url}/v1"`,
-        'env_key = "TOLLGATE_API_KEY"',
-        'wire_api = "responses"',
-        '',
-      ].join('\n'));
+      await writeFile(join(home, '.codex/config.toml'), codexConfig());
     });
     expect(result.stdout, result.stderr).toContain('Hello! How can I help you today?');
     const [row, ...rest] = await billed(customer.accountId);
     expect(rest).toEqual([]);
     // responses-basic: 20 input, 74 output of which 64 reasoning.
     expectBill(row!, 'gpt-6.2-sol', { input: 20, output: 10, reasoning: 64 });
+  });
+
+  it('Codex CLI driving a Claude model: the Responses API translated to Anthropic\'s and back, billed from Anthropic\'s usage', async () => {
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const result = await runAgent('codex', ['exec', '--skip-git-repo-check', '-m', 'claude-opus-4-8', 'Say hello'], { TOLLGATE_API_KEY: customer.apiKey }, async (home) => {
+      await mkdir(join(home, '.codex'));
+      await writeFile(join(home, '.codex/config.toml'), codexConfig());
+    });
+    expect(result.stdout, result.stderr).toContain('Hello! The cached context says hi.');
+    const request = fake.requestsFor('claude-opus-4-8').at(-1)!;
+    expect(request.path).toBe('/v1/messages');
+    // Codex's hosted web search went as Anthropic's server tool, its namespaces flattened.
+    expect((request.body.tools as Array<{ name: string; type?: string }>).map((tool) => tool.type ?? tool.name)).toEqual(
+      expect.arrayContaining(['exec_command', 'web_search_20250305', expect.stringMatching(/^multi_agent_v1__/)]),
+    );
+    const [row, ...rest] = await billed(customer.accountId);
+    expect(rest).toEqual([]);
+    expectBill(row!, 'claude-opus-4-8', { input: 25, cached_input: 3000, cache_write: 1000, cache_write_1h: 200, output: 14 });
   });
 
   it('Gemini CLI: its router model, then the model it picks, each billed from its usageMetadata', async () => {

@@ -38,6 +38,8 @@ const contentBlockSchema = z.looseObject({
   type: z.string(),
   text: z.string().nullish(),
   thinking: z.string().nullish(),
+  signature: z.string().nullish(),
+  data: z.string().nullish(),
   id: z.string().nullish(),
   name: z.string().nullish(),
   input: z.unknown().optional(),
@@ -64,6 +66,7 @@ export const anthropicStreamEventSchema = z.looseObject({
       text: z.string().nullish(),
       partial_json: z.string().nullish(),
       thinking: z.string().nullish(),
+      signature: z.string().nullish(),
       stop_reason: z.string().nullish(),
     })
     .nullish(),

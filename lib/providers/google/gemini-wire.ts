@@ -5,6 +5,7 @@ import { z } from 'zod';
 const partSchema = z.looseObject({
   text: z.string().nullish(),
   thought: z.boolean().nullish(),
+  thoughtSignature: z.string().nullish(),
   inlineData: z.looseObject({ mimeType: z.string().nullish(), data: z.string().nullish() }).nullish(),
   functionCall: z.looseObject({ name: z.string().nullish(), args: z.unknown().optional() }).nullish(),
   functionResponse: z.looseObject({ name: z.string().nullish(), response: z.unknown().optional() }).nullish(),
