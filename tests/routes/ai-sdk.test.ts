@@ -53,6 +53,26 @@ describe('the AI SDK\'s default providers', () => {
     ]);
   });
 
+  it('openai(…) with a Claude or a Gemini model: the Responses API, translated, generateText and streamText', async () => {
+    const claude = await createModel(price, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });
+    const gemini = await createModel(price, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const openai = createOpenAI({ apiKey: customer.apiKey, baseURL: `${gateway.url}/v1` });
+    const generated = await generateText({ model: openai(claude), prompt: 'Hi' });
+    expect(generated.text).toBe('Hello! The cached context says hi.');
+    // The Responses API's input_tokens include cache reads and writes: 25 + 3000 + 1200.
+    expect(generated.usage).toMatchObject({ inputTokens: 4225, outputTokens: 14 });
+    const streamed = streamText({ model: openai(gemini), prompt: 'What is the answer?' });
+    expect(await streamed.text).toBe('The answer is 42.');
+    expect(await streamed.usage).toMatchObject({ inputTokens: 1200, outputTokens: 152 });
+    expect(fake.requests.at(-1)!.path).toBe('/v1beta/models/generate-cached-thoughts:streamGenerateContent?alt=sse');
+    // (25 + 3000 + 1200) × 1 + 14 × 4 (no cache prices: input's); (1200 × 1 + 152 × 4).
+    expect(await bills(customer.accountId)).toEqual([
+      { status: 'completed', usage_source: 'provider', charged: 4281 },
+      { status: 'completed', usage_source: 'provider', charged: 1808 },
+    ]);
+  });
+
   it('anthropic(…): the Messages API, generateText and streamText', async () => {
     const model = await createModel({ input: 3_000_000, cached_input: 300_000, cache_write: 3_750_000, output: 15_000_000 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });
     const customer = await createCustomer({ balance: 10_000_000 });
