@@ -3,6 +3,8 @@ import type { SettlementOutbox } from './billing/settlement-outbox.ts';
 import type { Config } from './env.ts';
 import type { RateLimiter, createLimitsCache } from './gateway/rate-limits.ts';
 import type { RequestHold } from './gateway/request-hold.ts';
+import type { WarmKeys } from './gateway/warm-keys.ts';
+import type { SettlementBatcher } from './gateway/settlement-batcher.ts';
 
 export interface Services {
   config: Config;
@@ -21,6 +23,10 @@ export interface Services {
   /** Settlements the database could not take in time; present when Upstash Redis is configured. */
   outbox?: SettlementOutbox | undefined;
   limitsCache: ReturnType<typeof createLimitsCache>;
+  /** Keys this instance authorized recently: their upstream calls may start while authorize runs. */
+  warmKeys: WarmKeys;
+  /** Settlements of this instance, sent to the database together. */
+  settlements: SettlementBatcher;
 }
 
 export interface ModelPrice {

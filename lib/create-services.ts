@@ -5,6 +5,9 @@ import { createSettlementOutbox } from './billing/settlement-outbox.ts';
 import { fetchWithDeadline } from './fetch-with-deadline.ts';
 import type { Config } from './env.ts';
 import { createLimitsCache, createRateLimiter } from './gateway/rate-limits.ts';
+import { deliverSettlement } from './gateway/settle-in-background.ts';
+import { createSettlementBatcher } from './gateway/settlement-batcher.ts';
+import { createWarmKeys } from './gateway/warm-keys.ts';
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
@@ -32,14 +35,22 @@ export function createServices(config: Config, options: ServiceOptions): Service
     config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
       ? { url: config.UPSTASH_REDIS_REST_URL, token: config.UPSTASH_REDIS_REST_TOKEN }
       : undefined;
-  return {
+  const ledger = createLedger(database);
+  const services: Services = {
     config,
     rateLimiter: upstash
       ? createRateLimiter({ ...upstash, timeoutMs: config.RATE_LIMIT_TIMEOUT_MS, windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS, log })
       : undefined,
     outbox: upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined,
     limitsCache: createLimitsCache(),
-    ledger: createLedger(database),
+    warmKeys: createWarmKeys(),
+    settlements: createSettlementBatcher({
+      settleMany: (settlements) => ledger.settleRequests(settlements),
+      deliverOne: (settlement) => deliverSettlement(services, settlement),
+      log,
+      windowMs: config.SETTLE_BATCH_WINDOW_MS,
+    }),
+    ledger,
     database,
     listModels: async () => {
       const [models, aliases] = await Promise.all([
@@ -55,4 +66,5 @@ export function createServices(config: Config, options: ServiceOptions): Service
     waitUntil: options.waitUntil,
     log,
   };
+  return services;
 }

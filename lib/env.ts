@@ -56,6 +56,14 @@ const environmentSchema = z.object({
   SETTLE_RETRY_WINDOW_MS: positiveInteger(25_000),
   /** Deadline of each call to the settlement outbox in Redis. */
   OUTBOX_TIMEOUT_MS: positiveInteger(2_000),
+  /**
+   * For a key this instance authorized within the last minute with ample
+   * balance and rate-limit headroom, the upstream call starts while authorize
+   * runs (nothing reaches the client before the hold is taken). "off": never.
+   */
+  SPECULATIVE_UPSTREAM: z.enum(['on', 'off']).default('on'),
+  /** Settlements of one instance wait at most this long to go to the database together (one call per batch). */
+  SETTLE_BATCH_WINDOW_MS: z.coerce.number().int().min(0).max(1_000).default(10),
   /** Bearer secret of the internal routes (the outbox drain); Vercel Cron sends it. Unset: those routes answer 503. */
   CRON_SECRET: optionalText,
 });

@@ -17,14 +17,19 @@ import { createServices } from '../lib/create-services.ts';
 import { loadConfig } from '../lib/env.ts';
 import { createOpenAIChatMeter } from '../lib/providers/openai/openai-chat-meter.ts';
 import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
-import { readFixture, startFakeUpstream } from '../tests/support/fake-upstream.ts';
+import { readFixture, startFakeUpstream, type FakeUpstream } from '../tests/support/fake-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
-import { benchDatabase } from './bench-database.ts';
+import { benchDatabase } from './bench/database.ts';
+import { cpuByComponent, runLoad, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
+import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
+import { Agent } from 'node:http';
+import pg from 'pg';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 300);
 const databaseSeconds = Number(process.env.BENCH_DB_SECONDS ?? 3);
 // `npm run bench -- database` runs one section; no argument runs them all.
-const sections = new Set(process.argv.slice(2).length ? process.argv.slice(2) : ['gateway', 'database']);
+const loadSeconds = Number(process.env.BENCH_LOAD_SECONDS ?? 5);
+const sections = new Set(process.argv.slice(2).length ? process.argv.slice(2) : ['gateway', 'load', 'latency', 'database']);
 
 function summary(samples: number[]) {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -52,7 +57,7 @@ async function main() {
   const stack = await startLocalSupabase({ dataDir, persistent: false });
   const fake = await startFakeUpstream();
   const pending = new Set<Promise<unknown>>();
-  const config = loadConfig({ SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1` });
+  const config = loadConfig({ SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on' });
   const services = createServices(config, {
     waitUntil: (promise) => {
       pending.add(promise);
@@ -66,6 +71,7 @@ async function main() {
 
   try {
     if (sections.has('database')) await benchDatabase({ stack, clusterDir: join(dataDir, 'postgres'), seconds: databaseSeconds });
+    if (sections.has('load') || sections.has('latency')) await benchLoad(stack, fake);
     if (!sections.has('gateway')) return;
     const userId = await stack.createUser();
     const token = stack.mintUserJwt(userId);
@@ -74,7 +80,7 @@ async function main() {
     const admin = createClient(stack.supabaseUrl, stack.serviceRoleKey, { realtime: { transport: WebSocket as never } });
     const { data: account } = await admin.from('accounts').select('id').eq('user_id', userId).single();
     await services.ledger.grantCredits({ accountId: account!.id, amount: 1_000_000_000_000 });
-    await admin.from('models').insert({ id: 'bench', provider: 'openai', upstream_model: 'chat-basic', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
+    await admin.from('models').upsert({ id: 'bench', provider: 'openai', upstream_model: 'chat-basic', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
 
     const body = (model: string, stream: boolean) => JSON.stringify({ model, messages: [{ role: 'user', content: 'Say hello' }], stream, max_tokens: 50 });
     const post = (url: string, payload: string, headers: Record<string, string> = {}) =>
@@ -145,6 +151,126 @@ async function main() {
     await fake.close();
     await stack.stop();
     await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+const upstreamFirstByteMs = 150;
+
+const chatBody = (model: string, stream: boolean) => JSON.stringify({ model, messages: [{ role: 'user', content: 'Say hello' }], stream, max_tokens: 50 });
+
+function printLoad(label: string, result: LoadResult, baseline?: LoadResult) {
+  const ratio = baseline ? `   (${(result.requestsPerSecond / baseline.requestsPerSecond).toFixed(2)}× direct)` : '';
+  const errors = result.errors ? `   ${result.errors} errors, first: ${result.firstError}` : '   0 errors';
+  console.log(`  ${label.padEnd(34)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s   p50 ${fmt(result.p50)}   p99 ${fmt(result.p99)}${ratio}${errors}`);
+}
+
+/**
+ * Throughput at 16 and 64 connections, over 64 keys of 64 accounts and over
+ * one key, with the gateway in a process of its own (and rate limits on a
+ * local Upstash when redis-server is installed); then the time to first byte
+ * with the database 20 ms away, for a key this instance has not seen (cold)
+ * and one it has (warm).
+ */
+async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, fake: FakeUpstream) {
+  const upstreamUrl = fake.url;
+  const admin = createClient(stack.supabaseUrl, stack.serviceRoleKey, { realtime: { transport: WebSocket as never } });
+  await admin
+    .from('models')
+    .upsert([
+      { id: 'bench', provider: 'openai', upstream_model: 'chat-basic', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 },
+      { id: 'bench-slow-start', provider: 'openai', upstream_model: 'chat-slow-start', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 },
+    ])
+    .throwOnError();
+  const upstash = redisServerPath() ? await startLocalUpstash() : undefined;
+  const environment: Record<string, string> = {
+    SUPABASE_URL: stack.supabaseUrl,
+    SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    OPENAI_BASE_URL: `${upstreamUrl}/v1`,
+    SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on',
+    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
+  };
+  const customers = await Promise.all(Array.from({ length: 64 }, () => stack.createCustomer(1_000_000_000_000)));
+  const cold = sections.has('latency') ? await Promise.all(Array.from({ length: Math.min(rounds, 60) + 5 }, () => stack.createCustomer(1_000_000_000))) : [];
+  // Limits far above what the bench sends, so the rate limiter runs on every request and never refuses.
+  const database = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+  await database.connect();
+  try {
+    await database.query(`insert into public.plans (id, name, monthly_credits, requests_per_minute, tokens_per_minute)
+                          values ('bench', 'Bench', 0, 10000000, 2000000000) on conflict (id) do nothing`);
+    await database.query(`update public.accounts set plan = 'bench' where id = any ($1)`, [[...customers, ...cold].map((customer) => customer.accountId)]);
+  } finally {
+    await database.end();
+  }
+  const direct: LoadRequest = { url: `${upstreamUrl}/v1/chat/completions`, headers: { 'content-type': 'application/json' }, body: chatBody('chat-basic', false) };
+  const through = (url: string, apiKey: string, stream = false, model = 'bench'): LoadRequest => ({
+    url: `${url}/v1/chat/completions`,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}` },
+    body: chatBody(model, stream),
+  });
+  try {
+    if (sections.has('load')) {
+      const gateway = await startGatewayProcess(environment);
+      try {
+        console.log(`\nThroughput, ${loadSeconds} s per row, non-streamed, gateway in its own process${upstash ? ', rate limits on local Upstash' : ''}\n`);
+        // Unmeasured: the gateway's JIT, connection pools and the keys' first authorizations warm up.
+        await runLoad(16, 2, (index) => through(gateway.url, customers[index % 64]!.apiKey));
+        for (const concurrency of [16, 64]) {
+          const baseline = await runLoad(concurrency, loadSeconds, () => direct);
+          printLoad(`${concurrency} connections, upstream direct`, baseline);
+          for (const [label, next] of [
+            ['64 keys', (index: number) => through(gateway.url, customers[index % 64]!.apiKey)],
+            ['one key', () => through(gateway.url, customers[0]!.apiKey)],
+          ] as const) {
+            const before = cpuByComponent(gateway.pid);
+            const result = await runLoad(concurrency, loadSeconds, next);
+            printLoad(`${concurrency} connections, ${label}`, result, baseline);
+            const after = cpuByComponent(gateway.pid);
+            if (before && after) {
+              const served = result.requestsPerSecond * loadSeconds;
+              const parts = Object.keys(after).map((name) => `${name} ${((after[name]! - before[name]!) / served).toFixed(2)}`);
+              console.log(`${' '.repeat(38)}CPU ms per request: ${parts.join(', ')}`);
+            }
+          }
+        }
+      } finally {
+        await gateway.stop();
+      }
+    }
+    if (sections.has('latency')) {
+      const proxy = await startDelayProxy(new URL(stack.supabaseUrl), 10);
+      const gateway = await startGatewayProcess({ ...environment, SUPABASE_URL: proxy.url });
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const samples = Math.min(rounds, 60);
+        // An upstream whose first byte takes 150 ms (real models take from about 300 ms to seconds):
+        // a warm key's authorize runs while the upstream works, so it adds nothing it can hide behind it.
+        fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
+        const streamDirect: LoadRequest = { ...direct, body: chatBody('chat-slow-start', true) };
+        const measure = async (next: (index: number) => LoadRequest) => {
+          for (let warm = 0; warm < 5; warm++) await timeToFirstByte(agent, next(warm));
+          const times: number[] = [];
+          for (let index = 5; index < samples + 5; index++) {
+            times.push(await timeToFirstByte(agent, next(index)));
+            await new Promise((resolve) => setTimeout(resolve, 25));
+          }
+          return summary(times);
+        };
+        const base = await measure(() => streamDirect);
+        const coldKey = await measure((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start'));
+        const warmKey = await measure(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start'));
+        console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
+        console.log('                                     p50      p99   added p50');
+        console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
+        console.log(`  through gateway, cold key         ${fmt(coldKey.p50)}  ${fmt(coldKey.p99)}  ${fmt(coldKey.p50 - base.p50)}`);
+        console.log(`  through gateway, warm key         ${fmt(warmKey.p50)}  ${fmt(warmKey.p99)}  ${fmt(warmKey.p50 - base.p50)}`);
+      } finally {
+        agent.destroy();
+        await gateway.stop();
+        await proxy.close();
+      }
+    }
+  } finally {
+    await upstash?.stop();
   }
 }
 

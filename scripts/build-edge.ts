@@ -35,6 +35,52 @@ export async function buildEdgeBundle(format: 'esm' | 'iife' = 'esm', minify = f
   return { code, bytes, gzipBytes: gzipSync(code, { level: 9 }).length };
 }
 
+export interface EdgeChunk {
+  /** The output file, relative to the output folder. */
+  file: string;
+  /** The chunk of api/index.ts (dynamic imports are entry points of their own to esbuild). */
+  entry: boolean;
+  bytes: number;
+  gzipBytes: number;
+  /** The source modules bundled into it. */
+  inputs: string[];
+}
+
+/**
+ * The bundle split at its dynamic imports, as an ESM bundler deploys it: the
+ * entry chunk is what every cold start loads; the rest (the fallback
+ * tokenizer and its ranks) loads on first use.
+ */
+export async function buildEdgeChunks(): Promise<EdgeChunk[]> {
+  const outdir = join(projectRoot, 'dist/edge-chunks');
+  const result = await build({
+    entryPoints: [join(projectRoot, 'api/index.ts')],
+    bundle: true,
+    write: false,
+    format: 'esm',
+    splitting: true,
+    outdir,
+    metafile: true,
+    platform: 'browser',
+    conditions: ['edge-light', 'worker', 'browser'],
+    target: 'es2022',
+    minify: true,
+    define: { 'process.env.NODE_ENV': '"production"' },
+    logLevel: 'silent',
+  });
+  return result.outputFiles.map((output) => {
+    const file = output.path.slice(outdir.length + 1);
+    const meta = Object.entries(result.metafile.outputs).find(([path]) => path.endsWith(`/${file}`) || path === file)?.[1];
+    return {
+      file,
+      entry: meta?.entryPoint === 'api/index.ts',
+      bytes: output.contents.length,
+      gzipBytes: gzipSync(output.contents, { level: 9 }).length,
+      inputs: Object.keys(meta?.inputs ?? {}),
+    };
+  });
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
   const bundle = await buildEdgeBundle('esm', true);
   const out = join(projectRoot, 'dist/edge/index.js');

@@ -136,18 +136,21 @@ describe('insufficient credits', () => {
 });
 
 describe('the request path', () => {
-  it('makes exactly one database round trip before the upstream call', async () => {
-    for (const stream of [false, true]) {
+  it('makes one database round trip before the upstream call for a new key, none for a warm one, and settles in one call after', async () => {
+    const fresh = await createCustomer({ balance: 100_000_000 });
+    const paths = (events: typeof gateway.events) => events.map((event) => (event.kind === 'upstream' ? 'upstream' : new URL(event.url).pathname));
+    for (const [index, stream] of [false, true, false].entries()) {
       const mark = gateway.events.length;
-      const response = await post({ model, messages, stream });
+      const response = await post({ model, messages, stream }, { authorization: `Bearer ${fresh.apiKey}` });
       await response.text();
       await gateway.settled();
-      const events = gateway.events.slice(mark);
-      const firstUpstream = events.findIndex((event) => event.kind === 'upstream');
-      expect(firstUpstream).toBeGreaterThan(0);
-      expect(events.slice(0, firstUpstream).map((event) => new URL(event.url).pathname)).toEqual(['/rest/v1/rpc/authorize_request']);
-      // Settlement comes after, through waitUntil.
-      expect(events.slice(firstUpstream + 1).map((event) => new URL(event.url).pathname)).toEqual(['/rest/v1/rpc/settle_request']);
+      const events = paths(gateway.events.slice(mark));
+      // The first request: authorize, then upstream. After it the key is warm on
+      // this instance: the upstream call is sent together with authorize.
+      if (index === 0) expect(events.slice(0, 2)).toEqual(['/rest/v1/rpc/authorize_request', 'upstream']);
+      else expect(events.slice(0, 2).sort()).toEqual(['/rest/v1/rpc/authorize_request', 'upstream']);
+      // Settlement comes after, through waitUntil, in one batch call.
+      expect(events.slice(2)).toEqual(['/rest/v1/rpc/settle_requests']);
     }
   });
 

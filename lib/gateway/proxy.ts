@@ -107,11 +107,11 @@ async function settlementFor(
  * Sends an authorized request upstream (with failover), answers the client and
  * settles after the response. Shared by every route and wire format.
  */
-export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan): Promise<Response> {
-  const upstreamAbort = new AbortController();
-  abortWhenAborted(c.req.raw.signal, upstreamAbort);
+export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan, started?: StartedUpstream): Promise<Response> {
+  const upstreamAbort = started?.abort ?? new AbortController();
+  if (!started) abortWhenAborted(c.req.raw.signal, upstreamAbort);
   try {
-    return await answerMetered(c, authorization, plan, upstreamAbort);
+    return await answerMetered(c, authorization, plan, upstreamAbort, started?.result);
   } catch (error) {
     // Whatever failed, the upstream call is not left running (the app releases a hold left open).
     upstreamAbort.abort();
@@ -119,13 +119,33 @@ export async function proxyMetered(c: Context<AppEnv>, authorization: Authorized
   }
 }
 
-async function answerMetered(c: Context<AppEnv>, authorization: Authorized, plan: ProxyPlan, upstreamAbort: AbortController): Promise<Response> {
+/** An upstream call already under way (started speculatively, before its hold was taken). */
+export interface StartedUpstream {
+  result: Promise<UpstreamResult>;
+  abort: AbortController;
+}
+
+/** Sends a plan's request upstream (with failover), aborted with the client. */
+export function startUpstream(c: Context<AppEnv>, plan: ProxyPlan): StartedUpstream {
+  const { services, requestId } = c.var;
+  const abort = new AbortController();
+  abortWhenAborted(c.req.raw.signal, abort);
+  return { abort, result: sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: abort.signal, log: services.log, requestId }) };
+}
+
+async function answerMetered(
+  c: Context<AppEnv>,
+  authorization: Authorized,
+  plan: ProxyPlan,
+  upstreamAbort: AbortController,
+  started?: Promise<UpstreamResult>,
+): Promise<Response> {
   const { services, requestId } = c.var;
   const hold = c.var.hold!;
   const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
   const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
 
-  const upstream = sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
+  const upstream = started ?? sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
 
   const headersFor = (result: UpstreamResult & { ok: true }) => {
     const headers = forwardableHeaders(result.response.headers);

@@ -1,4 +1,3 @@
-import { Ratelimit } from '@upstash/ratelimit';
 import { Redis } from '@upstash/redis';
 
 export interface RateLimitSubject {
@@ -15,12 +14,18 @@ export interface RateLimitDecision {
   limitedBy?: 'requests' | 'tokens';
   retryAfterSeconds?: number;
   headers: Record<string, string>;
+  /** Both limits have at least a tenth of their window left (or none applies). */
+  ample: boolean;
 }
 
 export interface RateLimiter {
   check(subject: RateLimitSubject, tokens: number): Promise<RateLimitDecision>;
-  /** Counts tokens learned of after the check (the hold's full estimate), against the next requests. */
-  consume(subject: RateLimitSubject, tokens: number): Promise<void>;
+  /**
+   * Tokens learned of after the check (what the hold took beyond the estimate
+   * checked): carried in memory and added to this account's next check on this
+   * instance, so they cost no round trip of their own.
+   */
+  owe(subject: RateLimitSubject, tokens: number): void;
 }
 
 export interface RateLimiterOptions {
@@ -30,72 +35,139 @@ export interface RateLimiterOptions {
   timeoutMs: number;
   windowSeconds: number;
   log: (entry: Record<string, unknown>) => void;
-  fetch?: typeof fetch;
 }
 
 /**
+ * Both limits in one script, so one round trip: a sliding window approximated
+ * from two fixed windows (the previous one weighted by how much of it still
+ * overlaps the sliding window). Both are checked before either is counted, so a
+ * refused request counts against nothing.
+ *
+ * KEYS: requests (current, previous window), tokens (current, previous window).
+ * ARGV: request limit, token limit (0: none), tokens asked, previous window's
+ * weight, key lifetime in ms. Returns {refused (0 none, 1 requests, 2 tokens),
+ * requests used, tokens used}, counting this request when allowed.
+ */
+const slidingWindowScript = `
+local requestLimit = tonumber(ARGV[1])
+local tokenLimit = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+local weight = tonumber(ARGV[4])
+local lifetime = tonumber(ARGV[5])
+local function used(current, previous)
+  local now = tonumber(redis.call('GET', current) or '0')
+  local before = tonumber(redis.call('GET', previous) or '0')
+  return math.floor(before * weight) + now
+end
+local requests, spent = 0, 0
+if requestLimit > 0 then requests = used(KEYS[1], KEYS[2]) end
+if tokenLimit > 0 then spent = used(KEYS[3], KEYS[4]) end
+if requestLimit > 0 and requests + 1 > requestLimit then return {1, requests, spent} end
+if tokenLimit > 0 and spent + tokens > tokenLimit then return {2, requests, spent} end
+if requestLimit > 0 then
+  redis.call('INCRBY', KEYS[1], 1)
+  redis.call('PEXPIRE', KEYS[1], lifetime)
+  requests = requests + 1
+end
+if tokenLimit > 0 and tokens > 0 then
+  redis.call('INCRBY', KEYS[3], tokens)
+  redis.call('PEXPIRE', KEYS[3], lifetime)
+  spent = spent + tokens
+end
+return {0, requests, spent}
+`;
+
+const maxDebtors = 10_000;
+
+/**
  * Requests per minute per key and tokens per minute per account, in sliding
- * windows on Upstash Redis, shared by every gateway instance. Fails open: if
- * Redis does not answer within the timeout, or answers with an error, the
- * request is allowed and the failure is logged.
+ * windows on Upstash Redis, shared by every gateway instance: one script call
+ * per request. Fails open: if Redis does not answer within the timeout, or
+ * answers with an error, the request is allowed and the failure is logged.
+ * A key refused for its request rate is remembered in memory until its window
+ * turns, so a flood from one key costs no Redis call.
  */
 export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log }: RateLimiterOptions): RateLimiter {
   const redis = new Redis({ url, token, retry: { retries: 0 }, enableTelemetry: false });
-  // Blocked identifiers are remembered in memory until their window resets: a
-  // flood from one key costs no Redis call. Must outlive requests (module scope).
-  const ephemeralCache = new Map<string, number>();
-  const limiters = new Map<string, Ratelimit>();
-  const window = `${windowSeconds} s` as const;
+  const script = redis.createScript<[number, number, number]>(slidingWindowScript);
+  const windowMs = windowSeconds * 1000;
+  const blockedUntil = new Map<string, number>();
+  const debts = new Map<string, number>();
 
-  const limiter = (kind: 'requests' | 'tokens', limit: number) => {
-    const name = `${kind}:${limit}`;
-    let instance = limiters.get(name);
-    if (!instance) {
-      instance = new Ratelimit({
-        redis,
-        prefix: `tollgate:${kind}`,
-        limiter: Ratelimit.slidingWindow(limit, window),
-        timeout: timeoutMs,
-        ephemeralCache,
-        analytics: false,
-      });
-      limiters.set(name, instance);
+  const headersFor = (subject: RateLimitSubject, requests: number, spent: number, resetMs: number) => {
+    const headers: Record<string, string> = {};
+    const reset = `${Math.max(0, Math.ceil(resetMs / 1000))}s`;
+    if (subject.requestsPerMinute) {
+      headers['x-ratelimit-limit-requests'] = String(subject.requestsPerMinute);
+      headers['x-ratelimit-remaining-requests'] = String(Math.max(0, subject.requestsPerMinute - requests));
+      headers['x-ratelimit-reset-requests'] = reset;
     }
-    return instance;
+    if (subject.tokensPerMinute) {
+      headers['x-ratelimit-limit-tokens'] = String(subject.tokensPerMinute);
+      headers['x-ratelimit-remaining-tokens'] = String(Math.max(0, subject.tokensPerMinute - spent));
+      headers['x-ratelimit-reset-tokens'] = reset;
+    }
+    return headers;
   };
 
-  const attempt = async (kind: 'requests' | 'tokens', limit: number, identifier: string, rate: number) => {
-    try {
-      const result = await limiter(kind, limit).limit(identifier, { rate });
-      if (result.reason === 'timeout') log({ level: 'warn', event: 'rate_limit_unavailable', kind, reason: `no answer within ${timeoutMs} ms` });
-      return result;
-    } catch (error) {
-      log({ level: 'warn', event: 'rate_limit_unavailable', kind, reason: (error as Error).message });
-      return null;
-    }
+  const refusal = (limitedBy: 'requests' | 'tokens', resetMs: number, headers: Record<string, string>): RateLimitDecision => {
+    const retryAfterSeconds = Math.max(1, Math.ceil(resetMs / 1000));
+    return { allowed: false, limitedBy, retryAfterSeconds, ample: false, headers: { ...headers, 'retry-after': String(retryAfterSeconds) } };
   };
 
   return {
     async check(subject, tokens) {
-      const [requests, tokenResult] = await Promise.all([
-        subject.requestsPerMinute ? attempt('requests', subject.requestsPerMinute, subject.keyId, 1) : null,
-        subject.tokensPerMinute && tokens > 0 ? attempt('tokens', subject.tokensPerMinute, subject.accountId, tokens) : null,
-      ]);
-      const headers: Record<string, string> = {};
-      const describe = (suffix: string, result: NonNullable<typeof requests>) => {
-        headers[`x-ratelimit-limit-${suffix}`] = String(result.limit);
-        headers[`x-ratelimit-remaining-${suffix}`] = String(Math.max(0, result.remaining));
-        headers[`x-ratelimit-reset-${suffix}`] = `${Math.max(0, Math.ceil((result.reset - Date.now()) / 1000))}s`;
-      };
-      if (requests) describe('requests', requests);
-      if (tokenResult) describe('tokens', tokenResult);
-      const refused = requests && !requests.success ? { by: 'requests' as const, result: requests } : tokenResult && !tokenResult.success ? { by: 'tokens' as const, result: tokenResult } : null;
-      if (!refused) return { allowed: true, headers };
-      const retryAfterSeconds = Math.max(1, Math.ceil((refused.result.reset - Date.now()) / 1000));
-      return { allowed: false, limitedBy: refused.by, retryAfterSeconds, headers: { ...headers, 'retry-after': String(retryAfterSeconds) } };
+      const requestLimit = subject.requestsPerMinute ?? 0;
+      const tokenLimit = subject.tokensPerMinute ?? 0;
+      if (!requestLimit && !tokenLimit) return { allowed: true, headers: {}, ample: true };
+      const now = Date.now();
+      const window = Math.floor(now / windowMs);
+      const resetMs = (window + 1) * windowMs - now;
+      const blocked = blockedUntil.get(subject.keyId);
+      if (blocked !== undefined) {
+        if (blocked > now) return refusal('requests', blocked - now, headersFor(subject, requestLimit, 0, blocked - now));
+        blockedUntil.delete(subject.keyId);
+      }
+      const debt = debts.get(subject.accountId) ?? 0;
+      const asked = tokenLimit ? tokens + debt : 0;
+      // One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
+      const base = `tollgate:rl:{${subject.accountId}}`;
+      const keys = [`${base}:r:${subject.keyId}:${window}`, `${base}:r:${subject.keyId}:${window - 1}`, `${base}:t:${window}`, `${base}:t:${window - 1}`];
+      const weight = 1 - (now % windowMs) / windowMs;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let answer: [number, number, number] | 'timeout';
+      try {
+        answer = await Promise.race([
+          script.exec(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)]),
+          new Promise<'timeout'>((resolve) => {
+            timer = setTimeout(() => resolve('timeout'), timeoutMs);
+          }),
+        ]);
+      } catch (error) {
+        log({ level: 'warn', event: 'rate_limit_unavailable', reason: (error as Error).message });
+        return { allowed: true, headers: {}, ample: false };
+      } finally {
+        clearTimeout(timer);
+      }
+      if (answer === 'timeout') {
+        log({ level: 'warn', event: 'rate_limit_unavailable', reason: `no answer within ${timeoutMs} ms` });
+        return { allowed: true, headers: {}, ample: false };
+      }
+      const [refused, requests, spent] = answer.map(Number) as [number, number, number];
+      const headers = headersFor(subject, requests, spent, resetMs);
+      if (refused === 1) {
+        blockedUntil.set(subject.keyId, now + resetMs);
+        return refusal('requests', resetMs, headers);
+      }
+      if (refused === 2) return refusal('tokens', resetMs, headers);
+      if (debt) debts.delete(subject.accountId);
+      const ample = (!requestLimit || requestLimit - requests >= requestLimit / 10) && (!tokenLimit || tokenLimit - spent >= tokenLimit / 10);
+      return { allowed: true, headers, ample };
     },
-    async consume(subject, tokens) {
-      if (subject.tokensPerMinute && tokens > 0) await attempt('tokens', subject.tokensPerMinute, subject.accountId, tokens);
+    owe(subject, tokens) {
+      if (!subject.tokensPerMinute || tokens <= 0) return;
+      if (!debts.has(subject.accountId) && debts.size >= maxDebtors) debts.delete(debts.keys().next().value!);
+      debts.set(subject.accountId, (debts.get(subject.accountId) ?? 0) + tokens);
     },
   };
 }
@@ -114,7 +186,7 @@ export function createLimitsCache(ttlMs = 60_000, maxEntries = 10_000) {
       return entry.subject;
     },
     set(keyHash: string, subject: RateLimitSubject): void {
-      if (entries.size >= maxEntries) entries.delete(entries.keys().next().value!);
+      if (!entries.has(keyHash) && entries.size >= maxEntries) entries.delete(entries.keys().next().value!);
       entries.set(keyHash, { subject, expires: Date.now() + ttlMs });
     },
   };

@@ -31,8 +31,18 @@ export function readApiKey(c: Context<AppEnv>): string {
   return key.trim();
 }
 
+// Hashes of keys this instance has seen: a busy key is hashed once, not per request.
+const keyHashes = new Map<string, string>();
+const maxKeyHashes = 10_000;
+
 export async function readKeyHash(c: Context<AppEnv>): Promise<string> {
-  return hashApiKey(readApiKey(c));
+  const key = readApiKey(c);
+  const known = keyHashes.get(key);
+  if (known) return known;
+  const hash = await hashApiKey(key);
+  if (keyHashes.size >= maxKeyHashes) keyHashes.delete(keyHashes.keys().next().value!);
+  keyHashes.set(key, hash);
+  return hash;
 }
 
 /** The JSON body, validated; unknown fields are kept as sent. */
@@ -90,31 +100,35 @@ const modelIdFormat = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$/;
 export interface AuthorizeOptions {
   /** The refusal for a model whose provider the route cannot serve (the route named `providers`). */
   unsupportedProvider?: (provider: string) => GatewayError;
+  /** The authorization a speculative upstream call started with: its output bound is the token estimate. */
+  guess?: Authorized | undefined;
 }
+
+export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>;
 
 /**
  * The one database round trip before the upstream call, with the rate limits
  * checked in parallel when the key's limits are known from its last request
  * (a brief in-memory cache); on a cache miss they are checked just after.
- * Tokens count the hold's estimate: the input bound and the requested output
- * cap up front, and whatever the hold added beyond that against the next
- * requests. Once the hold is taken it belongs to the request (`c.var.hold`);
- * a client that left while authorize ran is not served, and its hold is given back.
+ * Tokens count the hold's estimate: the input bound and the output cap up
+ * front, and whatever the hold added beyond that against the account's next
+ * check on this instance. Once the hold is taken it belongs to the request
+ * (`c.var.hold`); a client that left while authorize ran is not served, and
+ * its hold is given back. An authorization with headroom makes the key warm
+ * on this instance (see warm-keys.ts); any refusal makes it cold.
  */
-export async function authorize(
-  c: Context<AppEnv>,
-  input: Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>,
-  options: AuthorizeOptions = {},
-): Promise<Authorized> {
+export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<Authorized> {
   const { services, requestId } = c.var;
-  const { rateLimiter, limitsCache } = services;
+  const { rateLimiter, limitsCache, warmKeys } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
-  const estimate = input.maxInputTokens + (input.maxOutputTokens ?? 0) * (input.choices ?? 1);
+  const choices = input.choices ?? 1;
+  const estimate = input.maxInputTokens + (input.maxOutputTokens ?? options.guess?.max_output_tokens ?? 0) * choices;
   if (!modelIdFormat.test(input.model)) {
     throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(input.model.slice(0, 130))} does not exist.`, { param: 'model' });
   }
+  const ip = clientIp(c);
   const [result, early] = await Promise.all([
-    services.ledger.authorizeRequest({ ...input, requestId, clientIp: clientIp(c) }).catch((error: unknown) => {
+    services.ledger.authorizeRequest({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
       // The database refusing the input itself (4xx) is the client's error, not ours.
       if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
         throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
@@ -127,11 +141,13 @@ export async function authorize(
     known ? rateLimiter!.check(known, estimate) : undefined,
   ]);
   if (result.status === 'refused') {
+    warmKeys.forget(input.keyHash);
     if (result.code === 'unsupported_provider' && result.provider && options.unsupportedProvider) throw options.unsupportedProvider(result.provider);
     throw refusalError(result, services.config.TOPUP_URL);
   }
   const hold = openRequestHold(services, requestId);
   c.set('hold', hold);
+  let ampleRateLimit = true;
   if (rateLimiter) {
     const subject = {
       keyId: result.api_key_id,
@@ -142,9 +158,10 @@ export async function authorize(
     limitsCache.set(input.keyHash, subject);
     const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
     const decision = early ?? (await rateLimiter.check(subject, heldTokens));
-    if (early && heldTokens > estimate && decision.allowed) services.waitUntil(rateLimiter.consume(subject, heldTokens - estimate));
+    if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
     c.set('rateLimitHeaders', decision.headers);
     if (!decision.allowed) {
+      warmKeys.forget(input.keyHash);
       // The hold was taken in parallel: release it, nothing is charged.
       hold.release('rate limited');
       const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
@@ -152,11 +169,14 @@ export async function authorize(
         headers: decision.headers,
       });
     }
+    ampleRateLimit = decision.ample;
   }
   if (c.req.raw.signal.aborted) {
     hold.release('the client left before the request was authorized', 'aborted');
     throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
   }
+  const { keyHash, maxInputTokens: _bound, ...shape } = input;
+  warmKeys.remember(keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
   return result;
 }
 

@@ -1,7 +1,9 @@
 import type { Services } from '../app-env.ts';
 import { isPermanentSettlementError, LedgerError, settlementRow, type SettleRequestInput } from '../billing/ledger.ts';
 
-export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused';
+import type { DeliveryOutcome } from './settlement-batcher.ts';
+
+export type { DeliveryOutcome };
 
 const firstDelayMs = 100;
 const longestDelayMs = 2_000;
@@ -57,7 +59,8 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
 }
 
 /**
- * Settles after the response, through waitUntil — never fire-and-forget.
+ * Settles after the response, through waitUntil — never fire-and-forget —
+ * in this instance's next batch (see settlement-batcher.ts).
  * Working out the usage may fail (the tokenizer, say): then what is certain,
  * nothing, is settled, so the hold never stays open.
  */
@@ -70,7 +73,7 @@ export function settleInBackground(services: Services, requestId: string, comput
       services.log({ level: 'error', event: 'usage_unavailable', requestId, error: (error as Error).message });
       settlement = { requestId, outcome: 'failed', usage: {}, error: `usage could not be determined: ${(error as Error).message}` };
     }
-    await deliverSettlement(services, settlement);
+    await services.settlements.deliver(settlement);
   };
   services.waitUntil(
     run().catch((error: unknown) => {

@@ -1,9 +1,9 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
-import { proxyMetered } from '../gateway/proxy.ts';
+import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { GatewayError } from '../errors.ts';
-import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
 import { createAnthropicStreamMeter } from '../providers/anthropic/anthropic-stream-meter.ts';
@@ -26,31 +26,29 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   // The 1M-token context beta passes: where the upstream bills long prompts at
   // higher rates, the model's price has that long-context tier (and the hold takes it).
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
-  const authorization = await authorize(
+  const stream = request.stream === true;
+  const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
+  return authorizeAndProxy(
     c,
     { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), ...(searches ? { calls: { web_search: searches } } : {}) },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
+    (authorization) => ({
+      channels: channelsSpeaking(c, authorization, 'anthropic'),
+      stream,
+      build: (channel) => buildAnthropicRequest(channel, { ...request, model: authorization.model.upstream_model }, stream, clientHeaders),
+      createStreamProcessor: createAnthropicStreamMeter,
+      readBody: (text) => {
+        const parsed = parseJsonAs(anthropicMessageSchema, text);
+        const delivered: string[] = [];
+        for (const block of parsed?.content ?? []) {
+          if (block.text) delivered.push(block.text);
+          if (block.thinking) delivered.push(block.thinking);
+          if (block.type === 'tool_use') delivered.push(block.name ?? '', JSON.stringify(block.input ?? {}));
+        }
+        return { body: text, usage: parsed?.usage ? convertAnthropicUsage(parsed.usage) : null, delivered };
+      },
+      errorEvent: (error) => anthropicErrorEvent(error.message),
+      countPrompt: () => countMessagesInputTokens(request),
+    }),
   );
-
-  const channels = channelsSpeaking(c, authorization, 'anthropic');
-  const stream = request.stream === true;
-  const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
-  return proxyMetered(c, authorization, {
-    channels,
-    stream,
-    build: (channel) => buildAnthropicRequest(channel, { ...request, model: authorization.model.upstream_model }, stream, clientHeaders),
-    createStreamProcessor: createAnthropicStreamMeter,
-    readBody: (text) => {
-      const parsed = parseJsonAs(anthropicMessageSchema, text);
-      const delivered: string[] = [];
-      for (const block of parsed?.content ?? []) {
-        if (block.text) delivered.push(block.text);
-        if (block.thinking) delivered.push(block.thinking);
-        if (block.type === 'tool_use') delivered.push(block.name ?? '', JSON.stringify(block.input ?? {}));
-      }
-      return { body: text, usage: parsed?.usage ? convertAnthropicUsage(parsed.usage) : null, delivered };
-    },
-    errorEvent: (error) => anthropicErrorEvent(error.message),
-    countPrompt: () => countMessagesInputTokens(request),
-  });
 }

@@ -1,8 +1,8 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
-import { proxyMetered } from '../gateway/proxy.ts';
-import { authorize, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { authorizeAndProxy } from '../gateway/metered-request.ts';
+import { readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { boundChatInputTokens } from '../providers/openai/openai-input.ts';
 import { chatCompletionRequestSchema } from '../providers/openai/openai-wire.ts';
 import { chatPlanFor, providerFormat, providersForChat, translateChat } from '../providers/registry.ts';
@@ -19,7 +19,7 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
   ]);
   const translations = translateChat(request);
   const requestedCap = request.max_completion_tokens ?? request.max_tokens ?? undefined;
-  const authorization = await authorize(
+  return authorizeAndProxy(
     c,
     {
       keyHash,
@@ -35,6 +35,6 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
         translations.refusals.get(providerFormat(config, provider)) ??
         new GatewayError(400, 'unsupported_provider', `The model ${request.model} has no upstream channel configured.`, { param: 'model' }),
     },
+    (authorization) => chatPlanFor(config, request, authorization, translations),
   );
-  return proxyMetered(c, authorization, chatPlanFor(config, request, authorization, translations));
 }

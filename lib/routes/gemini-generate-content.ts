@@ -2,9 +2,9 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
-import { proxyMetered } from '../gateway/proxy.ts';
+import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { geminiCountTokens } from './count-tokens.ts';
-import { authorize, channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
 import { createGeminiStreamMeter, geminiDelivered, geminiSearches } from '../providers/google/gemini-stream-reader.ts';
@@ -39,7 +39,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The ${feeTool} tool`]]);
   const searches = toolNames.includes('googleSearch') ? defaultSearchBound : 0;
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
-  const authorization = await authorize(
+  return authorizeAndProxy(
     c,
     {
       keyHash,
@@ -52,28 +52,28 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
       ...(searches ? { calls: { web_search: searches } } : {}),
     },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${model} is not served through Gemini's format; use /v1/chat/completions.`, { param: 'model' }) },
-  );
-
-  const channels = channelsSpeaking(c, authorization, 'google');
-  const body = authorization.output_capped
-    ? { ...request, generationConfig: { ...request.generationConfig, maxOutputTokens: authorization.max_output_tokens } }
-    : request;
-  return proxyMetered(c, authorization, {
-    channels,
-    stream,
-    build: (channel) => buildGeminiRequest(channel, authorization.model.upstream_model, body, stream),
-    createStreamProcessor: createGeminiStreamMeter,
-    readBody: (text) => {
-      const response = parseJsonAs(generateContentResponseSchema, text);
-      const searched = response ? geminiSearches(response) : 0;
+    (authorization) => {
+      const body = authorization.output_capped
+        ? { ...request, generationConfig: { ...request.generationConfig, maxOutputTokens: authorization.max_output_tokens } }
+        : request;
       return {
-        body: text,
-        usage: response?.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null,
-        delivered: response ? geminiDelivered(response) : [],
-        calls: searched ? { web_search: searched } : {},
+        channels: channelsSpeaking(c, authorization, 'google'),
+        stream,
+        build: (channel) => buildGeminiRequest(channel, authorization.model.upstream_model, body, stream),
+        createStreamProcessor: createGeminiStreamMeter,
+        readBody: (text) => {
+          const response = parseJsonAs(generateContentResponseSchema, text);
+          const searched = response ? geminiSearches(response) : 0;
+          return {
+            body: text,
+            usage: response?.usageMetadata ? convertGeminiUsage(response.usageMetadata) : null,
+            delivered: response ? geminiDelivered(response) : [],
+            calls: searched ? { web_search: searched } : {},
+          };
+        },
+        errorEvent: (error) => geminiErrorEvent(error.status, error.message),
+        countPrompt: () => countGeminiInputTokens(request),
       };
     },
-    errorEvent: (error) => geminiErrorEvent(error.status, error.message),
-    countPrompt: () => countGeminiInputTokens(request),
-  });
+  );
 }

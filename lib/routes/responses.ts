@@ -1,9 +1,11 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
+import type { Authorized } from '../billing/ledger.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
-import { forwardAsIs, proxyMetered } from '../gateway/proxy.ts';
-import { authorize, channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { forwardAsIs, type ProxyPlan } from '../gateway/proxy.ts';
+import { authorizeAndProxy } from '../gateway/metered-request.ts';
+import { channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
@@ -65,7 +67,59 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
   const translations = translateResponses(request);
   const requestedCap = request.max_output_tokens ?? undefined;
-  const authorization = await authorize(
+  const stream = request.stream === true;
+  const extraHeaders = clientHeaders(c);
+  // A response stored upstream is remembered as this account's, so only it may retrieve it.
+  const { services, requestId } = c.var;
+  const remember = (responseId: string | null | undefined) => {
+    if (!responseId || raw.store === false) return;
+    services.waitUntil(
+      services.ledger.recordStoredResponse(requestId, responseId).catch((error: unknown) => {
+        services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
+      }),
+    );
+  };
+  const responsesPlan = (authorization: Authorized): ProxyPlan => {
+    const format = providerFormat(config, authorization.model.provider);
+    if (format !== 'openai') return translatedResponsesPlan(format, request, authorization, channelsOf(config, authorization.model.provider), translations);
+    return {
+      channels: channelsSpeaking(c, authorization, 'openai'),
+      stream,
+      build: (channel) => {
+        const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
+        if (authorization.output_capped) body.max_output_tokens = authorization.max_output_tokens;
+        const built = buildOpenAIRequest(channel, '/responses', body, stream);
+        built.init.headers = { ...extraHeaders, ...(built.init.headers as Record<string, string>) };
+        return built;
+      },
+      createStreamProcessor: () => {
+        const reader = createResponsesStreamReader();
+        const processor = forwardAsIs(reader);
+        return {
+          ...processor,
+          processEvent: (event) => {
+            const known = reader.responseId();
+            const forwarded = processor.processEvent(event);
+            if (!known) remember(reader.responseId());
+            return forwarded;
+          },
+        };
+      },
+      readBody: (text) => {
+        const response = parseJsonAs(responseObjectSchema, text);
+        remember(response?.id);
+        return {
+          body: text,
+          usage: response?.usage ? convertResponsesUsage(response.usage) : null,
+          delivered: response ? responseDelivered(response) : [],
+          calls: response ? responseSearches(response) : {},
+        };
+      },
+      errorEvent: (error) => responsesErrorEvent(error.code, error.message),
+      countPrompt: () => countResponsesInputTokens(request),
+    };  };
+
+  return authorizeAndProxy(
     c,
     {
       keyHash,
@@ -84,59 +138,8 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
         translations.refusals.get(providerFormat(config, provider)) ??
         new GatewayError(400, 'unsupported_provider', `The model ${request.model} has no upstream channel configured.`, { param: 'model' }),
     },
+    responsesPlan,
   );
-  const format = providerFormat(config, authorization.model.provider);
-  if (format !== 'openai') {
-    return proxyMetered(c, authorization, translatedResponsesPlan(format, request, authorization, channelsOf(config, authorization.model.provider), translations));
-  }
-  const stream = request.stream === true;
-  const extraHeaders = clientHeaders(c);
-  // A response stored upstream is remembered as this account's, so only it may retrieve it.
-  const { services, requestId } = c.var;
-  const remember = (responseId: string | null | undefined) => {
-    if (!responseId || raw.store === false) return;
-    services.waitUntil(
-      services.ledger.recordStoredResponse(requestId, responseId).catch((error: unknown) => {
-        services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
-      }),
-    );
-  };
-  return proxyMetered(c, authorization, {
-    channels: channelsSpeaking(c, authorization, 'openai'),
-    stream,
-    build: (channel) => {
-      const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
-      if (authorization.output_capped) body.max_output_tokens = authorization.max_output_tokens;
-      const built = buildOpenAIRequest(channel, '/responses', body, stream);
-      built.init.headers = { ...extraHeaders, ...(built.init.headers as Record<string, string>) };
-      return built;
-    },
-    createStreamProcessor: () => {
-      const reader = createResponsesStreamReader();
-      const processor = forwardAsIs(reader);
-      return {
-        ...processor,
-        processEvent: (event) => {
-          const known = reader.responseId();
-          const forwarded = processor.processEvent(event);
-          if (!known) remember(reader.responseId());
-          return forwarded;
-        },
-      };
-    },
-    readBody: (text) => {
-      const response = parseJsonAs(responseObjectSchema, text);
-      remember(response?.id);
-      return {
-        body: text,
-        usage: response?.usage ? convertResponsesUsage(response.usage) : null,
-        delivered: response ? responseDelivered(response) : [],
-        calls: response ? responseSearches(response) : {},
-      };
-    },
-    errorEvent: (error) => responsesErrorEvent(error.code, error.message),
-    countPrompt: () => countResponsesInputTokens(request),
-  });
 }
 
 /**

@@ -1,6 +1,6 @@
 import { EdgeRuntime } from 'edge-runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildEdgeBundle } from '../../scripts/build-edge.ts';
+import { buildEdgeBundle, buildEdgeChunks } from '../../scripts/build-edge.ts';
 import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
 import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { checkoutSession, signature, stripeEvent } from '../support/stripe-events.ts';
@@ -27,6 +27,17 @@ describe('the edge entry', () => {
     const plain = await buildEdgeBundle('esm', false);
     expect(minified.gzipBytes).toBeLessThanOrEqual(edgeLimitBytes);
     expect(plain.gzipBytes).toBeLessThanOrEqual(edgeLimitBytes);
+  });
+
+  it('loads the fallback tokenizer lazily: outside a main chunk of at most 250 KB gzip', async () => {
+    const chunks = await buildEdgeChunks();
+    const main = chunks.filter((chunk) => chunk.entry);
+    expect(main).toHaveLength(1);
+    expect(main[0]!.gzipBytes).toBeLessThanOrEqual(250 * 1024);
+    const tokenizer = (chunk: (typeof chunks)[number]) => chunk.inputs.some((input) => input.includes('node_modules/js-tiktoken/'));
+    expect(tokenizer(main[0]!)).toBe(false);
+    // The ranks (the bulk of it) are a chunk of their own, fetched on first use.
+    expect(chunks.some((chunk) => !chunk.entry && tokenizer(chunk) && chunk.gzipBytes > 400 * 1024)).toBe(true);
   });
 
   it('runs inside Vercel\'s edge-runtime VM and serves a streamed request there', async () => {

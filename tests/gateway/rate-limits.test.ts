@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
 import { Redis } from '@upstash/redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
@@ -149,6 +150,50 @@ describe('requests per minute per key', () => {
     expect(refused.status).toBe(429);
     expect(await refused.json()).toMatchObject({ type: 'error', error: { type: 'rate_limit_error', code: 'rate_limit_exceeded' } });
     await gateway.settled();
+  });
+});
+
+/** An HTTP pass-through in front of the local Upstash endpoint that counts the calls made to it. */
+async function countingUpstash() {
+  const paths: string[] = [];
+  const server = createHttpServer(async (request, response) => {
+    let body = '';
+    for await (const chunk of request) body += chunk;
+    paths.push(body);
+    const answer = await fetch(`${upstash.url}${request.url}`, { method: request.method, headers: request.headers as Record<string, string>, body });
+    response.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
+    response.end(await answer.text());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, calls: paths, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+describe('one Upstash round trip per request', () => {
+  it('checks requests per key and tokens per account in one script call; a refused request counts against neither', async () => {
+    const counting = await countingUpstash();
+    try {
+      const gateway = await gatewayWith({ UPSTASH_REDIS_REST_URL: counting.url });
+      const customer = await limitedCustomer({ requests_per_minute: 3, tokens_per_minute: 1000 });
+      await startOfWindow(2000);
+      const first = await chat(gateway, customer.apiKey, 'x'.repeat(500));
+      expect(first.status).toBe(200);
+      for (const [content, status, remainingRequests] of [['x'.repeat(500), 429, '2'], ['Hi', 200, '1']] as const) {
+        const mark = counting.calls.length;
+        const response = await chat(gateway, customer.apiKey, content);
+        expect(response.status).toBe(status);
+        expect(response.headers.get('x-ratelimit-remaining-requests')).toBe(remainingRequests);
+        await response.text();
+        // One call: the script (by its hash; the first use of all may have loaded it).
+        expect(counting.calls.slice(mark)).toHaveLength(1);
+        // A command, or a pipeline of commands (the client pipelines what it is asked at once).
+        const sent = JSON.parse(counting.calls[mark]!) as unknown[];
+        const commands = Array.isArray(sent[0]) ? (sent as unknown[][]) : [sent];
+        expect(commands.map((command) => command[0])).toEqual(['evalsha']);
+      }
+      await gateway.settled();
+    } finally {
+      await counting.close();
+    }
   });
 });
 

@@ -5,8 +5,8 @@
 // process of the cluster. Figures only; nothing passes or fails.
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { hashApiKey } from '../lib/billing/hash-api-key.ts';
-import { clusterPids, type LocalSupabase } from './local-supabase/index.ts';
+import { hashApiKey } from '../../lib/billing/hash-api-key.ts';
+import { clusterPids, type LocalSupabase } from '../local-supabase/index.ts';
 
 export interface DatabaseBenchOptions {
   stack: LocalSupabase;

@@ -1,0 +1,170 @@
+// Load generation and latency injection for `npm run bench`.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { Agent, request as httpRequest } from 'node:http';
+import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+
+export interface LoadResult {
+  requestsPerSecond: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  firstError?: string;
+}
+
+export interface LoadRequest {
+  url: string;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** One POST over a kept-alive connection of `agent`; resolves with the status and the whole body. */
+function post(agent: Agent, { url, headers, body }: LoadRequest): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const request = httpRequest(url, { method: 'POST', agent, headers: { ...headers, 'content-length': Buffer.byteLength(body) } }, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (text += chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+/** `concurrency` clients, each sending its next request when the last is answered, for `seconds`. */
+export async function runLoad(concurrency: number, seconds: number, next: (index: number) => LoadRequest): Promise<LoadResult> {
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  const latencies: number[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  let issued = 0;
+  const started = performance.now();
+  const until = started + seconds * 1000;
+  const client = async () => {
+    while (performance.now() < until) {
+      const request = next(issued++);
+      const sent = performance.now();
+      try {
+        const { status, text } = await post(agent, request);
+        if (status !== 200) {
+          errors++;
+          firstError ??= `${status} ${text.slice(0, 200)}`;
+        } else latencies.push(performance.now() - sent);
+      } catch (error) {
+        errors++;
+        firstError ??= (error as Error).message;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, client));
+  const elapsed = (performance.now() - started) / 1000;
+  agent.destroy();
+  const sorted = latencies.sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+  return { requestsPerSecond: latencies.length / elapsed, p50: at(0.5), p99: at(0.99), errors, ...(firstError ? { firstError } : {}) };
+}
+
+/** The gateway in its own process (scripts/bench/gateway-process.ts); resolves with its URL. */
+export async function startGatewayProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+  // BENCH_CPU_PROFILE=<folder>: the gateway process writes a V8 CPU profile there when it stops.
+  const profile = process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROFILE] : [];
+  const child: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', join(import.meta.dirname, 'gateway-process.ts')], {
+    env: { ...process.env, BENCH_GATEWAY_ENV: JSON.stringify(environment) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      const match = /\{"port":(\d+)\}/.exec(output);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`the gateway process exited with ${code}`)));
+  });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    pid: child.pid!,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+/**
+ * A TCP proxy in front of `target` that holds every chunk for `oneWayMs` in
+ * each direction: the database made that much farther away.
+ */
+export async function startDelayProxy(target: URL, oneWayMs: number): Promise<{ url: string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const delayed = (from: Socket, to: Socket) => {
+    from.on('data', (chunk) => setTimeout(() => to.write(chunk), oneWayMs));
+    from.on('end', () => setTimeout(() => to.end(), oneWayMs));
+    from.on('error', () => to.destroy());
+  };
+  const server: Server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    sockets.add(client).add(upstream);
+    delayed(client, upstream);
+    delayed(upstream, client);
+    client.on('close', () => sockets.delete(client));
+    upstream.on('close', () => sockets.delete(upstream));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = new URL(target);
+  url.port = String((server.address() as AddressInfo).port);
+  return {
+    url: url.toString().replace(/\/$/, ''),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Milliseconds from sending `request` to the first byte of the response body (the body is then read to its end). */
+export function timeToFirstByte(agent: Agent, { url, headers, body }: LoadRequest): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const sent = performance.now();
+    let first = 0;
+    const request = httpRequest(url, { method: 'POST', agent, headers: { ...headers, 'content-length': Buffer.byteLength(body) } }, (response) => {
+      response.on('data', () => {
+        first ||= performance.now() - sent;
+      });
+      response.on('end', () => (response.statusCode === 200 ? resolve(first) : reject(new Error(`HTTP ${response.statusCode}`))));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+/** CPU time (ms) so far of the machine's processes, grouped: the gateway's process, PostgREST, PostgreSQL, redis-server, this process. Linux only. */
+export function cpuByComponent(gatewayPid: number): Record<string, number> | undefined {
+  if (!existsSync('/proc/self/stat')) return undefined;
+  const totals: Record<string, number> = { gateway: 0, PostgREST: 0, PostgreSQL: 0, Redis: 0, 'bench process': 0 };
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime, in clock ticks (100 per second on Linux).
+    const milliseconds = (Number(fields[11]) + Number(fields[12])) * 10;
+    const pid = Number(entry);
+    const group =
+      pid === gatewayPid ? 'gateway' : pid === process.pid ? 'bench process' : name === 'postgrest' ? 'PostgREST' : name === 'postgres' ? 'PostgreSQL' : name === 'redis-server' ? 'Redis' : undefined;
+    if (group) totals[group]! += milliseconds;
+  }
+  return totals;
+}
