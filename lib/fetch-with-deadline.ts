@@ -4,6 +4,8 @@
  * clients such as postgrest-js report as a failed call (status 0): a stalled
  * peer costs a bounded wait, never a hang.
  */
+const nullBodyStatuses = new Set([101, 103, 204, 205, 304]);
+
 export function fetchWithDeadline(base: typeof fetch, timeoutMs: number): typeof fetch {
   return async function fetchBeforeDeadline(input, init) {
     const controller = new AbortController();
@@ -16,7 +18,10 @@ export function fetchWithDeadline(base: typeof fetch, timeoutMs: number): typeof
       // The body is read within the deadline too: the answer counts once it is whole.
       const response = await base(input, { ...init, signal: controller.signal });
       const body = await response.arrayBuffer();
-      return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+      // A status that cannot carry a body (PostgREST's 204 for a function returning void)
+      // must be rebuilt with none: strict runtimes (the edge) refuse even an empty one.
+      const bodyless = nullBodyStatuses.has(response.status);
+      return new Response(bodyless ? null : body, { status: response.status, statusText: response.statusText, headers: response.headers });
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', forward);

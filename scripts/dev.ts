@@ -108,7 +108,7 @@ async function main() {
   console.log('With the OpenAI SDK (npm install openai), streaming:');
   console.log(`  node --input-type=module -e "import OpenAI from 'openai'; const client = new OpenAI({ baseURL: '${gatewayUrl}/v1', apiKey: '${demo.apiKey}' }); const stream = await client.chat.completions.create({ model: 'demo', messages: [{ role: 'user', content: 'Hello!' }], stream: true }); for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? ''); console.log();"`);
 
-  // The same schedule as vercel.json's cron: drain the settlement outbox every minute.
+  // The same schedule as vercel.ts's cron: drain the settlement outbox every minute.
   const drain = setInterval(() => {
     fetch(`${gatewayUrl}/internal/settlements/drain`, { headers: { authorization: `Bearer ${config.CRON_SECRET}` } })
       .then(async (response) => {

@@ -17,7 +17,7 @@ async function sameSecret(given: string, expected: string): Promise<boolean> {
 
 /**
  * GET or POST /internal/settlements/drain: settles what waits in the settlement
- * outbox. Called every minute by Vercel Cron (vercel.json), which sends
+ * outbox. Called every minute by Vercel Cron (vercel.ts), which sends
  * `Authorization: Bearer $CRON_SECRET`; `npm run dev` calls it on the same schedule.
  */
 export async function settlementDrain(c: Context<AppEnv>): Promise<Response> {

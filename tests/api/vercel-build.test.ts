@@ -7,8 +7,8 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
 // What a deployment publishes, built by the real Vercel CLI (pinned, offline,
-// with a throwaway project link): one edge function, and static files only from
-// public/. `.ci/run` installs the CLI into .local/vercel-cli; elsewhere set
+// with a throwaway project link): the Edge and the Node.js function, every path
+// routed to the one TOLLGATE_RUNTIME selects, and static files only from public/. `.ci/run` installs the CLI into .local/vercel-cli; elsewhere set
 // VERCEL_CLI, or the test is skipped (never in CI).
 
 const run = promisify(execFile);
@@ -22,7 +22,7 @@ async function filesUnder(directory: string): Promise<string[]> {
 }
 
 describe.skipIf(!available)('vercel build', () => {
-  it('publishes one edge function and the public folder, nothing else of the repository', { timeout: 240_000 }, async () => {
+  it('publishes the Edge and the Node.js function, routes every path to the one TOLLGATE_RUNTIME picks, and publishes only the public folder', { timeout: 480_000 }, async () => {
     const work = await mkdtemp(join(tmpdir(), 'tollgate-vercel-'));
     try {
       // The repository as a commit of the working tree would have it (ignored files left out).
@@ -34,19 +34,30 @@ describe.skipIf(!available)('vercel build', () => {
       }
       await mkdir(join(work, '.vercel'));
       await writeFile(join(work, '.vercel/project.json'), JSON.stringify({ projectId: 'prj_tollgate_test', orgId: 'team_tollgate_test', settings: { framework: null } }));
-      await run(cli, ['build', '--yes'], { cwd: work, env: { ...process.env, VERCEL_TELEMETRY_DISABLED: '1' }, maxBuffer: 32 * 1024 * 1024 });
 
-      const output = join(work, '.vercel/output');
-      const functions = (await filesUnder(join(output, 'functions'))).filter((file) => file.endsWith('.vc-config.json'));
-      expect(functions).toEqual(['api/index.func/.vc-config.json']);
-      expect(JSON.parse(await readFile(join(output, 'functions', functions[0]!), 'utf8'))).toMatchObject({
-        runtime: 'edge', entrypoint: 'api/index.js', regions: ['iad1'],
-      });
-      // Static files: exactly what public/ holds — no migrations, seed, scripts, tests or sources.
-      expect(await filesUnder(join(output, 'static'))).toEqual(await filesUnder(join(root, 'public')));
-      const config = JSON.parse(await readFile(join(output, 'config.json'), 'utf8'));
-      expect(config.crons).toEqual([{ path: '/internal/settlements/drain', schedule: '* * * * *' }]);
-      expect(config.routes).toContainEqual(expect.objectContaining({ dest: '/api' }));
+      for (const runtime of ['edge', 'node'] as const) {
+        const output = join(work, '.vercel/output');
+        await rm(output, { recursive: true, force: true });
+        await run(cli, ['build', '--yes'], { cwd: work, env: { ...process.env, VERCEL_TELEMETRY_DISABLED: '1', TOLLGATE_RUNTIME: runtime }, maxBuffer: 32 * 1024 * 1024 });
+
+        const functions = (await filesUnder(join(output, 'functions'))).filter((file) => file.endsWith('.vc-config.json'));
+        expect(functions).toEqual(['api/index.func/.vc-config.json', 'api/node.func/.vc-config.json']);
+        const functionConfig = async (name: string) => JSON.parse(await readFile(join(output, 'functions', name), 'utf8'));
+        expect(await functionConfig(functions[0]!)).toMatchObject({ runtime: 'edge', entrypoint: 'api/index.js', regions: ['iad1'] });
+        const nodeFunction = await functionConfig(functions[1]!);
+        expect(nodeFunction).toMatchObject({ handler: 'api/node.js', launcherType: 'Nodejs', maxDuration: 300, regions: ['iad1'] });
+        expect(nodeFunction.runtime).toMatch(/^nodejs\d+\.x$/);
+        // Static files: exactly what public/ holds — no migrations, seed, scripts, tests or sources.
+        expect(await filesUnder(join(output, 'static'))).toEqual(await filesUnder(join(root, 'public')));
+        const config = JSON.parse(await readFile(join(output, 'config.json'), 'utf8'));
+        expect(config.crons).toEqual([{ path: '/internal/settlements/drain', schedule: '* * * * *' }]);
+        expect(config.routes).toContainEqual(expect.objectContaining({ src: '^(?:/(.*))$', dest: runtime === 'node' ? '/api/node' : '/api' }));
+      }
+
+      // A value that names neither stops the build, saying why.
+      const refused = await run(cli, ['build', '--yes'], { cwd: work, env: { ...process.env, VERCEL_TELEMETRY_DISABLED: '1', TOLLGATE_RUNTIME: 'lambda' }, maxBuffer: 32 * 1024 * 1024 })
+        .then(() => null, (error: { stderr: string }) => error);
+      expect(refused?.stderr).toContain('TOLLGATE_RUNTIME must be "edge" or "node"');
     } finally {
       await rm(work, { recursive: true, force: true });
     }

@@ -138,6 +138,8 @@ describe('POST /v1/responses with the openai SDK', () => {
     const created = await client.responses.create({ model, input: 'Say hello' });
     await gateway.settled();
     const { rows: [before] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    // Recorded without a false alarm (PostgREST answers a void function with 204 and no body).
+    expect(gateway.logs.filter((entry) => entry.event === 'stored_response_unrecorded')).toEqual([]);
     const retrieved = await client.responses.retrieve(created.id);
     expect(retrieved.id).toBe(created.id);
     await expect(gateway.openai(other.apiKey).responses.retrieve(created.id)).rejects.toMatchObject({ status: 404, error: { code: 'response_not_found' } });
