@@ -10,6 +10,8 @@ if (runtime !== 'edge' && runtime !== 'node') {
 export default {
   $schema: 'https://openapi.vercel.sh/vercel.json',
   // Static files come from public/ only: nothing else of the repository is published.
+  // The build writes the console's bundle there (public/console/app.js, app.css).
+  buildCommand: 'npm run build:console',
   outputDirectory: 'public',
   rewrites: [{ source: '/(.*)', destination: runtime === 'node' ? '/api/node' : '/api' }],
   // Drains the settlement outbox (see "When the database goes away" in the README).

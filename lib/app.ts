@@ -49,6 +49,12 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.use('/webhooks/*', limitBody);
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
+  // What the console (public/console/) needs to reach Supabase: the project URL and its public anon key.
+  app.get('/console/config.json', (c) => {
+    const { config } = c.var.services;
+    if (!config.SUPABASE_ANON_KEY) throw new GatewayError(503, 'console_not_configured', 'SUPABASE_ANON_KEY is not set: the console cannot reach Supabase.');
+    return c.json({ supabaseUrl: config.SUPABASE_PUBLIC_URL ?? config.SUPABASE_URL, anonKey: config.SUPABASE_ANON_KEY });
+  });
   app.get('/v1/models', models);
   app.get('/v1/credits', credits);
   app.post('/v1/chat/completions', chatCompletions);

@@ -17,6 +17,10 @@ const positiveInteger = (fallback: number) => z.coerce.number().int().positive()
 const environmentSchema = z.object({
   SUPABASE_URL: z.url(),
   SUPABASE_SERVICE_ROLE_KEY: z.string().min(1),
+  /** The project's public key (anon or sb_publishable_), for the console in the browser; row-level security guards it. */
+  SUPABASE_ANON_KEY: optionalText,
+  /** The Supabase URL browsers use, when it differs from SUPABASE_URL (default: SUPABASE_URL). */
+  SUPABASE_PUBLIC_URL: optionalUrl,
   OPENAI_BASE_URL: z.url().default('https://api.openai.com/v1'),
   OPENAI_API_KEY: optionalText,
   ANTHROPIC_BASE_URL: z.url().default('https://api.anthropic.com'),

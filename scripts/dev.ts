@@ -8,12 +8,15 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createClient } from '@supabase/supabase-js';
 import { serve } from '@hono/node-server';
+import pg from 'pg';
 import WebSocket from 'ws';
 import { createApp } from '../lib/app.ts';
 import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { createServices } from '../lib/create-services.ts';
 import { loadConfig } from '../lib/env.ts';
+import { buildConsole } from './build-console.ts';
 import { startDemoUpstream } from './demo-upstream.ts';
+import { withPublicFiles } from './serve-public.ts';
 import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 
@@ -41,6 +44,20 @@ async function ensureDemo(stack: Awaited<ReturnType<typeof startLocalSupabase>>)
   return demo;
 }
 
+/** The demo operator: a user whose app_metadata.role is admin, as the operator sets it on a project. */
+async function ensureOperator(stack: Awaited<ReturnType<typeof startLocalSupabase>>): Promise<string> {
+  const email = 'operator@tollgate.local';
+  await stack.auth.magicLink(email, stack.supabaseUrl);
+  const client = new pg.Client({ connectionString: stack.authAdminDatabaseUrl });
+  await client.connect();
+  try {
+    await client.query(`update auth.users set raw_app_meta_data = raw_app_meta_data || '{"role":"admin"}' where email = $1`, [email]);
+  } finally {
+    await client.end();
+  }
+  return email;
+}
+
 async function main() {
   await mkdir(localDir, { recursive: true });
   const stack = await startLocalSupabase({
@@ -60,6 +77,7 @@ async function main() {
     ...process.env,
     SUPABASE_URL: stack.supabaseUrl,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    SUPABASE_ANON_KEY: stack.anonKey,
     ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
     CRON_SECRET: process.env.CRON_SECRET ?? randomBytes(24).toString('base64url'),
     UPSTREAM_CHANNELS: JSON.stringify([
@@ -75,7 +93,10 @@ async function main() {
     },
   });
   const gatewayPort = Number(process.env.GATEWAY_PORT ?? 8787);
-  const server = serve({ fetch: createApp(services).fetch, port: gatewayPort, hostname: '127.0.0.1' });
+  // The console, built and served from public/ beside the gateway, as a deployment serves it.
+  await buildConsole();
+  const app = createApp(services);
+  const server = serve({ fetch: withPublicFiles(join(projectRoot, 'public'), (request) => app.fetch(request)), port: gatewayPort, hostname: '127.0.0.1' });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', () => resolve());
     server.once('error', reject);
@@ -98,6 +119,11 @@ async function main() {
   console.log(`Database            ${stack.databaseUrl}`);
   console.log(`Rate limits         ${config.UPSTASH_REDIS_REST_URL ? `on (${config.UPSTASH_REDIS_REST_URL})` : 'off: install redis-server or set UPSTASH_REDIS_REST_URL'}`);
   console.log(`Settlement outbox   ${config.UPSTASH_REDIS_REST_URL ? 'on, drained every minute (as Vercel Cron does)' : 'off: settlements the database cannot take are only logged'}`);
+  const consoleUrl = `${gatewayUrl}/console/`;
+  console.log(`Console             ${consoleUrl}`);
+  console.log(`  sign in as the demo customer:  ${await stack.auth.magicLink('demo@tollgate.local', consoleUrl)}`);
+  console.log(`  sign in as the demo operator:  ${await stack.auth.magicLink(await ensureOperator(stack), consoleUrl)}`);
+  console.log('  (links work once; sign-in mail the local Auth stand-in "sent" is at ' + `${stack.supabaseUrl}/auth/v1/local/outbox)`);
   console.log(`Demo user           ${demo.userId}`);
   console.log(`Demo API key        ${demo.apiKey}`);
   console.log('Everything above is in .local/dev.json. Press Ctrl-C to stop.\n');

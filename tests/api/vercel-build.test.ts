@@ -47,8 +47,11 @@ describe.skipIf(!available)('vercel build', () => {
         const nodeFunction = await functionConfig(functions[1]!);
         expect(nodeFunction).toMatchObject({ handler: 'api/node.js', launcherType: 'Nodejs', maxDuration: 300, regions: ['iad1'] });
         expect(nodeFunction.runtime).toMatch(/^nodejs\d+\.x$/);
-        // Static files: exactly what public/ holds — no migrations, seed, scripts, tests or sources.
-        expect(await filesUnder(join(output, 'static'))).toEqual(await filesUnder(join(root, 'public')));
+        // Static files: exactly what public/ holds, and the console the build command bundled there —
+        // no migrations, seed, scripts, tests or sources.
+        const built = ['console/app.css', 'console/app.js'];
+        const published = (await filesUnder(join(root, 'public'))).filter((file) => !built.includes(file));
+        expect(await filesUnder(join(output, 'static'))).toEqual([...published, ...built].sort());
         const config = JSON.parse(await readFile(join(output, 'config.json'), 'utf8'));
         expect(config.crons).toEqual([{ path: '/internal/settlements/drain', schedule: '* * * * *' }]);
         expect(config.routes).toContainEqual(expect.objectContaining({ src: '^(?:/(.*))$', dest: runtime === 'node' ? '/api/node' : '/api' }));

@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runSmoke } from '../../scripts/smoke.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { admin, createCustomer, createModel } from '../support/supabase.ts';
+import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
+import { buildConsole } from '../../scripts/build-console.ts';
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, '../..');
@@ -16,7 +17,8 @@ let gateway: Gateway;
 
 beforeAll(async () => {
   fake = await startFakeUpstream();
-  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, STRIPE_WEBHOOK_SECRET: webhookSecret });
+  await buildConsole();
+  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, STRIPE_WEBHOOK_SECRET: webhookSecret, SUPABASE_ANON_KEY: stack.anonKey }, { publicFiles: true });
 });
 
 afterAll(async () => {
@@ -34,6 +36,7 @@ describe('npm run smoke', () => {
       ['health', true, false],
       ['models with prices', true, false],
       ['a priced request is charged exactly', true, false],
+      ['the console loads', true, false],
       ['Stripe webhook: a signed event once, credited nothing', true, false],
     ]);
     // 19 prompt tokens at $1/M + 9 completion tokens at $4/M = 55 micro-dollars.
@@ -60,7 +63,7 @@ describe('npm run smoke', () => {
       cwd: root,
       env: { ...process.env, SMOKE_API_KEY: customer.apiKey, SMOKE_MODEL: model, STRIPE_WEBHOOK_SECRET: webhookSecret },
     });
-    expect(stdout).toContain('all 4 checks passed');
+    expect(stdout).toContain('all 5 checks passed');
     const failed = await run('npm', ['run', '--silent', 'smoke', '--', gateway.url], {
       cwd: root,
       env: { ...process.env, SMOKE_API_KEY: 'tg_not_a_key_of_anyone_0000', STRIPE_WEBHOOK_SECRET: '' },

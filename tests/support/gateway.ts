@@ -5,6 +5,8 @@ import { createApp } from '../../lib/app.ts';
 import { createServices } from '../../lib/create-services.ts';
 import { loadConfig } from '../../lib/env.ts';
 import { stack } from './supabase.ts';
+import { join } from 'node:path';
+import { withPublicFiles } from '../../scripts/serve-public.ts';
 
 export interface GatewayEvent {
   kind: 'database' | 'upstream';
@@ -24,6 +26,8 @@ export interface GatewayOptions {
   databaseFetch?: typeof fetch;
   /** Stands between the gateway and the upstream. */
   upstreamFetch?: typeof fetch;
+  /** Serve public/ in front of the app (the console), as a deployment does. */
+  publicFiles?: boolean;
 }
 
 export async function startGateway(environment: Record<string, string> = {}, options: GatewayOptions = {}) {
@@ -55,7 +59,8 @@ export async function startGateway(environment: Record<string, string> = {}, opt
   });
   const app = createApp(services);
   const server: ServerType = await new Promise((resolve) => {
-    const started = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(started));
+    const fetch = options.publicFiles ? withPublicFiles(join(import.meta.dirname, '../../public'), (request) => app.fetch(request)) : app.fetch;
+    const started = serve({ fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(started));
   });
   const { port } = server.address() as AddressInfo;
   const url = `http://127.0.0.1:${port}`;

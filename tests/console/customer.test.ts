@@ -1,0 +1,141 @@
+import { existsSync } from 'node:fs';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildConsole } from '../../scripts/build-console.ts';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startGateway, type Gateway } from '../support/gateway.ts';
+import { admin, createCustomer, createModel, stack, type Customer } from '../support/supabase.ts';
+
+// The console in a real browser: Debian's chromium (installed by .ci/run),
+// driven by playwright-core. Without it the test is skipped on a workstation,
+// never in CI (the summary reporter fails skipped tests there).
+
+const chromiumPath = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((path) => existsSync(path));
+const available = chromiumPath !== undefined || process.env.CI === 'true';
+
+let fake: FakeUpstream;
+let gateway: Gateway;
+let browser: Browser;
+
+beforeAll(async () => {
+  if (!available) return;
+  await buildConsole();
+  fake = await startFakeUpstream();
+  gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey }, { publicFiles: true });
+  browser = await chromium.launch({ executablePath: chromiumPath, args: ['--no-sandbox'] });
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await gateway?.close();
+  await fake?.close();
+});
+
+async function accountOf(customer: Customer) {
+  const { rows: [account] } = await admin().query('select balance::bigint as balance, held::bigint as held, low_balance_threshold::bigint as threshold from public.accounts where id = $1', [customer.accountId]);
+  return { balance: Number(account.balance), held: Number(account.held), threshold: Number(account.threshold) };
+}
+
+/** Signs in on the page the way a customer does: email, then the code from the (stand-in's) mail. */
+async function signIn(page: Page, email: string) {
+  await page.goto(`${gateway.url}/console/`);
+  await page.fill('#email', email);
+  await page.click('#ask-code button');
+  await page.waitForSelector('#enter-code:not([hidden])');
+  const mail = (await (await fetch(`${stack.supabaseUrl}/auth/v1/local/outbox?email=${encodeURIComponent(email)}`)).json()) as Array<{ code: string }>;
+  await page.fill('#code', mail.at(-1)!.code);
+  await page.click('#enter-code button');
+  await page.waitForSelector('#signed-in-as');
+}
+
+const figure = async (page: Page, name: string) => Number(await page.getAttribute(`[data-figure="${name}"] [data-micro]`, 'data-micro'));
+
+describe.skipIf(!available)('the customer console', () => {
+  it('signs in with an emailed code and shows the numbers the database has', { timeout: 60_000 }, async () => {
+    const model = await createModel({ input: 1_000_000, output: 4_000_000 }, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 12_345_678 });
+    // One request, so the page has usage to show.
+    const answered = await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] });
+    expect(answered.choices[0]?.message.content).toBeTruthy();
+    await gateway.settled();
+
+    const page = await browser.newPage();
+    try {
+      await signIn(page, `${customer.userId}@example.test`);
+      expect(await page.textContent('#signed-in-as')).toBe(`${customer.userId}@example.test`);
+      await page.waitForSelector('[data-figure="balance"]');
+      const books = await accountOf(customer);
+      expect(await figure(page, 'balance')).toBe(books.balance);
+      expect(await figure(page, 'held')).toBe(books.held);
+      expect(await figure(page, 'available')).toBe(books.balance - books.held);
+      // Dollars on the page, the exact micro-units on hover.
+      expect(await page.textContent('[data-figure="balance"] strong')).toBe(`$${(books.balance / 1_000_000).toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 6 })}`);
+      expect(await page.getAttribute('[data-figure="balance"] [data-micro]', 'title')).toBe(`${books.balance.toLocaleString('en-US')} micro-USD`);
+      // The request is listed with its tokens, cost, source and outcome; the chart is drawn.
+      await page.waitForSelector('#recent table');
+      const row = await page.textContent('#recent tbody tr');
+      expect(row).toContain(model);
+      expect(row).toContain('$0.000055');
+      expect(row).toContain('provider');
+      expect(row).toContain('completed');
+      await page.waitForSelector('#usage-chart canvas');
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('a key created on the page, used against the gateway, makes the balance on the page fall; revoked on the page, it is refused', { timeout: 60_000 }, async () => {
+    const model = await createModel({ input: 1_000_000, output: 4_000_000 }, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 5_000_000 });
+    const page = await browser.newPage();
+    try {
+      await signIn(page, `${customer.userId}@example.test`);
+      await page.waitForSelector('#new-key-name');
+      await page.fill('#new-key-name', 'from the console');
+      await page.click('#keys form button');
+      const key = (await (await page.waitForSelector('[data-new-key]')).textContent())!;
+      expect(key).toMatch(/^tg_/);
+      const before = await figure(page, 'balance');
+
+      const answered = await gateway.openai(key).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] });
+      expect(answered.usage).toMatchObject({ prompt_tokens: 19, completion_tokens: 9 });
+      await gateway.settled();
+      await page.click('#refresh');
+      // 19 prompt tokens at $1/M + 9 completion tokens at $4/M = 55 micro-dollars.
+      await expect.poll(() => figure(page, 'balance')).toBe(before - 55);
+      expect((await accountOf(customer)).balance).toBe(before - 55);
+
+      page.once('dialog', (dialog) => void dialog.accept());
+      const { rows: [created] } = await admin().query(`select id from public.api_keys where account_id = $1 and name = 'from the console'`, [customer.accountId]);
+      await page.click(`[data-revoke="${created.id}"]`);
+      await expect.poll(async () => (await admin().query('select revoked_at from public.api_keys where id = $1', [created.id])).rows[0].revoked_at).not.toBeNull();
+      await expect(gateway.openai(key).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] })).rejects.toMatchObject({ status: 401 });
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('changes the low-balance threshold, refuses a wrong code in words, and fits a phone', { timeout: 60_000 }, async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+    try {
+      await page.goto(`${gateway.url}/console/`);
+      await page.fill('#email', `${customer.userId}@example.test`);
+      await page.click('#ask-code button');
+      await page.waitForSelector('#enter-code:not([hidden])');
+      await page.fill('#code', '000000x');
+      await page.click('#enter-code button');
+      await expect.poll(() => page.textContent('#sign-in-message')).toContain('That code did not work');
+
+      await signIn(page, `${customer.userId}@example.test`);
+      await page.waitForSelector('#threshold');
+      await page.fill('#threshold', '2.50');
+      await page.click('#balance form button');
+      await expect.poll(async () => (await accountOf(customer)).threshold).toBe(2_500_000);
+      // Nothing wider than the phone's screen but the tables, which scroll inside their section.
+      expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    } finally {
+      await page.close();
+    }
+  });
+});
