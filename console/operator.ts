@@ -1,7 +1,237 @@
 import type { SupabaseClient } from '@supabase/supabase-js';
-import { el } from './format.ts';
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+import { cents, dollars, el, section, table, when } from './format.ts';
 
-// The operator's page (users whose app_metadata.role is admin, checked in SQL).
-export function operatorView(_supabase: SupabaseClient): HTMLElement[] {
-  return [el('section', { id: 'operator' }, el('h2', {}, 'Operator'), el('p', { class: 'note' }, 'The operator page is not built yet.'))];
+// The operator's page, for users whose app_metadata.role is admin. The page
+// only shows it; the database decides: every operator_* function checks the
+// caller in SQL and writes each action to the append-only audit log.
+
+type Row = Record<string, unknown>;
+
+async function call<T>(supabase: SupabaseClient, name: string, args: Record<string, unknown> = {}): Promise<T> {
+  const { data, error } = await supabase.rpc(name, args);
+  if (error) throw new Error(error.message);
+  return data as T;
+}
+
+/** Whole micro-units from dollars typed by a person ("1.25" → 1,250,000); undefined when it is not an amount. */
+function microFromDollars(text: string): number | undefined {
+  if (!/^-?\d+(\.\d{1,6})?$/.test(text.trim())) return undefined;
+  const [whole = '0', fraction = ''] = text.trim().replace('-', '').split('.');
+  const micro = Number(whole) * 1_000_000 + Number(fraction.padEnd(6, '0'));
+  return text.trim().startsWith('-') ? -micro : micro;
+}
+
+const percent = (bps: unknown) => (typeof bps === 'number' ? `${(bps / 100).toFixed(1)} %` : '—');
+
+export function operatorView(supabase: SupabaseClient): HTMLElement[] {
+  const sections: Array<{ element: HTMLElement; reload: () => Promise<void> }> = [];
+  const act = async (work: () => Promise<unknown>, after: Array<{ reload: () => Promise<void> }>) => {
+    try {
+      await work();
+    } catch (error) {
+      alert(`Not done: ${(error as Error).message}`);
+    }
+    await Promise.all([...after, audit].map((part) => part.reload()));
+  };
+
+  const revenue = section('Revenue, upstream cost and margin (30 days)', async () => {
+    const rows = await call<Row[]>(supabase, 'operator_revenue', { p_days: 30 });
+    if (!rows.length) return el('p', { class: 'note' }, 'No settled requests in the last 30 days.');
+    const byDay = new Map<string, { revenue: number; cost: number }>();
+    for (const row of rows) {
+      const day = byDay.get(String(row.day)) ?? { revenue: 0, cost: 0 };
+      day.revenue += Number(row.revenue);
+      day.cost += Number(row.upstream_cost);
+      byDay.set(String(row.day), day);
+    }
+    const days = [...byDay.keys()].sort();
+    const holder = el('div', { 'data-chart': 'revenue' });
+    const width = Math.max(280, Math.min(1040, (document.querySelector('main')?.clientWidth ?? 600) - 40));
+    new uPlot(
+      {
+        width,
+        height: 200,
+        series: [
+          {},
+          { label: 'revenue', stroke: '#1a7f37', width: 2 },
+          { label: 'upstream cost', stroke: '#d1242f', width: 2 },
+          { label: 'margin', stroke: '#1f6feb', width: 2 },
+        ],
+        axes: [{}, { size: 70, values: (_: unknown, ticks: number[]) => ticks.map((tick) => `$${tick.toLocaleString('en-US', { maximumFractionDigits: 6 })}`) }],
+      },
+      [
+        days.map((day) => Date.parse(`${day}T00:00:00Z`) / 1000),
+        days.map((day) => byDay.get(day)!.revenue / 1_000_000),
+        days.map((day) => byDay.get(day)!.cost / 1_000_000),
+        days.map((day) => (byDay.get(day)!.revenue - byDay.get(day)!.cost) / 1_000_000),
+      ],
+      holder,
+    );
+    return el(
+      'div',
+      {},
+      holder,
+      table(
+        [['Day'], ['Model'], ['Requests', true], ['Revenue', true], ['Upstream cost', true], ['Margin', true]],
+        rows.map((row) => [String(row.day), String(row.model_id), String(row.requests), dollars(row.revenue as number), dollars(row.upstream_cost as number), dollars(row.margin as number)]),
+        '',
+      ),
+    );
+  }, 'revenue');
+  sections.push(revenue);
+
+  const models = section('Models', async () => {
+    const rows = await call<Row[]>(supabase, 'operator_models');
+    return table(
+      [['Model'], ['Provider'], ['Cost in/out per 1M', true], ['Price in/out per 1M', true], ['Margin in/out', true], ['Source'], ['Aliases'], ['Enabled'], ['']],
+      rows.map((row) => {
+        const cost = row.cost as Record<string, number>;
+        const price = row.price as Record<string, number>;
+        const margin = row.margin_bps as Record<string, number | null>;
+        const edit = el('button', { type: 'button', 'data-edit-model': String(row.id) }, 'Prices');
+        edit.addEventListener('click', () => {
+          const input = prompt(`Input price per 1M tokens for ${row.id}, in dollars`, String((price.input ?? 0) / 1_000_000));
+          if (input === null) return;
+          const output = prompt(`Output price per 1M tokens for ${row.id}, in dollars`, String((price.output ?? 0) / 1_000_000));
+          if (output === null) return;
+          const changes = { price_input: microFromDollars(input), price_output: microFromDollars(output) };
+          if (changes.price_input === undefined || changes.price_output === undefined || changes.price_input < 0 || changes.price_output < 0) {
+            alert('Prices are dollars with at most six decimals, zero or more.');
+            return;
+          }
+          void act(() => call(supabase, 'operator_update_model', { p_model_id: row.id, p_changes: changes }), [models]);
+        });
+        const toggle = el('button', { type: 'button', 'data-toggle-model': String(row.id) }, row.enabled ? 'Disable' : 'Enable');
+        toggle.addEventListener('click', () => void act(() => call(supabase, 'operator_update_model', { p_model_id: row.id, p_changes: { enabled: !row.enabled } }), [models]));
+        return [
+          String(row.id),
+          String(row.provider),
+          el('span', {}, dollars(cost.input ?? null), ' / ', dollars(cost.output ?? null)),
+          el('span', {}, dollars(price.input ?? null), ' / ', dollars(price.output ?? null)),
+          `${percent(margin.input)} / ${percent(margin.output)}`,
+          String(row.price_source),
+          ((row.aliases as string[]) ?? []).join(', '),
+          row.enabled ? 'yes' : 'no',
+          el('span', {}, edit, ' ', toggle),
+        ];
+      }),
+      'No models.',
+    );
+  }, 'models');
+  sections.push(models);
+
+  let search = '';
+  const customers = section('Customers', async () => {
+    const rows = await call<Row[]>(supabase, 'operator_customers', { p_search: search || null, p_limit: 100 });
+    const box = el('input', { type: 'search', id: 'customer-search', placeholder: 'email or account id', value: search, 'aria-label': 'Search customers' }) as HTMLInputElement;
+    const form = el('form', {}, box, el('button', { type: 'submit' }, 'Search'));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      search = box.value.trim();
+      void customers.reload();
+    });
+    return el(
+      'div',
+      {},
+      form,
+      table(
+        [['Email'], ['Account'], ['Balance', true], ['Held', true], ['Available', true], ['Plan'], ['State'], ['Flag'], ['Last request'], ['']],
+        rows.map((row) => {
+          const grant = el('button', { type: 'button', 'data-grant': String(row.id) }, 'Grant / debit');
+          grant.addEventListener('click', () => {
+            const amount = prompt(`Credits for ${row.email ?? row.id}, in dollars (negative to debit)`, '10.00');
+            if (amount === null) return;
+            const micro = microFromDollars(amount);
+            if (micro === undefined || micro === 0) {
+              alert('Enter a non-zero amount of dollars, with at most six decimals.');
+              return;
+            }
+            const note = prompt('Why? (kept in the ledger and the audit log)', '');
+            if (note === null) return;
+            void act(() => call(supabase, 'operator_grant_credits', { p_account_id: row.id, p_amount: micro, p_note: note }), [customers]);
+          });
+          return [
+            String(row.email ?? '—'),
+            String(row.id),
+            dollars(row.balance as number),
+            dollars(row.held as number),
+            dollars(row.available as number),
+            String(row.plan),
+            String(row.balance_state),
+            String(row.flagged_reason ?? ''),
+            when(row.last_request_at as string | null),
+            grant,
+          ];
+        }),
+        'No customers match.',
+      ),
+    );
+  }, 'customers');
+  sections.push(customers);
+
+  const alerts = section('Alerts and reconciliation', async () => {
+    const rows = await call<Row[]>(supabase, 'operator_alerts', { p_limit: 100 });
+    const reconcile = el('button', { type: 'button', id: 'reconcile' }, 'Reconcile the books now');
+    const result = el('span', { class: 'note', id: 'reconcile-result' });
+    reconcile.addEventListener('click', async () => {
+      try {
+        const found = await call<Row>(supabase, 'operator_reconcile');
+        result.textContent = `Reconciled: ${JSON.stringify(found)}`;
+      } catch (error) {
+        result.textContent = `Not done: ${(error as Error).message}`;
+      }
+      await Promise.all([alerts.reload(), audit.reload()]);
+    });
+    return el(
+      'div',
+      {},
+      el('p', {}, reconcile, ' ', result),
+      table(
+        [['When'], ['Kind'], ['Message'], ['Account'], ['State'], ['']],
+        rows.map((row) => {
+          const resolve = el('button', { type: 'button', 'data-resolve': String(row.id) }, 'Resolve');
+          resolve.addEventListener('click', () => void act(() => call(supabase, 'operator_resolve_alert', { p_alert_id: row.id }), [alerts]));
+          return [when(row.created_at as string), String(row.kind), String(row.message), String(row.account_id ?? '—'), row.resolved_at ? `resolved ${when(row.resolved_at as string)}` : 'open', row.resolved_at ? '' : resolve];
+        }),
+        'No alerts.',
+      ),
+    );
+  }, 'alerts');
+  sections.push(alerts);
+
+  const payments = section('Stripe payments', async () => {
+    const rows = await call<Row[]>(supabase, 'operator_payments', { p_limit: 100 });
+    return table(
+      [['When'], ['Customer'], ['Paid', true], ['Credits', true], ['Status'], ['Refunded', true], ['Disputed', true], ['Problem']],
+      rows.map((row) => [
+        when(row.created_at as string),
+        String(row.email ?? row.account_id ?? '—'),
+        cents(Number(row.amount_total ?? 0), String(row.currency ?? 'usd')),
+        dollars(row.credits as number),
+        String(row.status),
+        cents(Number(row.refunded_amount ?? 0), String(row.currency ?? 'usd')),
+        cents(Number(row.disputed_amount ?? 0), String(row.currency ?? 'usd')),
+        String(row.problem ?? ''),
+      ]),
+      'No payments yet.',
+    );
+  }, 'stripe-payments');
+  sections.push(payments);
+
+  const audit = section('Audit log', async () => {
+    const { data, error } = await supabase.from('audit_log').select('at,actor_email,action,subject,details').order('id', { ascending: false }).limit(50);
+    if (error) throw new Error(error.message);
+    return table(
+      [['When'], ['Who'], ['Action'], ['Subject'], ['Details']],
+      (data as Row[]).map((row) => [when(row.at as string), String(row.actor_email ?? '—'), String(row.action), String(row.subject ?? ''), JSON.stringify(row.details)]),
+      'Nothing yet.',
+    );
+  }, 'audit');
+  sections.push(audit);
+
+  const refresh = el('button', { type: 'button', id: 'refresh' }, 'Refresh');
+  refresh.addEventListener('click', () => void Promise.all(sections.map((part) => part.reload())));
+  return [el('div', {}, refresh, ' ', el('span', { class: 'note' }, 'Operator')), ...sections.map((part) => part.element)];
 }

@@ -312,6 +312,17 @@ describe('functions: only the service role runs money functions', () => {
       args: () => ({ p_now: '2000-01-01T00:00:00Z' }),
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 } as Record<Role, Outcome>,
     })),
+    ...[
+      ['operator_models', {}], ['operator_customers', {}], ['operator_alerts', {}], ['operator_revenue', {}], ['operator_payments', {}],
+      ['operator_update_model', { p_model_id: 'x', p_changes: { enabled: false } }],
+      ['operator_grant_credits', { p_account_id: crypto.randomUUID(), p_amount: 1, p_note: 'x' }],
+      ['operator_resolve_alert', { p_alert_id: 1 }], ['operator_reconcile', {}],
+    ].map(([name, args]) => ({
+      name: name as string,
+      // Operators only, checked in SQL: a customer is refused like anyone else (tests/supabase/operator.test.ts has the operator).
+      args: () => args as Record<string, unknown>,
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' } as Record<Role, Outcome>,
+    })),
     {
       name: 'revoke_api_key',
       args: () => ({ p_key_id: crypto.randomUUID() }),
@@ -369,6 +380,8 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   stored_responses: { anon: 'none', authenticated: 'none', service_role: 'all' },
   margin_rules: { anon: 'none', authenticated: 'none', service_role: 'all' },
   price_versions: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  // Every column, but rows only for operators (RLS); written by nobody (tests/supabase/operator.test.ts).
+  audit_log: { anon: 'none', authenticated: 'all', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {

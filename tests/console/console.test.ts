@@ -139,3 +139,52 @@ describe.skipIf(!available)('the customer console', () => {
     }
   });
 });
+
+describe.skipIf(!available)('the operator console', () => {
+  it('an operator (app_metadata.role admin) edits a price, grants credits, sees revenue, and every action is in the audit log on the page', { timeout: 90_000 }, async () => {
+    const model = await createModel({ input: 1_000_000, output: 4_000_000 }, { upstreamModel: 'chat-basic', cost: { input: 500_000, output: 2_000_000 } });
+    const customer = await createCustomer({ balance: 2_000_000 });
+    await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] });
+    await gateway.settled();
+    const email = `operator-${crypto.randomUUID().slice(0, 8)}@example.test`;
+    const { createAuthUser } = await import('../../scripts/local-supabase/index.ts');
+    const operatorId = await createAuthUser(stack.authAdminDatabaseUrl, email);
+    await admin().query(`update auth.users set raw_app_meta_data = raw_app_meta_data || '{"role":"admin"}' where id = $1`, [operatorId]);
+
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const answers: string[] = [];
+    page.on('dialog', (dialog) => void (dialog.type() === 'prompt' ? dialog.accept(answers.shift() ?? '') : dialog.accept()));
+    try {
+      await signIn(page, email);
+      await page.waitForSelector(`[data-edit-model="${model}"]`);
+
+      // Revenue of this model: what the customer was charged, what it cost, the difference.
+      const { rows: [books] } = await admin().query('select sum(charged)::int as revenue, sum(upstream_cost)::int as cost from public.usage_events where model_id = $1', [model]);
+      const revenueRow = page.locator('#revenue tbody tr', { hasText: model });
+      await expect.poll(() => revenueRow.count()).toBe(1);
+      expect(await revenueRow.locator('[data-micro]').evaluateAll((cells) => cells.map((cell) => Number((cell as HTMLElement).dataset.micro)))).toEqual([books.revenue, books.cost, books.revenue - books.cost]);
+      await page.waitForSelector('#revenue canvas');
+
+      answers.push('2.5', '10');
+      await page.click(`[data-edit-model="${model}"]`);
+      await expect.poll(async () => (await admin().query('select price_input::int, price_output::int from public.models where id = $1', [model])).rows[0]).toEqual({ price_input: 2_500_000, price_output: 10_000_000 });
+
+      await page.fill('#customer-search', `${customer.userId}@example.test`);
+      await page.click('#customers form button');
+      await page.waitForSelector(`[data-grant="${customer.accountId}"]`);
+      const before = Number((await admin().query('select balance from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
+      answers.push('3.25', 'goodwill');
+      await page.click(`[data-grant="${customer.accountId}"]`);
+      await expect.poll(async () => Number((await admin().query('select balance from public.accounts where id = $1', [customer.accountId])).rows[0].balance)).toBe(before + 3_250_000);
+
+      await expect.poll(() => page.textContent('#audit')).toContain('grant_credits');
+      const auditText = (await page.textContent('#audit'))!;
+      expect(auditText).toContain('update_model');
+      expect(auditText).toContain(email);
+      const { rows: logged } = await admin().query('select action from public.audit_log where actor_email = $1 order by id', [email]);
+      expect(logged.map((row) => row.action)).toEqual(['update_model', 'grant_credits']);
+    } finally {
+      await page.close();
+    }
+  });
+});
