@@ -174,6 +174,51 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
   }, 'keys');
   sections.push(keys);
 
+  // What the last redemption said, kept across the section's reload.
+  let redeemed: Array<Node | string> = [];
+  let redeemedClass = 'note';
+  const credits = section('Your credits', async () => {
+    const rows = await must<Array<Record<string, string | number | null>>>(
+      supabase.from('credit_grants').select('source,category,amount,remaining,expires_at,expired_at,created_at').order('created_at', { ascending: false }).limit(50),
+    );
+    const code = el('input', { id: 'redeem-code', placeholder: 'CODE', autocomplete: 'off', 'aria-label': 'Redemption code' }) as HTMLInputElement;
+    const message = el('span', { class: redeemedClass, id: 'redeem-message' }, ...redeemed);
+    const form = el('form', {}, code, el('button', { type: 'submit' }, 'Redeem'), message);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const { data, error } = await supabase.rpc('redeem_code', { p_code: code.value });
+      if (error) {
+        redeemedClass = 'error';
+        redeemed = [error.code === 'PT404' ? 'There is no such code.' : `Not redeemed: ${error.message}.`];
+      } else {
+        redeemedClass = 'note';
+        redeemed = ['Redeemed: ', dollars((data as { credits: number }).credits), ' added.'];
+      }
+      message.className = redeemedClass;
+      message.replaceChildren(...redeemed);
+      if (!error) await Promise.all([credits.reload(), balance.reload()]);
+    });
+    return el(
+      'div',
+      {},
+      form,
+      el('p', { class: 'note' }, 'Promotional credits are spent before paid ones, those that expire soonest first.'),
+      table(
+        [['Received'], ['From'], ['Kind'], ['Amount', true], ['Left', true], ['Expires']],
+        rows.map((row) => [
+          when(row.created_at as string),
+          String(row.source),
+          String(row.category),
+          dollars(row.amount as number),
+          dollars(row.remaining as number),
+          row.expired_at ? `expired ${when(row.expired_at as string)}` : row.expires_at ? when(row.expires_at as string) : 'never',
+        ]),
+        'No credits yet.',
+      ),
+    );
+  }, 'credits');
+  sections.push(credits);
+
   const buy = section('Buy credits', async () => {
     const [packs, plans] = await Promise.all([
       must<Array<Record<string, string | number | null>>>(supabase.from('credit_packs').select('name,unit_amount,currency,credits,bonus_credits,payment_link_url').eq('active', true).order('unit_amount')),

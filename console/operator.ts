@@ -53,6 +53,8 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
       {
         width,
         height: 200,
+        // A single day gets a day either side, not an axis of years.
+        scales: { x: { time: true, range: (_: uPlot, min: number, max: number): uPlot.Range.MinMax => (min === max ? [min - 86_400, max + 86_400] : [min, max]) } },
         series: [
           {},
           { label: 'revenue', stroke: '#1a7f37', width: 2 },
@@ -200,6 +202,36 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
     );
   }, 'alerts');
   sections.push(alerts);
+
+  const codes = section('Redemption codes', async () => {
+    const field = (id: string, placeholder: string, type = 'text') => el('input', { id, placeholder, type, 'aria-label': placeholder, required: '' }) as HTMLInputElement;
+    const [code, amount, uses, days] = [field('code-name', 'CODE'), field('code-dollars', 'credits in $'), field('code-uses', 'max uses', 'number'), field('code-days', 'grant lasts days', 'number')];
+    days.required = false;
+    const message = el('span', { class: 'note', id: 'code-message' });
+    const form = el('form', { id: 'create-code' }, code, amount, uses, days, el('button', { type: 'submit', class: 'primary' }, 'Create code'), message);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const micro = microFromDollars(amount.value);
+      if (micro === undefined || micro <= 0) {
+        message.textContent = 'Credits are a positive amount of dollars.';
+        return;
+      }
+      try {
+        await call(supabase, 'operator_create_code', {
+          p_code: code.value,
+          p_credits: micro,
+          p_max_uses: Number(uses.value),
+          p_grant_lifetime: days.value ? `${Number(days.value)} days` : null,
+        });
+        message.textContent = `Created ${code.value.toUpperCase()}.`;
+      } catch (error) {
+        message.textContent = `Not created: ${(error as Error).message}`;
+      }
+      await audit.reload();
+    });
+    return form;
+  }, 'codes');
+  sections.push(codes);
 
   const payments = section('Stripe payments', async () => {
     const rows = await call<Row[]>(supabase, 'operator_payments', { p_limit: 100 });

@@ -188,3 +188,46 @@ describe.skipIf(!available)('the operator console', () => {
     }
   });
 });
+
+describe.skipIf(!available)('codes on the console', () => {
+  it('an operator creates a code on the page; a customer redeems it on theirs and sees the grant and the balance rise', { timeout: 90_000 }, async () => {
+    const email = `codes-${crypto.randomUUID().slice(0, 8)}@example.test`;
+    const { createAuthUser } = await import('../../scripts/local-supabase/index.ts');
+    const operatorId = await createAuthUser(stack.authAdminDatabaseUrl, email);
+    await admin().query(`update auth.users set raw_app_meta_data = raw_app_meta_data || '{"role":"admin"}' where id = $1`, [operatorId]);
+    const code = `PAGE-${crypto.randomUUID().slice(0, 6).toUpperCase()}`;
+
+    const operatorPage = await browser.newPage();
+    try {
+      await signIn(operatorPage, email);
+      await operatorPage.waitForSelector('#create-code');
+      await operatorPage.fill('#code-name', code.toLowerCase());
+      await operatorPage.fill('#code-dollars', '1.50');
+      await operatorPage.fill('#code-uses', '3');
+      await operatorPage.fill('#code-days', '30');
+      await operatorPage.click('#create-code button');
+      await expect.poll(() => operatorPage.textContent('#code-message')).toBe(`Created ${code}.`);
+    } finally {
+      await operatorPage.close();
+    }
+    const { rows: [created] } = await admin().query('select credits::int, max_uses, grant_lifetime::text from public.redemption_codes where code = $1', [code]);
+    expect(created).toEqual({ credits: 1_500_000, max_uses: 3, grant_lifetime: '30 days' });
+
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const page = await browser.newPage();
+    try {
+      await signIn(page, `${customer.userId}@example.test`);
+      await page.waitForSelector('#redeem-code');
+      await page.fill('#redeem-code', 'NOPE-0000');
+      await page.click('#credits form button');
+      await expect.poll(() => page.textContent('#redeem-message')).toBe('There is no such code.');
+      await page.fill('#redeem-code', code);
+      await page.click('#credits form button');
+      await expect.poll(() => page.textContent('#redeem-message')).toContain('Redeemed: $1.50 added.');
+      await expect.poll(() => figure(page, 'balance')).toBe(2_500_000);
+      expect(await page.textContent('#credits tbody')).toContain('code');
+    } finally {
+      await page.close();
+    }
+  });
+});

@@ -49,6 +49,7 @@ describe.skipIf(!runStage)('Debian PostgreSQL 15 with pg_cron', () => {
       { jobname: 'tollgate-apply-price-versions', schedule: '* * * * *' },
       { jobname: 'tollgate-check-balance-states', schedule: '* * * * *' },
       { jobname: 'tollgate-deliver-alerts', schedule: '* * * * *' },
+      { jobname: 'tollgate-expire-grants', schedule: '* * * * *' },
       { jobname: 'tollgate-expire-stale-holds', schedule: '* * * * *' },
       { jobname: 'tollgate-reconcile-books', schedule: '*/10 * * * *' },
       { jobname: 'tollgate-rollup-usage', schedule: '5 * * * *' },
@@ -58,7 +59,7 @@ describe.skipIf(!runStage)('Debian PostgreSQL 15 with pg_cron', () => {
     await client.query('set role postgres');
     await client.query(scheduling);
     await client.query('reset role');
-    expect(await jobs()).toHaveLength(6);
+    expect(await jobs()).toHaveLength(7);
   });
 
   it('actually runs a scheduled job (seen in cron.job_run_details)', async () => {

@@ -324,6 +324,22 @@ describe('functions: only the service role runs money functions', () => {
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' } as Record<Role, Outcome>,
     })),
     {
+      name: 'operator_create_code',
+      args: () => ({ p_code: 'MATRIX-1', p_credits: 1_000_000_000, p_max_uses: 1 }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' },
+    },
+    {
+      name: 'redeem_code',
+      // A signed-in customer reaches it (and there is no such code); nobody else may call it.
+      args: () => ({ p_code: 'NO-SUCH-CODE' }),
+      expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' },
+    },
+    {
+      name: 'expire_grants',
+      args: () => ({ p_now: '2000-01-01T00:00:00Z' }),
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 1 },
+    },
+    {
       name: 'revoke_api_key',
       args: () => ({ p_key_id: crypto.randomUUID() }),
       expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' },
@@ -362,7 +378,7 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
     // Not upstream_cost, rates (they hold the cost rates) or upstream_model.
     authenticated: [
       'request_id', 'account_id', 'api_key_id', 'model_id', 'provider', 'status', 'hold', 'max_input_tokens', 'max_output_tokens',
-      'choices', 'output_capped', ...tokenColumns, 'usage_source', 'amount', 'charged', 'error', 'created_at', 'settled_at', 'hold_expired_at', 'web_searches',
+      'choices', 'output_capped', ...tokenColumns, 'usage_source', 'amount', 'charged', 'error', 'created_at', 'settled_at', 'hold_expired_at', 'web_searches', 'price_multiplier_bps',
     ],
     service_role: 'all',
   },
@@ -382,6 +398,10 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   price_versions: { anon: 'none', authenticated: 'none', service_role: 'all' },
   // Every column, but rows only for operators (RLS); written by nobody (tests/supabase/operator.test.ts).
   audit_log: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  // Own rows (RLS); codes themselves are the operator's (redeemed through redeem_code).
+  credit_grants: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  code_redemptions: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  redemption_codes: { anon: 'none', authenticated: 'none', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {

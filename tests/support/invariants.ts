@@ -14,13 +14,15 @@ export interface InvariantViolation {
  * - held = sum of the account's open holds
  * - balance - held >= -credit_limit
  * - a settled request's charge equals minus its usage ledger row
+ * - what is left of the account's grants not yet expired = the balance, or 0 below zero
  */
 export async function findInvariantViolations(pool: pg.Pool = admin()): Promise<InvariantViolation[]> {
   const { rows } = await pool.query<InvariantViolation>(`
     with totals as (
       select a.id, a.balance, a.held, a.credit_limit,
              coalesce((select sum(l.amount) from public.credit_ledger l where l.account_id = a.id), 0) as ledger_sum,
-             coalesce((select sum(e.hold) from public.usage_events e where e.account_id = a.id and e.status = 'held'), 0) as open_holds
+             coalesce((select sum(e.hold) from public.usage_events e where e.account_id = a.id and e.status = 'held'), 0) as open_holds,
+             coalesce((select sum(g.remaining) from public.credit_grants g where g.account_id = a.id and g.expired_at is null), 0) as grants_left
         from public.accounts a
     )
     select 'balance equals ledger' as invariant, id::text as subject,
@@ -32,6 +34,9 @@ export async function findInvariantViolations(pool: pg.Pool = admin()): Promise<
     union all
     select 'within credit limit', id::text, jsonb_build_object('balance', balance, 'held', held, 'credit_limit', credit_limit)
       from totals where balance - held < -credit_limit
+    union all
+    select 'grants left equal the balance', id::text, jsonb_build_object('balance', balance, 'grants_left', grants_left)
+      from totals where grants_left <> greatest(balance, 0)
     union all
     select 'charge equals usage ledger row', e.request_id,
            jsonb_build_object('charged', e.charged, 'ledger', coalesce(-l.amount, 0))

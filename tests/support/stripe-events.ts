@@ -141,7 +141,7 @@ export function legacyInvoice(options: { customer: string; price: string; amount
     subscription: id('sub'),
     lines: {
       object: 'list',
-      data: [{ id: id('il'), object: 'line_item', amount: options.amount, currency: 'usd', price: { id: options.price, object: 'price' }, quantity: 1 }],
+      data: [{ id: id('il'), object: 'line_item', amount: options.amount, currency: 'usd', price: { id: options.price, object: 'price' }, quantity: 1, period: { start: now(), end: now() + 30 * 86_400 } }],
       has_more: false,
     },
     status: 'paid',
@@ -173,6 +173,7 @@ export function invoice(options: { customer: string; price: string; amount: numb
           currency: 'usd',
           pricing: { type: 'price_details', price_details: { price: options.price, product: id('prod') }, unit_amount_decimal: String(options.amount) },
           quantity: 1,
+          period: { start: now(), end: now() + 30 * 86_400 },
         },
       ],
       has_more: false,

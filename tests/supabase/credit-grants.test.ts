@@ -1,0 +1,212 @@
+import { createClient, type SupabaseClient } from '@supabase/supabase-js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
+import { createAuthUser } from '../../scripts/local-supabase/index.ts';
+import { charge, checkoutSession, invoice, stripeEvent } from '../support/stripe-events.ts';
+import { admin, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
+
+// Every credit is a grant; spending draws promotional before paid, then higher
+// priority, then earliest expiry, then oldest; the job writes expiry off as a
+// ledger row; a refund takes back from the grants of its payment first. The
+// invariant (balance = Σ ledger, Σ remaining of live grants = the balance or 0)
+// is checked after every test by the suite's setup.
+
+const day = 86_400_000;
+
+/** Posts a credit with the terms given, in one transaction, as the operator's tools would. */
+async function grant(customer: Customer, amount: number, terms: Record<string, unknown>) {
+  const client = await admin().connect();
+  try {
+    await client.query('begin');
+    await client.query('select private.set_next_grant_terms($1)', [JSON.stringify(terms)]);
+    await client.query(`select public.grant_credits($1, $2, 'grant', null, 'test grant')`, [customer.accountId, amount]);
+    await client.query('commit');
+  } catch (error) {
+    await client.query('rollback');
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+/** The customer's grants but the signup credits (which createCustomer's adjustment to its balance used up). */
+async function grants(customer: Customer) {
+  const { rows } = await admin().query(
+    `select source, category, amount::int, remaining::int, expires_at, expired_at is not null as expired
+       from public.credit_grants where account_id = $1 and source <> 'signup' order by id`,
+    [customer.accountId],
+  );
+  return rows;
+}
+
+async function spend(customer: Customer, amount: number) {
+  await ledger.grantCredits({ accountId: customer.accountId, amount: -amount, reason: 'adjustment', note: 'spend' });
+}
+
+describe('the order grants are spent in', () => {
+  it('promotional before paid, then the earliest expiry, and a request\'s charge draws the same way', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const soon = new Date(Date.now() + 5 * day).toISOString();
+    const later = new Date(Date.now() + 10 * day).toISOString();
+    const paidSoon = new Date(Date.now() + 2 * day).toISOString();
+    await grant(customer, 1_000, { category: 'paid', source: 'manual' });
+    await grant(customer, 500, { category: 'promotional', source: 'promotion', expires_at: later });
+    await grant(customer, 300, { category: 'promotional', source: 'promotion', expires_at: soon });
+    await grant(customer, 200, { category: 'paid', source: 'manual', expires_at: paidSoon });
+
+    await spend(customer, 600);
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([1_000, 200, 0, 200]);
+
+    // A request's charge (settle_request's usage row) draws in the same order: promotional, then the paid grant that expires.
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const requestId = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 300 });
+    await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 100, output: 300 }, usageSource: 'provider' });
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([1_000, 0, 0, 0]);
+  });
+
+  it('higher priority first within a category; below zero, credits pay the debt first', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    await admin().query('update public.accounts set credit_limit = 1000 where id = $1', [customer.accountId]);
+    await grant(customer, 100, { category: 'paid', priority: 0 });
+    await grant(customer, 100, { category: 'paid', priority: 5 });
+    await spend(customer, 50);
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([100, 50]);
+    await spend(customer, 400); // 150 covered by grants, 250 of debt
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([0, 0]);
+    await grant(customer, 300, { category: 'paid' });
+    // The debt of 250 is paid first: 50 of the new grant is left, as is the balance.
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([0, 0, 50]);
+    const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account.balance).toBe(50);
+  });
+});
+
+describe('expiry', () => {
+  it('is a ledger row written by the job at the time given, once', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const expiresAt = new Date(Date.now() + 3 * day);
+    await grant(customer, 700, { category: 'promotional', expires_at: expiresAt.toISOString() });
+    await grant(customer, 400, { category: 'paid' });
+    await spend(customer, 200);
+    const expire = (at: Date) => serviceClient().rpc('expire_grants', { p_now: at.toISOString() });
+
+    // The job runs for every account: only this customer's grants are looked at.
+    await expire(new Date(expiresAt.getTime() - 1000));
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[500, false], [400, false]]);
+    await expire(new Date(expiresAt.getTime() + 1000));
+    expect(await grants(customer)).toMatchObject([
+      { category: 'promotional', remaining: 0, expired: true },
+      { category: 'paid', remaining: 400, expired: false },
+    ]);
+    const { rows: ledgerRows } = await admin().query(`select amount::int, reason from public.credit_ledger where account_id = $1 and reason = 'expiry'`, [customer.accountId]);
+    expect(ledgerRows).toEqual([{ amount: -500, reason: 'expiry' }]);
+    await expire(new Date(expiresAt.getTime() + 60_000));
+    const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account.balance).toBe(400);
+  });
+});
+
+describe('refunds take back from the grant they came from', () => {
+  it('a pack with a bonus: its credits paid, its bonus promotional; a refund empties that payment\'s grants first', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    await grant(customer, 3_000_000, { category: 'paid', source: 'manual' });
+    const link = `plink_test_${crypto.randomUUID().slice(0, 8)}`;
+    await admin().query(`insert into public.credit_packs (name, stripe_payment_link_id, unit_amount, credits, bonus_credits) values ('Builder', $1, 5000, 50000000, 5000000)`, [link]);
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000 });
+    const service = serviceClient();
+    const checkout = stripeEvent('checkout.session.completed', session);
+    expect((await service.rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+    expect(await grants(customer)).toMatchObject([
+      { source: 'manual', category: 'paid', amount: 3_000_000 },
+      { source: 'purchase', category: 'paid', amount: 50_000_000 },
+      { source: 'bonus', category: 'promotional', amount: 5_000_000 },
+    ]);
+    await spend(customer, 1_000_000); // from the bonus, promotional
+    const refund = charge({ paymentIntent: session.payment_intent!, amount: 5000, amountRefunded: 5000 });
+    const refunded = stripeEvent('charge.refunded', refund);
+    expect((await service.rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund })).error).toBeNull();
+    // 55M taken back from the payment's own grants (4M of bonus, 50M paid) and 1M more from the others.
+    expect((await grants(customer)).map((row) => row.remaining)).toEqual([2_000_000, 0, 0]);
+  });
+});
+
+describe('subscription allowances', () => {
+  it('expire at the end of the period paid for, unless the plan rolls them over', async () => {
+    const service = serviceClient();
+    for (const rollsOver of [false, true]) {
+      const customer = await createCustomer({ balance: 0 });
+      const planId = `grant${crypto.randomUUID().slice(0, 8)}`;
+      const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
+      await admin().query(
+        `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Pro', 20000000, $2, $3, $4)`,
+        [planId, price, link, rollsOver],
+      );
+      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+      const checkout = stripeEvent('checkout.session.completed', session);
+      expect((await service.rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+      const paid = invoice({ customer: customerId, price, amount: 2000 });
+      const event = stripeEvent('invoice.paid', paid);
+      const applied = await service.rpc('apply_stripe_invoice', { p_event_id: event.id, p_invoice: paid });
+      expect(applied.error).toBeNull();
+      const periodEnd = new Date(paid.lines.data[0]!.period.end * 1000);
+      expect(await grants(customer)).toMatchObject([{ source: 'subscription', category: 'paid', amount: 20_000_000, expires_at: rollsOver ? null : periodEnd }]);
+    }
+  });
+});
+
+describe('redemption codes', () => {
+  let operator: SupabaseClient;
+  beforeAll(async () => {
+    const email = `codes-operator-${crypto.randomUUID().slice(0, 8)}@example.test`;
+    const id = await createAuthUser(stack.authAdminDatabaseUrl, email);
+    const token = signUserJwt(id, stack.jwtSecret, { email, appMetadata: { role: 'admin' } });
+    operator = createClient(stack.supabaseUrl, stack.anonKey, {
+      auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+      realtime: { transport: WebSocket as never },
+      accessToken: async () => token,
+    });
+  });
+
+  it('100 customers redeem a 10-use code at once through the API: exactly 10 succeed, each a grant of the code\'s terms', { timeout: 60_000 }, async () => {
+    const code = `LAUNCH-${crypto.randomUUID().slice(0, 6).toUpperCase()}`;
+    const created = await operator.rpc('operator_create_code', { p_code: code.toLowerCase(), p_credits: 2_000_000, p_max_uses: 10, p_grant_lifetime: '30 days' });
+    expect(created.error).toBeNull();
+    const customers = await Promise.all(Array.from({ length: 100 }, () => createCustomer({ balance: 0 })));
+    const results = await Promise.all(customers.map((customer) => customer.client.rpc('redeem_code', { p_code: code })));
+    const succeeded = results.filter((result) => result.error === null);
+    expect(succeeded).toHaveLength(10);
+    expect(new Set(results.filter((result) => result.error).map((result) => result.error!.message))).toEqual(new Set(['this code has been used up']));
+    const { rows: [state] } = await admin().query('select uses from public.redemption_codes where code = $1', [code]);
+    expect(state.uses).toBe(10);
+    const winners = customers.filter((_, index) => results[index]!.error === null);
+    for (const winner of winners.slice(0, 3)) {
+      expect(await grants(winner)).toMatchObject([{ source: 'code', category: 'promotional', amount: 2_000_000, remaining: 2_000_000 }]);
+      const expires = (await grants(winner))[0]!.expires_at as Date;
+      expect(Math.abs(expires.getTime() - (Date.now() + 30 * day))).toBeLessThan(120_000);
+    }
+    // Once per account.
+    const again = await winners[0]!.client.rpc('redeem_code', { p_code: code });
+    expect(again.error?.message).toBe('this code has been used up');
+    const { rows: audit } = await admin().query(`select action from public.audit_log where subject = $1`, [code]);
+    expect(audit).toEqual([{ action: 'create_code' }]);
+  });
+
+  it('once per account, not after its time, not by a customer creating codes', async () => {
+    const code = `ONCE-${crypto.randomUUID().slice(0, 6).toUpperCase()}`;
+    expect((await operator.rpc('operator_create_code', { p_code: code, p_credits: 1_000, p_max_uses: 5, p_category: 'paid' })).error).toBeNull();
+    const customer = await createCustomer({ balance: 0 });
+    expect((await customer.client.rpc('redeem_code', { p_code: code })).error).toBeNull();
+    expect((await customer.client.rpc('redeem_code', { p_code: code })).error?.message).toBe('this account has redeemed this code already');
+    expect(await grants(customer)).toMatchObject([{ source: 'code', category: 'paid', amount: 1_000, expires_at: null }]);
+
+    const expired = `GONE-${crypto.randomUUID().slice(0, 6).toUpperCase()}`;
+    await operator.rpc('operator_create_code', { p_code: expired, p_credits: 1_000, p_max_uses: 5, p_redeemable_until: new Date(Date.now() - day).toISOString() });
+    expect((await customer.client.rpc('redeem_code', { p_code: expired })).error?.message).toBe('this code has expired');
+    expect((await customer.client.rpc('redeem_code', { p_code: 'NO-SUCH-CODE' })).error?.code).toBe('PT404');
+    expect((await customer.client.rpc('operator_create_code', { p_code: 'MINE-1234', p_credits: 1_000_000_000, p_max_uses: 1 })).error?.code).toBe('42501');
+    const bad = await operator.rpc('operator_create_code', { p_code: 'x', p_credits: 0, p_max_uses: 1 });
+    expect(bad.error?.code).toBe('22023');
+  });
+});
