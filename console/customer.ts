@@ -25,13 +25,16 @@ interface Account {
 
 const tokenColumns = 'input_tokens,cached_input_tokens,cache_write_tokens,cache_write_1h_tokens,output_tokens,reasoning_tokens';
 
-export function customerView(supabase: SupabaseClient): HTMLElement[] {
+export function customerView(supabase: SupabaseClient, userId: string): HTMLElement[] {
   let account: Account | undefined;
   const sections: Array<{ element: HTMLElement; reload: () => Promise<void> }> = [];
   const reloadAll = () => Promise.all(sections.map((part) => part.reload()));
 
+  // The user's own account (a member of an organisation also reads the organisation's).
+  const ownAccount = async () => (account ??= await must<Account>(supabase.from('accounts').select('id,balance,held,credit_limit,low_balance_threshold,plan,balance_state').eq('user_id', userId).single()));
+
   const balance = section('Balance', async () => {
-    account = await must<Account>(supabase.from('accounts').select('id,balance,held,credit_limit,low_balance_threshold,plan,balance_state').single());
+    account = await must<Account>(supabase.from('accounts').select('id,balance,held,credit_limit,low_balance_threshold,plan,balance_state').eq('user_id', userId).single());
     const available = account.balance - account.held + account.credit_limit;
     const figure = (label: string, value: number, name: string) => el('div', { class: 'figure', 'data-figure': name }, el('span', {}, label), el('strong', {}, dollars(value)));
     const threshold = el('input', { type: 'number', min: '0', step: '0.01', id: 'threshold', value: (account.low_balance_threshold / 1_000_000).toFixed(2), 'aria-label': 'Low-balance alert threshold in dollars' }) as HTMLInputElement;
@@ -60,7 +63,7 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
   const chart = section('Spending by day and model (30 days)', async () => {
     const since = new Date(Date.now() - 30 * 86_400_000);
     const rows = await must<Array<{ model_id: string; charged: number | null; created_at: string }>>(
-      supabase.from('usage_events').select('model_id,charged,created_at').gte('created_at', since.toISOString()).not('charged', 'is', null).limit(10_000),
+      supabase.from('usage_events').select('model_id,charged,created_at').eq('account_id', (await ownAccount()).id).gte('created_at', since.toISOString()).not('charged', 'is', null).limit(10_000),
     );
     if (!rows.length) return el('p', { class: 'note' }, 'No usage in the last 30 days.');
     const days: number[] = [];
@@ -90,7 +93,7 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
 
   const recent = section('Recent requests', async () => {
     const rows = await must<Array<Record<string, string | number | null>>>(
-      supabase.from('usage_events').select(`request_id,model_id,status,${tokenColumns},charged,usage_source,created_at`).order('created_at', { ascending: false }).limit(25),
+      supabase.from('usage_events').select(`request_id,model_id,status,${tokenColumns},charged,usage_source,created_at`).eq('account_id', (await ownAccount()).id).order('created_at', { ascending: false }).limit(25),
     );
     return table(
       [['When'], ['Model'], ['Input', true], ['Cached', true], ['Cache write', true], ['Output', true], ['Reasoning', true], ['Cost', true], ['Counted by'], ['Outcome']],
@@ -113,7 +116,7 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
 
   const keys = section('API keys', async () => {
     const rows = await must<Array<Record<string, string | number | null>>>(
-      supabase.from('api_keys').select('id,name,prefix,created_at,expires_at,revoked_at,last_used_at,requests_per_minute,tokens_per_minute,spend_limit,spent').order('created_at', { ascending: false }),
+      supabase.from('api_keys').select('id,name,prefix,created_at,expires_at,revoked_at,last_used_at,requests_per_minute,tokens_per_minute,spend_limit,spent').eq('account_id', (await ownAccount()).id).order('created_at', { ascending: false }),
     );
     const shown = el('div');
     const name = el('input', { placeholder: 'Key name', required: '', id: 'new-key-name', 'aria-label': 'New key name' }) as HTMLInputElement;
@@ -179,7 +182,7 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
   let redeemedClass = 'note';
   const credits = section('Your credits', async () => {
     const rows = await must<Array<Record<string, string | number | null>>>(
-      supabase.from('credit_grants').select('source,category,amount,remaining,expires_at,expired_at,created_at').order('created_at', { ascending: false }).limit(50),
+      supabase.from('credit_grants').select('source,category,amount,remaining,expires_at,expired_at,created_at').eq('account_id', (await ownAccount()).id).order('created_at', { ascending: false }).limit(50),
     );
     const code = el('input', { id: 'redeem-code', placeholder: 'CODE', autocomplete: 'off', 'aria-label': 'Redemption code' }) as HTMLInputElement;
     const message = el('span', { class: redeemedClass, id: 'redeem-message' }, ...redeemed);
@@ -224,7 +227,7 @@ export function customerView(supabase: SupabaseClient): HTMLElement[] {
       must<Array<Record<string, string | number | null>>>(supabase.from('credit_packs').select('name,unit_amount,currency,credits,bonus_credits,payment_link_url').eq('active', true).order('unit_amount')),
       must<Array<Record<string, string | number | null>>>(supabase.from('plans').select('id,name,unit_amount,currency,monthly_credits,payment_link_url').eq('active', true).order('unit_amount')),
     ]);
-    account ??= await must<Account>(supabase.from('accounts').select('id,balance,held,credit_limit,low_balance_threshold,plan,balance_state').single());
+    await ownAccount();
     // The account travels as client_reference_id: that is how the payment finds it.
     const link = (url: string | number | null | undefined, label: string) => {
       if (!url) return el('span', { class: 'note' }, 'no Payment Link yet');

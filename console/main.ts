@@ -54,7 +54,7 @@ async function signedIn(supabase: SupabaseClient, session: Session) {
     const { operatorView } = await import('./operator.ts');
     show(...operatorView(supabase));
   } else {
-    show(...customerView(supabase));
+    show(...customerView(supabase, session.user.id));
   }
 }
 

@@ -189,8 +189,8 @@ describe('redemption codes', () => {
     // Once per account.
     const again = await winners[0]!.client.rpc('redeem_code', { p_code: code });
     expect(again.error?.message).toBe('this code has been used up');
-    const { rows: audit } = await admin().query(`select action from public.audit_log where subject = $1`, [code]);
-    expect(audit).toEqual([{ action: 'create_code' }]);
+    const { rows: audit } = await admin().query(`select action, count(*)::int as n from public.audit_log where subject = $1 group by action order by action`, [code]);
+    expect(audit).toEqual([{ action: 'create_code', n: 1 }, { action: 'redeem_code', n: 10 }]);
   });
 
   it('once per account, not after its time, not by a customer creating codes', async () => {

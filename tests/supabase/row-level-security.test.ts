@@ -334,6 +334,22 @@ describe('functions: only the service role runs money functions', () => {
       args: () => ({ p_code: 'NO-SUCH-CODE' }),
       expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' },
     },
+    ...[
+      ['set_member', { p_account_id: crypto.randomUUID(), p_email: 'x@example.test' }],
+      ['remove_member', { p_account_id: crypto.randomUUID(), p_user_id: crypto.randomUUID() }],
+      ['create_member_api_key', { p_account_id: crypto.randomUUID(), p_name: 'x' }],
+    ].map(([name, args]) => ({
+      name: name as string,
+      // Owners (members, for keys) of the organisation only: nobody here is one.
+      args: () => args as Record<string, unknown>,
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' } as Record<Role, Outcome>,
+    })),
+    ...['my_organisations', 'my_owned_accounts'].map((name) => ({
+      name,
+      args: () => ({}),
+      // Alice owns her own account; she belongs to no organisation.
+      expected: { anon: 'denied', alice: name === 'my_owned_accounts' ? 1 : 0, bob: name === 'my_owned_accounts' ? 1 : 0, service: 'denied' } as Record<Role, Outcome>,
+    })),
     {
       name: 'expire_grants',
       args: () => ({ p_now: '2000-01-01T00:00:00Z' }),
@@ -402,6 +418,8 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   credit_grants: { anon: 'none', authenticated: 'all', service_role: 'all' },
   code_redemptions: { anon: 'none', authenticated: 'all', service_role: 'all' },
   redemption_codes: { anon: 'none', authenticated: 'none', service_role: 'all' },
+  // Owners see their members, members their own membership (tests/supabase/organisations.test.ts).
+  account_members: { anon: 'none', authenticated: 'all', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {
