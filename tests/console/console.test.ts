@@ -1,4 +1,6 @@
 import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConsole } from '../../scripts/build-console.ts';
@@ -48,6 +50,13 @@ async function signIn(page: Page, email: string) {
   await page.waitForSelector('#signed-in-as');
 }
 
+/** Screenshots of each page, kept as test artifacts in artifacts/console/ (not committed). */
+const artifacts = join(import.meta.dirname, '../../artifacts/console');
+async function screenshot(page: Page, name: string) {
+  await mkdir(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
 const figure = async (page: Page, name: string) => Number(await page.getAttribute(`[data-figure="${name}"] [data-micro]`, 'data-micro'));
 
 describe.skipIf(!available)('the customer console', () => {
@@ -79,6 +88,30 @@ describe.skipIf(!available)('the customer console', () => {
       expect(row).toContain('provider');
       expect(row).toContain('completed');
       await page.waitForSelector('#usage-chart canvas');
+      await screenshot(page, 'customer');
+
+      // The operator's data is not reachable from the customer's session, even by calling the functions the operator page calls.
+      const attempts = await page.evaluate(async ({ supabaseUrl, anonKey }) => {
+        const stored = Object.keys(localStorage).find((name) => name.startsWith('sb-') && name.endsWith('-auth-token'))!;
+        const token = (JSON.parse(localStorage.getItem(stored)!) as { access_token: string }).access_token;
+        const headers = { apikey: anonKey, authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+        const results: Record<string, unknown> = {};
+        for (const name of ['operator_customers', 'operator_revenue', 'operator_models', 'operator_payments', 'operator_alerts']) {
+          const response = await fetch(`${supabaseUrl}/rest/v1/rpc/${name}`, { method: 'POST', headers, body: '{}' });
+          results[name] = [response.status, ((await response.json()) as { code?: string }).code];
+        }
+        const audit = await fetch(`${supabaseUrl}/rest/v1/audit_log?select=id`, { headers });
+        results.audit_log = [audit.status, await audit.json()];
+        const costs = await fetch(`${supabaseUrl}/rest/v1/usage_events?select=upstream_cost`, { headers });
+        results.upstream_cost = [costs.status, ((await costs.json()) as { code?: string }).code];
+        return results;
+      }, { supabaseUrl: stack.supabaseUrl, anonKey: stack.anonKey });
+      expect(attempts).toEqual({
+        operator_customers: [403, '42501'], operator_revenue: [403, '42501'], operator_models: [403, '42501'],
+        operator_payments: [403, '42501'], operator_alerts: [403, '42501'],
+        audit_log: [200, []],
+        upstream_cost: [403, '42501'],
+      });
     } finally {
       await page.close();
     }
@@ -126,6 +159,7 @@ describe.skipIf(!available)('the customer console', () => {
       await page.fill('#code', '000000x');
       await page.click('#enter-code button');
       await expect.poll(() => page.textContent('#sign-in-message')).toContain('That code did not work');
+      await screenshot(page, 'sign-in-phone');
 
       await signIn(page, `${customer.userId}@example.test`);
       await page.waitForSelector('#threshold');
@@ -134,6 +168,7 @@ describe.skipIf(!available)('the customer console', () => {
       await expect.poll(async () => (await accountOf(customer)).threshold).toBe(2_500_000);
       // Nothing wider than the phone's screen but the tables, which scroll inside their section.
       expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+      await screenshot(page, 'customer-phone');
     } finally {
       await page.close();
     }
@@ -168,6 +203,11 @@ describe.skipIf(!available)('the operator console', () => {
       answers.push('2.5', '10');
       await page.click(`[data-edit-model="${model}"]`);
       await expect.poll(async () => (await admin().query('select price_input::int, price_output::int from public.models where id = $1', [model])).rows[0]).toEqual({ price_input: 2_500_000, price_output: 10_000_000 });
+      // The next request is billed at the new price: 19 prompt tokens at $2.50/M + 9 completion tokens at $10/M = 137.5, so 138.
+      await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] });
+      await gateway.settled();
+      const { rows: [latest] } = await admin().query('select charged::int from public.usage_events where model_id = $1 order by created_at desc limit 1', [model]);
+      expect(latest.charged).toBe(138);
 
       await page.fill('#customer-search', `${customer.userId}@example.test`);
       await page.click('#customers form button');
@@ -183,6 +223,7 @@ describe.skipIf(!available)('the operator console', () => {
       expect(auditText).toContain(email);
       const { rows: logged } = await admin().query('select action from public.audit_log where actor_email = $1 order by id', [email]);
       expect(logged.map((row) => row.action)).toEqual(['update_model', 'grant_credits']);
+      await screenshot(page, 'operator');
     } finally {
       await page.close();
     }
