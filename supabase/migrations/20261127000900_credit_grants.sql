@@ -238,8 +238,9 @@ $$;
 -- Expiry ------------------------------------------------------------------------------
 -- Writes off what is left of every grant whose time has come, one ledger row per
 -- grant (reason 'expiry', reference 'expiry:<grant id>', so a second run writes
--- nothing twice). Accounts are locked in id order. `p_now` is a parameter so the
--- tests control time.
+-- nothing twice). Accounts are locked in id order. An account whose requests in
+-- flight hold part of what is due is left for a later run, once they settle.
+-- `p_now` is a parameter so the tests control time.
 create function public.expire_grants(p_now timestamptz)
 returns jsonb
 language plpgsql
@@ -251,12 +252,23 @@ declare
   v_grant record;
   v_grants integer := 0;
   v_amount bigint := 0;
+  v_available bigint;
+  v_due bigint;
+  v_deferred integer := 0;
 begin
   for v_account in
     select distinct g.account_id from public.credit_grants g
      where g.expired_at is null and g.expires_at <= p_now order by g.account_id
   loop
-    perform 1 from public.accounts where id = v_account for no key update;
+    select balance - held + credit_limit into v_available from public.accounts where id = v_account for no key update;
+    select coalesce(sum(g.remaining), 0) into v_due from public.credit_grants g
+     where g.account_id = v_account and g.expired_at is null and g.expires_at <= p_now;
+    -- Requests in flight hold part of what is due: writing it off now would take the
+    -- account past its credit limit. It waits for them to settle (the next run).
+    if v_due > v_available then
+      v_deferred := v_deferred + 1;
+      continue;
+    end if;
     for v_grant in
       select g.id, g.remaining from public.credit_grants g
        where g.account_id = v_account and g.expired_at is null and g.expires_at <= p_now
@@ -271,7 +283,7 @@ begin
       v_grants := v_grants + 1;
     end loop;
   end loop;
-  return jsonb_build_object('expired', v_grants, 'amount', v_amount);
+  return jsonb_build_object('expired', v_grants, 'amount', v_amount, 'deferred_accounts', v_deferred);
 end;
 $$;
 revoke all on function public.expire_grants(timestamptz) from public, anon, authenticated;

@@ -108,6 +108,25 @@ describe('expiry', () => {
   });
 });
 
+describe('expiry waits for requests in flight', () => {
+  it('an account whose holds cover part of what is due is written off once they settle, never past its limit', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const expiresAt = new Date(Date.now() + 3 * day);
+    await grant(customer, 500, { category: 'promotional', expires_at: expiresAt.toISOString() });
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const requestId = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 200, maxOutputTokens: 200 });
+    const expire = () => serviceClient().rpc('expire_grants', { p_now: new Date(expiresAt.getTime() + 1000).toISOString() });
+    expect((await expire()).error).toBeNull();
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[500, false]]);
+    await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 100, output: 50 }, usageSource: 'provider' });
+    expect((await expire()).error).toBeNull();
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[0, true]]);
+    const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account).toEqual({ balance: 0, held: 0 });
+  });
+});
+
 describe('refunds take back from the grant they came from', () => {
   it('a pack with a bonus: its credits paid, its bonus promotional; a refund empties that payment\'s grants first', async () => {
     const customer = await createCustomer({ balance: 0 });
