@@ -105,6 +105,27 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
           }
           void act(() => call(supabase, 'operator_update_model', { p_model_id: row.id, p_changes: changes }), [models]);
         });
+        const editCosts = el('button', { type: 'button', 'data-edit-costs': String(row.id) }, 'Costs');
+        editCosts.addEventListener('click', () => {
+          const input = prompt(`What the upstream charges per 1M input tokens of ${row.id}, in dollars`, String((cost.input ?? 0) / 1_000_000));
+          if (input === null) return;
+          const output = prompt(`What the upstream charges per 1M output tokens of ${row.id}, in dollars`, String((cost.output ?? 0) / 1_000_000));
+          if (output === null) return;
+          const changes = { cost_input: microFromDollars(input), cost_output: microFromDollars(output) };
+          if (changes.cost_input === undefined || changes.cost_output === undefined || changes.cost_input < 0 || changes.cost_output < 0) {
+            alert('Costs are dollars with at most six decimals, zero or more.');
+            return;
+          }
+          void act(() => call(supabase, 'operator_update_model', { p_model_id: row.id, p_changes: changes }), [models]);
+        });
+        const alias = el('button', { type: 'button', 'data-alias-model': String(row.id) }, 'Aliases');
+        alias.addEventListener('click', () => {
+          const answer = prompt(`An alias to add for ${row.id}, or -alias to remove one`, '');
+          if (!answer?.trim()) return;
+          const removing = answer.trim().startsWith('-');
+          const name = answer.trim().replace(/^-/, '');
+          void act(() => call(supabase, 'operator_set_alias', { p_alias: name, p_model_id: removing ? null : row.id }), [models]);
+        });
         const toggle = el('button', { type: 'button', 'data-toggle-model': String(row.id) }, row.enabled ? 'Disable' : 'Enable');
         toggle.addEventListener('click', () => void act(() => call(supabase, 'operator_update_model', { p_model_id: row.id, p_changes: { enabled: !row.enabled } }), [models]));
         return [
@@ -116,7 +137,7 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
           String(row.price_source),
           ((row.aliases as string[]) ?? []).join(', '),
           row.enabled ? 'yes' : 'no',
-          el('span', {}, edit, ' ', toggle),
+          el('span', {}, edit, ' ', editCosts, ' ', alias, ' ', toggle),
         ];
       }),
       'No models.',

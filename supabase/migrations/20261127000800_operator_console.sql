@@ -201,9 +201,9 @@ $$;
 
 -- Acting ----------------------------------------------------------------------------
 
--- Changes a model's prices (micro-units per 1M tokens, or per search) or whether
--- it is enabled. A price set here is the operator's (price_source 'manual': a
--- sync never overwrites it) and becomes a price version in force now, so
+-- Changes a model's prices or costs (micro-units per 1M tokens, or per search) or
+-- whether it is enabled. A price or cost set here is the operator's (price_source
+-- 'manual': a sync never overwrites it) and becomes a price version in force now, so
 -- requests record which prices they were sold at. A price below cost raises the
 -- price_below_cost alert (the models trigger).
 create function public.operator_update_model(p_model_id text, p_changes jsonb)
@@ -220,7 +220,9 @@ declare
   v_priced boolean := false;
   v_version bigint;
   c_prices constant text[] := array['price_input', 'price_cached_input', 'price_cache_write', 'price_cache_write_1h',
-    'price_output', 'price_reasoning', 'price_image', 'price_audio', 'price_web_search'];
+    'price_output', 'price_reasoning', 'price_image', 'price_audio', 'price_web_search',
+    'cost_input', 'cost_cached_input', 'cost_cache_write', 'cost_cache_write_1h',
+    'cost_output', 'cost_reasoning', 'cost_image', 'cost_audio', 'cost_web_search'];
 begin
   perform private.require_operator();
   if jsonb_typeof(p_changes) is distinct from 'object' or p_changes = '{}' then
@@ -242,13 +244,13 @@ begin
               and v_value::numeric = trunc(v_value::numeric) and v_value::numeric < 1e15)) then
         raise exception '% must be a whole number of micro-units, zero or more (or null)', v_key using errcode = '22023';
       end if;
-      if v_key in ('price_input', 'price_output') and jsonb_typeof(v_value) = 'null' then
+      if v_key in ('price_input', 'price_output', 'cost_input', 'cost_output') and jsonb_typeof(v_value) = 'null' then
         raise exception '% cannot be removed', v_key using errcode = '22023';
       end if;
       v_after := jsonb_populate_record(v_after, jsonb_build_object(v_key, v_value));
       v_priced := true;
     else
-      raise exception 'unknown change %: only enabled and prices (%) can be changed here', v_key, array_to_string(c_prices, ', ')
+      raise exception 'unknown change %: only enabled, prices and costs (%) can be changed here', v_key, array_to_string(c_prices, ', ')
         using errcode = '22023';
     end if;
   end loop;
@@ -259,6 +261,10 @@ begin
          price_cache_write = v_after.price_cache_write, price_cache_write_1h = v_after.price_cache_write_1h,
          price_output = v_after.price_output, price_reasoning = v_after.price_reasoning,
          price_image = v_after.price_image, price_audio = v_after.price_audio, price_web_search = v_after.price_web_search,
+         cost_input = v_after.cost_input, cost_cached_input = v_after.cost_cached_input,
+         cost_cache_write = v_after.cost_cache_write, cost_cache_write_1h = v_after.cost_cache_write_1h,
+         cost_output = v_after.cost_output, cost_reasoning = v_after.cost_reasoning,
+         cost_image = v_after.cost_image, cost_audio = v_after.cost_audio, cost_web_search = v_after.cost_web_search,
          price_source = case when v_priced then 'manual' else price_source end,
          updated_at = now()
    where id = p_model_id
@@ -275,7 +281,8 @@ begin
 
   perform private.audit('update_model', p_model_id, jsonb_build_object(
     'changes', p_changes,
-    'before', jsonb_build_object('enabled', v_before.enabled, 'price', private.model_prices(v_before), 'price_web_search', v_before.price_web_search),
+    'before', jsonb_build_object('enabled', v_before.enabled, 'price', private.model_prices(v_before), 'price_web_search', v_before.price_web_search,
+                                 'cost', private.model_costs(v_before), 'cost_web_search', v_before.cost_web_search),
     'price_version', v_version));
   return jsonb_build_object('id', p_model_id, 'enabled', v_after.enabled, 'price', private.model_prices(v_after),
                             'price_web_search', v_after.price_web_search, 'price_version', v_version);
@@ -342,6 +349,41 @@ begin
   return v_result;
 end;
 $$;
+
+-- Points an alias at a model (a new alias, or one moved), or removes it (model null).
+create function public.operator_set_alias(p_alias text, p_model_id text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_before text;
+begin
+  perform private.require_operator();
+  select model_id into v_before from public.model_aliases where alias = p_alias for update;
+  if p_model_id is null then
+    delete from public.model_aliases where alias = p_alias;
+    if not found then
+      raise exception 'no alias %', p_alias using errcode = 'PT404';
+    end if;
+  else
+    if not exists (select 1 from public.models where id = p_model_id) then
+      raise exception 'no model %', p_model_id using errcode = 'PT404';
+    end if;
+    begin
+      insert into public.model_aliases (alias, model_id) values (p_alias, p_model_id)
+      on conflict (alias) do update set model_id = excluded.model_id;
+    exception when check_violation then
+      raise exception 'an alias is 1 to 128 letters, digits and ._:/@-, starting with a letter or digit' using errcode = '22023';
+    end;
+  end if;
+  perform private.audit('set_alias', p_alias, jsonb_build_object('model', p_model_id, 'before', v_before));
+  return jsonb_build_object('alias', p_alias, 'model_id', p_model_id);
+end;
+$$;
+revoke all on function public.operator_set_alias(text, text) from public, anon, service_role;
+grant execute on function public.operator_set_alias(text, text) to authenticated;
 
 revoke all on function public.operator_models(), public.operator_customers(text, integer), public.operator_alerts(integer),
   public.operator_revenue(integer), public.operator_payments(integer), public.operator_update_model(text, jsonb),

@@ -187,6 +187,26 @@ revoke all on function private.ledger_moves_grants() from public;
 create trigger credit_ledger_moves_grants after insert on public.credit_ledger
   for each row execute function private.ledger_moves_grants();
 
+-- Every money movement but a request's charge (usage_events has those) is in the
+-- audit log too, with who caused it when someone signed in did.
+create function private.audit_ledger()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if new.reason <> 'usage' then
+    perform private.audit('ledger_' || new.reason, new.account_id::text, jsonb_build_object(
+      'entry_id', new.id, 'amount', new.amount, 'balance_after', new.balance_after, 'reference', new.reference, 'note', new.note));
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.audit_ledger() from public;
+create trigger credit_ledger_audited after insert on public.credit_ledger
+  for each row execute function private.audit_ledger();
+
 -- What every account has now becomes its opening grant (paid, no expiry).
 insert into public.credit_grants (account_id, ledger_entry_id, source, category, amount, remaining)
 select a.id, coalesce((select max(l.id) from public.credit_ledger l where l.account_id = a.id), 0), 'opening_balance', 'paid', a.balance, a.balance

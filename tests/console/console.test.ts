@@ -209,6 +209,10 @@ describe.skipIf(!available)('the operator console', () => {
       const { rows: [latest] } = await admin().query('select charged::int from public.usage_events where model_id = $1 order by created_at desc limit 1', [model]);
       expect(latest.charged).toBe(138);
 
+      answers.push(`${model}-latest`);
+      await page.click(`[data-alias-model="${model}"]`);
+      await expect.poll(async () => (await admin().query('select model_id from public.model_aliases where alias = $1', [`${model}-latest`])).rows).toEqual([{ model_id: model }]);
+
       await page.fill('#customer-search', `${customer.userId}@example.test`);
       await page.click('#customers form button');
       await page.waitForSelector(`[data-grant="${customer.accountId}"]`);
@@ -221,8 +225,8 @@ describe.skipIf(!available)('the operator console', () => {
       const auditText = (await page.textContent('#audit'))!;
       expect(auditText).toContain('update_model');
       expect(auditText).toContain(email);
-      const { rows: logged } = await admin().query('select action from public.audit_log where actor_email = $1 order by id', [email]);
-      expect(logged.map((row) => row.action)).toEqual(['update_model', 'grant_credits']);
+      const { rows: logged } = await admin().query(`select action from public.audit_log where actor_email = $1 and action not like 'ledger\\_%' order by id`, [email]);
+      expect(logged.map((row) => row.action)).toEqual(['update_model', 'set_alias', 'grant_credits']);
       await screenshot(page, 'operator');
     } finally {
       await page.close();

@@ -85,7 +85,7 @@ describe('the operator acts, and the audit log says so', () => {
   it('changes a price: the model is the operator\'s now, a price version is in force, a price below cost raises an alert', async () => {
     const model = await createModel({ input: 2_000_000, output: 8_000_000 }, { cost: { input: 1_000_000, output: 4_000_000 } });
     await expect(call(operator, 'operator_update_model', { p_model_id: model, p_changes: { price_output: 1.5 } })).rejects.toMatchObject({ code: '22023' });
-    await expect(call(operator, 'operator_update_model', { p_model_id: model, p_changes: { cost_output: 1 } })).rejects.toMatchObject({ code: '22023' });
+    await expect(call(operator, 'operator_update_model', { p_model_id: model, p_changes: { upstream_model: 'elsewhere' } })).rejects.toMatchObject({ code: '22023' });
     const changed = await call<Record<string, unknown>>(operator, 'operator_update_model', { p_model_id: model, p_changes: { price_output: 3_000_000 } });
     expect(changed).toMatchObject({ price: { input: 2_000_000, output: 3_000_000 } });
     const { rows: [row] } = await admin().query('select price_output::int, price_source, price_version_id from public.models where id = $1', [model]);
@@ -117,6 +117,22 @@ describe('the operator acts, and the audit log says so', () => {
     expect(books).toEqual({ balance: 4_000_000, ledger: 4_000_000 });
     expect(await auditRows('grant_credits', account.accountId)).toEqual([expect.objectContaining({ details: expect.objectContaining({ amount: 5_000_000, note: 'goodwill' }) })]);
     expect(await auditRows('debit_credits', account.accountId)).toEqual([expect.objectContaining({ details: expect.objectContaining({ amount: -2_000_000, note: 'correction' }) })]);
+    // The ledger rows themselves are audited too, with the operator as their actor.
+    expect(await auditRows('ledger_grant', account.accountId)).toEqual(expect.arrayContaining([expect.objectContaining({ actor_email: operatorEmail, details: expect.objectContaining({ amount: 5_000_000 }) })]));
+  });
+
+  it('edits costs, points and removes aliases, each audited', async () => {
+    const model = await createModel({ input: 2_000_000, output: 8_000_000 }, { cost: { input: 1_000_000, output: 4_000_000 } });
+    await call(operator, 'operator_update_model', { p_model_id: model, p_changes: { cost_output: 5_000_000 } });
+    const { rows: [row] } = await admin().query('select cost_output::int, price_source from public.models where id = $1', [model]);
+    expect(row).toEqual({ cost_output: 5_000_000, price_source: 'manual' });
+    await call(operator, 'operator_set_alias', { p_alias: `${model}-v2`, p_model_id: model });
+    expect((await admin().query('select model_id from public.model_aliases where alias = $1', [`${model}-v2`])).rows).toEqual([{ model_id: model }]);
+    await expect(call(operator, 'operator_set_alias', { p_alias: 'bad alias!', p_model_id: model })).rejects.toMatchObject({ code: '22023' });
+    await call(operator, 'operator_set_alias', { p_alias: `${model}-v2`, p_model_id: null });
+    expect((await admin().query('select 1 from public.model_aliases where alias = $1', [`${model}-v2`])).rows).toEqual([]);
+    expect((await auditRows('set_alias', `${model}-v2`)).map((entry) => entry.details.model)).toEqual([model, null]);
+    await expect(call(customer.client, 'operator_set_alias', { p_alias: 'x-1', p_model_id: model })).rejects.toMatchObject({ code: '42501' });
   });
 
   it('resolves an alert; nobody can change the audit log, the operator included, nor its owner', async () => {

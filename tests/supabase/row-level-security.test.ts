@@ -316,7 +316,7 @@ describe('functions: only the service role runs money functions', () => {
       ['operator_models', {}], ['operator_customers', {}], ['operator_alerts', {}], ['operator_revenue', {}], ['operator_payments', {}],
       ['operator_update_model', { p_model_id: 'x', p_changes: { enabled: false } }],
       ['operator_grant_credits', { p_account_id: crypto.randomUUID(), p_amount: 1, p_note: 'x' }],
-      ['operator_resolve_alert', { p_alert_id: 1 }], ['operator_reconcile', {}],
+      ['operator_resolve_alert', { p_alert_id: 1 }], ['operator_reconcile', {}], ['operator_set_alias', { p_alias: 'x-1', p_model_id: null }],
     ].map(([name, args]) => ({
       name: name as string,
       // Operators only, checked in SQL: a customer is refused like anyone else (tests/supabase/operator.test.ts has the operator).
