@@ -73,31 +73,37 @@ $$;
 revoke all on function private.set_next_grant_terms(jsonb) from public;
 
 -- Draws `p_amount` from the account's grants, in order, those of `p_first`
--- (a reference) first; what the grants do not cover is debt. Returns what was drawn.
+-- (a reference) first (a grant without a reference is not the payment's: the
+-- coalesce keeps null out of the sort, where desc would put it first); what the
+-- grants do not cover is debt. Returns what was drawn.
 create function private.draw_from_grants(p_account_id uuid, p_amount bigint, p_first text default null)
 returns bigint
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_grant record;
-  v_left bigint := p_amount;
-  v_take bigint;
+  v_drawn bigint;
 begin
-  for v_grant in
-    select g.id, g.remaining from public.credit_grants g
+  -- One statement (plan cached by PL/pgSQL): each grant, in order, gives what the
+  -- grants before it did not cover, up to what it has left. The account's lock
+  -- (held by every caller) serializes the draws of one account.
+  with ordered as (
+    select g.id, g.remaining,
+           sum(g.remaining) over (
+             order by coalesce(p_first is not null and g.reference = p_first, false) desc,
+                      g.category = 'promotional' desc, g.priority desc, g.expires_at nulls last, g.id
+           ) - g.remaining as before
+      from public.credit_grants g
      where g.account_id = p_account_id and g.remaining > 0 and g.expired_at is null
-     -- (a grant without a reference is not the payment's: false, never null, which desc would put first)
-     order by coalesce(p_first is not null and g.reference = p_first, false) desc,
-              g.category = 'promotional' desc, g.priority desc, g.expires_at nulls last, g.id
-     for update
-  loop
-    exit when v_left <= 0;
-    v_take := least(v_left, v_grant.remaining);
-    update public.credit_grants set remaining = remaining - v_take where id = v_grant.id;
-    v_left := v_left - v_take;
-  end loop;
-  return p_amount - v_left;
+  ), drawn as (
+    update public.credit_grants g
+       set remaining = g.remaining - least(o.remaining, p_amount - o.before)
+      from ordered o
+     where g.id = o.id and o.before < p_amount
+    returning least(o.remaining, p_amount - o.before) as taken
+  )
+  select coalesce(sum(taken), 0)::bigint into v_drawn from drawn;
+  return v_drawn;
 end;
 $$;
 revoke all on function private.draw_from_grants(uuid, bigint, text) from public;
