@@ -277,7 +277,12 @@ export function parseSettlementRow(value: unknown): SettleRequestInput | undefin
  * a deadline, a 5xx, a misconfigured key) may pass later.
  */
 export function isPermanentSettlementError(error: unknown): boolean {
-  return error instanceof LedgerError && (error.code === 'PT404' || error.code.startsWith('22'));
+  return error instanceof LedgerError && isPermanentSettlementCode(error.code);
+}
+
+/** The same, for one item's SQLSTATE in a settle_requests answer: an unknown request or bad usage. */
+export function isPermanentSettlementCode(code: string): boolean {
+  return code === 'PT404' || code.startsWith('22');
 }
 
 /** The money functions, for the gateway (a service-role client). */

@@ -1,4 +1,5 @@
 import type { Services } from '../app-env.ts';
+import { isPermanentSettlementCode } from '../billing/ledger.ts';
 
 export interface DrainReport {
   status: 'drained' | 'busy' | 'no_outbox';
@@ -45,7 +46,7 @@ export async function drainSettlementOutbox(services: Services, { batchSize = 10
             done.push(entry.requestId);
             if (result.result.replayed) report.replayed++;
             else report.settled++;
-          } else if (result.code === 'PT404' || result.code.startsWith('22')) {
+          } else if (isPermanentSettlementCode(result.code)) {
             aside.push({ requestId: entry.requestId, raw: entry.raw, error: `${result.code}: ${result.message}` });
           } else {
             report.kept++;

@@ -1,5 +1,5 @@
 import type { BatchSettlement, SettleRequestInput } from '../billing/ledger.ts';
-import { settlementRow } from '../billing/ledger.ts';
+import { isPermanentSettlementCode, settlementRow } from '../billing/ledger.ts';
 
 export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused';
 
@@ -18,9 +18,6 @@ export interface SettlementBatcherOptions {
 export interface SettlementBatcher {
   deliver(settlement: SettleRequestInput): Promise<DeliveryOutcome>;
 }
-
-/** The database refused the item itself (unknown request, bad usage): retrying cannot help. */
-const permanent = (code: string) => code === 'PT404' || code.startsWith('22');
 
 /**
  * Settlements of one instance go to the database together: the first waits
@@ -63,7 +60,7 @@ export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs,
     results.forEach((result, index) => {
       const item = batch[index]!;
       if (result.ok) item.resolve('settled');
-      else if (permanent(result.code)) {
+      else if (isPermanentSettlementCode(result.code)) {
         log({ level: 'error', event: 'settlement_refused', requestId: item.settlement.requestId, settlement: settlementRow(item.settlement), error: `${result.code}: ${result.message}` });
         item.resolve('refused');
       } else settleAlone(item);

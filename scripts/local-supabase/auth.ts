@@ -7,11 +7,11 @@
 // SQL as on a project). "Sent" mail is kept in memory and readable at
 // GET /auth/v1/local/outbox (this stand-in's own route, for `npm run dev` and
 // the tests). Served under /auth/v1 by the router.
-import { createHmac, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import pg from 'pg';
 import { createAuthUser } from './index.ts';
-import { signUserJwt } from './jwt.ts';
+import { signUserJwt, verifyJwt } from './jwt.ts';
 
 export interface AuthUser {
   id: string;
@@ -39,17 +39,6 @@ export interface AuthStandIn {
 
 const sessionSeconds = 3600;
 const codeLifetimeMs = 10 * 60_000;
-
-function verifyJwt(token: string, secret: string): Record<string, unknown> | null {
-  const [header, body, signature] = token.split('.');
-  if (!header || !body || !signature) return null;
-  const expected = createHmac('sha256', secret).update(`${header}.${body}`).digest();
-  const given = Buffer.from(signature, 'base64url');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  const claims = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as Record<string, unknown>;
-  if (typeof claims.exp === 'number' && claims.exp * 1000 < Date.now()) return null;
-  return claims;
-}
 
 async function readBody(request: IncomingMessage): Promise<Record<string, unknown>> {
   let text = '';

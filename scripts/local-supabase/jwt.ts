@@ -1,4 +1,4 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 
 function base64url(input: string | Buffer): string {
   return Buffer.from(input).toString('base64url');
@@ -10,6 +10,18 @@ export function signJwt(payload: Record<string, unknown>, secret: string): strin
   const body = base64url(JSON.stringify(payload));
   const signature = createHmac('sha256', secret).update(`${header}.${body}`).digest('base64url');
   return `${header}.${body}.${signature}`;
+}
+
+/** The claims of an HS256 JWT signed with `secret` and not expired; null otherwise. */
+export function verifyJwt(token: string, secret: string): Record<string, unknown> | null {
+  const [header, body, signature] = token.split('.');
+  if (!header || !body || !signature) return null;
+  const expected = createHmac('sha256', secret).update(`${header}.${body}`).digest();
+  const given = Buffer.from(signature, 'base64url');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+  const claims = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as Record<string, unknown>;
+  if (typeof claims.exp === 'number' && claims.exp * 1000 < Date.now()) return null;
+  return claims;
 }
 
 /** A legacy Supabase API key: a long-lived JWT carrying only a role. */

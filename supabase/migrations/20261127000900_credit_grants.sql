@@ -110,7 +110,7 @@ revoke all on function private.draw_from_grants(uuid, bigint, text) from public;
 
 create function private.add_grant(p_entry public.credit_ledger, p_source text, p_category text, p_amount bigint,
                                   p_priority integer, p_expires_at timestamptz, p_reference text, p_balance_before bigint)
-returns bigint
+returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -120,11 +120,10 @@ declare
   v_remaining bigint := greatest(0, p_amount - v_debt);
 begin
   if p_amount <= 0 then
-    return 0;
+    return;
   end if;
   insert into public.credit_grants (account_id, ledger_entry_id, source, category, priority, amount, remaining, expires_at, reference)
   values (p_entry.account_id, p_entry.id, p_source, p_category, p_priority, p_amount, v_remaining, p_expires_at, p_reference);
-  return least(p_amount, v_debt);
 end;
 $$;
 revoke all on function private.add_grant(public.credit_ledger, text, text, bigint, integer, timestamptz, text, bigint) from public;

@@ -183,8 +183,10 @@ revoke all on function private.audit_redemption() from public;
 create trigger code_redemptions_audited after insert on public.code_redemptions
   for each row execute function private.audit_redemption();
 
--- Redefined whole: a member's key is held to the member's monthly budget
--- (lock 2a). Otherwise as in the plan-pricing migration.
+-- Redefined whole (last in the one-lock-order migration): the account's plan is
+-- read before the hold (it was read after) and its price multiplier applied to
+-- the rates, which the usage row records (the plan-pricing migration); a
+-- member's key is held to the member's monthly budget (lock 2a). Otherwise unchanged.
 create or replace function public.authorize_request(
   p_request_id text,
   p_key_hash text,

@@ -1,7 +1,7 @@
-import { EdgeRuntime } from 'edge-runtime';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEdgeBundle, buildEdgeChunks } from '../../scripts/build-edge.ts';
 import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
+import { startEdgeRuntime } from '../support/edge-runtime.ts';
 import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { checkoutSession, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
@@ -41,8 +41,7 @@ describe('the edge entry', () => {
   });
 
   it('runs inside Vercel\'s edge-runtime VM and serves a streamed request there', async () => {
-    const { code } = await buildEdgeBundle('iife');
-    const environment = {
+    const runtime = await startEdgeRuntime({
       SUPABASE_URL: stack.supabaseUrl,
       SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
       OPENAI_BASE_URL: `${fake.url}/v1`,
@@ -50,10 +49,6 @@ describe('the edge entry', () => {
       UPSTASH_REDIS_REST_URL: upstash.url,
       UPSTASH_REDIS_REST_TOKEN: upstash.token,
       CRON_SECRET: 'edge-cron-secret',
-    };
-    const runtime = new EdgeRuntime({
-      extend: (context) => Object.assign(context, { process: { env: environment } }),
-      initialCode: `${code}\naddEventListener('fetch', (event) => event.respondWith(tollgate.default(event.request)));`,
     });
     // Node built-ins do not exist in there: the bundle must not need them.
     expect(runtime.evaluate('typeof require')).toBe('undefined');

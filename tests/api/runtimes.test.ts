@@ -1,8 +1,7 @@
 import { serve, type ServerType } from '@hono/node-server';
-import { EdgeRuntime } from 'edge-runtime';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildEdgeBundle } from '../../scripts/build-edge.ts';
+import { startEdgeRuntime } from '../support/edge-runtime.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { admin, createCustomer, createModel, stack, type Customer } from '../support/supabase.ts';
 
@@ -28,11 +27,7 @@ beforeAll(async () => {
     GEMINI_BASE_URL: fake.url,
   };
 
-  const { code } = await buildEdgeBundle('iife');
-  const runtime = new EdgeRuntime({
-    extend: (context) => Object.assign(context, { process: { env: { ...environment } } }),
-    initialCode: `${code}\naddEventListener('fetch', (event) => event.respondWith(tollgate.default(event.request)));`,
-  });
+  const runtime = await startEdgeRuntime(environment);
   edge = {
     dispatch: async (path, init) => {
       const response = await runtime.dispatchFetch(`https://gateway.example${path}`, init);
