@@ -11,6 +11,11 @@ import { createWarmKeys } from './gateway/warm-keys.ts';
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
+  /**
+   * The HTTP client every outbound call goes through unless one below is given:
+   * the runtime's fetch by default; the Node.js entry passes its node:http one.
+   */
+  outboundFetch?: typeof fetch;
   /** Upstream fetch (tests may wrap it). */
   fetch?: typeof fetch;
   /** Database fetch: every PostgREST round trip goes through it. */
@@ -25,10 +30,11 @@ export interface ServiceOptions {
  */
 export function createServices(config: Config, options: ServiceOptions): Services {
   const key = config.SUPABASE_SERVICE_ROLE_KEY;
+  const outbound = options.outboundFetch ?? ((input, init) => fetch(input, init));
   const database = new PostgrestClient(new URL('rest/v1', config.SUPABASE_URL.replace(/\/?$/, '/')).toString(), {
     headers: { apikey: key, authorization: `Bearer ${key}` },
     // Every database call has a deadline: a stalled database is an error, never a hang.
-    fetch: fetchWithDeadline(options.databaseFetch ?? ((input, init) => fetch(input, init)), config.DATABASE_TIMEOUT_MS),
+    fetch: fetchWithDeadline(options.databaseFetch ?? outbound, config.DATABASE_TIMEOUT_MS),
   });
   const log = options.log ?? ((entry: Record<string, unknown>) => console.error(JSON.stringify(entry)));
   const upstash =
@@ -39,7 +45,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
   const services: Services = {
     config,
     rateLimiter: upstash
-      ? createRateLimiter({ ...upstash, timeoutMs: config.RATE_LIMIT_TIMEOUT_MS, windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS, log })
+      ? createRateLimiter({ ...upstash, timeoutMs: config.RATE_LIMIT_TIMEOUT_MS, windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS, log, fetch: outbound })
       : undefined,
     outbox: upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined,
     limitsCache: createLimitsCache(),
@@ -62,7 +68,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
       }
       return { models: models.data as ModelPrice[], aliases: aliases.data as Array<{ alias: string; model_id: string }> };
     },
-    fetch: options.fetch ?? ((input, init) => fetch(input, init)),
+    fetch: options.fetch ?? outbound,
     waitUntil: options.waitUntil,
     log,
   };

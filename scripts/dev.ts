@@ -13,6 +13,7 @@ import WebSocket from 'ws';
 import { createApp } from '../lib/app.ts';
 import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { createServices } from '../lib/create-services.ts';
+import { createNodeFetch } from '../node/http-fetch.ts';
 import { loadConfig } from '../lib/env.ts';
 import { buildConsole } from './build-console.ts';
 import { startDemoUpstream } from './demo-upstream.ts';
@@ -87,6 +88,8 @@ async function main() {
   });
   const pending = new Set<Promise<unknown>>();
   const services = createServices(config, {
+    // Outbound calls through node:http, as in the Node.js function.
+    outboundFetch: createNodeFetch(),
     waitUntil: (promise) => {
       pending.add(promise);
       void promise.finally(() => pending.delete(promise));

@@ -11,8 +11,9 @@ export type Runtime = 'edge' | 'node';
  * is built once per instance from the environment. `runtime` is the entry's
  * own; when TOLLGATE_RUNTIME selects the other one, this entry answers 404, so
  * only the selected function serves (vercel.ts routes every path to it).
+ * `outboundFetch`: the HTTP client for the gateway's own calls (default: fetch).
  */
-export function createHandler(runtime: Runtime, waitUntil: (promise: Promise<unknown>) => void) {
+export function createHandler(runtime: Runtime, waitUntil: (promise: Promise<unknown>) => void, outboundFetch?: typeof fetch) {
   let app: Hono<AppEnv> | undefined;
   return function handler(request: Request): Response | Promise<Response> {
     const selected = process.env.TOLLGATE_RUNTIME || 'edge';
@@ -23,7 +24,7 @@ export function createHandler(runtime: Runtime, waitUntil: (promise: Promise<unk
       );
     }
     try {
-      app ??= createApp(createServices(loadConfig(process.env), { waitUntil }));
+      app ??= createApp(createServices(loadConfig(process.env), { waitUntil, outboundFetch }));
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
       console.error(error.message);

@@ -1,5 +1,3 @@
-import { Redis } from '@upstash/redis';
-
 export interface RateLimitSubject {
   keyId: string;
   accountId: string;
@@ -35,6 +33,8 @@ export interface RateLimiterOptions {
   timeoutMs: number;
   windowSeconds: number;
   log: (entry: Record<string, unknown>) => void;
+  /** The HTTP client for Upstash's REST API (the runtime's fetch by default). */
+  fetch?: typeof fetch;
 }
 
 /**
@@ -79,6 +79,43 @@ return {0, requests, spent}
 
 const maxDebtors = 10_000;
 
+async function sha1Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest('SHA-1', new TextEncoder().encode(text));
+  return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Runs `script` on Upstash by its SHA-1 (EVALSHA, one POST of Upstash's REST
+ * protocol), loading it with EVAL only when Redis does not know it yet
+ * (NOSCRIPT). Rejects on a transport failure or a Redis error.
+ */
+function createScriptRunner(url: string, token: string, script: string, send: typeof fetch) {
+  const endpoint = url.replace(/\/?$/, '/');
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  let sha: Promise<string> | undefined;
+  const call = async (command: Array<string | number>, signal: AbortSignal): Promise<unknown> => {
+    const response = await send(endpoint, { method: 'POST', headers, body: JSON.stringify(command), signal });
+    const text = await response.text();
+    let answer: { result?: unknown; error?: string };
+    try {
+      answer = JSON.parse(text) as typeof answer;
+    } catch {
+      throw new Error(`Upstash answered HTTP ${response.status}: ${text.slice(0, 200)}`);
+    }
+    if (answer.error !== undefined || !response.ok) throw new Error(answer.error ?? `Upstash answered HTTP ${response.status}`);
+    return answer.result;
+  };
+  return async (keys: string[], args: string[], signal: AbortSignal): Promise<unknown> => {
+    sha ??= sha1Hex(script);
+    try {
+      return await call(['evalsha', await sha, keys.length, ...keys, ...args], signal);
+    } catch (error) {
+      if (!/NOSCRIPT/i.test((error as Error).message)) throw error;
+      return call(['eval', script, keys.length, ...keys, ...args], signal);
+    }
+  };
+}
+
 /**
  * Requests per minute per key and tokens per minute per account, in sliding
  * windows on Upstash Redis, shared by every gateway instance: one script call
@@ -87,9 +124,8 @@ const maxDebtors = 10_000;
  * A key refused for its request rate is remembered in memory until its window
  * turns, so a flood from one key costs no Redis call.
  */
-export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log }: RateLimiterOptions): RateLimiter {
-  const redis = new Redis({ url, token, retry: { retries: 0 }, enableTelemetry: false });
-  const script = redis.createScript<[number, number, number]>(slidingWindowScript);
+export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, fetch: send = (input, init) => fetch(input, init) }: RateLimiterOptions): RateLimiter {
+  const runScript = createScriptRunner(url, token, slidingWindowScript, send);
   const windowMs = windowSeconds * 1000;
   const blockedUntil = new Map<string, number>();
   const debts = new Map<string, number>();
@@ -134,23 +170,20 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log }:
       const base = `tollgate:rl:{${subject.accountId}}`;
       const keys = [`${base}:r:${subject.keyId}:${window}`, `${base}:r:${subject.keyId}:${window - 1}`, `${base}:t:${window}`, `${base}:t:${window - 1}`];
       const weight = 1 - (now % windowMs) / windowMs;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      let answer: [number, number, number] | 'timeout';
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      let answer: unknown;
       try {
-        answer = await Promise.race([
-          script.exec(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)]),
-          new Promise<'timeout'>((resolve) => {
-            timer = setTimeout(() => resolve('timeout'), timeoutMs);
-          }),
-        ]);
+        answer = await runScript(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)], controller.signal);
       } catch (error) {
-        log({ level: 'warn', event: 'rate_limit_unavailable', reason: (error as Error).message });
+        const reason = controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message;
+        log({ level: 'warn', event: 'rate_limit_unavailable', reason });
         return { allowed: true, headers: {}, ample: false };
       } finally {
         clearTimeout(timer);
       }
-      if (answer === 'timeout') {
-        log({ level: 'warn', event: 'rate_limit_unavailable', reason: `no answer within ${timeoutMs} ms` });
+      if (!Array.isArray(answer) || answer.length !== 3) {
+        log({ level: 'warn', event: 'rate_limit_unavailable', reason: `unexpected answer ${JSON.stringify(answer)?.slice(0, 100)}` });
         return { allowed: true, headers: {}, ample: false };
       }
       const [refused, requests, spent] = answer.map(Number) as [number, number, number];

@@ -1,14 +1,18 @@
 // The gateway in a process of its own, for the load benchmarks: the load
 // generator, the fake upstream and the gateway do not share one event loop.
 // Configuration comes as JSON in BENCH_GATEWAY_ENV; the port goes to stdout.
+// Outbound calls go through node:http as in the Node.js function, or through
+// Node's fetch with BENCH_FETCH=global (as on the edge runtime's fetch API).
 import { serve } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { createApp } from '../../lib/app.ts';
 import { createServices } from '../../lib/create-services.ts';
 import { loadConfig } from '../../lib/env.ts';
+import { createNodeFetch } from '../../node/http-fetch.ts';
 
 const config = loadConfig(JSON.parse(process.env.BENCH_GATEWAY_ENV ?? '{}') as Record<string, string>);
 const services = createServices(config, {
+  ...(process.env.BENCH_FETCH === 'global' ? {} : { outboundFetch: createNodeFetch() }),
   waitUntil: (promise) => void promise.catch(() => {}),
   log: (entry) => {
     if (entry.level === 'error') console.error(JSON.stringify(entry));

@@ -1,0 +1,172 @@
+// A fetch for the Node.js runtime built on node:http(s), for the gateway's own
+// outbound calls (PostgREST, Upstash, the model providers). Node's global
+// fetch (undici) spends several times more CPU per call than node:http on the
+// small JSON round trips the gateway makes two or three of per request; this
+// one keeps the same contract for what the gateway sends: string or byte
+// bodies, an AbortSignal (before and after the headers), a streamed response
+// body, gzip/deflate/br decoded as fetch decodes them, redirects followed.
+// Anything else (a streamed request body, a Request object with a body) goes
+// to the global fetch. Only the Node.js entry and the bench use it; code in
+// lib/ and api/index.ts stays on web-standard fetch for the edge.
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { createBrotliDecompress, createGunzip, createInflate, constants as zlib } from 'node:zlib';
+import type { Readable } from 'node:stream';
+
+const nullBodyStatuses = new Set([101, 103, 204, 205, 304]);
+const redirectStatuses = new Set([301, 302, 303, 307, 308]);
+const maxRedirects = 20;
+
+export interface NodeFetchOptions {
+  /** Sockets kept open per host (default 256). */
+  maxSockets?: number;
+}
+
+type Body = string | Uint8Array | null;
+
+/** The body as bytes or a string, or `undefined` when only the global fetch can send it. */
+function simpleBody(body: BodyInit | null | undefined): Body | undefined {
+  if (body == null) return null;
+  if (typeof body === 'string') return body;
+  if (body instanceof Uint8Array) return body;
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  if (body instanceof URLSearchParams) return body.toString();
+  return undefined;
+}
+
+function decoded(response: IncomingMessage): Readable {
+  const encoding = (response.headers['content-encoding'] ?? '').trim().toLowerCase();
+  // Lenient flushing, as browsers and undici are: a body cut at a block boundary still yields what arrived.
+  const flush = { flush: zlib.Z_SYNC_FLUSH, finishFlush: zlib.Z_SYNC_FLUSH };
+  const decoder =
+    encoding === 'gzip' || encoding === 'x-gzip'
+      ? createGunzip(flush)
+      : encoding === 'deflate'
+        ? createInflate(flush)
+        : encoding === 'br'
+          ? createBrotliDecompress({ flush: zlib.BROTLI_OPERATION_FLUSH, finishFlush: zlib.BROTLI_OPERATION_FLUSH })
+          : undefined;
+  if (!decoder) return response;
+  response.on('error', (error) => decoder.destroy(error));
+  return response.pipe(decoder);
+}
+
+/** A web stream over a Node stream, with backpressure: the source is paused while the reader is behind. */
+function webStream(source: Readable, onCancel: (reason: unknown) => void): ReadableStream<Uint8Array> {
+  let cancelled = false;
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        source.on('data', (chunk: Buffer) => {
+          if (cancelled) return;
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          if ((controller.desiredSize ?? 1) <= 0) source.pause();
+        });
+        source.once('end', () => cancelled || controller.close());
+        source.once('error', (error) => cancelled || controller.error(error));
+      },
+      pull() {
+        source.resume();
+      },
+      cancel(reason) {
+        cancelled = true;
+        onCancel(reason);
+      },
+    },
+    { highWaterMark: 16 },
+  );
+}
+
+function abortError(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
+export function createNodeFetch(options: NodeFetchOptions = {}): typeof fetch {
+  const maxSockets = options.maxSockets ?? 256;
+  const agents = {
+    'http:': new HttpAgent({ keepAlive: true, maxSockets }),
+    'https:': new HttpsAgent({ keepAlive: true, maxSockets }),
+  };
+
+  function send(url: URL, method: string, headers: Headers, body: Body, signal: AbortSignal | null | undefined, redirects: number): Promise<Response> {
+    return new Promise<Response>((resolve, reject) => {
+      if (signal?.aborted) return reject(abortError(signal));
+      const outgoing: Record<string, string> = {};
+      headers.forEach((value, name) => (outgoing[name] = value));
+      outgoing['accept-encoding'] ??= 'gzip, deflate, br';
+      if (body !== null) outgoing['content-length'] = String(typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength);
+      const secure = url.protocol === 'https:';
+      let settled = false;
+      let response: IncomingMessage | undefined;
+      const onAbort = () => {
+        const reason = abortError(signal!);
+        request.destroy(reason as Error);
+        response?.destroy(reason as Error);
+        if (!settled) {
+          settled = true;
+          reject(reason);
+        }
+      };
+      const request = (secure ? httpsRequest : httpRequest)(url, { method, headers: outgoing, agent: agents[secure ? 'https:' : 'http:'] }, (incoming) => {
+        response = incoming;
+        const status = incoming.statusCode ?? 0;
+        const location = incoming.headers.location;
+        if (redirectStatuses.has(status) && location) {
+          incoming.resume();
+          signal?.removeEventListener('abort', onAbort);
+          settled = true;
+          if (redirects >= maxRedirects) return reject(new TypeError('fetch failed: too many redirects'));
+          // 303, and 301/302 after a POST, become a GET without a body, as fetch does.
+          const asGet = status === 303 || ((status === 301 || status === 302) && method === 'POST');
+          const next = new Headers(headers);
+          if (asGet) for (const name of ['content-type', 'content-length', 'content-encoding']) next.delete(name);
+          send(new URL(location, url), asGet ? 'GET' : method, next, asGet ? null : body, signal, redirects + 1).then(resolve, reject);
+          return;
+        }
+        const responseHeaders = new Headers();
+        for (let index = 0; index < incoming.rawHeaders.length; index += 2) {
+          responseHeaders.append(incoming.rawHeaders[index]!, incoming.rawHeaders[index + 1]!);
+        }
+        const bodyless = nullBodyStatuses.has(status) || method === 'HEAD';
+        const finish = () => signal?.removeEventListener('abort', onAbort);
+        let stream: ReadableStream<Uint8Array> | null = null;
+        if (bodyless) {
+          incoming.resume();
+          incoming.once('end', finish);
+        } else {
+          const source = decoded(incoming);
+          source.once('end', finish);
+          source.once('error', finish);
+          stream = webStream(source, (reason) => {
+            finish();
+            incoming.destroy(reason instanceof Error ? reason : undefined);
+          });
+        }
+        settled = true;
+        resolve(new Response(stream, { status, statusText: incoming.statusMessage ?? '', headers: responseHeaders }));
+      });
+      request.once('error', (error) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (settled) return;
+        settled = true;
+        reject(new TypeError('fetch failed', { cause: error }));
+      });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      request.end(body ?? undefined);
+    });
+  }
+
+  return function nodeFetch(input, init) {
+    if (input instanceof Request && (init?.body !== undefined || input.body !== null)) return fetch(input, init);
+    const body = simpleBody(init?.body);
+    if (body === undefined) return fetch(input, init);
+    const url = new URL(input instanceof Request ? input.url : String(input));
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return fetch(input, init);
+    const headers = new Headers(input instanceof Request ? input.headers : undefined);
+    new Headers(init?.headers).forEach((value, name) => headers.set(name, value));
+    if (typeof body === 'string' && !headers.has('content-type')) headers.set('content-type', 'text/plain;charset=UTF-8');
+    const method = (init?.method ?? (input instanceof Request ? input.method : 'GET')).toUpperCase();
+    return send(url, method, headers, body, init?.signal ?? (input instanceof Request ? input.signal : undefined), 0);
+  };
+}
