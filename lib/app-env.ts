@@ -5,6 +5,7 @@ import type { RateLimiter, createLimitsCache } from './gateway/rate-limits.ts';
 import type { RequestHold } from './gateway/request-hold.ts';
 import type { WarmKeys } from './gateway/warm-keys.ts';
 import type { SettlementBatcher } from './gateway/settlement-batcher.ts';
+import type { AuthorizationBatcher } from './gateway/authorization-batcher.ts';
 
 export interface Services {
   config: Config;
@@ -27,6 +28,8 @@ export interface Services {
   warmKeys: WarmKeys;
   /** Settlements of this instance, sent to the database together. */
   settlements: SettlementBatcher;
+  /** Every authorize_request of the instance goes through it (batched when calls are already in flight). */
+  authorizations: AuthorizationBatcher;
 }
 
 export interface ModelPrice {

@@ -7,6 +7,7 @@ import type { Config } from './env.ts';
 import { createLimitsCache, createRateLimiter } from './gateway/rate-limits.ts';
 import { deliverSettlement } from './gateway/settle-in-background.ts';
 import { createSettlementBatcher } from './gateway/settlement-batcher.ts';
+import { createAuthorizationBatcher } from './gateway/authorization-batcher.ts';
 import { createWarmKeys } from './gateway/warm-keys.ts';
 
 export interface ServiceOptions {
@@ -55,6 +56,12 @@ export function createServices(config: Config, options: ServiceOptions): Service
       deliverOne: (settlement) => deliverSettlement(services, settlement),
       log,
       windowMs: config.SETTLE_BATCH_WINDOW_MS,
+    }),
+    authorizations: createAuthorizationBatcher({
+      authorizeOne: (input) => ledger.authorizeRequest(input),
+      authorizeMany: (inputs) => ledger.authorizeRequests(inputs),
+      inFlight: config.AUTHORIZE_IN_FLIGHT,
+      maxWaitMs: config.DATABASE_TIMEOUT_MS,
     }),
     ledger,
     database,

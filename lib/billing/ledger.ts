@@ -106,6 +106,15 @@ const batchSettlementSchema = z.array(
 
 export type BatchSettlement = z.infer<typeof batchSettlementSchema>;
 
+const batchAuthorizationSchema = z.array(
+  z.union([
+    z.object({ request_id: z.string().nullable(), ok: z.literal(true), result: authorizationSchema }),
+    z.object({ request_id: z.string().nullable(), ok: z.literal(false), code: z.string(), message: z.string() }),
+  ]),
+);
+
+export type BatchAuthorization = z.infer<typeof batchAuthorizationSchema>;
+
 const grantSchema = z.object({
   replayed: z.boolean(),
   entry_id: z.number().int(),
@@ -306,6 +315,23 @@ export function createLedger(serviceClient: RpcClient) {
         },
         authorizationSchema,
       );
+    },
+
+    /** Many authorizations in one call (authorize_requests), each answered on its own, in order. */
+    authorizeRequests(inputs: AuthorizeRequestInput[]): Promise<BatchAuthorization> {
+      const items = inputs.map((input) => ({
+        request_id: input.requestId,
+        key_hash: input.keyHash,
+        model: input.model,
+        max_input_tokens: input.maxInputTokens,
+        max_output_tokens: input.maxOutputTokens ?? null,
+        client_ip: input.clientIp ?? null,
+        choices: input.choices ?? 1,
+        cap_output: input.capOutput ?? false,
+        providers: input.providers ?? null,
+        calls: input.calls ?? {},
+      }));
+      return callFunction(serviceClient, 'authorize_requests', { p_items: items }, batchAuthorizationSchema);
     },
 
     settleRequest(input: SettleRequestInput): Promise<Settlement> {

@@ -128,7 +128,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   }
   const ip = clientIp(c);
   const [result, early] = await Promise.all([
-    services.ledger.authorizeRequest({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
+    services.authorizations.authorize({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
       // The database refusing the input itself (4xx) is the client's error, not ours.
       if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
         throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);

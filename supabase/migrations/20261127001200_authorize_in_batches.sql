@@ -1,0 +1,80 @@
+-- Authorizations in batches.
+--
+-- A busy gateway instance sends the authorizations that arrive while its
+-- earlier calls are in flight together, in one call: one PostgREST request,
+-- one transaction and one commit for many requests instead of one each.
+-- Every item is authorized by public.authorize_request itself (unchanged), in
+-- a subtransaction of its own: an item that fails is rolled back alone and
+-- reported, and the others stand.
+--
+-- Lock order. One transaction now takes the locks of many requests, so it
+-- takes them up front, class by class and each class in id order, as
+-- settle_requests does: the membership rows of members' keys, the rows of keys
+-- whose policy counts what is in flight, then the accounts. The items then
+-- find their rows already locked by their own transaction. Between classes the
+-- order is the one authorize_request follows (membership, key, account), so a
+-- batch waits for a single authorization or a settlement, never in a cycle
+-- with one.
+
+create function public.authorize_requests(p_items jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_item jsonb;
+  v_hashes text[];
+  v_results jsonb := '[]';
+  v_code text;
+  v_message text;
+begin
+  if jsonb_typeof(p_items) is distinct from 'array' then
+    raise exception 'authorizations must be an array' using errcode = '22023';
+  end if;
+  if jsonb_array_length(p_items) > 1000 then
+    raise exception 'at most 1000 authorizations per call' using errcode = '22023';
+  end if;
+  select array_agg(distinct item ->> 'key_hash') into v_hashes
+    from jsonb_array_elements(p_items) as item where item ->> 'key_hash' is not null;
+
+  perform 1 from public.account_members m
+   where (m.account_id, m.user_id) in (select k.account_id, k.member_user_id from public.api_keys k
+                                         where k.key_hash = any (v_hashes) and k.member_user_id is not null)
+   order by m.account_id, m.user_id for no key update;
+  perform 1 from public.api_keys k
+   where k.key_hash = any (v_hashes)
+     and (k.spend_limit is not null or k.monthly_spend_limit is not null or k.max_concurrent is not null)
+   order by k.id for no key update;
+  perform 1 from public.accounts a
+   where a.id in (select k.account_id from public.api_keys k where k.key_hash = any (v_hashes))
+   order by a.id for no key update;
+
+  for v_item in select value from jsonb_array_elements(p_items) loop
+    begin
+      v_results := v_results || jsonb_build_array(jsonb_build_object(
+        'request_id', v_item ->> 'request_id',
+        'ok', true,
+        'result', public.authorize_request(
+          v_item ->> 'request_id',
+          v_item ->> 'key_hash',
+          v_item ->> 'model',
+          (v_item ->> 'max_input_tokens')::bigint,
+          (v_item ->> 'max_output_tokens')::bigint,
+          (v_item ->> 'client_ip')::inet,
+          coalesce((v_item ->> 'choices')::integer, 1),
+          coalesce((v_item ->> 'cap_output')::boolean, false),
+          case when jsonb_typeof(v_item -> 'providers') = 'array'
+               then array(select jsonb_array_elements_text(v_item -> 'providers')) end,
+          coalesce(v_item -> 'calls', '{}'))));
+    exception when others then
+      get stacked diagnostics v_code = returned_sqlstate, v_message = message_text;
+      v_results := v_results || jsonb_build_array(jsonb_build_object(
+        'request_id', v_item ->> 'request_id', 'ok', false, 'code', v_code, 'message', v_message));
+    end;
+  end loop;
+  return v_results;
+end;
+$$;
+revoke all on function public.authorize_requests(jsonb) from public, anon, authenticated;
+grant execute on function public.authorize_requests(jsonb) to service_role;
