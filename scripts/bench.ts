@@ -15,6 +15,7 @@ import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { hashApiKey } from '../lib/billing/hash-api-key.ts';
 import { createServices } from '../lib/create-services.ts';
 import { loadConfig } from '../lib/env.ts';
+import { createNodeFetch } from '../node/http-fetch.ts';
 import { createOpenAIChatMeter } from '../lib/providers/openai/openai-chat-meter.ts';
 import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../tests/support/fake-upstream.ts';
@@ -59,6 +60,8 @@ async function main() {
   const pending = new Set<Promise<unknown>>();
   const config = loadConfig({ SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on' });
   const services = createServices(config, {
+    // As in the Node.js function; BENCH_FETCH=global measures Node's own fetch instead.
+    ...(process.env.BENCH_FETCH === 'global' ? {} : { outboundFetch: createNodeFetch() }),
     waitUntil: (promise) => {
       pending.add(promise);
       void promise.finally(() => pending.delete(promise));
