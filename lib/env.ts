@@ -69,7 +69,7 @@ const environmentSchema = z.object({
   /** Settlements of one instance wait at most this long to go to the database together (one call per batch). */
   SETTLE_BATCH_WINDOW_MS: z.coerce.number().int().min(0).max(1_000).default(10),
   /** Authorization calls one instance has in flight at once; those arriving beyond them go together in one call. */
-  AUTHORIZE_IN_FLIGHT: z.coerce.number().int().min(1).max(1_000).default(4),
+  AUTHORIZE_IN_FLIGHT: z.coerce.number().int().min(1).max(1_000).default(1),
   /** Bearer secret of the internal routes (the outbox drain); Vercel Cron sends it. Unset: those routes answer 503. */
   CRON_SECRET: optionalText,
 });

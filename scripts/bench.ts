@@ -190,6 +190,8 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     OPENAI_BASE_URL: `${upstreamUrl}/v1`,
     SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on',
+    // The batching knobs can be tried from the command line.
+    ...Object.fromEntries(['AUTHORIZE_IN_FLIGHT', 'SETTLE_BATCH_WINDOW_MS'].filter((name) => process.env[name]).map((name) => [name, process.env[name]!])),
     ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
   };
   const customers = await Promise.all(Array.from({ length: 64 }, () => stack.createCustomer(1_000_000_000_000)));
