@@ -21,7 +21,8 @@ import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../tests/support/fake-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 import { benchDatabase } from './bench/database.ts';
-import { cpuByComponent, runLoad, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
+import { cpuByComponent, runLoad, startBareProxyProcess, timeWhole, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
+import { createBareProxy } from './bench/bare-proxy.ts';
 import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
 import { Agent } from 'node:http';
 import pg from 'pg';
@@ -71,6 +72,10 @@ async function main() {
   const server = serve({ fetch: createApp(services).fetch, port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => server.once('listening', resolve));
   const gatewayUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // The reference: the same framework, adapter and HTTP client forwarding with no billing.
+  const bare = serve({ fetch: createBareProxy(fake.url, process.env.BENCH_FETCH === 'global' ? fetch : createNodeFetch()), port: 0, hostname: '127.0.0.1' });
+  await new Promise((resolve) => bare.once('listening', resolve));
+  const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}`;
 
   try {
     if (sections.has('database')) await benchDatabase({ stack, clusterDir: join(dataDir, 'postgres'), seconds: databaseSeconds });
@@ -90,6 +95,7 @@ async function main() {
       fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: payload }).then((response) => response.text());
     const direct = (stream: boolean) => () => post(`${fake.url}/v1/chat/completions`, body('chat-basic', stream));
     const viaGateway = (stream: boolean) => () => post(`${gatewayUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
+    const viaBareProxy = (stream: boolean) => () => post(`${bareUrl}/v1/chat/completions`, body('chat-basic', stream));
     const keyHash = await hashApiKey(key);
     const opened: string[] = [];
     const authorizeOnly = async () => {
@@ -104,11 +110,13 @@ async function main() {
     for (const stream of [false, true]) {
       const label = stream ? 'stream' : 'json  ';
       const baseline = await time(direct(stream), rounds);
+      const reference = summary(await time(viaBareProxy(stream), rounds));
       const gateway = await time(viaGateway(stream), rounds, () => Promise.allSettled([...pending]));
       await Promise.allSettled([...pending]);
       rows.push([`upstream direct (${label})`, baseline], [`through gateway (${label})`, gateway]);
       const [b, g] = [summary(baseline), summary(gateway)];
       console.log(`  upstream direct, ${label}          ${fmt(b.p50)}  ${fmt(b.p90)}  ${fmt(b.p99)}  ${fmt(b.mean)}`);
+      console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p90)}  ${fmt(reference.p99)}  ${fmt(reference.mean)}   (added p50 ${(reference.p50 - b.p50).toFixed(2)})`);
       console.log(`  through gateway, ${label}          ${fmt(g.p50)}  ${fmt(g.p90)}  ${fmt(g.p99)}  ${fmt(g.mean)}`);
       console.log(`  added by the gateway              ${fmt(g.p50 - b.p50)}  ${fmt(g.p90 - b.p90)}  ${fmt(g.p99 - b.p99)}  ${fmt(g.mean - b.mean)}   (ratio p50 ${(g.p50 / b.p50).toFixed(2)}×)`);
     }
@@ -151,6 +159,7 @@ async function main() {
     console.log(`Heap after 500 more streamed requests: ${((heapAfter - heapBefore) / 1e6).toFixed(1)} MB change (without forced GC)`);
   } finally {
     server.close();
+    bare.close();
     await fake.close();
     await stack.stop();
     await rm(dataDir, { recursive: true, force: true });
@@ -215,7 +224,33 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
   try {
     if (sections.has('load')) {
       const gateway = await startGatewayProcess(environment);
+      const bareProxy = await startBareProxyProcess(upstreamUrl);
       try {
+        // One request at a time, each process on its own event loop as in production; a pause
+        // after each lets its settlement go (untimed), so it does not compete with the next.
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+        const sequential = async (next: LoadRequest) => {
+          for (let warm = 0; warm < 20; warm++) await timeWhole(agent, next);
+          const times: number[] = [];
+          for (let index = 0; index < rounds; index++) {
+            times.push(await timeWhole(agent, next));
+            await new Promise((resolve) => setTimeout(resolve, 15));
+          }
+          return summary(times);
+        };
+        console.log(`\nSequential requests, ${rounds} each, gateway and bare proxy each in its own process, warm key, local stack (ms)\n`);
+        console.log('                                     p50      p99   added p50');
+        for (const stream of [false, true]) {
+          const label = stream ? 'stream' : 'json  ';
+          const base = await sequential({ ...direct, body: chatBody('chat-basic', stream) });
+          const reference = await sequential({ ...direct, url: `${bareProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
+          const billed = await sequential(through(gateway.url, customers[2]!.apiKey, stream));
+          console.log(`  upstream direct, ${label}          ${fmt(base.p50)}  ${fmt(base.p99)}`);
+          console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
+          console.log(`  through gateway, ${label}          ${fmt(billed.p50)}  ${fmt(billed.p99)}  ${fmt(billed.p50 - base.p50)}   (${(billed.p50 / base.p50).toFixed(2)}× direct)`);
+        }
+        agent.destroy();
+
         console.log(`\nThroughput, ${loadSeconds} s per row, non-streamed, gateway in its own process${upstash ? ', rate limits on local Upstash' : ''}\n`);
         // Unmeasured: the gateway's JIT, connection pools and the keys' first authorizations warm up.
         await runLoad(16, 2, (index) => through(gateway.url, customers[index % 64]!.apiKey));
@@ -239,6 +274,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         }
       } finally {
         await gateway.stop();
+        await bareProxy.stop();
       }
     }
     if (sections.has('latency')) {
@@ -261,11 +297,14 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
           return summary(times);
         };
         const base = await measure(() => streamDirect);
+        const bareProxy = await startBareProxyProcess(fake.url);
+        const reference = await measure(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })).finally(() => bareProxy.stop());
         const coldKey = await measure((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start'));
         const warmKey = await measure(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start'));
         console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
         console.log('                                     p50      p99   added p50');
         console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
+        console.log(`  bare proxy, no billing            ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}   (same framework and HTTP client, own process)`);
         console.log(`  through gateway, cold key         ${fmt(coldKey.p50)}  ${fmt(coldKey.p99)}  ${fmt(coldKey.p50 - base.p50)}`);
         console.log(`  through gateway, warm key         ${fmt(warmKey.p50)}  ${fmt(warmKey.p99)}  ${fmt(warmKey.p50 - base.p50)}`);
       } finally {

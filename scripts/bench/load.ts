@@ -35,6 +35,14 @@ function post(agent: Agent, { url, headers, body }: LoadRequest): Promise<{ stat
   });
 }
 
+/** Milliseconds for one whole request over `agent` (sent to the last byte of the answer); rejects unless 200. */
+export async function timeWhole(agent: Agent, request: LoadRequest): Promise<number> {
+  const sent = performance.now();
+  const { status, text } = await post(agent, request);
+  if (status !== 200) throw new Error(`HTTP ${status} ${text.slice(0, 200)}`);
+  return performance.now() - sent;
+}
+
 /** `concurrency` clients, each sending its next request when the last is answered, for `seconds`. */
 export async function runLoad(concurrency: number, seconds: number, next: (index: number) => LoadRequest): Promise<LoadResult> {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -68,12 +76,10 @@ export async function runLoad(concurrency: number, seconds: number, next: (index
   return { requestsPerSecond: latencies.length / elapsed, p50: at(0.5), p99: at(0.99), errors, ...(firstError ? { firstError } : {}) };
 }
 
-/** The gateway in its own process (scripts/bench/gateway-process.ts); resolves with its URL. */
-export async function startGatewayProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
-  // BENCH_CPU_PROFILE=<folder>: the gateway process writes a V8 CPU profile there when it stops.
-  const profile = process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROFILE] : [];
-  const child: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', join(import.meta.dirname, 'gateway-process.ts')], {
-    env: { ...process.env, BENCH_GATEWAY_ENV: JSON.stringify(environment) },
+/** A script of scripts/bench/ in its own process, printing {"port": n} when it listens; resolves with its URL. */
+async function startBenchProcess(script: string, environment: Record<string, string>, profile: string[] = []): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+  const child: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', join(import.meta.dirname, script)], {
+    env: { ...process.env, ...environment },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const port = await new Promise<number>((resolve, reject) => {
@@ -83,7 +89,7 @@ export async function startGatewayProcess(environment: Record<string, string>): 
       const match = /\{"port":(\d+)\}/.exec(output);
       if (match) resolve(Number(match[1]));
     });
-    child.once('exit', (code) => reject(new Error(`the gateway process exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`${script} exited with ${code}`)));
   });
   return {
     url: `http://127.0.0.1:${port}`,
@@ -94,6 +100,18 @@ export async function startGatewayProcess(environment: Record<string, string>): 
         child.kill('SIGTERM');
       }),
   };
+}
+
+/** The gateway in its own process (scripts/bench/gateway-process.ts); resolves with its URL. */
+export function startGatewayProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+  // BENCH_CPU_PROFILE=<folder>: the gateway process writes a V8 CPU profile there when it stops.
+  const profile = process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROFILE] : [];
+  return startBenchProcess('gateway-process.ts', { BENCH_GATEWAY_ENV: JSON.stringify(environment) }, profile);
+}
+
+/** The bare proxy (scripts/bench/bare-proxy.ts) in its own process, forwarding to `upstream`. */
+export function startBareProxyProcess(upstream: string): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+  return startBenchProcess('bare-proxy.ts', { BENCH_BARE_PROXY_UPSTREAM: upstream });
 }
 
 /**
