@@ -54,23 +54,32 @@ function decoded(response: IncomingMessage): Readable {
 
 /** A web stream over a Node stream, with backpressure: the source is paused while the reader is behind. */
 function webStream(source: Readable, onCancel: (reason: unknown) => void): ReadableStream<Uint8Array> {
-  let cancelled = false;
+  // Once the reader cancelled, or the stream closed or failed, nothing more reaches the controller.
+  let finished = false;
   return new ReadableStream<Uint8Array>(
     {
       start(controller) {
         source.on('data', (chunk: Buffer) => {
-          if (cancelled) return;
+          if (finished) return;
           controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
           if ((controller.desiredSize ?? 1) <= 0) source.pause();
         });
-        source.once('end', () => cancelled || controller.close());
-        source.once('error', (error) => cancelled || controller.error(error));
+        source.once('end', () => {
+          if (finished) return;
+          finished = true;
+          controller.close();
+        });
+        source.on('error', (error) => {
+          if (finished) return;
+          finished = true;
+          controller.error(error);
+        });
       },
       pull() {
         source.resume();
       },
       cancel(reason) {
-        cancelled = true;
+        finished = true;
         onCancel(reason);
       },
     },
@@ -137,7 +146,7 @@ export function createNodeFetch(options: NodeFetchOptions = {}): typeof fetch {
         } else {
           const source = decoded(incoming);
           source.once('end', finish);
-          source.once('error', finish);
+          source.on('error', finish);
           stream = webStream(source, (reason) => {
             finish();
             incoming.destroy(reason instanceof Error ? reason : undefined);
@@ -146,7 +155,7 @@ export function createNodeFetch(options: NodeFetchOptions = {}): typeof fetch {
         settled = true;
         resolve(new Response(stream, { status, statusText: incoming.statusMessage ?? '', headers: responseHeaders }));
       });
-      request.once('error', (error) => {
+      request.on('error', (error) => {
         signal?.removeEventListener('abort', onAbort);
         if (settled) return;
         settled = true;

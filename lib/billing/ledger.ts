@@ -245,6 +245,22 @@ async function callFunction<T>(
   return parsed.data;
 }
 
+/** An authorization as authorize_requests takes it; authorize_request takes the same with `p_` before each name. */
+function authorizationItem(input: AuthorizeRequestInput) {
+  return {
+    request_id: input.requestId,
+    key_hash: input.keyHash,
+    model: input.model,
+    max_input_tokens: input.maxInputTokens,
+    max_output_tokens: input.maxOutputTokens ?? null,
+    client_ip: input.clientIp ?? null,
+    choices: input.choices ?? 1,
+    cap_output: input.capOutput ?? false,
+    providers: input.providers ?? null,
+    calls: input.calls ?? {},
+  };
+}
+
 /** A settlement as the database (and the outbox, and the replay log) writes it. */
 export function settlementRow(input: SettleRequestInput) {
   return {
@@ -298,40 +314,13 @@ export function isPermanentSettlementCode(code: string): boolean {
 export function createLedger(serviceClient: RpcClient) {
   return {
     authorizeRequest(input: AuthorizeRequestInput): Promise<Authorization> {
-      return callFunction(
-        serviceClient,
-        'authorize_request',
-        {
-          p_request_id: input.requestId,
-          p_key_hash: input.keyHash,
-          p_model: input.model,
-          p_max_input_tokens: input.maxInputTokens,
-          p_max_output_tokens: input.maxOutputTokens ?? null,
-          p_client_ip: input.clientIp ?? null,
-          p_choices: input.choices ?? 1,
-          p_cap_output: input.capOutput ?? false,
-          p_providers: input.providers ?? null,
-          p_calls: input.calls ?? {},
-        },
-        authorizationSchema,
-      );
+      const args = Object.fromEntries(Object.entries(authorizationItem(input)).map(([name, value]) => [`p_${name}`, value]));
+      return callFunction(serviceClient, 'authorize_request', args, authorizationSchema);
     },
 
     /** Many authorizations in one call (authorize_requests), each answered on its own, in order. */
     authorizeRequests(inputs: AuthorizeRequestInput[]): Promise<BatchAuthorization> {
-      const items = inputs.map((input) => ({
-        request_id: input.requestId,
-        key_hash: input.keyHash,
-        model: input.model,
-        max_input_tokens: input.maxInputTokens,
-        max_output_tokens: input.maxOutputTokens ?? null,
-        client_ip: input.clientIp ?? null,
-        choices: input.choices ?? 1,
-        cap_output: input.capOutput ?? false,
-        providers: input.providers ?? null,
-        calls: input.calls ?? {},
-      }));
-      return callFunction(serviceClient, 'authorize_requests', { p_items: items }, batchAuthorizationSchema);
+      return callFunction(serviceClient, 'authorize_requests', { p_items: inputs.map(authorizationItem) }, batchAuthorizationSchema);
     },
 
     settleRequest(input: SettleRequestInput): Promise<Settlement> {

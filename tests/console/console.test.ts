@@ -270,7 +270,8 @@ describe.skipIf(!available)('codes on the console', () => {
       await page.click('#credits form button');
       await expect.poll(() => page.textContent('#redeem-message')).toContain('Redeemed: $1.50 added.');
       await expect.poll(() => figure(page, 'balance')).toBe(2_500_000);
-      expect(await page.textContent('#credits tbody')).toContain('code');
+      // The balance and the credits table are read separately: the table may come a moment later.
+      await expect.poll(() => page.textContent('#credits tbody')).toContain('code');
     } finally {
       await page.close();
     }
