@@ -7,7 +7,10 @@ export interface AuthorizationBatcherOptions {
   authorizeMany: (inputs: AuthorizeRequestInput[]) => Promise<BatchAuthorization>;
   /** Calls in flight at once; authorizations arriving beyond them wait and go together. */
   inFlight: number;
-  /** The most one call carries. */
+  /**
+   * The most one call carries. Each item is a subtransaction; PostgreSQL caches 64 of them
+   * per transaction, and beyond that every other session's visibility checks slow down.
+   */
   maxBatch?: number;
   /** An authorization not sent within this long (every call in flight stalled) fails without being sent. */
   maxWaitMs: number;
@@ -29,12 +32,13 @@ export interface AuthorizationBatcher {
  * An authorization waits for a call at most `maxWaitMs` (the database
  * deadline): when every call in flight has stalled, it fails unsent, so a
  * request never waits longer than two deadlines for its authorization.
- * A failed call rejects every authorization it carried, as a failed single
- * call does (the caller gives the holds back). An item the batch reports as
+ * A call that fails or misses its deadline rejects every authorization it
+ * carried, as a single call would (the caller gives the holds back); one the
+ * database refuses as a whole (4xx) sends each again alone. An item the batch reports as
  * failed is sent again alone, so its error is exactly the one a single call
  * gives (a malformed client address is the client's error, say).
  */
-export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlight, maxBatch = 100, maxWaitMs }: AuthorizationBatcherOptions): AuthorizationBatcher {
+export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlight, maxBatch = 64, maxWaitMs }: AuthorizationBatcherOptions): AuthorizationBatcher {
   type Waiting = {
     input: AuthorizeRequestInput;
     resolve: (authorization: Authorization) => void;
@@ -44,7 +48,8 @@ export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlig
   let waiting: Waiting[] = [];
   let running = 0;
 
-  const alone = (item: Waiting) => authorizeOne(item.input).then(item.resolve, item.reject);
+  // Never throws synchronously: whatever authorizeOne does, the item settles and the slot is freed.
+  const alone = (item: Waiting) => Promise.resolve(item.input).then(authorizeOne).then(item.resolve, item.reject);
 
   const together = async (batch: Waiting[]) => {
     let results: BatchAuthorization;
@@ -52,7 +57,12 @@ export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlig
       results = await authorizeMany(batch.map((item) => item.input));
       if (results.length !== batch.length) throw new Error(`authorize_requests answered ${results.length} results for ${batch.length} authorizations`);
     } catch (error) {
-      for (const item of batch) item.reject(error);
+      // The database refusing the call itself (a 4xx: the batch function missing from the
+      // schema, say) says nothing about any one request: each goes again alone and gets its
+      // own answer. A timeout or a failure to reach the database fails them all, as it
+      // would fail each of them alone.
+      if (error instanceof LedgerError && error.status >= 400 && error.status < 500) await Promise.all(batch.map(alone));
+      else for (const item of batch) item.reject(error);
       return;
     }
     const retried: Array<Promise<void>> = [];

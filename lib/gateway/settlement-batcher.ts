@@ -11,7 +11,7 @@ export interface SettlementBatcherOptions {
   log: (entry: Record<string, unknown>) => void;
   /** How long the first settlement of a batch waits for others. */
   windowMs: number;
-  /** A batch this full goes at once. */
+  /** A batch this full goes at once (each item is a subtransaction: at most 64 stay cheap). */
   maxBatch?: number;
 }
 
@@ -30,7 +30,7 @@ export interface SettlementBatcher {
  * No settlement waits longer than the window plus one database deadline before
  * its own retries begin.
  */
-export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs, maxBatch = 100 }: SettlementBatcherOptions): SettlementBatcher {
+export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs, maxBatch = 64 }: SettlementBatcherOptions): SettlementBatcher {
   type Waiting = { settlement: SettleRequestInput; resolve: (outcome: DeliveryOutcome) => void };
   let waiting: Waiting[] = [];
   let timer: ReturnType<typeof setTimeout> | undefined;

@@ -14,7 +14,12 @@
 -- find their rows already locked by their own transaction. Between classes the
 -- order is the one authorize_request follows (membership, key, account), so a
 -- batch waits for a single authorization or a settlement, never in a cycle
--- with one.
+-- with one. (A key that gains a spend limit, or becomes a member's, between
+-- the up-front locks and its item is locked by its item after the accounts;
+-- should that ever close a cycle, PostgreSQL breaks it, the item's
+-- subtransaction catches the error and the gateway sends that item again
+-- alone.) The gateway sends at most 64 items per call: PostgreSQL caches 64
+-- subtransactions per transaction.
 
 create function public.authorize_requests(p_items jsonb)
 returns jsonb

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Authorization, AuthorizeRequestInput, BatchAuthorization } from '../../lib/billing/ledger.ts';
+import { LedgerError, type Authorization, type AuthorizeRequestInput, type BatchAuthorization } from '../../lib/billing/ledger.ts';
 import { createAuthorizationBatcher } from '../../lib/gateway/authorization-batcher.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
@@ -230,5 +230,25 @@ describe('the authorization batcher', () => {
     });
     const results = await Promise.allSettled(['x', 'y', 'z'].map((requestId) => failing.authorize(input(requestId))));
     expect(results.map((result) => result.status)).toEqual(['fulfilled', 'rejected', 'rejected']);
+  });
+
+  it('a call the database refuses as a whole (the batch function not deployed yet): each authorization goes again alone', async () => {
+    const alone: string[] = [];
+    const batcher = createAuthorizationBatcher({
+      inFlight: 1,
+      maxWaitMs: 60_000,
+      authorizeOne: async (input) => {
+        alone.push(input.requestId);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        return authorized(input.requestId);
+      },
+      authorizeMany: async () => {
+        throw new LedgerError('Could not find the function public.authorize_requests(p_items) in the schema cache', 'PGRST202', 404);
+      },
+    });
+    const input = (requestId: string) => ({ requestId, keyHash: 'k', model: 'm', maxInputTokens: 1 });
+    const answers = await Promise.all(['a', 'b', 'c'].map((requestId) => batcher.authorize(input(requestId))));
+    expect(answers.map((answer) => (answer as { request_id: string }).request_id)).toEqual(['a', 'b', 'c']);
+    expect(alone).toEqual(['a', 'b', 'c']);
   });
 });

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeFetch } from '../../node/http-fetch.ts';
@@ -64,6 +64,25 @@ const handlers: Record<string, (request: IncomingMessage, response: ServerRespon
   '/redirect-307': (_request, response) => {
     response.writeHead(307, { location: `${base}/echo` });
     response.end();
+  },
+  '/redirect-elsewhere': (_request, response) => {
+    // The same server under another origin (localhost instead of 127.0.0.1).
+    response.writeHead(307, { location: `${base.replace('127.0.0.1', 'localhost')}/echo` });
+    response.end();
+  },
+  '/redirect-broken': (_request, response) => {
+    response.writeHead(302, { location: 'http://[not an address' });
+    response.end();
+  },
+  '/status-600': (_request, response) => {
+    response.writeHead(600);
+    response.end('odd');
+  },
+  '/corrupt-gzip': (request, response) => {
+    response.writeHead(200, { 'content-encoding': 'gzip', 'content-type': 'text/plain' });
+    response.write(Buffer.from('this is not gzip at all'));
+    // Kept open: the client must give the connection up itself.
+    request.socket.once('close', () => closedRequests.push('/corrupt-gzip'));
   },
 };
 
@@ -178,6 +197,58 @@ describe('node:http fetch', () => {
     expect(await viaSeeOther.json()).toEqual({ method: 'GET', body: '' });
     const viaTemporary = await nodeFetch(`${base}/redirect-307`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"x":1}' });
     expect(await viaTemporary.json()).toEqual({ method: 'POST', body: '{"x":1}', contentType: 'application/json' });
+  });
+
+  it('never sends credentials to another origin when redirected; manual and error redirects as fetch has them', async () => {
+    const credentials = { authorization: 'Bearer secret', apikey: 'service-key', 'x-api-key': 'key', 'content-type': 'application/json' };
+    await (await nodeFetch(`${base}/redirect-307`, { method: 'POST', headers: credentials, body: '{}' })).text();
+    expect(seen.at(-1)!.headers.authorization).toBe('Bearer secret');
+    const elsewhere = await nodeFetch(`${base}/redirect-elsewhere`, { method: 'POST', headers: credentials, body: '{}' });
+    expect(((await elsewhere.json()) as { method: string }).method).toBe('POST');
+    const request = seen.at(-1)!;
+    expect(request.headers.host).toMatch(/^localhost:/);
+    expect([request.headers.authorization, request.headers.apikey, request.headers['x-api-key']]).toEqual([undefined, undefined, undefined]);
+    const manual = await nodeFetch(`${base}/redirect-303`, { redirect: 'manual' });
+    expect(manual.status).toBe(303);
+    await expect(nodeFetch(`${base}/redirect-303`, { redirect: 'error' })).rejects.toThrow(TypeError);
+  });
+
+  it('fails the fetch, and nothing else, for an answer fetch cannot represent: a status of 600, a malformed redirect', async () => {
+    await expect(nodeFetch(`${base}/status-600`)).rejects.toThrow(TypeError);
+    await expect(nodeFetch(`${base}/redirect-broken`)).rejects.toThrow(TypeError);
+    expect((await nodeFetch(`${base}/echo`, { method: 'POST', body: '{}' })).status).toBe(201);
+  });
+
+  it('a corrupt compressed body fails the read and frees the connection', async () => {
+    closedRequests.length = 0;
+    const response = await nodeFetch(`${base}/corrupt-gzip`);
+    await expect(response.text()).rejects.toThrow();
+    await expect.poll(() => closedRequests.includes('/corrupt-gzip')).toBe(true);
+  });
+
+  it('sends once more on a new connection when a kept-alive one turns out closed as it is reused', async () => {
+    // A server that answers the first request of each connection and drops the connection at the second.
+    let connections = 0;
+    const flaky = createNetServer((socket) => {
+      connections++;
+      let requests = 0;
+      socket.on('data', (chunk) => {
+        if (!chunk.toString('latin1').includes('\r\n\r\n')) return;
+        requests++;
+        if (requests === 1) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok');
+        else socket.destroy();
+      });
+    });
+    await new Promise<void>((resolve) => flaky.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}/`;
+    try {
+      const client = createNodeFetch();
+      expect(await (await client(url)).text()).toBe('ok');
+      expect(await (await client(url)).text()).toBe('ok');
+      expect(connections).toBe(2);
+    } finally {
+      await new Promise((resolve) => flaky.close(resolve));
+    }
   });
 
   it('keeps connections alive between calls', async () => {
