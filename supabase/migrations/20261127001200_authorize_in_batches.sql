@@ -57,6 +57,8 @@ begin
 
   for v_item in select value from jsonb_array_elements(p_items) loop
     begin
+      -- Until this transaction ends, a hold given back for this request waits (see below).
+      perform pg_advisory_xact_lock(hashtextextended(v_item ->> 'request_id', 0));
       v_results := v_results || jsonb_build_array(jsonb_build_object(
         'request_id', v_item ->> 'request_id',
         'ok', true,
@@ -83,3 +85,40 @@ end;
 $$;
 revoke all on function public.authorize_requests(jsonb) from public, anon, authenticated;
 grant execute on function public.authorize_requests(jsonb) to service_role;
+
+-- A hold given back while its batch is still open.
+--
+-- The gateway gives back a hold whose authorization it never saw answered
+-- (settle_request with no usage): when the request's row is not there, the
+-- request id is remembered in cancelled_requests so that a late authorization
+-- is refused; an authorization checks that table after writing its row. A
+-- batch keeps its rows uncommitted, so invisible, until its last item is
+-- done: a give-back arriving in that time would find no row, remember the id
+-- after the item had checked, and the hold would stay until the stale-hold
+-- job. So each item holds a lock on its request id until the batch commits,
+-- and remembering an id takes the same lock first: it waits for the batch,
+-- and if the request was authorized meanwhile it fails with a passing error
+-- (40001): PostgREST runs such a transaction again by itself, which now finds
+-- the row and releases the hold (tests/gateway/authorization-batches.test.ts);
+-- any other caller gives it back again, as it would after any passing error.
+
+create function private.cancelled_request_not_authorized()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended(new.request_id, 0));
+  if exists (select 1 from public.usage_events where request_id = new.request_id) then
+    raise exception 'request % was authorized while it was being given back: give it back again', new.request_id
+      using errcode = '40001';
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.cancelled_request_not_authorized() from public, anon, authenticated;
+
+create trigger cancelled_requests_after_authorizations
+  before insert on public.cancelled_requests
+  for each row execute function private.cancelled_request_not_authorized();

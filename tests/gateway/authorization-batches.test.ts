@@ -171,6 +171,73 @@ describe('authorize_requests', () => {
   });
 });
 
+describe('a hold given back while its batch is open', () => {
+  async function openBatch(requestId: string) {
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const batch = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+    await batch.connect();
+    await batch.query('begin');
+    const item = JSON.stringify([{ request_id: requestId, key_hash: customer.keyHash, model, max_input_tokens: 100, max_output_tokens: 100 }]);
+    const { rows: [{ result }] } = await batch.query('select public.authorize_requests($1::jsonb) as result', [item]);
+    expect(result[0].result.status).toBe('authorized');
+    return { customer, batch };
+  }
+
+  async function afterGiveBack(requestId: string, accountId: string) {
+    const { rows: [account] } = await admin().query('select held::int from public.accounts where id = $1', [accountId]);
+    const { rows: cancelled } = await admin().query('select 1 from public.cancelled_requests where request_id = $1', [requestId]);
+    const { rows: [event] } = await admin().query('select status from public.usage_events where request_id = $1', [requestId]);
+    return { held: account.held, cancelled: cancelled.length, status: event?.status };
+  }
+
+  it('in SQL: waits for the batch, then fails with a passing error; given back again, the hold is released', async () => {
+    const requestId = crypto.randomUUID();
+    const { customer, batch } = await openBatch(requestId);
+    const other = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+    await other.connect();
+    try {
+      let done = false;
+      const giveBack = other
+        .query(`select public.settle_request($1, 'failed', '{}'::jsonb)`, [requestId])
+        .then(() => 'settled', (error: { code: string }) => error.code)
+        .finally(() => (done = true));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(done).toBe(false);
+      await batch.query('commit');
+      expect(await giveBack).toBe('40001');
+      await other.query(`select public.settle_request($1, 'failed', '{}'::jsonb)`, [requestId]);
+      expect(await afterGiveBack(requestId, customer.accountId)).toEqual({ held: 0, cancelled: 0, status: 'failed' });
+    } finally {
+      await other.end();
+      await batch.end();
+    }
+  });
+
+  it('through PostgREST, as the gateway gives it back: one call, the hold released (PostgREST runs the transaction again)', async () => {
+    const requestId = crypto.randomUUID();
+    const { customer, batch } = await openBatch(requestId);
+    try {
+      const giveBack = ledger.settleRequest({ requestId, outcome: 'failed', usage: {} });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await batch.query('commit');
+      expect((await giveBack).status).toBe('failed');
+      expect(await afterGiveBack(requestId, customer.accountId)).toEqual({ held: 0, cancelled: 0, status: 'failed' });
+    } finally {
+      await batch.end();
+    }
+  });
+
+  it('given back before its batch: the batch refuses it', async () => {
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const requestId = crypto.randomUUID();
+    expect((await ledger.settleRequest({ requestId, outcome: 'failed', usage: {} })).status).toBe('cancelled');
+    const [result] = await ledger.authorizeRequests([{ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 }]);
+    expect(result!.ok && result!.result.status === 'refused' && result!.result.code).toBe('request_cancelled');
+  });
+});
+
 describe('the authorization batcher', () => {
   const authorized = (requestId: string) => ({ status: 'authorized', request_id: requestId }) as unknown as Authorization;
 
