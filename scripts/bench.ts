@@ -21,9 +21,9 @@ import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../tests/support/fake-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 import { benchDatabase } from './bench/database.ts';
-import { cpuByComponent, runLoad, startBareProxyProcess, timeWhole, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
+import { cpuByComponent, runLoad, startBareProxyProcess, startServiceProcess, timeWhole, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
 import { createBareProxy } from './bench/bare-proxy.ts';
-import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
+import { redisServerPath } from './local-upstash.ts';
 import { Agent } from 'node:http';
 import pg from 'pg';
 
@@ -193,15 +193,24 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
       { id: 'bench-slow-start', provider: 'openai', upstream_model: 'chat-slow-start', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 },
     ])
     .throwOnError();
-  const upstash = redisServerPath() ? await startLocalUpstash() : undefined;
+  // Supabase's API gateway and Upstash are services of their own in production: here each
+  // runs in a process of its own, apart from the load generator and the fake upstream.
+  const upstashToken = `bench-${crypto.randomUUID()}`;
+  const upstash = redisServerPath() ? await startServiceProcess({ BENCH_SERVICE: 'upstash', BENCH_UPSTASH_TOKEN: upstashToken }) : undefined;
+  const router = await startServiceProcess({
+    BENCH_SERVICE: 'router',
+    BENCH_POSTGREST_URL: stack.postgrestUrl,
+    BENCH_ROUTER_KEYS: JSON.stringify({ anonKey: stack.anonKey, serviceRoleKey: stack.serviceRoleKey, publishableKey: stack.publishableKey, secretKey: stack.secretKey }),
+  });
+  const services: Record<string, number> = { router: router.pid, ...(upstash ? { 'Upstash endpoint': upstash.pid } : {}) };
   const environment: Record<string, string> = {
-    SUPABASE_URL: stack.supabaseUrl,
+    SUPABASE_URL: router.url,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     OPENAI_BASE_URL: `${upstreamUrl}/v1`,
     SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on',
     // The batching knobs can be tried from the command line.
     ...Object.fromEntries(['AUTHORIZE_IN_FLIGHT', 'SETTLE_BATCH_WINDOW_MS'].filter((name) => process.env[name]).map((name) => [name, process.env[name]!])),
-    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
+    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstashToken } : {}),
   };
   const customers = await Promise.all(Array.from({ length: 64 }, () => stack.createCustomer(1_000_000_000_000)));
   const cold = sections.has('latency') ? await Promise.all(Array.from({ length: Math.min(rounds, 60) + 5 }, () => stack.createCustomer(1_000_000_000))) : [];
@@ -261,10 +270,10 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
             ['64 keys', (index: number) => through(gateway.url, customers[index % 64]!.apiKey)],
             ['one key', () => through(gateway.url, customers[0]!.apiKey)],
           ] as const) {
-            const before = cpuByComponent(gateway.pid);
+            const before = cpuByComponent(gateway.pid, services);
             const result = await runLoad(concurrency, loadSeconds, next);
             printLoad(`${concurrency} connections, ${label}`, result, baseline);
-            const after = cpuByComponent(gateway.pid);
+            const after = cpuByComponent(gateway.pid, services);
             if (before && after) {
               const served = result.requestsPerSecond * loadSeconds;
               const parts = Object.keys(after).map((name) => `${name} ${((after[name]! - before[name]!) / served).toFixed(2)}`);
@@ -278,7 +287,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
       }
     }
     if (sections.has('latency')) {
-      const proxy = await startDelayProxy(new URL(stack.supabaseUrl), 10);
+      const proxy = await startDelayProxy(new URL(router.url), 10);
       const gateway = await startGatewayProcess({ ...environment, SUPABASE_URL: proxy.url });
       const agent = new Agent({ keepAlive: true, maxSockets: 1 });
       try {
@@ -315,6 +324,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     }
   } finally {
     await upstash?.stop();
+    await router.stop();
   }
 }
 

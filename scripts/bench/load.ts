@@ -109,6 +109,11 @@ export function startGatewayProcess(environment: Record<string, string>): Promis
   return startBenchProcess('gateway-process.ts', { BENCH_GATEWAY_ENV: JSON.stringify(environment) }, profile);
 }
 
+/** A stand-in service (scripts/bench/service-process.ts) in its own process. */
+export function startServiceProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+  return startBenchProcess('service-process.ts', environment);
+}
+
 /** The bare proxy (scripts/bench/bare-proxy.ts) in its own process, forwarding to `upstream`. */
 export function startBareProxyProcess(upstream: string): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
   return startBenchProcess('bare-proxy.ts', { BENCH_BARE_PROXY_UPSTREAM: upstream });
@@ -163,10 +168,14 @@ export function timeToFirstByte(agent: Agent, { url, headers, body }: LoadReques
   });
 }
 
-/** CPU time (ms) so far of the machine's processes, grouped: the gateway's process, PostgREST, PostgreSQL, redis-server, this process. Linux only. */
-export function cpuByComponent(gatewayPid: number): Record<string, number> | undefined {
+/**
+ * CPU time (ms) so far of the machine's processes, grouped: the gateway's process, PostgREST,
+ * PostgreSQL, redis-server, this process, and the processes named in `others` (name → pid). Linux only.
+ */
+export function cpuByComponent(gatewayPid: number, others: Record<string, number> = {}): Record<string, number> | undefined {
   if (!existsSync('/proc/self/stat')) return undefined;
-  const totals: Record<string, number> = { gateway: 0, PostgREST: 0, PostgreSQL: 0, Redis: 0, 'bench process': 0 };
+  const totals: Record<string, number> = { gateway: 0, PostgREST: 0, PostgreSQL: 0, Redis: 0, ...Object.fromEntries(Object.keys(others).map((name) => [name, 0])), 'bench process': 0 };
+  const named = new Map(Object.entries(others).map(([name, pid]) => [pid, name]));
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     let stat: string;
@@ -181,7 +190,7 @@ export function cpuByComponent(gatewayPid: number): Record<string, number> | und
     const milliseconds = (Number(fields[11]) + Number(fields[12])) * 10;
     const pid = Number(entry);
     const group =
-      pid === gatewayPid ? 'gateway' : pid === process.pid ? 'bench process' : name === 'postgrest' ? 'PostgREST' : name === 'postgres' ? 'PostgreSQL' : name === 'redis-server' ? 'Redis' : undefined;
+      pid === gatewayPid ? 'gateway' : named.has(pid) ? named.get(pid) : pid === process.pid ? 'bench process' : name === 'postgrest' ? 'PostgREST' : name === 'postgres' ? 'PostgreSQL' : name === 'redis-server' ? 'Redis' : undefined;
     if (group) totals[group]! += milliseconds;
   }
   return totals;

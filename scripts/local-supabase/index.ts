@@ -30,6 +30,8 @@ export interface LocalSupabaseOptions {
 
 export interface LocalSupabase {
   supabaseUrl: string;
+  /** PostgREST itself, behind the router (for a router of one's own, as the bench runs in another process). */
+  postgrestUrl: string;
   anonKey: string;
   serviceRoleKey: string;
   publishableKey: string;
@@ -288,6 +290,7 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
 
     return {
       supabaseUrl: router.url,
+      postgrestUrl: `http://127.0.0.1:${postgrestPort}`,
       anonKey,
       serviceRoleKey,
       publishableKey: secrets.publishableKey,
