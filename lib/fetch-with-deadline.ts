@@ -1,11 +1,12 @@
+/** Statuses whose responses carry no body (a Response refuses one). */
+export const nullBodyStatuses = new Set([101, 103, 204, 205, 304]);
+
 /**
  * A fetch whose every call is aborted after `timeoutMs` (a caller's own signal
  * still aborts it sooner). The abort surfaces as the fetch's rejection, which
  * clients such as postgrest-js report as a failed call (status 0): a stalled
  * peer costs a bounded wait, never a hang.
  */
-const nullBodyStatuses = new Set([101, 103, 204, 205, 304]);
-
 export function fetchWithDeadline(base: typeof fetch, timeoutMs: number): typeof fetch {
   return async function fetchBeforeDeadline(input, init) {
     const controller = new AbortController();

@@ -14,18 +14,13 @@ import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { createBrotliDecompress, createGunzip, createInflate, constants as zlib } from 'node:zlib';
 import { pipeline, type Readable } from 'node:stream';
+import { nullBodyStatuses } from '../lib/fetch-with-deadline.ts';
 
-const nullBodyStatuses = new Set([101, 103, 204, 205, 304]);
 const redirectStatuses = new Set([301, 302, 303, 307, 308]);
 const maxRedirects = 20;
 const idleSocketMs = 4_000;
 /** Headers that carry credentials: never sent on to another origin by a redirect. */
 const credentialHeaders = ['authorization', 'proxy-authorization', 'cookie', 'apikey', 'x-api-key', 'x-goog-api-key'];
-
-export interface NodeFetchOptions {
-  /** Sockets kept open per host (default 256). */
-  maxSockets?: number;
-}
 
 type Body = string | Uint8Array | null;
 
@@ -105,8 +100,10 @@ function abortError(signal: AbortSignal): unknown {
   return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
 }
 
-export function createNodeFetch(options: NodeFetchOptions = {}): typeof fetch {
-  const maxSockets = options.maxSockets ?? 256;
+/** Sockets kept open per host. */
+const maxSockets = 256;
+
+export function createNodeFetch(): typeof fetch {
   // Idle sockets close after 4 s (undici's default) or sooner when the server's Keep-Alive says so,
   // so a socket the server has already dropped is rarely reused.
   const agents = {

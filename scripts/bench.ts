@@ -15,13 +15,26 @@ import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { hashApiKey } from '../lib/billing/hash-api-key.ts';
 import { createServices } from '../lib/create-services.ts';
 import { loadConfig } from '../lib/env.ts';
-import { createNodeFetch } from '../node/http-fetch.ts';
 import { createOpenAIChatMeter } from '../lib/providers/openai/openai-chat-meter.ts';
 import { createSseEventSplitter } from '../lib/metering/sse-event-splitter.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../tests/support/fake-upstream.ts';
 import { startLocalSupabase } from './local-supabase/index.ts';
 import { benchDatabase } from './bench/database.ts';
-import { cpuByComponent, runLoad, startBareProxyProcess, startServiceProcess, timeWhole, startDelayProxy, startGatewayProcess, timeToFirstByte, type LoadRequest, type LoadResult } from './bench/load.ts';
+import {
+  benchOutboundFetch,
+  cpuByComponent,
+  pauseOf,
+  runLoad,
+  sampleSequentially,
+  startBareProxyProcess,
+  startDelayProxy,
+  startGatewayProcess,
+  startServiceProcess,
+  timeToFirstByte,
+  timeWhole,
+  type LoadRequest,
+  type LoadResult,
+} from './bench/load.ts';
 import { createBareProxy } from './bench/bare-proxy.ts';
 import { redisServerPath } from './local-upstash.ts';
 import { Agent } from 'node:http';
@@ -40,16 +53,13 @@ function summary(samples: number[]) {
 }
 
 /** Sequential timings; `between` runs untimed after each (letting settlements finish, so they do not compete). */
-async function time(run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>): Promise<number[]> {
-  for (let warm = 0; warm < 20; warm++) await run();
-  const samples: number[] = [];
-  for (let index = 0; index < count; index++) {
+function time(run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>): Promise<number[]> {
+  const timed = async () => {
     const started = performance.now();
     await run();
-    samples.push(performance.now() - started);
-    await between?.();
-  }
-  return samples;
+    return performance.now() - started;
+  };
+  return sampleSequentially(timed, { warm: 20, count, pause: between });
 }
 
 const fmt = (value: number) => value.toFixed(2).padStart(7);
@@ -61,8 +71,7 @@ async function main() {
   const pending = new Set<Promise<unknown>>();
   const config = loadConfig({ SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on' });
   const services = createServices(config, {
-    // As in the Node.js function; BENCH_FETCH=global measures Node's own fetch instead.
-    ...(process.env.BENCH_FETCH === 'global' ? {} : { outboundFetch: createNodeFetch() }),
+    outboundFetch: benchOutboundFetch(),
     waitUntil: (promise) => {
       pending.add(promise);
       void promise.finally(() => pending.delete(promise));
@@ -73,7 +82,7 @@ async function main() {
   await new Promise((resolve) => server.once('listening', resolve));
   const gatewayUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   // The reference: the same framework, adapter and HTTP client forwarding with no billing.
-  const bare = serve({ fetch: createBareProxy(fake.url, process.env.BENCH_FETCH === 'global' ? fetch : createNodeFetch()), port: 0, hostname: '127.0.0.1' });
+  const bare = serve({ fetch: createBareProxy(fake.url, benchOutboundFetch()), port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => bare.once('listening', resolve));
   const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}`;
 
@@ -202,7 +211,6 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     BENCH_POSTGREST_URL: stack.postgrestUrl,
     BENCH_ROUTER_KEYS: JSON.stringify({ anonKey: stack.anonKey, serviceRoleKey: stack.serviceRoleKey, publishableKey: stack.publishableKey, secretKey: stack.secretKey }),
   });
-  const services: Record<string, number> = { router: router.pid, ...(upstash ? { 'Upstash endpoint': upstash.pid } : {}) };
   const environment: Record<string, string> = {
     SUPABASE_URL: router.url,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
@@ -238,15 +246,8 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         // One request at a time, each process on its own event loop as in production; a pause
         // after each lets its settlement go (untimed), so it does not compete with the next.
         const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-        const sequential = async (next: LoadRequest) => {
-          for (let warm = 0; warm < 20; warm++) await timeWhole(agent, next);
-          const times: number[] = [];
-          for (let index = 0; index < rounds; index++) {
-            times.push(await timeWhole(agent, next));
-            await new Promise((resolve) => setTimeout(resolve, 15));
-          }
-          return summary(times);
-        };
+        const sequential = async (next: LoadRequest) =>
+          summary(await sampleSequentially(() => timeWhole(agent, next), { warm: 20, count: rounds, pause: pauseOf(15) }));
         console.log(`\nSequential requests, ${rounds} each, gateway and bare proxy each in its own process, warm key, local stack (ms)\n`);
         console.log('                                     p50      p99   added p50');
         for (const stream of [false, true]) {
@@ -270,10 +271,11 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
             ['64 keys', (index: number) => through(gateway.url, customers[index % 64]!.apiKey)],
             ['one key', () => through(gateway.url, customers[0]!.apiKey)],
           ] as const) {
-            const before = cpuByComponent(gateway.pid, services);
+            const measured = { gateway: gateway.pid, router: router.pid, ...(upstash ? { 'Upstash endpoint': upstash.pid } : {}) };
+            const before = cpuByComponent(measured);
             const result = await runLoad(concurrency, loadSeconds, next);
             printLoad(`${concurrency} connections, ${label}`, result, baseline);
-            const after = cpuByComponent(gateway.pid, services);
+            const after = cpuByComponent(measured);
             if (before && after) {
               const served = result.requestsPerSecond * loadSeconds;
               const parts = Object.keys(after).map((name) => `${name} ${((after[name]! - before[name]!) / served).toFixed(2)}`);
@@ -296,15 +298,8 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         // a warm key's authorize runs while the upstream works, so it adds nothing it can hide behind it.
         fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
         const streamDirect: LoadRequest = { ...direct, body: chatBody('chat-slow-start', true) };
-        const measure = async (next: (index: number) => LoadRequest) => {
-          for (let warm = 0; warm < 5; warm++) await timeToFirstByte(agent, next(warm));
-          const times: number[] = [];
-          for (let index = 5; index < samples + 5; index++) {
-            times.push(await timeToFirstByte(agent, next(index)));
-            await new Promise((resolve) => setTimeout(resolve, 25));
-          }
-          return summary(times);
-        };
+        const measure = async (next: (index: number) => LoadRequest) =>
+          summary(await sampleSequentially((index) => timeToFirstByte(agent, next(index)), { warm: 5, count: samples, pause: pauseOf(25) }));
         const base = await measure(() => streamDirect);
         const bareProxy = await startBareProxyProcess(fake.url);
         const reference = await measure(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })).finally(() => bareProxy.stop());

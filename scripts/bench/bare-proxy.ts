@@ -7,9 +7,9 @@
 import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import type { AddressInfo } from 'node:net';
-import { createNodeFetch } from '../../node/http-fetch.ts';
+import { benchOutboundFetch } from './load.ts';
 
-export function createBareProxy(upstream: string, send: typeof fetch = createNodeFetch()): (request: Request) => Response | Promise<Response> {
+export function createBareProxy(upstream: string, send: typeof fetch): (request: Request) => Response | Promise<Response> {
   const app = new Hono();
   app.post('/v1/*', async (c) => {
     const response = await send(`${upstream}${c.req.path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: await c.req.text() });
@@ -23,7 +23,7 @@ export function createBareProxy(upstream: string, send: typeof fetch = createNod
 }
 
 if (process.env.BENCH_BARE_PROXY_UPSTREAM) {
-  const server = serve({ fetch: createBareProxy(process.env.BENCH_BARE_PROXY_UPSTREAM), port: 0, hostname: '127.0.0.1' });
+  const server = serve({ fetch: createBareProxy(process.env.BENCH_BARE_PROXY_UPSTREAM, benchOutboundFetch()), port: 0, hostname: '127.0.0.1' });
   server.once('listening', () => console.log(JSON.stringify({ port: (server.address() as AddressInfo).port })));
   process.on('SIGTERM', () => server.close(() => process.exit(0)));
 }

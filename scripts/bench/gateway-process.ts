@@ -8,11 +8,11 @@ import type { AddressInfo } from 'node:net';
 import { createApp } from '../../lib/app.ts';
 import { createServices } from '../../lib/create-services.ts';
 import { loadConfig } from '../../lib/env.ts';
-import { createNodeFetch } from '../../node/http-fetch.ts';
+import { benchOutboundFetch } from './load.ts';
 
 const config = loadConfig(JSON.parse(process.env.BENCH_GATEWAY_ENV ?? '{}') as Record<string, string>);
 const services = createServices(config, {
-  ...(process.env.BENCH_FETCH === 'global' ? {} : { outboundFetch: createNodeFetch() }),
+  outboundFetch: benchOutboundFetch(),
   waitUntil: (promise) => void promise.catch(() => {}),
   log: (entry) => {
     if (entry.level === 'error') console.error(JSON.stringify(entry));

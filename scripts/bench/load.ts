@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { Agent, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { createNodeFetch } from '../../node/http-fetch.ts';
 
 export interface LoadResult {
   requestsPerSecond: number;
@@ -43,6 +44,31 @@ export async function timeWhole(agent: Agent, request: LoadRequest): Promise<num
   return performance.now() - sent;
 }
 
+/**
+ * Timings of `count` calls of `run`, one after another, after `warm` untimed ones
+ * (`index` counts every call, warm-up included); `pause` runs untimed after each timed call.
+ */
+export async function sampleSequentially(
+  run: (index: number) => Promise<number>,
+  { warm, count, pause }: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined },
+): Promise<number[]> {
+  for (let index = 0; index < warm; index++) await run(index);
+  const times: number[] = [];
+  for (let index = warm; index < warm + count; index++) {
+    times.push(await run(index));
+    await pause?.();
+  }
+  return times;
+}
+
+/** A pause of `ms` milliseconds, for sampleSequentially. */
+export const pauseOf = (ms: number) => () => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The outbound HTTP client of the bench's gateways and bare proxies: the Node.js function's, or Node's fetch with BENCH_FETCH=global. */
+export function benchOutboundFetch(): typeof fetch {
+  return process.env.BENCH_FETCH === 'global' ? (input, init) => fetch(input, init) : createNodeFetch();
+}
+
 /** `concurrency` clients, each sending its next request when the last is answered, for `seconds`. */
 export async function runLoad(concurrency: number, seconds: number, next: (index: number) => LoadRequest): Promise<LoadResult> {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -76,8 +102,14 @@ export async function runLoad(concurrency: number, seconds: number, next: (index
   return { requestsPerSecond: latencies.length / elapsed, p50: at(0.5), p99: at(0.99), errors, ...(firstError ? { firstError } : {}) };
 }
 
+export interface BenchProcess {
+  url: string;
+  pid: number;
+  stop: () => Promise<void>;
+}
+
 /** A script of scripts/bench/ in its own process, printing {"port": n} when it listens; resolves with its URL. */
-async function startBenchProcess(script: string, environment: Record<string, string>, profile: string[] = []): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+async function startBenchProcess(script: string, environment: Record<string, string>, profile: string[] = []): Promise<BenchProcess> {
   const child: ChildProcess = spawn(process.execPath, [...profile, '--import', 'tsx', join(import.meta.dirname, script)], {
     env: { ...process.env, ...environment },
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -103,19 +135,19 @@ async function startBenchProcess(script: string, environment: Record<string, str
 }
 
 /** The gateway in its own process (scripts/bench/gateway-process.ts); resolves with its URL. */
-export function startGatewayProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+export function startGatewayProcess(environment: Record<string, string>): Promise<BenchProcess> {
   // BENCH_CPU_PROFILE=<folder>: the gateway process writes a V8 CPU profile there when it stops.
   const profile = process.env.BENCH_CPU_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROFILE] : [];
   return startBenchProcess('gateway-process.ts', { BENCH_GATEWAY_ENV: JSON.stringify(environment) }, profile);
 }
 
 /** A stand-in service (scripts/bench/service-process.ts) in its own process. */
-export function startServiceProcess(environment: Record<string, string>): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+export function startServiceProcess(environment: Record<string, string>): Promise<BenchProcess> {
   return startBenchProcess('service-process.ts', environment);
 }
 
 /** The bare proxy (scripts/bench/bare-proxy.ts) in its own process, forwarding to `upstream`. */
-export function startBareProxyProcess(upstream: string): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
+export function startBareProxyProcess(upstream: string): Promise<BenchProcess> {
   return startBenchProcess('bare-proxy.ts', { BENCH_BARE_PROXY_UPSTREAM: upstream });
 }
 
@@ -169,13 +201,13 @@ export function timeToFirstByte(agent: Agent, { url, headers, body }: LoadReques
 }
 
 /**
- * CPU time (ms) so far of the machine's processes, grouped: the gateway's process, PostgREST,
- * PostgreSQL, redis-server, this process, and the processes named in `others` (name → pid). Linux only.
+ * CPU time (ms) so far of the machine's processes, grouped: those named in `processes`
+ * (name → pid), PostgREST, PostgreSQL, redis-server, and this process. Linux only.
  */
-export function cpuByComponent(gatewayPid: number, others: Record<string, number> = {}): Record<string, number> | undefined {
+export function cpuByComponent(processes: Record<string, number>): Record<string, number> | undefined {
   if (!existsSync('/proc/self/stat')) return undefined;
-  const totals: Record<string, number> = { gateway: 0, PostgREST: 0, PostgreSQL: 0, Redis: 0, ...Object.fromEntries(Object.keys(others).map((name) => [name, 0])), 'bench process': 0 };
-  const named = new Map(Object.entries(others).map(([name, pid]) => [pid, name]));
+  const totals: Record<string, number> = { ...Object.fromEntries(Object.keys(processes).map((name) => [name, 0])), PostgREST: 0, PostgreSQL: 0, Redis: 0, 'bench process': 0 };
+  const named = new Map(Object.entries(processes).map(([name, pid]) => [pid, name]));
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     let stat: string;
@@ -190,7 +222,7 @@ export function cpuByComponent(gatewayPid: number, others: Record<string, number
     const milliseconds = (Number(fields[11]) + Number(fields[12])) * 10;
     const pid = Number(entry);
     const group =
-      pid === gatewayPid ? 'gateway' : named.has(pid) ? named.get(pid) : pid === process.pid ? 'bench process' : name === 'postgrest' ? 'PostgREST' : name === 'postgres' ? 'PostgreSQL' : name === 'redis-server' ? 'Redis' : undefined;
+      named.has(pid) ? named.get(pid) : pid === process.pid ? 'bench process' : name === 'postgrest' ? 'PostgREST' : name === 'postgres' ? 'PostgreSQL' : name === 'redis-server' ? 'Redis' : undefined;
     if (group) totals[group]! += milliseconds;
   }
   return totals;
