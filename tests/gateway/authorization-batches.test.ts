@@ -228,6 +228,37 @@ describe('a hold given back while its batch is open', () => {
     }
   });
 
+  it('a single authorization waiting for its account row: a give-back meanwhile is seen at the end, and the hold goes back', async () => {
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const requestId = crypto.randomUUID();
+    const blocker = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+    const authorizer = new pg.Client({ connectionString: stack.adminDatabaseUrl });
+    await Promise.all([blocker.connect(), authorizer.connect()]);
+    try {
+      // Another transaction holds the account row, as other requests of the account do.
+      await blocker.query('begin');
+      await blocker.query('select 1 from public.accounts where id = $1 for no key update', [customer.accountId]);
+      let done = false;
+      const authorization = authorizer
+        .query(`select public.authorize_request($1, $2, $3, 100, 100) as result`, [requestId, customer.keyHash, model])
+        .then(({ rows: [{ result }] }) => result)
+        .finally(() => (done = true));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(done).toBe(false);
+      // The gateway gave up on it and gives the hold back: nothing committed to find yet.
+      expect((await ledger.settleRequest({ requestId, outcome: 'failed', usage: {} })).status).toBe('cancelled');
+      await blocker.query('commit');
+      expect(await authorization).toMatchObject({ status: 'refused', code: 'request_cancelled' });
+      const { rows: [account] } = await admin().query('select held::int from public.accounts where id = $1', [customer.accountId]);
+      const { rows: events } = await admin().query('select 1 from public.usage_events where request_id = $1', [requestId]);
+      expect({ held: account.held, events: events.length }).toEqual({ held: 0, events: 0 });
+    } finally {
+      await blocker.end();
+      await authorizer.end();
+    }
+  });
+
   it('given back before its batch: the batch refuses it', async () => {
     const model = await createModel(price);
     const customer = await createCustomer({ balance: 10_000_000 });
