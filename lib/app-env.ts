@@ -3,6 +3,7 @@ import type { SettlementOutbox } from './billing/settlement-outbox.ts';
 import type { Config } from './env.ts';
 import type { RateLimiter, createLimitsCache } from './gateway/rate-limits.ts';
 import type { RequestHold } from './gateway/request-hold.ts';
+import type { ReadyHolds } from './gateway/ready-holds.ts';
 import type { WarmKeys } from './gateway/warm-keys.ts';
 import type { SettlementBatcher } from './gateway/settlement-batcher.ts';
 import type { AuthorizationBatcher } from './gateway/authorization-batcher.ts';
@@ -30,6 +31,10 @@ export interface Services {
   settlements: SettlementBatcher;
   /** Every authorize_request of the instance goes through it (batched when calls are already in flight). */
   authorizations: AuthorizationBatcher;
+  /** Holds taken ahead for warm keys' next requests (READY_HOLDS). */
+  readyHolds: ReadyHolds;
+  /** Requests this instance is working on (until each has its response, a stream's headers). */
+  activity: { requests: number };
 }
 
 export interface ModelPrice {

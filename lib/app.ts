@@ -25,14 +25,19 @@ export function createApp(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
   app.use(async function requestContext(c, next) {
-    const requestId = crypto.randomUUID();
-    c.set('requestId', requestId);
+    c.set('requestId', crypto.randomUUID());
     c.set('services', services);
-    await next();
+    services.activity.requests++;
+    try {
+      await next();
+    } finally {
+      services.activity.requests--;
+    }
     // No hold outlives its request: one still open here (an exception, a refusal
     // after authorize) delivered nothing, so it is released and nothing charged.
     if (c.var.hold?.open) c.var.hold.release(c.error ? `the request failed: ${c.error.message}` : 'the request ended without settling');
-    c.res.headers.set('x-request-id', requestId);
+    // The request's id, or the one of the hold taken ahead that it adopted.
+    c.res.headers.set('x-request-id', c.var.requestId);
     for (const [name, value] of Object.entries(c.var.rateLimitHeaders ?? {})) {
       if (!c.res.headers.has(name)) c.res.headers.set(name, value);
     }

@@ -9,6 +9,7 @@ import { deliverSettlement } from './gateway/settle-in-background.ts';
 import { createSettlementBatcher } from './gateway/settlement-batcher.ts';
 import { createAuthorizationBatcher } from './gateway/authorization-batcher.ts';
 import { createWarmKeys } from './gateway/warm-keys.ts';
+import { createReadyHolds } from './gateway/ready-holds.ts';
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
@@ -43,6 +44,18 @@ export function createServices(config: Config, options: ServiceOptions): Service
       ? { url: config.UPSTASH_REDIS_REST_URL, token: config.UPSTASH_REDIS_REST_TOKEN }
       : undefined;
   const ledger = createLedger(database);
+  // Holds taken ahead go to the database together too, apart from the requests waiting for theirs.
+  const aheadAuthorizations = createAuthorizationBatcher({
+    authorizeOne: async (input) => {
+      const [answer] = await ledger.authorizeAhead([input], config.READY_HOLD_SECONDS);
+      if (!answer) throw new LedgerError('authorize_ahead answered nothing', 'invalid_result', 200);
+      if (!answer.ok) throw new LedgerError(answer.message, answer.code, 200);
+      return answer.result;
+    },
+    authorizeMany: (inputs) => ledger.authorizeAhead(inputs, config.READY_HOLD_SECONDS),
+    inFlight: config.AUTHORIZE_IN_FLIGHT,
+    maxWaitMs: config.DATABASE_TIMEOUT_MS,
+  });
   const services: Services = {
     config,
     rateLimiter: upstash
@@ -63,6 +76,14 @@ export function createServices(config: Config, options: ServiceOptions): Service
       inFlight: config.AUTHORIZE_IN_FLIGHT,
       maxWaitMs: config.DATABASE_TIMEOUT_MS,
     }),
+    readyHolds: createReadyHolds({
+      authorizeAhead: (input) => aheadAuthorizations.authorize(input),
+      returnHolds: (requestIds) => ledger.returnReadyHolds(requestIds),
+      readySeconds: config.READY_HOLD_SECONDS,
+      waitUntil: options.waitUntil,
+      log,
+    }),
+    activity: { requests: 0 },
     ledger,
     database,
     listModels: async () => {

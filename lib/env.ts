@@ -70,6 +70,15 @@ const environmentSchema = z.object({
   SETTLE_BATCH_WINDOW_MS: z.coerce.number().int().min(0).max(1_000).default(10),
   /** Authorization calls one instance has in flight at once; those arriving beyond them go together in one call. */
   AUTHORIZE_IN_FLIGHT: z.coerce.number().int().min(1).max(1_000).default(1),
+  /**
+   * "on": after a warm request, take the key's next request's hold ahead of time
+   * (see README, "Holds taken ahead"), so that request waits for no database
+   * round trip. Off by default: a key revoked (or a price changed) reaches a hold
+   * already taken only when its window ends.
+   */
+  READY_HOLDS: z.enum(['on', 'off']).default('off'),
+  /** How long a hold taken ahead may be adopted before it is given back. */
+  READY_HOLD_SECONDS: z.coerce.number().int().min(1).max(60).default(10),
   /** Bearer secret of the internal routes (the outbox drain); Vercel Cron sends it. Unset: those routes answer 503. */
   CRON_SECRET: optionalText,
 });

@@ -64,12 +64,19 @@ function time(run: () => Promise<unknown>, count: number, between?: () => Promis
 
 const fmt = (value: number) => value.toFixed(2).padStart(7);
 
+/** The gateway's knobs that can be tried from the command line (batching, holds taken ahead). */
+function knobs(): Record<string, string> {
+  const names = ['AUTHORIZE_IN_FLIGHT', 'SETTLE_BATCH_WINDOW_MS', 'READY_HOLDS', 'READY_HOLD_SECONDS'];
+  return Object.fromEntries(names.filter((name) => process.env[name]).map((name) => [name, process.env[name]!]));
+}
+
 async function main() {
   const dataDir = await mkdtemp(join(tmpdir(), 'tollgate-bench-'));
   const stack = await startLocalSupabase({ dataDir, persistent: false });
   const fake = await startFakeUpstream();
   const pending = new Set<Promise<unknown>>();
-  const config = loadConfig({ SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on' });
+  const gatewayEnvironment = { SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on', ...knobs() };
+  const config = loadConfig(gatewayEnvironment);
   const services = createServices(config, {
     outboundFetch: benchOutboundFetch(),
     waitUntil: (promise) => {
@@ -81,6 +88,18 @@ async function main() {
   const server = serve({ fetch: createApp(services).fetch, port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => server.once('listening', resolve));
   const gatewayUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // The same gateway with holds taken ahead (READY_HOLDS=on), measured beside it.
+  const aheadServices = createServices(loadConfig({ ...gatewayEnvironment, READY_HOLDS: 'on' }), {
+    outboundFetch: benchOutboundFetch(),
+    waitUntil: (promise) => {
+      pending.add(promise);
+      void promise.finally(() => pending.delete(promise));
+    },
+    log: () => {},
+  });
+  const aheadServer = serve({ fetch: createApp(aheadServices).fetch, port: 0, hostname: '127.0.0.1' });
+  await new Promise((resolve) => aheadServer.once('listening', resolve));
+  const aheadUrl = `http://127.0.0.1:${(aheadServer.address() as AddressInfo).port}`;
   // The reference: the same framework, adapter and HTTP client forwarding with no billing.
   const bare = serve({ fetch: createBareProxy(fake.url, benchOutboundFetch()), port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => bare.once('listening', resolve));
@@ -105,6 +124,7 @@ async function main() {
     const direct = (stream: boolean) => () => post(`${fake.url}/v1/chat/completions`, body('chat-basic', stream));
     const viaGateway = (stream: boolean) => () => post(`${gatewayUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
     const viaBareProxy = (stream: boolean) => () => post(`${bareUrl}/v1/chat/completions`, body('chat-basic', stream));
+    const viaAhead = (stream: boolean) => () => post(`${aheadUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
     const keyHash = await hashApiKey(key);
     const opened: string[] = [];
     const authorizeOnly = async () => {
@@ -122,12 +142,15 @@ async function main() {
       const reference = summary(await time(viaBareProxy(stream), rounds));
       const gateway = await time(viaGateway(stream), rounds, () => Promise.allSettled([...pending]));
       await Promise.allSettled([...pending]);
+      const ahead = summary(await time(viaAhead(stream), rounds, () => Promise.allSettled([...pending])));
+      await Promise.allSettled([...pending]);
       rows.push([`upstream direct (${label})`, baseline], [`through gateway (${label})`, gateway]);
       const [b, g] = [summary(baseline), summary(gateway)];
       console.log(`  upstream direct, ${label}          ${fmt(b.p50)}  ${fmt(b.p90)}  ${fmt(b.p99)}  ${fmt(b.mean)}`);
       console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p90)}  ${fmt(reference.p99)}  ${fmt(reference.mean)}   (added p50 ${(reference.p50 - b.p50).toFixed(2)})`);
       console.log(`  through gateway, ${label}          ${fmt(g.p50)}  ${fmt(g.p90)}  ${fmt(g.p99)}  ${fmt(g.mean)}`);
       console.log(`  added by the gateway              ${fmt(g.p50 - b.p50)}  ${fmt(g.p90 - b.p90)}  ${fmt(g.p99 - b.p99)}  ${fmt(g.mean - b.mean)}   (ratio p50 ${(g.p50 / b.p50).toFixed(2)}×)`);
+      console.log(`  added, holds taken ahead          ${fmt(ahead.p50 - b.p50)}  ${fmt(ahead.p90 - b.p90)}  ${fmt(ahead.p99 - b.p99)}  ${fmt(ahead.mean - b.mean)}   (READY_HOLDS=on; ratio p50 ${(ahead.p50 / b.p50).toFixed(2)}×)`);
     }
     const authorize = summary(await time(authorizeOnly, rounds));
     for (const requestId of opened) await services.ledger.settleRequest({ requestId, outcome: 'failed', usage: {} });
@@ -168,6 +191,7 @@ async function main() {
     console.log(`Heap after 500 more streamed requests: ${((heapAfter - heapBefore) / 1e6).toFixed(1)} MB change (without forced GC)`);
   } finally {
     server.close();
+    aheadServer.close();
     bare.close();
     await fake.close();
     await stack.stop();
@@ -216,8 +240,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     OPENAI_BASE_URL: `${upstreamUrl}/v1`,
     SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on',
-    // The batching knobs can be tried from the command line.
-    ...Object.fromEntries(['AUTHORIZE_IN_FLIGHT', 'SETTLE_BATCH_WINDOW_MS'].filter((name) => process.env[name]).map((name) => [name, process.env[name]!])),
+    ...knobs(),
     ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstashToken } : {}),
   };
   const customers = await Promise.all(Array.from({ length: 64 }, () => stack.createCustomer(1_000_000_000_000)));
@@ -242,6 +265,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     if (sections.has('load')) {
       const gateway = await startGatewayProcess(environment);
       const bareProxy = await startBareProxyProcess(upstreamUrl);
+      const aheadGateway = await startGatewayProcess({ ...environment, READY_HOLDS: 'on' });
       try {
         // One request at a time, each process on its own event loop as in production; a pause
         // after each lets its settlement go (untimed), so it does not compete with the next.
@@ -255,9 +279,11 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
           const base = await sequential({ ...direct, body: chatBody('chat-basic', stream) });
           const reference = await sequential({ ...direct, url: `${bareProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
           const billed = await sequential(through(gateway.url, customers[2]!.apiKey, stream));
+          const ahead = await sequential(through(aheadGateway.url, customers[3]!.apiKey, stream));
           console.log(`  upstream direct, ${label}          ${fmt(base.p50)}  ${fmt(base.p99)}`);
           console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
           console.log(`  through gateway, ${label}          ${fmt(billed.p50)}  ${fmt(billed.p99)}  ${fmt(billed.p50 - base.p50)}   (${(billed.p50 / base.p50).toFixed(2)}× direct)`);
+          console.log(`  holds taken ahead, ${label}        ${fmt(ahead.p50)}  ${fmt(ahead.p99)}  ${fmt(ahead.p50 - base.p50)}   (READY_HOLDS=on; ${(ahead.p50 / base.p50).toFixed(2)}× direct)`);
         }
         agent.destroy();
 
@@ -286,11 +312,13 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
       } finally {
         await gateway.stop();
         await bareProxy.stop();
+        await aheadGateway.stop();
       }
     }
     if (sections.has('latency')) {
       const proxy = await startDelayProxy(new URL(router.url), 10);
       const gateway = await startGatewayProcess({ ...environment, SUPABASE_URL: proxy.url });
+      const aheadGateway = await startGatewayProcess({ ...environment, SUPABASE_URL: proxy.url, READY_HOLDS: 'on' });
       const agent = new Agent({ keepAlive: true, maxSockets: 1 });
       try {
         const samples = Math.min(rounds, 60);
@@ -305,15 +333,18 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         const reference = await measure(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })).finally(() => bareProxy.stop());
         const coldKey = await measure((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start'));
         const warmKey = await measure(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start'));
+        const aheadKey = await measure(() => through(aheadGateway.url, customers[4]!.apiKey, true, 'bench-slow-start'));
         console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
         console.log('                                     p50      p99   added p50');
         console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
         console.log(`  bare proxy, no billing            ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}   (same framework and HTTP client, own process)`);
         console.log(`  through gateway, cold key         ${fmt(coldKey.p50)}  ${fmt(coldKey.p99)}  ${fmt(coldKey.p50 - base.p50)}`);
         console.log(`  through gateway, warm key         ${fmt(warmKey.p50)}  ${fmt(warmKey.p99)}  ${fmt(warmKey.p50 - base.p50)}`);
+        console.log(`  warm key, holds taken ahead       ${fmt(aheadKey.p50)}  ${fmt(aheadKey.p99)}  ${fmt(aheadKey.p50 - base.p50)}   (READY_HOLDS=on)`);
       } finally {
         agent.destroy();
         await gateway.stop();
+        await aheadGateway.stop();
         await proxy.close();
       }
     }

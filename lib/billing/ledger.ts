@@ -323,6 +323,20 @@ export function createLedger(serviceClient: RpcClient) {
       return callFunction(serviceClient, 'authorize_requests', { p_items: inputs.map(authorizationItem) }, batchAuthorizationSchema);
     },
 
+    /**
+     * Holds taken ahead (authorize_ahead): authorized like any request, adoptable by
+     * this instance for `readySeconds`; keys whose policy counts what is in flight
+     * are answered with the refusal `not_taken_ahead`.
+     */
+    authorizeAhead(inputs: AuthorizeRequestInput[], readySeconds: number): Promise<BatchAuthorization> {
+      return callFunction(serviceClient, 'authorize_ahead', { p_items: inputs.map(authorizationItem), p_ready_seconds: readySeconds }, batchAuthorizationSchema);
+    },
+
+    /** Gives back holds taken ahead that were not used (return_ready_holds); answers how many went back. */
+    returnReadyHolds(requestIds: string[]): Promise<number> {
+      return callFunction(serviceClient, 'return_ready_holds', { p_request_ids: requestIds }, z.number().int());
+    },
+
     settleRequest(input: SettleRequestInput): Promise<Settlement> {
       return callFunction(
         serviceClient,

@@ -18,6 +18,8 @@ export interface AuthorizationBatcherOptions {
 
 export interface AuthorizationBatcher {
   authorize(input: AuthorizeRequestInput): Promise<Authorization>;
+  /** Every call it may have out is out: authorizations arriving now would wait and go together. */
+  readonly busy: boolean;
 }
 
 /**
@@ -88,6 +90,9 @@ export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlig
   };
 
   return {
+    get busy() {
+      return running >= inFlight;
+    },
     authorize(input) {
       return new Promise<Authorization>((resolve, reject) => {
         const item: Waiting = { input, resolve, reject };

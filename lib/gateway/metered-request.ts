@@ -28,6 +28,12 @@ export async function authorizeAndProxy(
 ): Promise<Response> {
   const { services, requestId } = c.var;
   const { keyHash, ...shape } = input;
+  const ahead = services.config.READY_HOLDS === 'on';
+  if (ahead && services.readyHolds.has(keyHash, { ...shape, clientIp: clientIp(c) }, input.maxInputTokens)) {
+    // A hold taken ahead: nothing to wait for, nothing to speculate on.
+    const authorization = await authorize(c, input, { ...options, ahead });
+    return proxyMetered(c, authorization, planFor(authorization));
+  }
   const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, { ...shape, clientIp: clientIp(c) }) : undefined;
   let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;
   if (speculation) {
@@ -40,13 +46,13 @@ export async function authorizeAndProxy(
     }
   }
   if (!speculation || !started) {
-    const authorization = await authorize(c, input, options);
+    const authorization = await authorize(c, input, { ...options, ahead });
     return proxyMetered(c, authorization, planFor(authorization));
   }
 
   let authorization: Authorized;
   try {
-    authorization = await authorize(c, input, { ...options, guess: speculation.authorization });
+    authorization = await authorize(c, input, { ...options, guess: speculation.authorization, ahead });
   } catch (error) {
     started.upstream.abort.abort();
     services.log({ level: 'warn', event: 'speculation_aborted', requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });

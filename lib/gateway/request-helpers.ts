@@ -6,6 +6,7 @@ import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { jsonNestingExceeds, maxJsonNesting } from './json-nesting.ts';
 import { openRequestHold } from './request-hold.ts';
+import { speculationHeadroom } from './warm-keys.ts';
 import { channelsFor, type WireFormat } from '../providers/registry.ts';
 import type { ChannelConfig } from '../env.ts';
 
@@ -102,6 +103,8 @@ export interface AuthorizeOptions {
   unsupportedProvider?: (provider: string) => GatewayError;
   /** The authorization a speculative upstream call started with: its output bound is the token estimate. */
   guess?: Authorized | undefined;
+  /** Adopt a hold taken ahead for this key and shape, and take the next one (READY_HOLDS; metered routes only). */
+  ahead?: boolean | undefined;
 }
 
 export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>;
@@ -118,8 +121,8 @@ export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp
  * on this instance (see warm-keys.ts); any refusal makes it cold.
  */
 export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<Authorized> {
-  const { services, requestId } = c.var;
-  const { rateLimiter, limitsCache, warmKeys } = services;
+  const { services } = c.var;
+  const { rateLimiter, limitsCache, warmKeys, readyHolds } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
   const choices = input.choices ?? 1;
   const estimate = input.maxInputTokens + (input.maxOutputTokens ?? options.guess?.max_output_tokens ?? 0) * choices;
@@ -127,7 +130,12 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(input.model.slice(0, 130))} does not exist.`, { param: 'model' });
   }
   const ip = clientIp(c);
-  const [result, early] = await Promise.all([
+  const { keyHash, maxInputTokens: _bound, ...shape } = input;
+  // A hold taken ahead for this key and shape: the request becomes that hold's request.
+  const ready = options.ahead ? readyHolds.take(keyHash, { ...shape, clientIp: ip }, input.maxInputTokens) : undefined;
+  if (ready) c.set('requestId', ready.requestId);
+  const { requestId } = c.var;
+  const [result, early] = ready ? [ready.authorization, undefined] : await Promise.all([
     services.authorizations.authorize({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
       // The database refusing the input itself (4xx) is the client's error, not ours.
       if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
@@ -142,6 +150,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   ]);
   if (result.status === 'refused') {
     warmKeys.forget(input.keyHash);
+    readyHolds.forget(input.keyHash);
     if (result.code === 'unsupported_provider' && result.provider && options.unsupportedProvider) throw options.unsupportedProvider(result.provider);
     throw refusalError(result, services.config.TOPUP_URL);
   }
@@ -157,11 +166,26 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     };
     limitsCache.set(input.keyHash, subject);
     const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
+    if (ready?.ampleRateLimit && known) {
+      // Far from its limits when the hold was taken: counted without waiting. Should
+      // this request have crossed a limit, the key's next requests wait again.
+      services.waitUntil(
+        // Counted at this request's own bound, not the hold's room for a longer one.
+        rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices).then((decision) => {
+          if (decision.allowed && decision.ample) return;
+          warmKeys.forget(input.keyHash);
+          readyHolds.forget(input.keyHash);
+          if (!decision.allowed) services.log({ level: 'warn', event: 'rate_limit_crossed_ahead', requestId, limitedBy: decision.limitedBy });
+        }),
+      );
+      return readied(c, input, shape, ip, result, true, options);
+    }
     const decision = early ?? (await rateLimiter.check(subject, heldTokens));
     if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
     c.set('rateLimitHeaders', decision.headers);
     if (!decision.allowed) {
       warmKeys.forget(input.keyHash);
+      readyHolds.forget(input.keyHash);
       // The hold was taken in parallel: release it, nothing is charged.
       hold.release('rate limited');
       const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
@@ -171,12 +195,38 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     }
     ampleRateLimit = decision.ample;
   }
+  return readied(c, input, shape, ip, result, ampleRateLimit, options);
+}
+
+/** Holds are taken ahead while the instance works on at most this many requests. */
+const readyHoldsUpToRequests = 4;
+
+/** The end of an authorization that holds: the key is warm, and the next hold may be taken ahead. */
+function readied(
+  c: Context<AppEnv>,
+  input: AuthorizeInput,
+  shape: Omit<AuthorizeInput, 'keyHash' | 'maxInputTokens'>,
+  ip: string | undefined,
+  result: Authorized,
+  ampleRateLimit: boolean,
+  options: AuthorizeOptions,
+): Authorized {
+  const { services } = c.var;
   if (c.req.raw.signal.aborted) {
-    hold.release('the client left before the request was authorized', 'aborted');
+    c.var.hold!.release('the client left before the request was authorized', 'aborted');
     throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
   }
-  const { keyHash, maxInputTokens: _bound, ...shape } = input;
-  warmKeys.remember(keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
+  services.warmKeys.remember(input.keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
+  if (options.ahead && ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2) {
+    // Room for twice this request's input: a conversation grows from one request to the
+    // next. Sent once this request's upstream call is on its way, not before it; and not
+    // while the instance is busy (authorizations go together then, and holds taken ahead
+    // would only add to what the database does).
+    setTimeout(() => {
+      if (services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
+      services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit);
+    }, 0);
+  }
   return result;
 }
 

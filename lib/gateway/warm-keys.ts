@@ -20,7 +20,7 @@ const maxKeys = 10_000;
 
 export type RequestShape = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp' | 'keyHash' | 'maxInputTokens'> & { clientIp?: string | undefined };
 
-function shapeOf(input: RequestShape): string {
+export function shapeOf(input: RequestShape): string {
   return JSON.stringify([input.model, input.maxOutputTokens ?? null, input.choices ?? 1, input.capOutput ?? false, input.providers ?? null, input.calls ?? null, input.clientIp ?? null]);
 }
 

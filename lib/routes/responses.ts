@@ -70,9 +70,11 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const stream = request.stream === true;
   const extraHeaders = clientHeaders(c);
   // A response stored upstream is remembered as this account's, so only it may retrieve it.
-  const { services, requestId } = c.var;
+  const { services } = c.var;
   const remember = (responseId: string | null | undefined) => {
     if (!responseId || raw.store === false) return;
+    // Read now: a request that adopted a hold taken ahead has that hold's id.
+    const { requestId } = c.var;
     services.waitUntil(
       services.ledger.recordStoredResponse(requestId, responseId).catch((error: unknown) => {
         services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
