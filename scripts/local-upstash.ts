@@ -72,6 +72,11 @@ async function startRedisServer(port: number): Promise<ChildProcess> {
       reject(new Error(`redis-server exited with ${code}:\n${output}`));
     });
   });
+  // Never outlives the process that started it, however that process ends (a signal
+  // handler of the TypeScript loader can exit before an asynchronous stop has run).
+  const orphaned = () => child.kill('SIGKILL');
+  process.once('exit', orphaned);
+  child.once('exit', () => process.off('exit', orphaned));
   return child;
 }
 

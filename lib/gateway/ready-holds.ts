@@ -21,6 +21,7 @@ export interface ReadyHoldsOptions {
 
 type Slot =
   | { state: 'taking'; forgotten: boolean }
+  | { state: 'declined'; until: number }
   | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; timer: ReturnType<typeof setTimeout> };
 
 /**
@@ -38,6 +39,7 @@ type Slot =
 export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, waitUntil, log }: ReadyHoldsOptions) {
   const keys = new Map<string, Map<string, Slot>>();
   const maxKeys = 10_000;
+  const declinedForMs = 60_000;
 
   const giveBack = (requestIds: string[], reason: string) => {
     waitUntil(
@@ -74,7 +76,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       if (slot.state === 'ready') {
         clearTimeout(slot.timer);
         ready.push(slot.hold.requestId);
-      } else slot.forgotten = true;
+      } else if (slot.state === 'taking') slot.forgotten = true;
     }
     if (ready.length) giveBack(ready, 'the key was refused');
   }
@@ -103,7 +105,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       const shapeKey = shapeOf(rest);
       const slots = slotsOf(keyHash);
       const current = slots.get(shapeKey);
-      if (current?.state === 'taking') return;
+      if (current?.state === 'taking' || (current?.state === 'declined' && Date.now() < current.until)) return;
       if (current?.state === 'ready') {
         if (current.hold.authorization.max_input_tokens >= maxInputTokens && Date.now() < current.adoptableUntil) return;
         clearTimeout(current.timer);
@@ -120,7 +122,11 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
         authorizeAhead({ ...input, requestId }).then(
           (authorization) => {
             leave();
-            if (authorization.status !== 'authorized') return;
+            if (authorization.status !== 'authorized') {
+              // Refused (a key whose policy counts what is in flight, say): not asked again for a while.
+              if (keys.get(keyHash) === slots && !slots.has(shapeKey)) slots.set(shapeKey, { state: 'declined', until: Date.now() + declinedForMs });
+              return;
+            }
             const adoptableUntil = sentAt + readySeconds * 1000;
             if (slot.forgotten || authorization.replayed || keys.get(keyHash) !== slots) {
               giveBack([requestId], 'the key was refused while the hold was being taken');

@@ -111,6 +111,18 @@ describe('holds taken ahead', () => {
     expect({ held: after.held, statuses: after.events.map((event) => event.status) }).toEqual({ held: 0, statuses: ['completed', 'completed'] });
   });
 
+  it('a key with a spend limit gets no hold ahead, and the instance stops asking for one', async () => {
+    const gateway = await readyGateway(5);
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 100_000_000 });
+    await admin().query('update public.api_keys set spend_limit = 50000000 where id = $1', [customer.apiKeyId]);
+    const answers = [];
+    for (let index = 0; index < 3; index++) answers.push(await chat(gateway, customer, model));
+    expect(answers.map((answer) => [answer.status, answer.authorized])).toEqual([[200, true], [200, true], [200, true]]);
+    expect(rpcCalls(gateway, 'authorize_ahead')).toBe(1);
+    expect((await books(customer.accountId)).held).toBe(0);
+  });
+
   it('off by default: every request is authorized as it arrives', async () => {
     const gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1` });
     gateways.push(gateway);
