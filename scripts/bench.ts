@@ -53,13 +53,21 @@ function summary(samples: number[]) {
 }
 
 /** Sequential timings; `between` runs untimed after each (letting settlements finish, so they do not compete). */
+/**
+ * Sequential timings, one request every `sequentialPeriodMs` for every row alike: the
+ * gateway's rows wait for their settlements between requests (untimed), and without a
+ * common period the direct rows would run back to back while the gateway's sat idle
+ * between requests, which on a VM alone makes a request slower.
+ */
+const sequentialPeriodMs = 25;
+
 function time(run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>): Promise<number[]> {
   const timed = async () => {
     const started = performance.now();
     await run();
     return performance.now() - started;
   };
-  return sampleSequentially(timed, { warm: 20, count, pause: between });
+  return sampleSequentially(timed, { warm: 20, count, pause: between, period: sequentialPeriodMs });
 }
 
 const fmt = (value: number) => value.toFixed(2).padStart(7);
@@ -76,30 +84,25 @@ async function main() {
   const fake = await startFakeUpstream();
   const pending = new Set<Promise<unknown>>();
   const gatewayEnvironment = { SUPABASE_URL: stack.supabaseUrl, SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey, OPENAI_BASE_URL: `${fake.url}/v1`, SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on', ...knobs() };
-  const config = loadConfig(gatewayEnvironment);
-  const services = createServices(config, {
-    outboundFetch: benchOutboundFetch(),
-    waitUntil: (promise) => {
-      pending.add(promise);
-      void promise.finally(() => pending.delete(promise));
-    },
-    log: () => {},
-  });
-  const server = serve({ fetch: createApp(services).fetch, port: 0, hostname: '127.0.0.1' });
-  await new Promise((resolve) => server.once('listening', resolve));
-  const gatewayUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // A gateway in this process: its settlements and holds taken ahead are kept in `pending`.
+  const servers: Array<ReturnType<typeof serve>> = [];
+  const inProcessGateway = async (environment: Record<string, string>) => {
+    const services = createServices(loadConfig(environment), {
+      outboundFetch: benchOutboundFetch(),
+      waitUntil: (promise) => {
+        pending.add(promise);
+        void promise.finally(() => pending.delete(promise));
+      },
+      log: () => {},
+    });
+    const server = serve({ fetch: createApp(services).fetch, port: 0, hostname: '127.0.0.1' });
+    servers.push(server);
+    await new Promise((resolve) => server.once('listening', resolve));
+    return { services, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  };
+  const { services, url: gatewayUrl } = await inProcessGateway(gatewayEnvironment);
   // The same gateway with holds taken ahead (READY_HOLDS=on), measured beside it.
-  const aheadServices = createServices(loadConfig({ ...gatewayEnvironment, READY_HOLDS: 'on' }), {
-    outboundFetch: benchOutboundFetch(),
-    waitUntil: (promise) => {
-      pending.add(promise);
-      void promise.finally(() => pending.delete(promise));
-    },
-    log: () => {},
-  });
-  const aheadServer = serve({ fetch: createApp(aheadServices).fetch, port: 0, hostname: '127.0.0.1' });
-  await new Promise((resolve) => aheadServer.once('listening', resolve));
-  const aheadUrl = `http://127.0.0.1:${(aheadServer.address() as AddressInfo).port}`;
+  const { url: aheadUrl } = await inProcessGateway({ ...gatewayEnvironment, READY_HOLDS: 'on' });
   // The reference: the same framework, adapter and HTTP client forwarding with no billing.
   const bare = serve({ fetch: createBareProxy(fake.url, benchOutboundFetch()), port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => bare.once('listening', resolve));
@@ -133,7 +136,7 @@ async function main() {
       await services.ledger.authorizeRequest({ requestId, keyHash, model: 'bench', maxInputTokens: 20, maxOutputTokens: 50 });
     };
 
-    console.log(`Gateway overhead, ${rounds} sequential requests each, local stack; settlements finish between requests, untimed (ms)\n`);
+    console.log(`Gateway overhead, ${rounds} sequential requests each, one every ${sequentialPeriodMs} ms, local stack; settlements finish between requests, untimed (ms)\n`);
     console.log('                                     p50      p90      p99     mean');
     const rows: Array<[string, number[]]> = [];
     for (const stream of [false, true]) {
@@ -155,6 +158,36 @@ async function main() {
     const authorize = summary(await time(authorizeOnly, rounds));
     for (const requestId of opened) await services.ledger.settleRequest({ requestId, outcome: 'failed', usage: {} });
     console.log(`  of which authorize_request RPC    ${fmt(authorize.p50)}  ${fmt(authorize.p90)}  ${fmt(authorize.p99)}  ${fmt(authorize.mean)}   (one PostgREST round trip that commits a hold)`);
+
+    // Time to first byte in this process, the database 20 ms away: the same rows as the
+    // latency part's, without the hops between processes.
+    fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
+    await admin.from('models').upsert({ id: 'bench-slow-start', provider: 'openai', upstream_model: 'chat-slow-start', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
+    const distant = await startDelayProxy(new URL(stack.supabaseUrl), 10);
+    try {
+      const far = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url });
+      const farAhead = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url, READY_HOLDS: 'on' });
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      const samples = Math.min(rounds, 60);
+      const slowBody = (model: string) => body(model, true);
+      const firstByte = async (url: string, model: string, headers: Record<string, string> = {}) =>
+        summary(await sampleSequentially(() => timeToFirstByte(agent, { url: `${url}/v1/chat/completions`, headers: { 'content-type': 'application/json', ...headers }, body: slowBody(model) }),
+          { warm: 5, count: samples, pause: () => Promise.allSettled([...pending]), period: upstreamFirstByteMs + 25 }));
+      const auth = { authorization: `Bearer ${key}` };
+      const base = await firstByte(fake.url, 'chat-slow-start');
+      const reference = await firstByte(bareUrl, 'chat-slow-start');
+      const warm = await firstByte(far.url, 'bench-slow-start', auth);
+      const warmAhead = await firstByte(farAhead.url, 'bench-slow-start', auth);
+      agent.destroy();
+      console.log(`\nTime to first byte in this process, streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
+      console.log('                                     p50      p99   added p50');
+      console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
+      console.log(`  bare proxy, no billing            ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
+      console.log(`  through gateway, warm key         ${fmt(warm.p50)}  ${fmt(warm.p99)}  ${fmt(warm.p50 - base.p50)}`);
+      console.log(`  warm key, holds taken ahead       ${fmt(warmAhead.p50)}  ${fmt(warmAhead.p99)}  ${fmt(warmAhead.p50 - base.p50)}   (READY_HOLDS=on)`);
+    } finally {
+      await distant.close();
+    }
 
     // Metering CPU: the stream meter against a plain copy of the same bytes.
     const event = readFixture('chat-long.chunks.txt');
@@ -190,8 +223,7 @@ async function main() {
     const heapAfter = process.memoryUsage().heapUsed;
     console.log(`Heap after 500 more streamed requests: ${((heapAfter - heapBefore) / 1e6).toFixed(1)} MB change (without forced GC)`);
   } finally {
-    server.close();
-    aheadServer.close();
+    for (const server of servers) server.close();
     bare.close();
     await fake.close();
     await stack.stop();

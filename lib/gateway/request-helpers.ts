@@ -167,16 +167,20 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     limitsCache.set(input.keyHash, subject);
     const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
     if (ready?.ampleRateLimit && known) {
-      // Far from its limits when the hold was taken: counted without waiting. Should
-      // this request have crossed a limit, the key's next requests wait again.
-      services.waitUntil(
-        // Counted at this request's own bound, not the hold's room for a longer one.
-        rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices).then((decision) => {
-          if (decision.allowed && decision.ample) return;
-          warmKeys.forget(input.keyHash);
-          readyHolds.forget(input.keyHash);
-          if (!decision.allowed) services.log({ level: 'warn', event: 'rate_limit_crossed_ahead', requestId, limitedBy: decision.limitedBy });
-        }),
+      // Far from its limits when the hold was taken: counted without waiting, once the
+      // answer is complete (at most one such request per instance, key and shape is
+      // uncounted at a time). Should it have crossed a limit, the key's next requests
+      // wait for their checks again.
+      hold.whenClosed(() =>
+        services.waitUntil(
+          // Counted at this request's own bound, not the hold's room for a longer one.
+          rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices).then((decision) => {
+            if (decision.allowed && decision.ample) return;
+            warmKeys.forget(input.keyHash);
+            readyHolds.forget(input.keyHash);
+            if (!decision.allowed) services.log({ level: 'warn', event: 'rate_limit_crossed_ahead', requestId, limitedBy: decision.limitedBy });
+          }),
+        ),
       );
       return readied(c, input, shape, ip, result, true, options);
     }
@@ -219,13 +223,15 @@ function readied(
   services.warmKeys.remember(input.keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
   if (options.ahead && ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2) {
     // Room for twice this request's input: a conversation grows from one request to the
-    // next. Sent once this request's upstream call is on its way, not before it; and not
-    // while the instance is busy (authorizations go together then, and holds taken ahead
-    // would only add to what the database does).
-    setTimeout(() => {
-      if (services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
-      services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit);
-    }, 0);
+    // next. Taken once this request's answer is complete, so it never competes with it;
+    // and not while the instance is busy (authorizations go together then, and holds
+    // taken ahead would only add to what the database does).
+    c.var.hold!.whenClosed(() =>
+      setTimeout(() => {
+        if (services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
+        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit);
+      }, 0),
+    );
   }
   return result;
 }

@@ -15,14 +15,18 @@ export interface RequestHold {
   handOff(): void;
   /** Neither closed nor handed off. */
   readonly open: boolean;
+  /** Runs `callback` once the hold is closed (settled or released), after that close has begun. */
+  whenClosed(callback: () => void): void;
 }
 
 export function openRequestHold(services: Services, requestId: string): RequestHold {
   let state: 'open' | 'handed_off' | 'closed' = 'open';
+  const waiting: Array<() => void> = [];
   const close = (compute: () => Promise<SettleRequestInput>) => {
     if (state === 'closed') return;
     state = 'closed';
     settleInBackground(services, requestId, compute);
+    for (const callback of waiting.splice(0)) callback();
   };
   return {
     settle: close,
@@ -32,6 +36,10 @@ export function openRequestHold(services: Services, requestId: string): RequestH
     },
     get open() {
       return state === 'open';
+    },
+    whenClosed(callback) {
+      if (state === 'closed') callback();
+      else waiting.push(callback);
     },
   };
 }

@@ -50,13 +50,18 @@ export async function timeWhole(agent: Agent, request: LoadRequest): Promise<num
  */
 export async function sampleSequentially(
   run: (index: number) => Promise<number>,
-  { warm, count, pause }: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined },
+  { warm, count, pause, period = 0 }: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined; period?: number },
 ): Promise<number[]> {
-  for (let index = 0; index < warm; index++) await run(index);
   const times: number[] = [];
-  for (let index = warm; index < warm + count; index++) {
-    times.push(await run(index));
+  for (let index = 0; index < warm + count; index++) {
+    const started = performance.now();
+    const time = await run(index);
+    if (index >= warm) times.push(time);
     await pause?.();
+    // With a period, each request starts that long after the one before, whatever the
+    // pause took: rows measured alike sit idle alike (an idle VM answers more slowly).
+    const rest = period - (performance.now() - started);
+    if (rest > 0) await new Promise((resolve) => setTimeout(resolve, rest));
   }
   return times;
 }

@@ -134,6 +134,22 @@ describe('requests per minute per key', () => {
     await Promise.all([first.settled(), second.settled()]);
   });
 
+  it('with holds taken ahead: requests that adopted one are counted too, and the limit holds exactly', async () => {
+    const gateway = await gatewayWith({ READY_HOLDS: 'on' });
+    const customer = await limitedCustomer({ requests_per_minute: 10 });
+    await startOfWindow(2000);
+    const statuses = [];
+    for (let attempt = 0; attempt < 12; attempt++) {
+      const response = await chat(gateway, customer.apiKey);
+      statuses.push(response.status);
+      await response.text();
+      await gateway.settled();
+    }
+    expect(statuses).toEqual([...Array(10).fill(200), 429, 429]);
+    expect(gateway.events.filter((event) => event.url.endsWith('/rpc/authorize_ahead')).length).toBeGreaterThan(0);
+    expect(gateway.events.filter((event) => event.url.endsWith('/rpc/authorize_request')).length).toBeLessThan(12);
+  });
+
   it('answers 429 in Anthropic\'s shape on /v1/messages', async () => {
     const gateway = await gatewayWith();
     const claude = await createModel({ input: 1, output: 1 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 1000 });
