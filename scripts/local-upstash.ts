@@ -11,6 +11,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createClient } from 'redis';
 import { freePort } from './local-supabase/index.ts';
+import { killWithParent } from './kill-with-parent.ts';
 
 const redisServerPaths = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'];
 
@@ -72,11 +73,7 @@ async function startRedisServer(port: number): Promise<ChildProcess> {
       reject(new Error(`redis-server exited with ${code}:\n${output}`));
     });
   });
-  // Never outlives the process that started it, however that process ends (a signal
-  // handler of the TypeScript loader can exit before an asynchronous stop has run).
-  const orphaned = () => child.kill('SIGKILL');
-  process.once('exit', orphaned);
-  child.once('exit', () => process.off('exit', orphaned));
+  killWithParent(child);
   return child;
 }
 

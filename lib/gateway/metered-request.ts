@@ -29,9 +29,10 @@ export async function authorizeAndProxy(
   const { services, requestId } = c.var;
   const { keyHash, ...shape } = input;
   const ahead = services.config.READY_HOLDS === 'on';
-  if (ahead && services.readyHolds.has(keyHash, { ...shape, clientIp: clientIp(c) }, input.maxInputTokens)) {
+  const ready = ahead ? services.readyHolds.take(keyHash, { ...shape, clientIp: clientIp(c) }, input.maxInputTokens) : undefined;
+  if (ready) {
     // A hold taken ahead: nothing to wait for, nothing to speculate on.
-    const authorization = await authorize(c, input, { ...options, ahead });
+    const authorization = await authorize(c, input, { ...options, ahead, ready });
     return proxyMetered(c, authorization, planFor(authorization));
   }
   const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, { ...shape, clientIp: clientIp(c) }) : undefined;

@@ -60,13 +60,6 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
     return slots;
   };
 
-  function fitting(keyHash: string, shape: RequestShape, maxInputTokens: number) {
-    const shapeKey = shapeOf(shape);
-    const slot = keys.get(keyHash)?.get(shapeKey);
-    if (slot?.state !== 'ready' || Date.now() >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) return undefined;
-    return { slot, shapeKey };
-  }
-
   function forget(keyHash: string): void {
     const slots = keys.get(keyHash);
     if (!slots) return;
@@ -82,18 +75,14 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
   }
 
   return {
-    /** Whether a ready hold fits a request of this key and shape (`take` would return it). */
-    has(keyHash: string, shape: RequestShape, maxInputTokens: number): boolean {
-      return fitting(keyHash, shape, maxInputTokens) !== undefined;
-    },
-
     /** The ready hold for this key and shape, taken out for the caller to adopt; undefined if none fits. */
     take(keyHash: string, shape: RequestShape, maxInputTokens: number): ReadyHold | undefined {
-      const found = fitting(keyHash, shape, maxInputTokens);
-      if (!found) return undefined;
-      clearTimeout(found.slot.timer);
-      keys.get(keyHash)!.delete(found.shapeKey);
-      return found.slot.hold;
+      const shapeKey = shapeOf(shape);
+      const slot = keys.get(keyHash)?.get(shapeKey);
+      if (slot?.state !== 'ready' || Date.now() >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) return undefined;
+      clearTimeout(slot.timer);
+      keys.get(keyHash)!.delete(shapeKey);
+      return slot.hold;
     },
 
     /**

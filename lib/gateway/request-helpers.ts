@@ -7,6 +7,7 @@ import { GatewayError, refusalError } from '../errors.ts';
 import { jsonNestingExceeds, maxJsonNesting } from './json-nesting.ts';
 import { openRequestHold } from './request-hold.ts';
 import { speculationHeadroom } from './warm-keys.ts';
+import type { ReadyHold } from './ready-holds.ts';
 import { channelsFor, type WireFormat } from '../providers/registry.ts';
 import type { ChannelConfig } from '../env.ts';
 
@@ -103,8 +104,10 @@ export interface AuthorizeOptions {
   unsupportedProvider?: (provider: string) => GatewayError;
   /** The authorization a speculative upstream call started with: its output bound is the token estimate. */
   guess?: Authorized | undefined;
-  /** Adopt a hold taken ahead for this key and shape, and take the next one (READY_HOLDS; metered routes only). */
+  /** Take the next hold ahead for this key and shape (READY_HOLDS; metered routes only). */
   ahead?: boolean | undefined;
+  /** The hold taken ahead this request adopts: its authorization, and its request id from now on. */
+  ready?: ReadyHold | undefined;
 }
 
 export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>;
@@ -130,9 +133,8 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(input.model.slice(0, 130))} does not exist.`, { param: 'model' });
   }
   const ip = clientIp(c);
-  const { keyHash, maxInputTokens: _bound, ...shape } = input;
   // A hold taken ahead for this key and shape: the request becomes that hold's request.
-  const ready = options.ahead ? readyHolds.take(keyHash, { ...shape, clientIp: ip }, input.maxInputTokens) : undefined;
+  const { ready } = options;
   if (ready) c.set('requestId', ready.requestId);
   const { requestId } = c.var;
   const [result, early] = ready ? [ready.authorization, undefined] : await Promise.all([
@@ -182,7 +184,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
           }),
         ),
       );
-      return readied(c, input, shape, ip, result, true, options);
+      return readied(c, input, ip, result, true, options);
     }
     const decision = early ?? (await rateLimiter.check(subject, heldTokens));
     if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
@@ -199,7 +201,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     }
     ampleRateLimit = decision.ample;
   }
-  return readied(c, input, shape, ip, result, ampleRateLimit, options);
+  return readied(c, input, ip, result, ampleRateLimit, options);
 }
 
 /** Holds are taken ahead while the instance works on at most this many requests. */
@@ -209,7 +211,6 @@ const readyHoldsUpToRequests = 4;
 function readied(
   c: Context<AppEnv>,
   input: AuthorizeInput,
-  shape: Omit<AuthorizeInput, 'keyHash' | 'maxInputTokens'>,
   ip: string | undefined,
   result: Authorized,
   ampleRateLimit: boolean,
@@ -220,7 +221,8 @@ function readied(
     c.var.hold!.release('the client left before the request was authorized', 'aborted');
     throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
   }
-  services.warmKeys.remember(input.keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
+  const { keyHash, maxInputTokens: _bound, ...shape } = input;
+  services.warmKeys.remember(keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
   if (options.ahead && ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2) {
     // Room for twice this request's input: a conversation grows from one request to the
     // next. Taken once this request's answer is complete, so it never competes with it;

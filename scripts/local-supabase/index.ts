@@ -13,6 +13,7 @@ import { signRoleKey, signUserJwt, type UserJwtOptions } from './jwt.ts';
 import { pushSchema } from './push-schema.ts';
 import { createAuthStandIn, type AuthStandIn } from './auth.ts';
 import { startSupabaseRouter } from './router.ts';
+import { killWithParent } from '../kill-with-parent.ts';
 
 const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -181,11 +182,7 @@ async function startPostgrest(env: Record<string, string>, port: number, log: (l
   if ((mode & 0o111) !== 0o111) await chmod(binary, mode | 0o755);
 
   const child = spawn(binary, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  // Never outlives the process that started it, however that process ends (an exit
-  // from a signal handler can come before the asynchronous stop has run).
-  const orphaned = () => child.kill('SIGKILL');
-  process.once('exit', orphaned);
-  child.once('exit', () => process.off('exit', orphaned));
+  killWithParent(child);
   let output = '';
   const collect = (chunk: Buffer) => {
     output += chunk.toString();
