@@ -35,7 +35,7 @@ import {
   type LoadRequest,
   type LoadResult,
 } from './bench/load.ts';
-import { createBareProxy } from './bench/bare-proxy.ts';
+import { createBareProxy, createNodeProxy } from './bench/bare-proxy.ts';
 import { redisServerPath } from './local-upstash.ts';
 import { Agent } from 'node:http';
 import pg from 'pg';
@@ -71,6 +71,24 @@ function time(run: () => Promise<unknown>, count: number, between?: () => Promis
 }
 
 const fmt = (value: number) => value.toFixed(2).padStart(7);
+const plus = (value: number) => `${value >= 0 ? '+' : ''}${value.toFixed(2)}`;
+
+/** The fast path's targets, each with this run's figures (filled in by the sections that measure them). */
+const targets = {
+  'added p50, non-streamed, local stack: <= 3 ms': [] as string[],
+  'throughput at 64 connections: >= 400 req/s over 64 keys, >= 300 on one key, 0 errors': [] as string[],
+  'time to first byte added, database 20 ms away, warm key: <= 2 ms': [] as string[],
+};
+
+function printTargets() {
+  if (Object.values(targets).every((figures) => figures.length === 0)) return;
+  console.log('\nThe fast path\'s targets and this run\'s figures (references: the bare proxy, and node:http forwarding with no framework)\n');
+  for (const [target, figures] of Object.entries(targets)) {
+    if (!figures.length) continue;
+    console.log(`  ${target}`);
+    for (const figure of figures) console.log(`      ${figure}`);
+  }
+}
 
 /** The gateway's knobs that can be tried from the command line (batching, holds taken ahead). */
 function knobs(): Record<string, string> {
@@ -107,6 +125,9 @@ async function main() {
   const bare = serve({ fetch: createBareProxy(fake.url, benchOutboundFetch()), port: 0, hostname: '127.0.0.1' });
   await new Promise((resolve) => bare.once('listening', resolve));
   const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}`;
+  const nodeProxy = createNodeProxy(fake.url).listen(0, '127.0.0.1');
+  await new Promise((resolve) => nodeProxy.once('listening', resolve));
+  const nodeProxyUrl = `http://127.0.0.1:${(nodeProxy.address() as AddressInfo).port}`;
 
   try {
     if (sections.has('database')) await benchDatabase({ stack, clusterDir: join(dataDir, 'postgres'), seconds: databaseSeconds });
@@ -127,6 +148,7 @@ async function main() {
     const direct = (stream: boolean) => () => post(`${fake.url}/v1/chat/completions`, body('chat-basic', stream));
     const viaGateway = (stream: boolean) => () => post(`${gatewayUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
     const viaBareProxy = (stream: boolean) => () => post(`${bareUrl}/v1/chat/completions`, body('chat-basic', stream));
+    const viaNodeProxy = (stream: boolean) => () => post(`${nodeProxyUrl}/v1/chat/completions`, body('chat-basic', stream));
     const viaAhead = (stream: boolean) => () => post(`${aheadUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
     const keyHash = await hashApiKey(key);
     const opened: string[] = [];
@@ -143,6 +165,7 @@ async function main() {
       const label = stream ? 'stream' : 'json  ';
       const baseline = await time(direct(stream), rounds);
       const reference = summary(await time(viaBareProxy(stream), rounds));
+      const floor = summary(await time(viaNodeProxy(stream), rounds));
       const gateway = await time(viaGateway(stream), rounds, () => Promise.allSettled([...pending]));
       await Promise.allSettled([...pending]);
       const ahead = summary(await time(viaAhead(stream), rounds, () => Promise.allSettled([...pending])));
@@ -150,10 +173,16 @@ async function main() {
       rows.push([`upstream direct (${label})`, baseline], [`through gateway (${label})`, gateway]);
       const [b, g] = [summary(baseline), summary(gateway)];
       console.log(`  upstream direct, ${label}          ${fmt(b.p50)}  ${fmt(b.p90)}  ${fmt(b.p99)}  ${fmt(b.mean)}`);
+      console.log(`  node:http proxy, ${label}          ${fmt(floor.p50)}  ${fmt(floor.p90)}  ${fmt(floor.p99)}  ${fmt(floor.mean)}   (added p50 ${(floor.p50 - b.p50).toFixed(2)})`);
       console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p90)}  ${fmt(reference.p99)}  ${fmt(reference.mean)}   (added p50 ${(reference.p50 - b.p50).toFixed(2)})`);
       console.log(`  through gateway, ${label}          ${fmt(g.p50)}  ${fmt(g.p90)}  ${fmt(g.p99)}  ${fmt(g.mean)}`);
       console.log(`  added by the gateway              ${fmt(g.p50 - b.p50)}  ${fmt(g.p90 - b.p90)}  ${fmt(g.p99 - b.p99)}  ${fmt(g.mean - b.mean)}   (ratio p50 ${(g.p50 / b.p50).toFixed(2)}×)`);
       console.log(`  added, holds taken ahead          ${fmt(ahead.p50 - b.p50)}  ${fmt(ahead.p90 - b.p90)}  ${fmt(ahead.p99 - b.p99)}  ${fmt(ahead.mean - b.mean)}   (READY_HOLDS=on; ratio p50 ${(ahead.p50 / b.p50).toFixed(2)}×)`);
+      if (!stream) {
+        targets['added p50, non-streamed, local stack: <= 3 ms'].push(
+          `in process: default ${plus(g.p50 - b.p50)}, READY_HOLDS=on ${plus(ahead.p50 - b.p50)}   (bare proxy ${plus(reference.p50 - b.p50)}, node:http ${plus(floor.p50 - b.p50)})`,
+        );
+      }
     }
     const authorize = summary(await time(authorizeOnly, rounds));
     for (const requestId of opened) await services.ledger.settleRequest({ requestId, outcome: 'failed', usage: {} });
@@ -176,15 +205,20 @@ async function main() {
       const auth = { authorization: `Bearer ${key}` };
       const base = await firstByte(fake.url, 'chat-slow-start');
       const reference = await firstByte(bareUrl, 'chat-slow-start');
+      const floor = await firstByte(nodeProxyUrl, 'chat-slow-start');
       const warm = await firstByte(far.url, 'bench-slow-start', auth);
       const warmAhead = await firstByte(farAhead.url, 'bench-slow-start', auth);
       agent.destroy();
       console.log(`\nTime to first byte in this process, streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
       console.log('                                     p50      p99   added p50');
       console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
+      console.log(`  node:http proxy                   ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}`);
       console.log(`  bare proxy, no billing            ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
       console.log(`  through gateway, warm key         ${fmt(warm.p50)}  ${fmt(warm.p99)}  ${fmt(warm.p50 - base.p50)}`);
       console.log(`  warm key, holds taken ahead       ${fmt(warmAhead.p50)}  ${fmt(warmAhead.p99)}  ${fmt(warmAhead.p50 - base.p50)}   (READY_HOLDS=on)`);
+      targets['time to first byte added, database 20 ms away, warm key: <= 2 ms'].push(
+        `in process: default ${plus(warm.p50 - base.p50)}, READY_HOLDS=on ${plus(warmAhead.p50 - base.p50)}   (bare proxy ${plus(reference.p50 - base.p50)}, node:http ${plus(floor.p50 - base.p50)})`,
+      );
     } finally {
       await distant.close();
     }
@@ -225,6 +259,7 @@ async function main() {
   } finally {
     for (const server of servers) server.close();
     bare.close();
+    nodeProxy.close();
     await fake.close();
     await stack.stop();
     await rm(dataDir, { recursive: true, force: true });
@@ -297,6 +332,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
     if (sections.has('load')) {
       const gateway = await startGatewayProcess(environment);
       const bareProxy = await startBareProxyProcess(upstreamUrl);
+      const nodeProxy = await startBareProxyProcess(upstreamUrl, 'node');
       const aheadGateway = await startGatewayProcess({ ...environment, READY_HOLDS: 'on' });
       try {
         // One request at a time, each process on its own event loop as in production; a pause
@@ -310,12 +346,19 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
           const label = stream ? 'stream' : 'json  ';
           const base = await sequential({ ...direct, body: chatBody('chat-basic', stream) });
           const reference = await sequential({ ...direct, url: `${bareProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
+          const floor = await sequential({ ...direct, url: `${nodeProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
           const billed = await sequential(through(gateway.url, customers[2]!.apiKey, stream));
           const ahead = await sequential(through(aheadGateway.url, customers[3]!.apiKey, stream));
           console.log(`  upstream direct, ${label}          ${fmt(base.p50)}  ${fmt(base.p99)}`);
+          console.log(`  node:http proxy, ${label}          ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}`);
           console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
           console.log(`  through gateway, ${label}          ${fmt(billed.p50)}  ${fmt(billed.p99)}  ${fmt(billed.p50 - base.p50)}   (${(billed.p50 / base.p50).toFixed(2)}× direct)`);
           console.log(`  holds taken ahead, ${label}        ${fmt(ahead.p50)}  ${fmt(ahead.p99)}  ${fmt(ahead.p50 - base.p50)}   (READY_HOLDS=on; ${(ahead.p50 / base.p50).toFixed(2)}× direct)`);
+          if (!stream) {
+            targets['added p50, non-streamed, local stack: <= 3 ms'].push(
+              `own process: default ${plus(billed.p50 - base.p50)}, READY_HOLDS=on ${plus(ahead.p50 - base.p50)}   (bare proxy ${plus(reference.p50 - base.p50)}, node:http ${plus(floor.p50 - base.p50)})`,
+            );
+          }
         }
         agent.destroy();
 
@@ -333,6 +376,11 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
             const before = cpuByComponent(measured);
             const result = await runLoad(concurrency, loadSeconds, next);
             printLoad(`${concurrency} connections, ${label}`, result, baseline);
+            if (concurrency === 64) {
+              targets['throughput at 64 connections: >= 400 req/s over 64 keys, >= 300 on one key, 0 errors'].push(
+                `${label}: ${result.requestsPerSecond.toFixed(0)} req/s, ${result.errors} errors`,
+              );
+            }
             const after = cpuByComponent(measured);
             if (before && after) {
               const served = result.requestsPerSecond * loadSeconds;
@@ -344,6 +392,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
       } finally {
         await gateway.stop();
         await bareProxy.stop();
+        await nodeProxy.stop();
         await aheadGateway.stop();
       }
     }
@@ -363,16 +412,22 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         const base = await measure(() => streamDirect);
         const bareProxy = await startBareProxyProcess(fake.url);
         const reference = await measure(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })).finally(() => bareProxy.stop());
+        const nodeProxy = await startBareProxyProcess(fake.url, 'node');
+        const floor = await measure(() => ({ ...streamDirect, url: `${nodeProxy.url}/v1/chat/completions` })).finally(() => nodeProxy.stop());
         const coldKey = await measure((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start'));
         const warmKey = await measure(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start'));
         const aheadKey = await measure(() => through(aheadGateway.url, customers[4]!.apiKey, true, 'bench-slow-start'));
         console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
         console.log('                                     p50      p99   added p50');
         console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
+        console.log(`  node:http proxy                   ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}   (no framework, own process)`);
         console.log(`  bare proxy, no billing            ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}   (same framework and HTTP client, own process)`);
         console.log(`  through gateway, cold key         ${fmt(coldKey.p50)}  ${fmt(coldKey.p99)}  ${fmt(coldKey.p50 - base.p50)}`);
         console.log(`  through gateway, warm key         ${fmt(warmKey.p50)}  ${fmt(warmKey.p99)}  ${fmt(warmKey.p50 - base.p50)}`);
         console.log(`  warm key, holds taken ahead       ${fmt(aheadKey.p50)}  ${fmt(aheadKey.p99)}  ${fmt(aheadKey.p50 - base.p50)}   (READY_HOLDS=on)`);
+        targets['time to first byte added, database 20 ms away, warm key: <= 2 ms'].push(
+          `own process: default ${plus(warmKey.p50 - base.p50)}, READY_HOLDS=on ${plus(aheadKey.p50 - base.p50)}   (bare proxy ${plus(reference.p50 - base.p50)}, node:http ${plus(floor.p50 - base.p50)}; cold key ${plus(coldKey.p50 - base.p50)})`,
+        );
       } finally {
         agent.destroy();
         await gateway.stop();
@@ -386,7 +441,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
   }
 }
 
-main().catch((error: unknown) => {
+main().then(printTargets).catch((error: unknown) => {
   console.error(error);
   process.exit(1);
 });

@@ -151,9 +151,9 @@ export function startServiceProcess(environment: Record<string, string>): Promis
   return startBenchProcess('service-process.ts', environment);
 }
 
-/** The bare proxy (scripts/bench/bare-proxy.ts) in its own process, forwarding to `upstream`. */
-export function startBareProxyProcess(upstream: string): Promise<BenchProcess> {
-  return startBenchProcess('bare-proxy.ts', { BENCH_BARE_PROXY_UPSTREAM: upstream });
+/** The bare proxy (scripts/bench/bare-proxy.ts) in its own process, forwarding to `upstream`; with `node`, the node:http proxy there. */
+export function startBareProxyProcess(upstream: string, kind: 'hono' | 'node' = 'hono'): Promise<BenchProcess> {
+  return startBenchProcess('bare-proxy.ts', { BENCH_BARE_PROXY_UPSTREAM: upstream, BENCH_BARE_PROXY_KIND: kind });
 }
 
 /**
