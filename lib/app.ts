@@ -1,4 +1,4 @@
-import { Hono } from 'hono';
+import { Hono, type MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { AppEnv, Services } from './app-env.ts';
 import { LedgerError } from './billing/ledger.ts';
@@ -43,12 +43,23 @@ export function createApp(services: Services): Hono<AppEnv> {
     }
   });
 
-  const limitBody = bodyLimit({
-    maxSize: services.config.MAX_BODY_BYTES,
-    onError: () => {
-      throw new GatewayError(413, 'request_too_large', `The request body is larger than ${services.config.MAX_BODY_BYTES} bytes.`);
-    },
-  });
+  const maxSize = services.config.MAX_BODY_BYTES;
+  const tooLarge = () => {
+    throw new GatewayError(413, 'request_too_large', `The request body is larger than ${maxSize} bytes.`);
+  };
+  const countBody = bodyLimit({ maxSize, onError: tooLarge });
+  // A body that states its length is judged by it, and left unread: reading the
+  // body here (as hono's bodyLimit does, through request.body) turns Node's
+  // request into a web stream before the route reads it as text, which cost
+  // 0.2–0.7 ms before the upstream call was sent (in process, after an idle
+  // moment). Node's HTTP parser and the edge runtime both hold a body to its
+  // Content-Length. Only a body without one (chunked) is counted as it is read.
+  const limitBody: MiddlewareHandler<AppEnv> = async (c, next) => {
+    const length = c.req.header('content-length');
+    if (length === undefined || c.req.header('transfer-encoding') !== undefined) return countBody(c, next);
+    if (Number.parseInt(length, 10) > maxSize) tooLarge();
+    await next();
+  };
   app.use('/v1/*', limitBody);
   app.use('/v1beta/*', limitBody);
   app.use('/webhooks/*', limitBody);

@@ -42,6 +42,23 @@ function post(body: string | object, headers: Record<string, string | undefined>
   });
 }
 
+/** The body sent in pieces, with no Content-Length (chunked), as a client streaming its upload does. */
+function postStreamed(body: object) {
+  const bytes = new TextEncoder().encode(JSON.stringify(body));
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      for (let offset = 0; offset < bytes.length; offset += 4096) controller.enqueue(bytes.subarray(offset, offset + 4096));
+      controller.close();
+    },
+  });
+  return fetch(`${gateway.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+    body: stream,
+    duplex: 'half',
+  } as RequestInit);
+}
+
 const messages = [{ role: 'user', content: 'Hi' }];
 
 describe('bad input: a clear 4xx in OpenAI\'s shape, and nothing written', () => {
@@ -55,6 +72,7 @@ describe('bad input: a clear 4xx in OpenAI\'s shape, and nothing written', () =>
     ['an unknown model', () => post({ model: 'no-such-model', messages }), 404, 'model_not_found', 'model'],
     ['an unpriced model', () => post({ model: 'unpriced-preview', messages }), 404, 'model_not_priced', 'model'],
     ['a body over the limit', () => post({ model, messages: [{ role: 'user', content: 'x'.repeat(30_000) }] }), 413, 'request_too_large', null],
+    ['a body over the limit sent without a length', () => postStreamed({ model, messages: [{ role: 'user', content: 'x'.repeat(30_000) }] }), 413, 'request_too_large', null],
     ['no key', () => post({ model, messages }, { authorization: undefined }), 401, 'missing_api_key', null],
     ['a malformed key', () => post({ model, messages }, { authorization: 'Bearer sk-not-ours' }), 401, 'invalid_api_key', null],
     ['an unknown key', () => post({ model, messages }, { authorization: 'Bearer tg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }), 401, 'invalid_api_key', null],
@@ -99,6 +117,13 @@ describe('bad input: a clear 4xx in OpenAI\'s shape, and nothing written', () =>
     expect(expired.status).toBe(401);
     expect(await expired.json()).toMatchObject({ error: { code: 'api_key_expired' } });
     expect(await writes(other.accountId)).toEqual(before);
+  });
+
+  it('a body within the limit sent without a length is read and served', async () => {
+    const response = await postStreamed({ model, messages: [{ role: 'user', content: 'y'.repeat(10_000) }] });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ object: 'chat.completion' });
+    expect(fake.requests.at(-1)?.body).toMatchObject({ messages: [{ role: 'user', content: 'y'.repeat(10_000) }] });
   });
 
   it('unknown routes answer 404 in OpenAI\'s shape', async () => {
