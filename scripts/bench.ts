@@ -52,15 +52,15 @@ function summary(samples: number[]) {
   return { p50: at(0.5), p90: at(0.9), p99: at(0.99), mean: samples.reduce((a, b) => a + b, 0) / samples.length };
 }
 
-/** Sequential timings; `between` runs untimed after each (letting settlements finish, so they do not compete). */
 /**
- * Sequential timings, one request every `sequentialPeriodMs` for every row alike: the
- * gateway's rows wait for their settlements between requests (untimed), and without a
- * common period the direct rows would run back to back while the gateway's sat idle
- * between requests, which on a VM alone makes a request slower.
+ * One request every `sequentialPeriodMs` for every sequential row alike: the gateway's
+ * rows wait for their settlements between requests (untimed), and without a common
+ * period the direct rows would run back to back while the gateway's sat idle between
+ * requests, which on a VM alone makes a request slower.
  */
 const sequentialPeriodMs = 25;
 
+/** Sequential timings; `between` runs untimed after each (letting settlements finish, so they do not compete). */
 function time(run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>): Promise<number[]> {
   const timed = async () => {
     const started = performance.now();

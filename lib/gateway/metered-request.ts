@@ -27,15 +27,16 @@ export async function authorizeAndProxy(
   planFor: (authorization: Authorized) => ProxyPlan,
 ): Promise<Response> {
   const { services, requestId } = c.var;
-  const { keyHash, ...shape } = input;
+  const { keyHash, ...rest } = input;
+  const shape = { ...rest, clientIp: clientIp(c) };
   const ahead = services.config.READY_HOLDS === 'on';
-  const ready = ahead ? services.readyHolds.take(keyHash, { ...shape, clientIp: clientIp(c) }, input.maxInputTokens) : undefined;
+  const ready = ahead ? services.readyHolds.take(keyHash, shape, input.maxInputTokens) : undefined;
   if (ready) {
     // A hold taken ahead: nothing to wait for, nothing to speculate on.
     const authorization = await authorize(c, input, { ...options, ahead, ready });
     return proxyMetered(c, authorization, planFor(authorization));
   }
-  const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, { ...shape, clientIp: clientIp(c) }) : undefined;
+  const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, shape) : undefined;
   let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;
   if (speculation) {
     try {

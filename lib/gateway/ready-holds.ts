@@ -20,7 +20,7 @@ export interface ReadyHoldsOptions {
 }
 
 type Slot =
-  | { state: 'taking'; forgotten: boolean }
+  | { state: 'taking' }
   | { state: 'declined'; until: number }
   | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; timer: ReturnType<typeof setTimeout> };
 
@@ -66,10 +66,9 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
     keys.delete(keyHash);
     const ready: string[] = [];
     for (const slot of slots.values()) {
-      if (slot.state === 'ready') {
-        clearTimeout(slot.timer);
-        ready.push(slot.hold.requestId);
-      } else if (slot.state === 'taking') slot.forgotten = true;
+      if (slot.state !== 'ready') continue;
+      clearTimeout(slot.timer);
+      ready.push(slot.hold.requestId);
     }
     if (ready.length) giveBack(ready, 'the key was refused');
   }
@@ -100,7 +99,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
         clearTimeout(current.timer);
         giveBack([current.hold.requestId], 'too small for the requests now coming');
       }
-      const slot: Slot = { state: 'taking', forgotten: false };
+      const slot: Slot = { state: 'taking' };
       slots.set(shapeKey, slot);
       const requestId = crypto.randomUUID();
       const sentAt = Date.now();
@@ -117,7 +116,8 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
               return;
             }
             const adoptableUntil = sentAt + readySeconds * 1000;
-            if (slot.forgotten || authorization.replayed || keys.get(keyHash) !== slots) {
+            // The key forgotten meanwhile (refused, or evicted): its slots are no longer the key's.
+            if (authorization.replayed || keys.get(keyHash) !== slots) {
               giveBack([requestId], 'the key was refused while the hold was being taken');
               return;
             }

@@ -1,6 +1,6 @@
 import type { Context } from 'hono';
 import type { z } from 'zod';
-import type { AppEnv } from '../app-env.ts';
+import type { AppEnv, Services } from '../app-env.ts';
 import { LedgerError, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
@@ -112,6 +112,12 @@ export interface AuthorizeOptions {
 
 export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>;
 
+/** A refused key, or one that crossed a limit, is cold on this instance: no speculation, no hold taken ahead. */
+function coolKey(services: Services, keyHash: string): void {
+  services.warmKeys.forget(keyHash);
+  services.readyHolds.forget(keyHash);
+}
+
 /**
  * The one database round trip before the upstream call, with the rate limits
  * checked in parallel when the key's limits are known from its last request
@@ -125,7 +131,7 @@ export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp
  */
 export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, options: AuthorizeOptions = {}): Promise<Authorized> {
   const { services } = c.var;
-  const { rateLimiter, limitsCache, warmKeys, readyHolds } = services;
+  const { rateLimiter, limitsCache } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
   const choices = input.choices ?? 1;
   const estimate = input.maxInputTokens + (input.maxOutputTokens ?? options.guess?.max_output_tokens ?? 0) * choices;
@@ -151,8 +157,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     known ? rateLimiter!.check(known, estimate) : undefined,
   ]);
   if (result.status === 'refused') {
-    warmKeys.forget(input.keyHash);
-    readyHolds.forget(input.keyHash);
+    coolKey(services, input.keyHash);
     if (result.code === 'unsupported_provider' && result.provider && options.unsupportedProvider) throw options.unsupportedProvider(result.provider);
     throw refusalError(result, services.config.TOPUP_URL);
   }
@@ -178,8 +183,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
           // Counted at this request's own bound, not the hold's room for a longer one.
           rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices).then((decision) => {
             if (decision.allowed && decision.ample) return;
-            warmKeys.forget(input.keyHash);
-            readyHolds.forget(input.keyHash);
+            coolKey(services, input.keyHash);
             if (!decision.allowed) services.log({ level: 'warn', event: 'rate_limit_crossed_ahead', requestId, limitedBy: decision.limitedBy });
           }),
         ),
@@ -190,8 +194,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
     c.set('rateLimitHeaders', decision.headers);
     if (!decision.allowed) {
-      warmKeys.forget(input.keyHash);
-      readyHolds.forget(input.keyHash);
+      coolKey(services, input.keyHash);
       // The hold was taken in parallel: release it, nothing is charged.
       hold.release('rate limited');
       const what = decision.limitedBy === 'tokens' ? 'tokens per minute for this account' : 'requests per minute for this key';
