@@ -20,6 +20,8 @@ export interface ReadyHoldsOptions {
 }
 
 type Slot =
+  /** A request of this key and shape arrived at `at`; `again`: it came within a window of the one before it. */
+  | { state: 'seen'; at: number; again: boolean }
   | { state: 'taking' }
   | { state: 'declined'; until: number }
   | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; timer: ReturnType<typeof setTimeout> };
@@ -29,10 +31,14 @@ type Slot =
  * next request of the same shape in the background (a real hold, in its own
  * usage_events row), so that request adopts it — its request id becomes the
  * hold's — and reaches the upstream and its client with no database round
- * trip. At most one per key and shape; adopted only within the window the
- * database was told (`readySeconds`, counted from before the call was sent)
- * and only by a request whose input bound fits the hold's. One nobody adopts in
- * its window is given back; one whose key was refused is given back at once.
+ * trip. Taken only for a key and shape whose requests come within a window of
+ * each other (a request arriving within `readySeconds` of the one before it,
+ * or adopting a hold): for a key used once in a while, a hold taken ahead
+ * would only be taken and given back, two database calls for nothing. At most
+ * one per key and shape; adopted only within the window the database was told
+ * (`readySeconds`, counted from before the call was sent) and only by a
+ * request whose input bound fits the hold's. One nobody adopts in its window
+ * is given back; one whose key was refused is given back at once.
  * A call that failed may still have taken its hold: it is given back too (and
  * if that fails, expire_stale_holds releases it once its window is long over).
  */
@@ -74,14 +80,25 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
   }
 
   return {
-    /** The ready hold for this key and shape, taken out for the caller to adopt; undefined if none fits. */
+    /**
+     * The ready hold for this key and shape, taken out for the caller to adopt;
+     * undefined if none fits. Called as each request of the key arrives, so it
+     * also notes when one came (see `refill`).
+     */
     take(keyHash: string, shape: RequestShape, maxInputTokens: number): ReadyHold | undefined {
       const shapeKey = shapeOf(shape);
-      const slot = keys.get(keyHash)?.get(shapeKey);
-      if (slot?.state !== 'ready' || Date.now() >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) return undefined;
-      clearTimeout(slot.timer);
-      keys.get(keyHash)!.delete(shapeKey);
-      return slot.hold;
+      const slots = slotsOf(keyHash);
+      const slot = slots.get(shapeKey);
+      const now = Date.now();
+      if (slot?.state === 'ready') {
+        if (now >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) return undefined;
+        clearTimeout(slot.timer);
+        slots.set(shapeKey, { state: 'seen', at: now, again: true });
+        return slot.hold;
+      }
+      if (slot?.state === 'taking' || slot?.state === 'declined') return undefined;
+      slots.set(shapeKey, { state: 'seen', at: now, again: slot !== undefined && now - slot.at < readySeconds * 1000 });
+      return undefined;
     },
 
     /**
@@ -94,6 +111,8 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       const slots = slotsOf(keyHash);
       const current = slots.get(shapeKey);
       if (current?.state === 'taking' || (current?.state === 'declined' && Date.now() < current.until)) return;
+      // A request alone in its window (or none noted): the next may well not come within one either.
+      if (current === undefined || (current.state === 'seen' && !current.again)) return;
       if (current?.state === 'ready') {
         if (current.hold.authorization.max_input_tokens >= maxInputTokens && Date.now() < current.adoptableUntil) return;
         clearTimeout(current.timer);

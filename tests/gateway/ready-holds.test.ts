@@ -60,15 +60,16 @@ describe('holds taken ahead', () => {
     const answers = [];
     for (let index = 0; index < 3; index++) answers.push(await chat(gateway, customer, model));
     expect(answers.map((answer) => answer.status)).toEqual([200, 200, 200]);
-    // The first was authorized as it came; the others adopted holds taken ahead.
-    expect(answers.map((answer) => answer.authorized)).toEqual([true, false, false]);
-    expect(rpcCalls(gateway, 'authorize_request')).toBe(1);
-    expect(rpcCalls(gateway, 'authorize_ahead')).toBe(3);
+    // The first two were authorized as they came (the first alone in its window: nothing
+    // taken ahead after it); the third adopted the hold taken ahead after the second.
+    expect(answers.map((answer) => answer.authorized)).toEqual([true, true, false]);
+    expect(rpcCalls(gateway, 'authorize_request')).toBe(2);
+    expect(rpcCalls(gateway, 'authorize_ahead')).toBe(2);
 
     const during = await books(customer.accountId);
     expect(during.events.map(({ request_id, status, charged, ahead }) => ({ request_id, status, charged, ahead }))).toEqual([
       { request_id: answers[0]!.requestId, status: 'completed', charged: 55, ahead: false },
-      { request_id: answers[1]!.requestId, status: 'completed', charged: 55, ahead: true },
+      { request_id: answers[1]!.requestId, status: 'completed', charged: 55, ahead: false },
       { request_id: answers[2]!.requestId, status: 'completed', charged: 55, ahead: true },
       { request_id: expect.any(String), status: 'held', charged: null, ahead: true },
     ]);
@@ -88,19 +89,19 @@ describe('holds taken ahead', () => {
     const gateway = await readyGateway(5);
     const model = await createModel(price, { upstreamModel: 'chat-basic' });
     const customer = await createCustomer({ balance: 100_000_000 });
-    await chat(gateway, customer, model);
+    for (let index = 0; index < 2; index++) await chat(gateway, customer, model);
     expect((await chat(gateway, customer, model, { max_tokens: 60 })).authorized).toBe(true);
     const long = 'Say hello. '.repeat(50);
     expect((await chat(gateway, customer, model, { messages: [{ role: 'user', content: long }] })).authorized).toBe(true);
     expect((await chat(gateway, customer, model)).authorized).toBe(false);
-    expect(rpcCalls(gateway, 'authorize_request')).toBe(3);
+    expect(rpcCalls(gateway, 'authorize_request')).toBe(4);
   });
 
   it('a key revoked while a hold is ready: that hold is still used (the documented bound), the next request is refused, nothing stays held', async () => {
     const gateway = await readyGateway(5);
     const model = await createModel(price, { upstreamModel: 'chat-basic' });
     const customer = await createCustomer({ balance: 100_000_000 });
-    await chat(gateway, customer, model);
+    for (let index = 0; index < 2; index++) await chat(gateway, customer, model);
     await admin().query('update public.api_keys set revoked_at = now() where id = $1', [customer.apiKeyId]);
     const adopted = await chat(gateway, customer, model);
     expect({ status: adopted.status, authorized: adopted.authorized }).toEqual({ status: 200, authorized: false });
@@ -108,7 +109,25 @@ describe('holds taken ahead', () => {
     expect(refused.status).toBe(401);
     expect(JSON.parse(refused.body)).toMatchObject({ error: { code: 'api_key_revoked' } });
     const after = await books(customer.accountId);
-    expect({ held: after.held, statuses: after.events.map((event) => event.status) }).toEqual({ held: 0, statuses: ['completed', 'completed'] });
+    expect({ held: after.held, statuses: after.events.map((event) => event.status) }).toEqual({ held: 0, statuses: ['completed', 'completed', 'completed'] });
+  });
+
+  it('a key used once in a while gets no hold ahead: a request alone in its window takes none', async () => {
+    const gateway = await readyGateway(1);
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const answers = [];
+    for (let index = 0; index < 3; index++) {
+      if (index) await sleep(1_100);
+      answers.push(await chat(gateway, customer, model));
+    }
+    expect(answers.map((answer) => [answer.status, answer.authorized])).toEqual([[200, true], [200, true], [200, true]]);
+    expect(rpcCalls(gateway, 'authorize_ahead')).toBe(0);
+    expect(rpcCalls(gateway, 'return_ready_holds')).toBe(0);
+    // Two within a window: the next hold is taken ahead after the second.
+    await chat(gateway, customer, model);
+    expect(rpcCalls(gateway, 'authorize_ahead')).toBe(1);
+    expect((await chat(gateway, customer, model)).authorized).toBe(false);
   });
 
   it('a key with a spend limit gets no hold ahead, and the instance stops asking for one', async () => {
