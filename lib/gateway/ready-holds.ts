@@ -45,6 +45,8 @@ type Slot =
 export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, waitUntil, log }: ReadyHoldsOptions) {
   const keys = new Map<string, Map<string, Slot>>();
   const maxKeys = 10_000;
+  /** Shapes noted per key (a client may vary its output cap from one request to the next). */
+  const maxShapesPerKey = 32;
   const declinedForMs = 60_000;
 
   const giveBack = (requestIds: string[], reason: string) => {
@@ -97,6 +99,12 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
         return slot.hold;
       }
       if (slot?.state === 'taking' || slot?.state === 'declined') return undefined;
+      if (!slot && slots.size >= maxShapesPerKey) {
+        // Room for a shape not seen before: the oldest one only noted goes (ready holds stay).
+        const oldest = [...slots].find(([, each]) => each.state === 'seen' || each.state === 'declined');
+        if (!oldest) return undefined;
+        slots.delete(oldest[0]);
+      }
       slots.set(shapeKey, { state: 'seen', at: now, again: slot !== undefined && now - slot.at < readySeconds * 1000 });
       return undefined;
     },
