@@ -30,10 +30,12 @@ export async function authorizeAndProxy(
   const { keyHash, ...rest } = input;
   const shape = { ...rest, clientIp: clientIp(c) };
   const ahead = services.config.READY_HOLDS === 'on';
-  const ready = ahead ? services.readyHolds.take(keyHash, shape, input.maxInputTokens) : undefined;
+  const taken = ahead ? services.readyHolds.take(keyHash, shape, input.maxInputTokens) : undefined;
+  const again = taken?.again ?? false;
+  const ready = taken?.hold;
   if (ready) {
     // A hold taken ahead: nothing to wait for, nothing to speculate on.
-    const authorization = await authorize(c, input, { ...options, ahead, ready });
+    const authorization = await authorize(c, input, { ...options, ahead, again, ready });
     return proxyMetered(c, authorization, planFor(authorization));
   }
   const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, shape) : undefined;
@@ -48,13 +50,13 @@ export async function authorizeAndProxy(
     }
   }
   if (!speculation || !started) {
-    const authorization = await authorize(c, input, { ...options, ahead });
+    const authorization = await authorize(c, input, { ...options, ahead, again });
     return proxyMetered(c, authorization, planFor(authorization));
   }
 
   let authorization: Authorized;
   try {
-    authorization = await authorize(c, input, { ...options, guess: speculation.authorization, ahead });
+    authorization = await authorize(c, input, { ...options, guess: speculation.authorization, ahead, again });
   } catch (error) {
     started.upstream.abort.abort();
     services.log({ level: 'warn', event: 'speculation_aborted', requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });

@@ -20,11 +20,15 @@ export interface ReadyHoldsOptions {
 }
 
 type Slot =
-  /** A request of this key and shape arrived at `at`; `again`: it came within a window of the one before it. */
-  | { state: 'seen'; at: number; again: boolean }
   | { state: 'taking' }
   | { state: 'declined'; until: number }
   | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; timer: ReturnType<typeof setTimeout> };
+
+/** A ready hold, if one fits; `again`: the request came within a window of the key's last one of its shape. */
+export interface Taken {
+  hold: ReadyHold | undefined;
+  again: boolean;
+}
 
 /**
  * Holds taken ahead: after a warm request, this instance authorizes the key's
@@ -32,22 +36,33 @@ type Slot =
  * usage_events row), so that request adopts it — its request id becomes the
  * hold's — and reaches the upstream and its client with no database round
  * trip. Taken only for a key and shape whose requests come within a window of
- * each other (a request arriving within `readySeconds` of the one before it,
- * or adopting a hold): for a key used once in a while, a hold taken ahead
- * would only be taken and given back, two database calls for nothing. At most
- * one per key and shape; adopted only within the window the database was told
- * (`readySeconds`, counted from before the call was sent) and only by a
- * request whose input bound fits the hold's. One nobody adopts in its window
- * is given back; one whose key was refused is given back at once.
- * A call that failed may still have taken its hold: it is given back too (and
- * if that fails, expire_stale_holds releases it once its window is long over).
+ * each other: a request arriving within `readySeconds` of the last one of its
+ * key and shape arriving or finishing (so an agent whose answers take longer
+ * than the window still gets one), or adopting a hold. For a key used once in
+ * a while, a hold taken ahead would only be taken and given back, two database
+ * calls for nothing. At most one per key and shape; adopted only within the
+ * window the database was told (`readySeconds`, counted from before the call
+ * was sent) and only by a request whose input bound fits the hold's. One
+ * nobody adopts in its window is given back; one whose key was refused is
+ * given back at once. A call that failed may still have taken its hold: it is
+ * given back too (and if that fails, expire_stale_holds releases it once its
+ * window is long over).
+ *
+ * What is noted of a key's requests is kept apart from its holds and bounded
+ * on its own, least recently used first out: notes are made only for requests
+ * that were authorized, and forgetting one never gives a hold back, so no run
+ * of requests (with keys that do not exist, or with many keys) can push out
+ * the holds of the keys in use.
  */
 export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, waitUntil, log }: ReadyHoldsOptions) {
+  /** When a request of each key and shape last arrived or finished, least recently used first. */
+  const notes = new Map<string, Map<string, number>>();
   const keys = new Map<string, Map<string, Slot>>();
   const maxKeys = 10_000;
-  /** Shapes noted per key (a client may vary its output cap from one request to the next). */
+  /** Shapes per key (a client may vary its output cap from one request to the next). */
   const maxShapesPerKey = 32;
   const declinedForMs = 60_000;
+  const windowMs = readySeconds * 1000;
 
   const giveBack = (requestIds: string[], reason: string) => {
     waitUntil(
@@ -58,17 +73,50 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
     );
   };
 
-  const slotsOf = (keyHash: string) => {
+  /** Notes that a request of this key and shape arrived or finished now; `create`: a key not noted yet is noted. */
+  const note = (keyHash: string, shapeKey: string, now: number, create: boolean): number | undefined => {
+    let shapes = notes.get(keyHash);
+    if (!shapes && !create) return undefined;
+    if (shapes) notes.delete(keyHash);
+    else {
+      if (notes.size >= maxKeys) notes.delete(notes.keys().next().value!);
+      shapes = new Map();
+    }
+    notes.set(keyHash, shapes);
+    const last = shapes.get(shapeKey);
+    if (last === undefined && !create) return undefined;
+    shapes.delete(shapeKey);
+    if (shapes.size >= maxShapesPerKey) shapes.delete(shapes.keys().next().value!);
+    shapes.set(shapeKey, now);
+    return last;
+  };
+
+  /** Slots with nothing ready or on its way: dropping them gives nothing back. */
+  const idle = (slots: Map<string, Slot>, now: number) =>
+    [...slots.values()].every((slot) => slot.state === 'declined' && now >= slot.until);
+
+  /** The key's slots with room for this shape, or undefined when the instance keeps all it may. */
+  const slotsWithRoom = (keyHash: string, shapeKey: string, now: number) => {
     let slots = keys.get(keyHash);
     if (!slots) {
-      if (keys.size >= maxKeys) forget(keys.keys().next().value!);
+      if (keys.size >= maxKeys) {
+        const spare = [...keys].find(([, each]) => idle(each, now));
+        if (!spare) return undefined;
+        keys.delete(spare[0]);
+      }
       slots = new Map();
       keys.set(keyHash, slots);
+    }
+    if (!slots.has(shapeKey) && slots.size >= maxShapesPerKey) {
+      const spare = [...slots].find(([, slot]) => slot.state === 'declined' && now >= slot.until);
+      if (!spare) return undefined;
+      slots.delete(spare[0]);
     }
     return slots;
   };
 
   function forget(keyHash: string): void {
+    notes.delete(keyHash);
     const slots = keys.get(keyHash);
     if (!slots) return;
     keys.delete(keyHash);
@@ -83,53 +131,57 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
 
   return {
     /**
-     * The ready hold for this key and shape, taken out for the caller to adopt;
-     * undefined if none fits. Called as each request of the key arrives, so it
-     * also notes when one came (see `refill`).
+     * The ready hold for this key and shape, taken out for the caller to adopt
+     * (undefined if none fits), and whether the request came within a window of
+     * the key's last one of its shape. Called as each request of the key
+     * arrives, before the key is checked: it notes the arrival only for a key
+     * and shape already noted (see `finished`).
      */
-    take(keyHash: string, shape: RequestShape, maxInputTokens: number): ReadyHold | undefined {
+    take(keyHash: string, shape: RequestShape, maxInputTokens: number): Taken {
       const shapeKey = shapeOf(shape);
-      const slots = slotsOf(keyHash);
-      const slot = slots.get(shapeKey);
       const now = Date.now();
-      if (slot?.state === 'ready') {
-        if (now >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) return undefined;
-        clearTimeout(slot.timer);
-        slots.set(shapeKey, { state: 'seen', at: now, again: true });
-        return slot.hold;
+      const last = note(keyHash, shapeKey, now, false);
+      const again = last !== undefined && now - last < windowMs;
+      const slots = keys.get(keyHash);
+      const slot = slots?.get(shapeKey);
+      if (slot?.state !== 'ready' || now >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) {
+        return { hold: undefined, again };
       }
-      if (slot?.state === 'taking' || slot?.state === 'declined') return undefined;
-      if (!slot && slots.size >= maxShapesPerKey) {
-        // Room for a shape not seen before: the oldest one only noted goes (ready holds stay).
-        const oldest = [...slots].find(([, each]) => each.state === 'seen' || each.state === 'declined');
-        if (!oldest) return undefined;
-        slots.delete(oldest[0]);
-      }
-      slots.set(shapeKey, { state: 'seen', at: now, again: slot !== undefined && now - slot.at < readySeconds * 1000 });
-      return undefined;
+      clearTimeout(slot.timer);
+      slots!.delete(shapeKey);
+      return { hold: slot.hold, again: true };
+    },
+
+    /** An authorized request of this key and shape finished: the next one's window counts from now. */
+    finished(keyHash: string, shape: RequestShape): void {
+      note(keyHash, shapeOf(shape), Date.now(), true);
     },
 
     /**
      * Takes a hold ahead for the key's next request of this shape, with room for
-     * `input.maxInputTokens` input tokens, unless one is ready (and fits) or on its way.
+     * `input.maxInputTokens` input tokens, unless one is ready (and fits) or on
+     * its way. `again` is what `take` said of the request that just finished: a
+     * request alone in its window takes none (the next may well not come within
+     * one either).
      */
-    refill(input: Omit<AuthorizeRequestInput, 'requestId'>, ampleRateLimit: boolean): void {
+    refill(input: Omit<AuthorizeRequestInput, 'requestId'>, ampleRateLimit: boolean, again: boolean): void {
+      if (!again) return;
       const { keyHash, maxInputTokens, ...rest } = input;
       const shapeKey = shapeOf(rest);
-      const slots = slotsOf(keyHash);
+      const now = Date.now();
+      const slots = slotsWithRoom(keyHash, shapeKey, now);
+      if (!slots) return;
       const current = slots.get(shapeKey);
-      if (current?.state === 'taking' || (current?.state === 'declined' && Date.now() < current.until)) return;
-      // A request alone in its window (or none noted): the next may well not come within one either.
-      if (current === undefined || (current.state === 'seen' && !current.again)) return;
+      if (current?.state === 'taking' || (current?.state === 'declined' && now < current.until)) return;
       if (current?.state === 'ready') {
-        if (current.hold.authorization.max_input_tokens >= maxInputTokens && Date.now() < current.adoptableUntil) return;
+        if (current.hold.authorization.max_input_tokens >= maxInputTokens && now < current.adoptableUntil) return;
         clearTimeout(current.timer);
         giveBack([current.hold.requestId], 'too small for the requests now coming');
       }
       const slot: Slot = { state: 'taking' };
       slots.set(shapeKey, slot);
       const requestId = crypto.randomUUID();
-      const sentAt = Date.now();
+      const sentAt = now;
       const leave = () => {
         if (keys.get(keyHash)?.get(shapeKey) === slot) keys.get(keyHash)!.delete(shapeKey);
       };

@@ -106,6 +106,8 @@ export interface AuthorizeOptions {
   guess?: Authorized | undefined;
   /** Take the next hold ahead for this key and shape (READY_HOLDS; metered routes only). */
   ahead?: boolean | undefined;
+  /** The request came within a window of the key's last one of its shape (see ready-holds.ts). */
+  again?: boolean | undefined;
   /** The hold taken ahead this request adopts: its authorization, and its request id from now on. */
   ready?: ReadyHold | undefined;
 }
@@ -225,16 +227,19 @@ function readied(
     throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
   }
   const { keyHash, maxInputTokens: _bound, ...shape } = input;
-  services.warmKeys.remember(keyHash, { ...shape, clientIp: ip }, result, ampleRateLimit);
-  if (options.ahead && ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2) {
+  const requestShape = { ...shape, clientIp: ip };
+  services.warmKeys.remember(keyHash, requestShape, result, ampleRateLimit);
+  if (options.ahead) {
     // Room for twice this request's input: a conversation grows from one request to the
     // next. Taken once this request's answer is complete, so it never competes with it;
     // and not while the instance is busy (authorizations go together then, and holds
     // taken ahead would only add to what the database does).
+    const worthOne = ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2;
     c.var.hold!.whenClosed(() =>
       setTimeout(() => {
-        if (services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
-        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit);
+        services.readyHolds.finished(keyHash, requestShape);
+        if (!worthOne || services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
+        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit, options.again ?? false);
       }, 0),
     );
   }

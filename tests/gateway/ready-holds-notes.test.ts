@@ -1,28 +1,50 @@
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Authorization } from '../../lib/billing/ledger.ts';
 import { createReadyHolds } from '../../lib/gateway/ready-holds.ts';
 
 // What the instance notes of a key's requests to decide whether a hold taken
-// ahead is worth its two database calls. The calls themselves are counted, not
-// made (the gateway tests in ready-holds.test.ts make them for real).
+// ahead is worth its two database calls, and what it keeps. The calls
+// themselves are counted, not made (the gateway tests in ready-holds.test.ts
+// make them for real).
 
-function instance(readySeconds = 5) {
-  const asked: Array<number | undefined> = [];
+const authorized = { status: 'authorized', max_input_tokens: 1_000 } as unknown as Authorization;
+const refused = { status: 'refused' } as unknown as Authorization;
+
+function instance(readySeconds = 5, answer: () => Promise<Authorization> = () => new Promise(() => {})) {
+  const asked: Array<{ keyHash: string; cap: number | undefined }> = [];
+  const returned: string[] = [];
   const readyHolds = createReadyHolds({
     authorizeAhead: (input) => {
-      asked.push(input.maxOutputTokens);
-      return new Promise(() => {});
+      asked.push({ keyHash: input.keyHash, cap: input.maxOutputTokens });
+      return answer();
     },
-    returnHolds: async () => 0,
+    returnHolds: async (requestIds) => {
+      returned.push(...requestIds);
+      return requestIds.length;
+    },
     readySeconds,
     waitUntil: () => {},
     log: () => {},
   });
-  const request = (maxOutputTokens: number) => {
-    readyHolds.take('key', { model: 'm', maxOutputTokens }, 10);
-    readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens, maxInputTokens: 20 }, true);
+  const shape = (cap: number) => ({ model: 'm', maxOutputTokens: cap });
+  /** One authorized request of the key, its answer lasting `lastsMs`; what `take` gave it. */
+  const request = (cap: number, { key = 'key', lastsMs = 0 } = {}) => {
+    const taken = readyHolds.take(key, shape(cap), 10);
+    vi.advanceTimersByTime(lastsMs);
+    readyHolds.finished(key, shape(cap));
+    readyHolds.refill({ keyHash: key, model: 'm', maxOutputTokens: cap, maxInputTokens: 20 }, true, taken.again);
+    return taken;
   };
-  return { asked, readyHolds, request };
+  const caps = () => asked.map((each) => each.cap);
+  return { asked, caps, returned, readyHolds, request, shape };
 }
+
+/** Lets the answers of calls already made arrive. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+});
 
 afterEach(() => {
   vi.useRealTimers();
@@ -30,34 +52,118 @@ afterEach(() => {
 
 describe('holds taken ahead: which requests earn one', () => {
   it('a request alone in its window takes none; the second within the window does', () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
-    const { asked, request } = instance(5);
+    const { caps, request } = instance(5);
     request(50);
-    expect(asked).toEqual([]);
+    expect(caps()).toEqual([]);
     vi.advanceTimersByTime(5_001);
     request(50);
-    expect(asked).toEqual([]);
+    expect(caps()).toEqual([]);
     vi.advanceTimersByTime(4_000);
     request(50);
-    expect(asked).toEqual([50]);
+    expect(caps()).toEqual([50]);
   });
 
-  it('notes at most 32 shapes per key, forgetting the oldest first', () => {
-    const { asked, request, readyHolds } = instance();
-    for (let cap = 1; cap <= 40; cap++) readyHolds.take('key', { model: 'm', maxOutputTokens: cap }, 10);
-    // The first shapes were forgotten: a second request of one is alone again.
-    request(1);
-    expect(asked).toEqual([]);
-    // The latest are still noted.
-    request(40);
-    expect(asked).toEqual([40]);
+  it('the window counts from when the last request finished: answers longer than the window still earn one', () => {
+    const { caps, request } = instance(5);
+    // An agent working one request at a time, each answer 15 s long, the next sent half a second later.
+    request(50, { lastsMs: 15_000 });
+    vi.advanceTimersByTime(500);
+    request(50, { lastsMs: 15_000 });
+    expect(caps()).toEqual([50]);
+  });
+
+  it('a request arriving while another of its shape is answered comes within the window', () => {
+    const { caps, readyHolds, request, shape } = instance(5);
+    request(50);
+    vi.advanceTimersByTime(60_000);
+    // Two at once after a long pause: the first is alone, the second arrived as the first did.
+    const first = readyHolds.take('key', shape(50), 10);
+    const second = readyHolds.take('key', shape(50), 10);
+    expect([first.again, second.again]).toEqual([false, true]);
+    expect(caps()).toEqual([]);
+  });
+
+  it('a key refused a hold ahead is not asked again for a minute, then is', async () => {
+    let answer = refused;
+    const { caps, request } = instance(5, async () => answer);
+    request(50);
+    request(50);
+    await settle();
+    expect(caps()).toEqual([50]);
+    request(50);
+    vi.advanceTimersByTime(30_000);
+    request(50);
+    request(50);
+    expect(caps()).toEqual([50]);
+    answer = authorized;
+    vi.advanceTimersByTime(30_001);
+    // Alone in its window after the pause; the next is not.
+    request(50);
+    expect(caps()).toEqual([50]);
+    request(50);
+    expect(caps()).toEqual([50, 50]);
   });
 
   it('a refused key forgets what was noted', () => {
-    const { asked, request, readyHolds } = instance();
+    const { caps, request, readyHolds } = instance();
     request(50);
     readyHolds.forget('key');
     request(50);
-    expect(asked).toEqual([]);
+    expect(caps()).toEqual([]);
+  });
+});
+
+describe('holds taken ahead: what the instance keeps', () => {
+  it('notes at most 32 shapes per key, the least recently used forgotten first', () => {
+    const { caps, request, readyHolds, shape } = instance();
+    for (let cap = 1; cap <= 40; cap++) readyHolds.finished('key', shape(cap));
+    // The first shapes were forgotten: a second request of one is alone again.
+    request(1);
+    expect(caps()).toEqual([]);
+    // The latest are still noted.
+    request(40);
+    expect(caps()).toEqual([40]);
+    // A shape in use stays noted while others come and go.
+    for (let cap = 100; cap <= 140; cap++) {
+      request(40);
+      readyHolds.finished('key', shape(cap));
+    }
+    expect(caps()).toEqual([40]);
+    const again = readyHolds.take('key', shape(40), 10);
+    expect(again.again).toBe(true);
+  });
+
+  it('requests with keys that do not exist, or with many other keys, never push out a hold that is ready', async () => {
+    const { caps, readyHolds, request, returned, shape } = instance(5, async () => authorized);
+    request(50);
+    request(50);
+    await settle();
+    expect(caps()).toEqual([50]);
+    // Keys nobody has: take() is called before the key is checked, and notes nothing for them.
+    for (let i = 0; i < 20_000; i++) readyHolds.take(`junk-${i}`, shape(50), 10);
+    // Many real keys, each used once.
+    for (let i = 0; i < 20_000; i++) request(50, { key: `other-${i}` });
+    expect(caps()).toEqual([50]);
+    expect(returned).toEqual([]);
+    const { hold, again } = readyHolds.take('key', shape(50), 10);
+    expect(hold?.authorization).toBe(authorized);
+    expect(again).toBe(true);
+  });
+
+  it('holds ready for many keys at once: when the instance keeps all it may, no more are taken and none is given back', async () => {
+    const { asked, readyHolds, request, returned, shape } = instance(5, async () => authorized);
+    for (let i = 0; i < 10_001; i++) {
+      request(50, { key: `busy-${i}` });
+      request(50, { key: `busy-${i}` });
+    }
+    await settle();
+    expect(asked).toHaveLength(10_000);
+    expect(asked.at(-1)?.keyHash).toBe('busy-9999');
+    expect(returned).toEqual([]);
+    expect(readyHolds.take('busy-0', shape(50), 10).hold).toBeDefined();
+    // Once one is adopted, its key's place is free again for another.
+    request(50, { key: 'busy-10000' });
+    await settle();
+    expect(asked.at(-1)?.keyHash).toBe('busy-10000');
   });
 });
