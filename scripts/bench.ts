@@ -365,10 +365,12 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
       const aheadGateway = await startGatewayProcess({ ...environment, READY_HOLDS: 'on' });
       try {
         // One request at a time, each process on its own event loop as in production; a pause
-        // after each lets its settlement go (untimed), so it does not compete with the next.
+        // after each lets its settlement go (untimed), so it does not compete with the next:
+        // the settlement waits out its batch window, then takes one database round trip.
+        const settleWindowMs = Number(process.env.SETTLE_BATCH_WINDOW_MS ?? 10);
         const agent = new Agent({ keepAlive: true, maxSockets: 1 });
         const sequential = async (next: LoadRequest) =>
-          summary(await sampleSequentially(() => timeWhole(agent, next), { warm: 20, count: rounds, pause: pauseOf(15) }));
+          summary(await sampleSequentially(() => timeWhole(agent, next), { warm: 20, count: rounds, pause: pauseOf(settleWindowMs + 25) }));
         console.log(`\nSequential requests, ${rounds} each, gateway and bare proxy each in its own process, warm key, local stack (ms)\n`);
         console.log('                                     p50      p99   added p50');
         for (const stream of [false, true]) {
