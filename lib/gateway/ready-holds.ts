@@ -95,14 +95,24 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
   const idle = (slots: Map<string, Slot>, now: number) =>
     [...slots.values()].every((slot) => slot.state === 'declined' && now >= slot.until);
 
+  /** Drops a key left with no slots (callbacks still on their way keep a slot in the map). */
+  const prune = (keyHash: string, slots: Map<string, Slot>) => {
+    if (slots.size === 0 && keys.get(keyHash) === slots) keys.delete(keyHash);
+  };
+
   /** The key's slots with room for this shape, or undefined when the instance keeps all it may. */
   const slotsWithRoom = (keyHash: string, shapeKey: string, now: number) => {
     let slots = keys.get(keyHash);
     if (!slots) {
       if (keys.size >= maxKeys) {
-        const spare = [...keys].find(([, each]) => idle(each, now));
-        if (!spare) return undefined;
-        keys.delete(spare[0]);
+        let spare: string | undefined;
+        for (const [each, eachSlots] of keys) {
+          if (!idle(eachSlots, now)) continue;
+          spare = each;
+          break;
+        }
+        if (spare === undefined) return undefined;
+        keys.delete(spare);
       }
       slots = new Map();
       keys.set(keyHash, slots);
@@ -149,12 +159,18 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       }
       clearTimeout(slot.timer);
       slots!.delete(shapeKey);
+      prune(keyHash, slots!);
       return { hold: slot.hold, again: true };
     },
 
-    /** An authorized request of this key and shape finished: the next one's window counts from now. */
-    finished(keyHash: string, shape: RequestShape): void {
-      note(keyHash, shapeOf(shape), Date.now(), true);
+    /**
+     * An authorized request of this key and shape finished: the next one's
+     * window counts from now. Returns whether the key and shape were still
+     * noted: not if the key was refused (forgotten) while the request ran, so
+     * what `take` said of it then no longer earns a hold ahead.
+     */
+    finished(keyHash: string, shape: RequestShape): boolean {
+      return note(keyHash, shapeOf(shape), Date.now(), true) !== undefined;
     },
 
     /**
@@ -192,16 +208,19 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
             if (authorization.status !== 'authorized') {
               // Refused (a key whose policy counts what is in flight, say): not asked again for a while.
               if (keys.get(keyHash) === slots && !slots.has(shapeKey)) slots.set(shapeKey, { state: 'declined', until: Date.now() + declinedForMs });
+              prune(keyHash, slots);
               return;
             }
             const adoptableUntil = sentAt + readySeconds * 1000;
             // The key forgotten meanwhile (refused, or evicted): its slots are no longer the key's.
             if (authorization.replayed || keys.get(keyHash) !== slots) {
+              prune(keyHash, slots);
               giveBack([requestId], 'the key was refused while the hold was being taken');
               return;
             }
             const timer = setTimeout(() => {
               if (slots.get(shapeKey) === ready) slots.delete(shapeKey);
+              prune(keyHash, slots);
               giveBack([requestId], 'not adopted in time');
             }, Math.max(0, adoptableUntil - Date.now()));
             // Never what keeps a process alive.
@@ -211,6 +230,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
           },
           (error: unknown) => {
             leave();
+            prune(keyHash, slots);
             log({ level: 'warn', event: 'ready_hold_not_taken', requestId, error: (error as Error).message });
             giveBack([requestId], 'the call that took it failed');
           },

@@ -222,12 +222,14 @@ function readied(
   options: AuthorizeOptions,
 ): Authorized {
   const { services } = c.var;
-  if (c.req.raw.signal.aborted) {
-    c.var.hold!.release('the client left before the request was authorized', 'aborted');
-    throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
-  }
   const { keyHash, maxInputTokens: _bound, ...shape } = input;
   const requestShape = { ...shape, clientIp: ip };
+  if (c.req.raw.signal.aborted) {
+    c.var.hold!.release('the client left before the request was authorized', 'aborted');
+    // Authorized all the same: the key's next request counts its window from now.
+    if (options.ahead) services.readyHolds.finished(keyHash, requestShape);
+    throw new GatewayError(499, 'client_closed_request', 'The client closed the request.');
+  }
   services.warmKeys.remember(keyHash, requestShape, result, ampleRateLimit);
   if (options.ahead) {
     // Room for twice this request's input: a conversation grows from one request to the
@@ -237,9 +239,10 @@ function readied(
     const worthOne = ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2;
     c.var.hold!.whenClosed(() =>
       setTimeout(() => {
-        services.readyHolds.finished(keyHash, requestShape);
+        // Not if the key was refused while this request ran: `again` was said before that.
+        const stillNoted = services.readyHolds.finished(keyHash, requestShape);
         if (!worthOne || services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
-        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit, options.again ?? false);
+        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit, stillNoted && (options.again ?? false));
       }, 0),
     );
   }

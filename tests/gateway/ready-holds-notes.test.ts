@@ -11,11 +11,11 @@ const authorized = { status: 'authorized', max_input_tokens: 1_000 } as unknown 
 const refused = { status: 'refused' } as unknown as Authorization;
 
 function instance(readySeconds = 5, answer: () => Promise<Authorization> = () => new Promise(() => {})) {
-  const asked: Array<{ keyHash: string; cap: number | undefined }> = [];
+  const asked: Array<{ keyHash: string; cap: number | undefined; requestId: string }> = [];
   const returned: string[] = [];
   const readyHolds = createReadyHolds({
     authorizeAhead: (input) => {
-      asked.push({ keyHash: input.keyHash, cap: input.maxOutputTokens });
+      asked.push({ keyHash: input.keyHash, cap: input.maxOutputTokens, requestId: input.requestId });
       return answer();
     },
     returnHolds: async (requestIds) => {
@@ -80,7 +80,12 @@ describe('holds taken ahead: which requests earn one', () => {
     const first = readyHolds.take('key', shape(50), 10);
     const second = readyHolds.take('key', shape(50), 10);
     expect([first.again, second.again]).toEqual([false, true]);
-    expect(caps()).toEqual([]);
+    // Both finish: only the second earns a hold ahead.
+    for (const taken of [first, second]) {
+      expect(readyHolds.finished('key', shape(50))).toBe(true);
+      readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, true, taken.again);
+    }
+    expect(caps()).toEqual([50]);
   });
 
   it('a key refused a hold ahead is not asked again for a minute, then is', async () => {
@@ -95,11 +100,14 @@ describe('holds taken ahead: which requests earn one', () => {
     request(50);
     request(50);
     expect(caps()).toEqual([50]);
-    answer = authorized;
-    vi.advanceTimersByTime(30_001);
-    // Alone in its window after the pause; the next is not.
+    vi.advanceTimersByTime(29_999);
+    // Alone in its window, then one that is not, a millisecond before the minute is over.
+    request(50);
     request(50);
     expect(caps()).toEqual([50]);
+    answer = authorized;
+    // The minute is over (counted from the refusal): the next request within the window asks again.
+    vi.advanceTimersByTime(2);
     request(50);
     expect(caps()).toEqual([50, 50]);
   });
@@ -110,6 +118,36 @@ describe('holds taken ahead: which requests earn one', () => {
     readyHolds.forget('key');
     request(50);
     expect(caps()).toEqual([]);
+  });
+
+  it('a key refused while one of its requests runs: that request, once finished, takes no hold ahead', () => {
+    const { caps, request, readyHolds, shape } = instance();
+    request(50);
+    const taken = readyHolds.take('key', shape(50), 10);
+    expect(taken.again).toBe(true);
+    // A rate limit crossed by another of the key's requests meanwhile.
+    readyHolds.forget('key');
+    // As the gateway does once the request's answer is complete.
+    const stillNoted = readyHolds.finished('key', shape(50));
+    expect(stillNoted).toBe(false);
+    readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, true, stillNoted && taken.again);
+    expect(caps()).toEqual([]);
+    // The key's requests from then on earn one as a new key's would.
+    request(50);
+    expect(caps()).toEqual([50]);
+  });
+
+  it('a refused key gives back the hold it had ready', async () => {
+    const { asked, request, readyHolds, returned, shape } = instance(5, async () => authorized);
+    request(50);
+    request(50);
+    await settle();
+    expect(asked).toHaveLength(1);
+    expect(returned).toEqual([]);
+    readyHolds.forget('key');
+    await settle();
+    expect(returned).toEqual([asked[0]!.requestId]);
+    expect(readyHolds.take('key', shape(50), 10).hold).toBeUndefined();
   });
 });
 
