@@ -82,6 +82,43 @@ const modelLikeUpstreamMs = 20;
 const fmt = (value: number) => value.toFixed(2).padStart(7);
 const plus = (value: number) => `${value >= 0 ? '+' : ''}${value.toFixed(2)}`;
 
+/**
+ * A PostgREST function that does nothing (`select 1`), made in the bench's own
+ * throwaway database, and a call of it with the gateway's HTTP client and service
+ * key; resolves once PostgREST has loaded it.
+ */
+async function nothingCall(stack: Awaited<ReturnType<typeof startLocalSupabase>>): Promise<(base: string) => Promise<void>> {
+  const client = new pg.Client({ connectionString: stack.databaseUrl });
+  await client.connect();
+  try {
+    await client.query(`create or replace function public.bench_nothing() returns integer language sql as 'select 1'`);
+    await client.query('revoke all on function public.bench_nothing() from public, anon, authenticated');
+    await client.query('grant execute on function public.bench_nothing() to service_role');
+    await client.query(`notify pgrst, 'reload schema'`);
+  } finally {
+    await client.end();
+  }
+  const outbound = benchOutboundFetch();
+  const call = async (base: string) => {
+    const response = await outbound(`${base}/rpc/bench_nothing`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', apikey: stack.serviceRoleKey, authorization: `Bearer ${stack.serviceRoleKey}` },
+      body: '{}',
+    });
+    const text = await response.text();
+    if (!response.ok) throw new Error(`bench_nothing: ${response.status} ${text}`);
+  };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await call(stack.postgrestUrl);
+      return call;
+    } catch (error) {
+      if (attempt >= 50) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+}
+
 /** The fast path's targets, each with this run's figures (filled in by the sections that measure them). */
 const targets = {
   'added p50, non-streamed, local stack: <= 3 ms': [] as string[],
@@ -216,6 +253,19 @@ async function main() {
     const authorize = summary(await time(authorizeOnly, rounds));
     for (const requestId of opened) await services.ledger.settleRequest({ requestId, outcome: 'failed', usage: {} });
     console.log(`  of which authorize_request RPC    ${fmt(authorize.p50)}  ${fmt(authorize.p90)}  ${fmt(authorize.p99)}  ${fmt(authorize.mean)}   (one PostgREST round trip that commits a hold)`);
+    // The floor under any database answer: a PostgREST call to a function that
+    // reads and writes nothing, through the router as authorize goes, and
+    // straight to PostgREST. A request that waits for the database waits at least this.
+    {
+      const nothing = await nothingCall(stack);
+      const viaRouter = summary(await time(() => nothing(`${stack.supabaseUrl}/rest/v1`), rounds));
+      const straight = summary(await time(() => nothing(stack.postgrestUrl), rounds));
+      console.log(`  a PostgREST call doing nothing    ${fmt(viaRouter.p50)}  ${fmt(viaRouter.p90)}  ${fmt(viaRouter.p99)}  ${fmt(viaRouter.mean)}   (select 1, through the router: the floor of any database answer here)`);
+      console.log(`  the same, straight to PostgREST   ${fmt(straight.p50)}  ${fmt(straight.p90)}  ${fmt(straight.p99)}  ${fmt(straight.mean)}   (without the router standing in for Supabase's API gateway)`);
+      targets['added p50, non-streamed, local stack: <= 3 ms'].push(
+        `floor for a request that waits for the database: a PostgREST call doing nothing p50 ${viaRouter.p50.toFixed(2)} (through the router; ${straight.p50.toFixed(2)} straight to PostgREST), authorize_request ${authorize.p50.toFixed(2)}`,
+      );
+    }
 
     // Time to first byte in this process, the database 20 ms away: the same rows as the
     // latency part's, without the hops between processes.

@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { admin, createCustomer, createModel } from '../support/supabase.ts';
+
+// A SQL-language function with `set search_path` is never inlined, and
+// PostgreSQL before 18 plans its body again at every call; PL/pgSQL keeps its
+// plans for the session. What every request runs (authorize, settle, holds
+// taken ahead and given back) calls no SQL-language function, counted by
+// PostgreSQL itself (track_functions) in a transaction that is rolled back.
+
+describe('the functions every request runs', () => {
+  it('call no SQL-language function, which would be planned again at each call', async () => {
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const model = await createModel({ input: 1_000_000, output: 2_000_000 });
+    const item = (requestId: string) => ({ request_id: requestId, key_hash: customer.keyHash, model, max_input_tokens: 100, max_output_tokens: 50 });
+    const settlement = (requestId: string) => ({ request_id: requestId, outcome: 'completed', usage: { input: 10, output: 20 }, usage_source: 'provider' });
+    const client = await admin().connect();
+    // One of each call the gateway makes for its requests.
+    const requests = async () => {
+      const [one, batched, ahead] = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+      const { rows: [authorized] } = await client.query('select public.authorize_request($1, $2, $3, 100, 50) as result', [one, customer.keyHash, model]);
+      expect(authorized.result.status).toBe('authorized');
+      const { rows: [settled] } = await client.query('select public.settle_requests($1) as result', [JSON.stringify([settlement(one)])]);
+      expect(settled.result).toEqual([expect.objectContaining({ ok: true })]);
+      const { rows: [batch] } = await client.query('select public.authorize_requests($1) as result', [JSON.stringify([item(batched)])]);
+      expect(batch.result).toEqual([expect.objectContaining({ ok: true, result: expect.objectContaining({ status: 'authorized' }) })]);
+      await client.query(`select public.settle_request($1, 'completed', '{"input": 10, "output": 20}', 'provider', null)`, [batched]);
+      const { rows: [taken] } = await client.query('select public.authorize_ahead($1, 10) as result', [JSON.stringify([item(ahead)])]);
+      expect(taken.result).toEqual([expect.objectContaining({ ok: true, result: expect.objectContaining({ status: 'authorized' }) })]);
+      const { rows: [returned] } = await client.query('select public.return_ready_holds($1) as result', [[ahead]]);
+      expect(returned.result).toBe(1);
+    };
+    const counted = async () => {
+      const { rows } = await client.query<{ name: string; language: string; calls: string }>(
+        `select p.oid::regprocedure::text as name, l.lanname as language, s.calls
+           from pg_stat_xact_user_functions s
+           join pg_proc p on p.oid = s.funcid
+           join pg_language l on l.oid = p.prolang`,
+      );
+      return rows;
+    };
+    try {
+      await client.query('begin');
+      await client.query(`set local track_functions = 'all'`);
+      // The first round plans each statement of the session, and planning folds
+      // immutable calls with constant arguments (private.token_buckets()) once;
+      // what the second round calls is what every request calls.
+      await requests();
+      const before = new Map((await counted()).map((row) => [row.name, Number(row.calls)]));
+      await requests();
+      const each = (await counted()).filter((row) => Number(row.calls) > (before.get(row.name) ?? 0));
+      const called = each.map((row) => row.name);
+      // What was counted is what ran: the entry points and the helpers under them.
+      expect(called).toEqual(expect.arrayContaining([
+        expect.stringMatching(/^authorize_request\(/),
+        'settle_requests(jsonb)',
+        'authorize_requests(jsonb)',
+        expect.stringMatching(/^authorize_ahead\(/),
+        expect.stringMatching(/^return_ready_holds\(/),
+        expect.stringMatching(/^private\.apply_price_multiplier\(/),
+        expect.stringMatching(/^private\.settle_one\(/),
+      ]));
+      expect(each.filter((row) => row.language === 'sql').map((row) => row.name)).toEqual([]);
+    } finally {
+      await client.query('rollback');
+      client.release();
+    }
+  });
+});
