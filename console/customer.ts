@@ -5,7 +5,9 @@ import { cents, dollars, el, section, table, when } from './format.ts';
 
 // The customer's page. Everything is read through row-level security with the
 // user's session and changed through the database's own grants and functions
-// (create_api_key, revoke_api_key, update_api_key_policy, the threshold column).
+// (create_api_key, update_api_key_policy, the threshold column); a key is
+// revoked through the gateway (POST /console/keys/{id}/revoke), which calls
+// revoke_api_key as the user and then tells every instance.
 
 async function must<T>(query: PromiseLike<{ data: T | null; error: { message: string } | null }>): Promise<T> {
   const { data, error } = await query;
@@ -137,8 +139,16 @@ export function customerView(supabase: SupabaseClient, userId: string): HTMLElem
     });
     const revoke = (id: string) => async () => {
       if (!confirm('Revoke this key? Requests with it will be refused.')) return;
-      const { error } = await supabase.rpc('revoke_api_key', { p_key_id: id });
-      if (error) alert(`Not revoked: ${error.message}`);
+      // Through the gateway, which revokes it as this user and then tells every instance
+      // (a hold taken ahead for the key is refused at once, not at the end of its window).
+      const { data: { session } } = await supabase.auth.getSession();
+      const response = await fetch(`/console/keys/${encodeURIComponent(id)}/revoke`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${session?.access_token ?? ''}` },
+      });
+      const answer = (await response.json().catch(() => ({}))) as { error?: { message?: string }; note?: string };
+      if (!response.ok) alert(`Not revoked: ${answer.error?.message ?? `HTTP ${response.status}`}`);
+      else if (answer.note) alert(`Revoked. ${answer.note}`);
       await keys.reload();
     };
     const limits = (row: Record<string, string | number | null>) => async () => {

@@ -13,6 +13,8 @@ export interface Services {
   ledger: Ledger;
   /** The service-role PostgREST client, for calls outside the ledger (Stripe events). */
   database: RpcClient;
+  /** PostgREST with a signed-in user's session (and the anon key): their grants and row-level security apply. */
+  asUser: (accessToken: string) => RpcClient;
   /** Reads the public price list and its aliases. */
   listModels: () => Promise<{ models: ModelPrice[]; aliases: Array<{ alias: string; model_id: string }> }>;
   /** Upstream calls go through this fetch. */

@@ -10,6 +10,7 @@ import { anthropicMessages } from './routes/anthropic-messages.ts';
 import { anthropicCountTokens } from './routes/count-tokens.ts';
 import { geminiGenerateContent } from './routes/gemini-generate-content.ts';
 import { retrieveResponse, responses } from './routes/responses.ts';
+import { revokeKey } from './routes/revoke-key.ts';
 import { settlementDrain } from './routes/settlement-drain.ts';
 import { stripeWebhook } from './routes/stripe-webhook.ts';
 
@@ -71,6 +72,8 @@ export function createApp(services: Services): Hono<AppEnv> {
     if (!config.SUPABASE_ANON_KEY) throw new GatewayError(503, 'console_not_configured', 'SUPABASE_ANON_KEY is not set: the console cannot reach Supabase.');
     return c.json({ supabaseUrl: config.SUPABASE_PUBLIC_URL ?? config.SUPABASE_URL, anonKey: config.SUPABASE_ANON_KEY });
   });
+  // The console revokes keys here: the database as the user, then the mark every instance checks (see the route).
+  app.post('/console/keys/:id/revoke', revokeKey);
   app.get('/v1/models', models);
   app.get('/v1/credits', credits);
   app.post('/v1/chat/completions', chatCompletions);

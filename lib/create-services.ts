@@ -33,11 +33,10 @@ export interface ServiceOptions {
 export function createServices(config: Config, options: ServiceOptions): Services {
   const key = config.SUPABASE_SERVICE_ROLE_KEY;
   const outbound = options.outboundFetch ?? ((input, init) => fetch(input, init));
-  const database = new PostgrestClient(new URL('rest/v1', config.SUPABASE_URL.replace(/\/?$/, '/')).toString(), {
-    headers: { apikey: key, authorization: `Bearer ${key}` },
-    // Every database call has a deadline: a stalled database is an error, never a hang.
-    fetch: fetchWithDeadline(options.databaseFetch ?? outbound, config.DATABASE_TIMEOUT_MS),
-  });
+  const restUrl = new URL('rest/v1', config.SUPABASE_URL.replace(/\/?$/, '/')).toString();
+  // Every database call has a deadline: a stalled database is an error, never a hang.
+  const databaseFetch = fetchWithDeadline(options.databaseFetch ?? outbound, config.DATABASE_TIMEOUT_MS);
+  const database = new PostgrestClient(restUrl, { headers: { apikey: key, authorization: `Bearer ${key}` }, fetch: databaseFetch });
   const log = options.log ?? ((entry: Record<string, unknown>) => console.error(JSON.stringify(entry)));
   const upstash =
     config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
@@ -86,6 +85,8 @@ export function createServices(config: Config, options: ServiceOptions): Service
     activity: { requests: 0 },
     ledger,
     database,
+    asUser: (accessToken) =>
+      new PostgrestClient(restUrl, { headers: { apikey: config.SUPABASE_ANON_KEY ?? '', authorization: `Bearer ${accessToken}` }, fetch: databaseFetch }),
     listModels: async () => {
       const [models, aliases] = await Promise.all([
         database.from('model_prices').select('*').order('id').retry(false),

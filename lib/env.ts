@@ -71,12 +71,13 @@ const environmentSchema = z.object({
   /** Authorization calls one instance has in flight at once; those arriving beyond them go together in one call. */
   AUTHORIZE_IN_FLIGHT: z.coerce.number().int().min(1).max(1_000).default(1),
   /**
-   * "on": after a warm request, take the key's next request's hold ahead of time
-   * (see README, "Holds taken ahead"), so that request waits for no database
-   * round trip. Off by default: a key revoked (or a price changed) reaches a hold
-   * already taken only when its window ends.
+   * After a warm request, take the key's next request's hold ahead of time (see
+   * README, "Holds taken ahead"), so that request waits for no database round
+   * trip. "auto" (the default): only with Upstash Redis, where the revocation
+   * route's mark reaches a hold already taken at once. "on": also without Redis,
+   * where a revoked key reaches a hold already taken only when its window ends.
    */
-  READY_HOLDS: z.enum(['on', 'off']).default('off'),
+  READY_HOLDS: z.enum(['auto', 'on', 'off']).default('auto'),
   /** How long a hold taken ahead may be adopted before it is given back. */
   READY_HOLD_SECONDS: z.coerce.number().int().min(1).max(60).default(10),
   /** Bearer secret of the internal routes (the outbox drain); Vercel Cron sends it. Unset: those routes answer 503. */
@@ -84,6 +85,15 @@ const environmentSchema = z.object({
 });
 
 export type Environment = z.infer<typeof environmentSchema>;
+
+/**
+ * Whether holds are taken ahead (READY_HOLDS): "auto" takes them only with
+ * Upstash Redis, where the revocation route's mark reaches them at once.
+ */
+export function readyHoldsOn(config: Environment): boolean {
+  const redis = config.UPSTASH_REDIS_REST_URL !== undefined && config.UPSTASH_REDIS_REST_TOKEN !== undefined;
+  return config.READY_HOLDS === 'on' || (config.READY_HOLDS === 'auto' && redis);
+}
 
 export interface Config extends Environment {
   /** Every upstream channel, by provider, highest priority first. */

@@ -14,7 +14,7 @@ import { createApp } from '../lib/app.ts';
 import { createApiKeyManager } from '../lib/billing/ledger.ts';
 import { createServices } from '../lib/create-services.ts';
 import { createNodeFetch } from '../node/http-fetch.ts';
-import { loadConfig } from '../lib/env.ts';
+import { loadConfig, readyHoldsOn } from '../lib/env.ts';
 import { buildConsole } from './build-console.ts';
 import { startDemoUpstream } from './demo-upstream.ts';
 import { withPublicFiles } from './serve-public.ts';
@@ -122,6 +122,7 @@ async function main() {
   console.log(`Database            ${stack.databaseUrl}`);
   console.log(`Rate limits         ${config.UPSTASH_REDIS_REST_URL ? `on (${config.UPSTASH_REDIS_REST_URL})` : 'off: install redis-server or set UPSTASH_REDIS_REST_URL'}`);
   console.log(`Settlement outbox   ${config.UPSTASH_REDIS_REST_URL ? 'on, drained every minute (as Vercel Cron does)' : 'off: settlements the database cannot take are only logged'}`);
+  console.log(`Holds taken ahead   ${readyHoldsOn(config) ? 'on: a warm key\'s next request waits for no database round trip' : `off (READY_HOLDS=${config.READY_HOLDS}${config.UPSTASH_REDIS_REST_URL ? '' : ', no Redis'})`}`);
   const consoleUrl = `${gatewayUrl}/console/`;
   console.log(`Console             ${consoleUrl}`);
   console.log(`  sign in as the demo customer:  ${await stack.auth.magicLink('demo@tollgate.local', consoleUrl)}`);

@@ -420,12 +420,12 @@ export function createApiKeyManager(userClient: RpcClient) {
     updateApiKeyPolicy(keyId: string, policy: Partial<KeyPolicy>): Promise<z.infer<typeof keySummarySchema>> {
       return callFunction(userClient, 'update_api_key_policy', { p_key_id: keyId, p_policy: policy }, keySummarySchema);
     },
-    revokeApiKey(keyId: string): Promise<{ id: string; revoked_at: string }> {
+    revokeApiKey(keyId: string): Promise<{ id: string; account_id: string; revoked_at: string }> {
       return callFunction(
         userClient,
         'revoke_api_key',
         { p_key_id: keyId },
-        z.object({ id: z.string(), revoked_at: z.string() }),
+        z.object({ id: z.string(), account_id: z.string(), revoked_at: z.string() }),
       );
     },
   };

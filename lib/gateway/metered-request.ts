@@ -1,6 +1,7 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import type { Authorized } from '../billing/ledger.ts';
+import { readyHoldsOn } from '../env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered, startUpstream, type ProxyPlan, type StartedUpstream } from './proxy.ts';
 import { authorize, clientIp, type AuthorizeInput, type AuthorizeOptions } from './request-helpers.ts';
@@ -29,14 +30,35 @@ export async function authorizeAndProxy(
   const { services, requestId } = c.var;
   const { keyHash, ...rest } = input;
   const shape = { ...rest, clientIp: clientIp(c) };
-  const ahead = services.config.READY_HOLDS === 'on';
+  const ahead = readyHoldsOn(services.config);
   const taken = ahead ? services.readyHolds.take(keyHash, shape, input.maxInputTokens) : undefined;
   const again = taken?.again ?? false;
   const ready = taken?.hold;
   if (ready) {
-    // A hold taken ahead: nothing to wait for, nothing to speculate on.
-    const authorization = await authorize(c, input, { ...options, ahead, again, ready });
-    return proxyMetered(c, authorization, planFor(authorization));
+    c.set('requestId', ready.requestId);
+    // A hold taken ahead: no database round trip. With Redis, the upstream call starts
+    // beside the check of the key's limits and revocation mark, and nothing reaches the
+    // client before that check allows it; without Redis there is nothing to wait for.
+    let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;
+    if (services.rateLimiter) {
+      try {
+        const plan = planFor(ready.authorization);
+        started = { plan, upstream: startUpstream(c, plan) };
+      } catch {
+        // Built after the check instead, as below.
+      }
+    }
+    let authorization: Authorized;
+    try {
+      authorization = await authorize(c, input, { ...options, ahead, again, ready });
+    } catch (error) {
+      if (started) {
+        started.upstream.abort.abort();
+        services.log({ level: 'warn', event: 'ready_hold_refused', requestId: ready.requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });
+      }
+      throw error;
+    }
+    return started ? proxyMetered(c, authorization, started.plan, started.upstream) : proxyMetered(c, authorization, planFor(authorization));
   }
   const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, shape) : undefined;
   let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;

@@ -14,10 +14,27 @@ export interface RateLimitDecision {
   headers: Record<string, string>;
   /** Both limits have at least a tenth of their window left (or none applies). */
   ample: boolean;
+  /** The key was marked revoked (refused, counted against nothing). */
+  revoked?: boolean;
+}
+
+export interface RateLimitOptions {
+  /**
+   * The request adopts a hold taken ahead, which the database will not check
+   * again: Redis is asked even for a key with no limits, for the key's
+   * revocation mark (see `markRevoked`).
+   */
+  revocationCheck?: boolean;
 }
 
 export interface RateLimiter {
-  check(subject: RateLimitSubject, tokens: number): Promise<RateLimitDecision>;
+  /** Both limits, and the key's revocation mark, in one script call; a refused request counts against nothing. */
+  check(subject: RateLimitSubject, tokens: number, options?: RateLimitOptions): Promise<RateLimitDecision>;
+  /**
+   * Marks a key revoked for `ttlMs`, where every instance's next check of it
+   * finds the mark and refuses it. Rejects when Redis does not take it.
+   */
+  markRevoked(key: { keyId: string; accountId: string }, ttlMs: number): Promise<void>;
   /**
    * Tokens learned of after the check (what the hold took beyond the estimate
    * checked): carried in memory and added to this account's next check on this
@@ -43,12 +60,14 @@ export interface RateLimiterOptions {
  * overlaps the sliding window). Both are checked before either is counted, so a
  * refused request counts against nothing.
  *
- * KEYS: requests (current, previous window), tokens (current, previous window).
- * ARGV: request limit, token limit (0: none), tokens asked, previous window's
- * weight, key lifetime in ms. Returns {refused (0 none, 1 requests, 2 tokens),
- * requests used, tokens used}, counting this request when allowed.
+ * KEYS: requests (current, previous window), tokens (current, previous window),
+ * the key's revocation mark. ARGV: request limit, token limit (0: none), tokens
+ * asked, previous window's weight, key lifetime in ms. Returns {refused (0
+ * none, 1 requests, 2 tokens, 3 revoked), requests used, tokens used},
+ * counting this request when allowed.
  */
 const slidingWindowScript = `
+if redis.call('EXISTS', KEYS[5]) == 1 then return {3, 0, 0} end
 local requestLimit = tonumber(ARGV[1])
 local tokenLimit = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
@@ -105,14 +124,18 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
     if (answer.error !== undefined || !response.ok) throw new Error(answer.error ?? `Upstash answered HTTP ${response.status}`);
     return answer.result;
   };
-  return async (keys: string[], args: string[], signal: AbortSignal): Promise<unknown> => {
-    sha ??= sha1Hex(script);
-    try {
-      return await call(['evalsha', await sha, keys.length, ...keys, ...args], signal);
-    } catch (error) {
-      if (!/NOSCRIPT/i.test((error as Error).message)) throw error;
-      return call(['eval', script, keys.length, ...keys, ...args], signal);
-    }
+  return {
+    run: async (keys: string[], args: string[], signal: AbortSignal): Promise<unknown> => {
+      sha ??= sha1Hex(script);
+      try {
+        return await call(['evalsha', await sha, keys.length, ...keys, ...args], signal);
+      } catch (error) {
+        if (!/NOSCRIPT/i.test((error as Error).message)) throw error;
+        return call(['eval', script, keys.length, ...keys, ...args], signal);
+      }
+    },
+    /** One plain command. */
+    call,
   };
 }
 
@@ -122,10 +145,21 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
  * per request. Fails open: if Redis does not answer within the timeout, or
  * answers with an error, the request is allowed and the failure is logged.
  * A key refused for its request rate is remembered in memory until its window
- * turns, so a flood from one key costs no Redis call.
+ * turns, so a flood from one key costs no Redis call. The same script call
+ * finds a key marked revoked (by the revocation route) and refuses it; failing
+ * open, it misses the mark too, and the failure is logged as for the limits.
  */
 export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, fetch: send = (input, init) => fetch(input, init) }: RateLimiterOptions): RateLimiter {
-  const runScript = createScriptRunner(url, token, slidingWindowScript, send);
+  const redis = createScriptRunner(url, token, slidingWindowScript, send);
+  // One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
+  const accountBase = (accountId: string) => `tollgate:rl:{${accountId}}`;
+  const revocationMark = (keyId: string, accountId: string) => `${accountBase(accountId)}:revoked:${keyId}`;
+  /** Aborts after the timeout; the caller clears the timer. */
+  const deadline = () => {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    return { controller, timer };
+  };
   const windowMs = windowSeconds * 1000;
   const blockedUntil = new Map<string, number>();
   const debts = new Map<string, number>();
@@ -152,10 +186,10 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
   };
 
   return {
-    async check(subject, tokens) {
+    async check(subject, tokens, options = {}) {
       const requestLimit = subject.requestsPerMinute ?? 0;
       const tokenLimit = subject.tokensPerMinute ?? 0;
-      if (!requestLimit && !tokenLimit) return { allowed: true, headers: {}, ample: true };
+      if (!requestLimit && !tokenLimit && !options.revocationCheck) return { allowed: true, headers: {}, ample: true };
       const now = Date.now();
       const window = Math.floor(now / windowMs);
       const resetMs = (window + 1) * windowMs - now;
@@ -166,15 +200,19 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       }
       const debt = debts.get(subject.accountId) ?? 0;
       const asked = tokenLimit ? tokens + debt : 0;
-      // One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
-      const base = `tollgate:rl:{${subject.accountId}}`;
-      const keys = [`${base}:r:${subject.keyId}:${window}`, `${base}:r:${subject.keyId}:${window - 1}`, `${base}:t:${window}`, `${base}:t:${window - 1}`];
+      const base = accountBase(subject.accountId);
+      const keys = [
+        `${base}:r:${subject.keyId}:${window}`,
+        `${base}:r:${subject.keyId}:${window - 1}`,
+        `${base}:t:${window}`,
+        `${base}:t:${window - 1}`,
+        revocationMark(subject.keyId, subject.accountId),
+      ];
       const weight = 1 - (now % windowMs) / windowMs;
-      const controller = new AbortController();
-      const timer = setTimeout(() => controller.abort(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      const { controller, timer } = deadline();
       let answer: unknown;
       try {
-        answer = await runScript(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)], controller.signal);
+        answer = await redis.run(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)], controller.signal);
       } catch (error) {
         const reason = controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message;
         log({ level: 'warn', event: 'rate_limit_unavailable', reason });
@@ -187,6 +225,7 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
         return { allowed: true, headers: {}, ample: false };
       }
       const [refused, requests, spent] = answer.map(Number) as [number, number, number];
+      if (refused === 3) return { allowed: false, revoked: true, headers: {}, ample: false };
       const headers = headersFor(subject, requests, spent, resetMs);
       if (refused === 1) {
         blockedUntil.set(subject.keyId, now + resetMs);
@@ -196,6 +235,14 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       if (debt) debts.delete(subject.accountId);
       const ample = (!requestLimit || requestLimit - requests >= requestLimit / 10) && (!tokenLimit || tokenLimit - spent >= tokenLimit / 10);
       return { allowed: true, headers, ample };
+    },
+    async markRevoked({ keyId, accountId }, ttlMs) {
+      const { controller, timer } = deadline();
+      try {
+        await redis.call(['set', revocationMark(keyId, accountId), '1', 'px', Math.max(1, Math.round(ttlMs))], controller.signal);
+      } finally {
+        clearTimeout(timer);
+      }
     },
     owe(subject, tokens) {
       if (!subject.tokensPerMinute || tokens <= 0) return;

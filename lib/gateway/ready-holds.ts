@@ -5,8 +5,6 @@ import { shapeOf, type RequestShape } from './warm-keys.ts';
 export interface ReadyHold {
   requestId: string;
   authorization: Authorized;
-  /** Rate limits left a tenth or more of their window when it was taken. */
-  ampleRateLimit: boolean;
 }
 
 export interface ReadyHoldsOptions {
@@ -180,7 +178,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
      * request alone in its window takes none (the next may well not come within
      * one either).
      */
-    refill(input: Omit<AuthorizeRequestInput, 'requestId'>, ampleRateLimit: boolean, again: boolean): void {
+    refill(input: Omit<AuthorizeRequestInput, 'requestId'>, again: boolean): void {
       if (!again) return;
       const { keyHash, maxInputTokens, ...rest } = input;
       const shapeKey = shapeOf(rest);
@@ -225,7 +223,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
             }, Math.max(0, adoptableUntil - Date.now()));
             // Never what keeps a process alive.
             if (typeof timer === 'object' && timer && 'unref' in timer) (timer as { unref: () => void }).unref();
-            const ready: Slot = { state: 'ready', hold: { requestId, authorization, ampleRateLimit }, adoptableUntil, timer };
+            const ready: Slot = { state: 'ready', hold: { requestId, authorization }, adoptableUntil, timer };
             slots.set(shapeKey, ready);
           },
           (error: unknown) => {

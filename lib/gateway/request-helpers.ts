@@ -175,26 +175,20 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     };
     limitsCache.set(input.keyHash, subject);
     const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
-    if (ready?.ampleRateLimit && known) {
-      // Far from its limits when the hold was taken: counted without waiting, once the
-      // answer is complete (at most one such request per instance, key and shape is
-      // uncounted at a time). Should it have crossed a limit, the key's next requests
-      // wait for their checks again.
-      hold.whenClosed(() =>
-        services.waitUntil(
-          // Counted at this request's own bound, not the hold's room for a longer one.
-          rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices).then((decision) => {
-            if (decision.allowed && decision.ample) return;
-            coolKey(services, input.keyHash);
-            if (!decision.allowed) services.log({ level: 'warn', event: 'rate_limit_crossed_ahead', requestId, limitedBy: decision.limitedBy });
-          }),
-        ),
-      );
-      return readied(c, input, ip, result, true, options);
-    }
-    const decision = early ?? (await rateLimiter.check(subject, heldTokens));
+    // A hold taken ahead: its limits and the key's revocation mark are checked now (beside
+    // the upstream call, see metered-request.ts), counted at this request's own bound, not
+    // the hold's room for a longer one. The database does not see this request again
+    // before it is answered, so this is where a revocation reaches it.
+    const decision = ready
+      ? await rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices, { revocationCheck: true })
+      : (early ?? (await rateLimiter.check(subject, heldTokens)));
     if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
     c.set('rateLimitHeaders', decision.headers);
+    if (decision.revoked) {
+      coolKey(services, input.keyHash);
+      hold.release('the key was revoked');
+      throw new GatewayError(401, 'api_key_revoked', 'This API key has been revoked.');
+    }
     if (!decision.allowed) {
       coolKey(services, input.keyHash);
       // The hold was taken in parallel: release it, nothing is charged.
@@ -242,7 +236,7 @@ function readied(
         // Not if the key was refused while this request ran: `again` was said before that.
         const stillNoted = services.readyHolds.finished(keyHash, requestShape);
         if (!worthOne || services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
-        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, ampleRateLimit, stillNoted && (options.again ?? false));
+        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, stillNoted && (options.again ?? false));
       }, 0),
     );
   }

@@ -32,7 +32,7 @@ function instance(readySeconds = 5, answer: () => Promise<Authorization> = () =>
     const taken = readyHolds.take(key, shape(cap), 10);
     vi.advanceTimersByTime(lastsMs);
     readyHolds.finished(key, shape(cap));
-    readyHolds.refill({ keyHash: key, model: 'm', maxOutputTokens: cap, maxInputTokens: 20 }, true, taken.again);
+    readyHolds.refill({ keyHash: key, model: 'm', maxOutputTokens: cap, maxInputTokens: 20 }, taken.again);
     return taken;
   };
   const caps = () => asked.map((each) => each.cap);
@@ -83,7 +83,7 @@ describe('holds taken ahead: which requests earn one', () => {
     // Both finish: only the second earns a hold ahead.
     for (const taken of [first, second]) {
       expect(readyHolds.finished('key', shape(50))).toBe(true);
-      readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, true, taken.again);
+      readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, taken.again);
     }
     expect(caps()).toEqual([50]);
   });
@@ -130,7 +130,7 @@ describe('holds taken ahead: which requests earn one', () => {
     // As the gateway does once the request's answer is complete.
     const stillNoted = readyHolds.finished('key', shape(50));
     expect(stillNoted).toBe(false);
-    readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, true, stillNoted && taken.again);
+    readyHolds.refill({ keyHash: 'key', model: 'm', maxOutputTokens: 50, maxInputTokens: 20 }, stillNoted && taken.again);
     expect(caps()).toEqual([]);
     // The key's requests from then on earn one as a new key's would.
     request(50);

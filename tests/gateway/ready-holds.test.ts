@@ -3,8 +3,10 @@ import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.t
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel, ledger, type Customer } from '../support/supabase.ts';
 
-// Holds taken ahead (READY_HOLDS=on): a warm key's next request adopts a hold
-// authorized in the background after the previous one.
+// Holds taken ahead (READY_HOLDS=on, here without Redis): a warm key's next
+// request adopts a hold authorized in the background after the previous one.
+// With Redis they are on by default and a revocation reaches them at once
+// (tests/gateway/revocation.test.ts).
 
 let fake: FakeUpstream;
 const gateways: Gateway[] = [];
@@ -97,7 +99,7 @@ describe('holds taken ahead', () => {
     expect(rpcCalls(gateway, 'authorize_request')).toBe(4);
   });
 
-  it('a key revoked while a hold is ready: that hold is still used (the documented bound), the next request is refused, nothing stays held', async () => {
+  it('a key revoked straight in the database while a hold is ready, with no Redis to carry the mark: that hold is still used (the documented bound), the next request is refused, nothing stays held', async () => {
     const gateway = await readyGateway(5);
     const model = await createModel(price, { upstreamModel: 'chat-basic' });
     const customer = await createCustomer({ balance: 100_000_000 });
@@ -142,7 +144,7 @@ describe('holds taken ahead', () => {
     expect((await books(customer.accountId)).held).toBe(0);
   });
 
-  it('off by default: every request is authorized as it arrives', async () => {
+  it('off by default without Redis: every request is authorized as it arrives', async () => {
     const gateway = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1` });
     gateways.push(gateway);
     const model = await createModel(price, { upstreamModel: 'chat-basic' });
