@@ -16,6 +16,8 @@ export interface RateLimitDecision {
   ample: boolean;
   /** The key was marked revoked (refused, counted against nothing). */
   revoked?: boolean;
+  /** Redis did not answer (in time, or sensibly): allowed unchecked, revocation mark unknown. */
+  unavailable?: boolean;
 }
 
 export interface RateLimitOptions {
@@ -147,7 +149,8 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
  * A key refused for its request rate is remembered in memory until its window
  * turns, so a flood from one key costs no Redis call. The same script call
  * finds a key marked revoked (by the revocation route) and refuses it; failing
- * open, it misses the mark too, and the failure is logged as for the limits.
+ * open, it says so (`unavailable`), and the caller that relies on the mark asks
+ * the database instead.
  */
 export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, fetch: send = (input, init) => fetch(input, init) }: RateLimiterOptions): RateLimiter {
   const redis = createScriptRunner(url, token, slidingWindowScript, send);
@@ -216,13 +219,13 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       } catch (error) {
         const reason = controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message;
         log({ level: 'warn', event: 'rate_limit_unavailable', reason });
-        return { allowed: true, headers: {}, ample: false };
+        return { allowed: true, headers: {}, ample: false, unavailable: true };
       } finally {
         clearTimeout(timer);
       }
       if (!Array.isArray(answer) || answer.length !== 3) {
         log({ level: 'warn', event: 'rate_limit_unavailable', reason: `unexpected answer ${JSON.stringify(answer)?.slice(0, 100)}` });
-        return { allowed: true, headers: {}, ample: false };
+        return { allowed: true, headers: {}, ample: false, unavailable: true };
       }
       const [refused, requests, spent] = answer.map(Number) as [number, number, number];
       if (refused === 3) return { allowed: false, revoked: true, headers: {}, ample: false };

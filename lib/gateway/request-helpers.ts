@@ -189,6 +189,17 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
       hold.release('the key was revoked');
       throw new GatewayError(401, 'api_key_revoked', 'This API key has been revoked.');
     }
+    if (ready && decision.unavailable) {
+      // Redis did not answer, so the revocation mark is unknown: the database is asked
+      // instead (one round trip, only while Redis fails). Should it fail too, the hold
+      // still open is released by the app and the upstream call aborted by the caller.
+      const overview = await services.ledger.keyOverview(input.keyHash);
+      if (overview.status === 'refused') {
+        coolKey(services, input.keyHash);
+        hold.release(`the key was refused: ${overview.code}`);
+        throw refusalError(overview, services.config.TOPUP_URL);
+      }
+    }
     if (!decision.allowed) {
       coolKey(services, input.keyHash);
       // The hold was taken in parallel: release it, nothing is charged.

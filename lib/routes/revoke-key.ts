@@ -42,7 +42,10 @@ export async function revokeKey(c: Context<AppEnv>): Promise<Response> {
     if (error instanceof LedgerError && (error.status === 401 || error.status === 403)) {
       throw new GatewayError(401, 'invalid_session', `The session was not accepted: ${error.message}`);
     }
-    throw error;
+    // No answer in time, or one that could not be read: the revocation may have been
+    // committed all the same. Revoking again is harmless, and writes the mark.
+    log({ level: 'error', event: 'revocation_unconfirmed', keyId: id, error: (error as Error).message });
+    throw new GatewayError(503, 'revocation_unconfirmed', 'The database did not confirm the revocation; it may have been made. Revoke the key again to be sure: revoking twice is harmless.');
   }
   let refusedAtOnce = !readyHoldsOn(config) || rateLimiter !== undefined;
   if (rateLimiter) {

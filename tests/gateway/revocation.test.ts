@@ -144,6 +144,58 @@ describe('revoking a key through the gateway', () => {
     expect(await lagging.json()).toEqual({ id: customer.apiKeyId, revoked_at: expect.any(String), refused_at_once: false, note: expect.stringContaining('up to 10 s') });
   });
 
+  it('Redis not answering when a hold taken ahead is adopted: the database is asked instead, and a key revoked there is refused at once', async () => {
+    // A Redis of this test's own, stopped halfway.
+    const own = await startLocalUpstash();
+    const gateway = await gatewayWith({ UPSTASH_REDIS_REST_URL: own.url, UPSTASH_REDIS_REST_TOKEN: own.token });
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 100_000_000 });
+    for (let index = 0; index < 2; index++) expect((await chat(gateway, customer, model)).status).toBe(200);
+    expect((await books(customer.accountId)).events.at(-1)).toEqual({ status: 'held', charged: null });
+    // Revoked straight in the database, where no mark is written; and Redis gone.
+    await admin().query('update public.api_keys set revoked_at = now() where id = $1', [customer.apiKeyId]);
+    await own.stop();
+
+    const refused = await chat(gateway, customer, model);
+    expect({ status: refused.status, authorized: refused.authorized }).toEqual({ status: 401, authorized: false });
+    expect(JSON.parse(refused.body)).toMatchObject({ error: { code: 'api_key_revoked' } });
+    expect(gateway.logs).toContainEqual(expect.objectContaining({ event: 'rate_limit_unavailable' }));
+    expect(gateway.events.filter((event) => event.url.endsWith('/rpc/key_overview'))).toHaveLength(1);
+    const after = await books(customer.accountId);
+    expect({ held: after.held, statuses: after.events.map((event) => event.status) }).toEqual({ held: 0, statuses: ['completed', 'completed', 'failed'] });
+  });
+
+  it('the database not confirming the revocation in time: 503 revocation_unconfirmed, and revoking again answers as the first time would have', async () => {
+    const slowRevoke: typeof fetch = async (input, init) => {
+      const response = await fetch(input, { ...init, signal: null });
+      // The revocation is committed; its answer comes after the gateway stopped waiting.
+      if (String(input).endsWith('/rpc/revoke_api_key') && !slowed.has(String(init?.body))) {
+        slowed.add(String(init?.body));
+        await new Promise((resolve, reject) => {
+          setTimeout(resolve, 1_000);
+          init?.signal?.addEventListener('abort', () => reject(init.signal!.reason));
+        });
+      }
+      return response;
+    };
+    const slowed = new Set<string>();
+    const gateway = await startGateway(
+      { OPENAI_BASE_URL: `${fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey, UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token, DATABASE_TIMEOUT_MS: '300' },
+      { databaseFetch: slowRevoke },
+    );
+    gateways.push(gateway);
+    const customer = await createCustomer();
+    const first = await revoke(gateway, customer.apiKeyId, sessionOf(customer));
+    expect({ status: first.status, body: await first.json() }).toEqual({
+      status: 503,
+      body: { error: expect.objectContaining({ code: 'revocation_unconfirmed', message: expect.stringContaining('Revoke the key again') }) },
+    });
+    const { rows: [key] } = await admin().query('select revoked_at from public.api_keys where id = $1', [customer.apiKeyId]);
+    expect(key.revoked_at).not.toBeNull();
+    const again = (await (await revoke(gateway, customer.apiKeyId, sessionOf(customer))).json()) as { id: string; revoked_at: string; refused_at_once: boolean };
+    expect({ ...again, revoked_at: Date.parse(again.revoked_at) }).toEqual({ id: customer.apiKeyId, revoked_at: (key.revoked_at as Date).getTime(), refused_at_once: true });
+  });
+
   it('Redis not taking the mark: the key is revoked all the same, and the answer and the log say a ready hold may still serve a request', async () => {
     const gateway = await gatewayWith({ UPSTASH_REDIS_REST_URL: 'http://127.0.0.1:9', RATE_LIMIT_TIMEOUT_MS: '200' });
     const customer = await createCustomer();
