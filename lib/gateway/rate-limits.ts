@@ -100,6 +100,24 @@ return {0, requests, spent}
 
 const maxDebtors = 10_000;
 
+// One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
+const accountBase = (accountId: string) => `tollgate:rl:{${accountId}}`;
+
+/**
+ * The Redis key of a key's revocation mark. The database writes the same one
+ * through pg_net (migration 20261129000400), kept as long as `revocationMarkMs`.
+ */
+export const revocationMark = (keyId: string, accountId: string) => `${accountBase(accountId)}:revoked:${keyId}`;
+
+/**
+ * How long a revocation mark stays in Redis: longer than any hold taken ahead
+ * can still be adopted once the key is revoked (READY_HOLD_SECONDS, at most
+ * 60 s, counted from before an authorize_ahead that may be under way when the
+ * revocation commits and may take up to DATABASE_TIMEOUT_MS). After that the
+ * database's own check refuses the key: no hold is taken ahead for it.
+ */
+export const revocationMarkMs = 5 * 60_000;
+
 async function sha1Hex(text: string): Promise<string> {
   const digest = await crypto.subtle.digest('SHA-1', new TextEncoder().encode(text));
   return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, '0')).join('');
@@ -154,9 +172,6 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
  */
 export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, fetch: send = (input, init) => fetch(input, init) }: RateLimiterOptions): RateLimiter {
   const redis = createScriptRunner(url, token, slidingWindowScript, send);
-  // One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
-  const accountBase = (accountId: string) => `tollgate:rl:{${accountId}}`;
-  const revocationMark = (keyId: string, accountId: string) => `${accountBase(accountId)}:revoked:${keyId}`;
   /** Aborts after the timeout; the caller clears the timer. */
   const deadline = () => {
     const controller = new AbortController();

@@ -3,17 +3,9 @@ import type { AppEnv } from '../app-env.ts';
 import { createApiKeyManager, LedgerError } from '../billing/ledger.ts';
 import { GatewayError } from '../errors.ts';
 import { readyHoldsOn } from '../env.ts';
+import { revocationMarkMs } from '../gateway/rate-limits.ts';
 
 const uuidFormat = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-/**
- * How long a revocation mark stays in Redis: longer than any hold taken ahead
- * can still be adopted once the key is revoked (READY_HOLD_SECONDS, at most
- * 60 s, counted from before an authorize_ahead that may be under way when the
- * revocation commits and may take up to DATABASE_TIMEOUT_MS). After that the
- * database's own check refuses the key: no hold is taken ahead for it.
- */
-const markMs = 5 * 60_000;
 
 /**
  * POST /console/keys/{id}/revoke, with the signed-in user's access token as
@@ -50,7 +42,7 @@ export async function revokeKey(c: Context<AppEnv>): Promise<Response> {
   let refusedAtOnce = !readyHoldsOn(config) || rateLimiter !== undefined;
   if (rateLimiter) {
     try {
-      await rateLimiter.markRevoked({ keyId: revoked.id, accountId: revoked.account_id }, markMs);
+      await rateLimiter.markRevoked({ keyId: revoked.id, accountId: revoked.account_id }, revocationMarkMs);
     } catch (error) {
       refusedAtOnce = false;
       log({ level: 'warn', event: 'revocation_not_marked', keyId: revoked.id, error: (error as Error).message });

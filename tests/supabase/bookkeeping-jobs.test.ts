@@ -1,19 +1,7 @@
-import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { admin, createCustomer, createModel, ledger, stack } from '../support/supabase.ts';
+import { inRolledBackTransaction, pgNetStandIn } from '../support/pg-net.ts';
+import { admin, createCustomer, createModel, ledger } from '../support/supabase.ts';
 
-/** Runs work in a transaction that is always rolled back, so a deliberately broken book never leaks to other tests. */
-async function inRolledBackTransaction<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: stack.adminDatabaseUrl });
-  await client.connect();
-  try {
-    await client.query('begin');
-    return await work(client);
-  } finally {
-    await client.query('rollback');
-    await client.end();
-  }
-}
 
 async function alertsOf(accountId: string, kind?: string) {
   const { rows } = await admin().query(
@@ -150,24 +138,6 @@ describe('balance states and low-balance alerts', () => {
 });
 
 describe('deliver_alerts through pg_net', () => {
-  // pg_net's objects, with its exact signatures: http_post queues a request and
-  // returns its id; responses appear in net._http_response.
-  const standIn = `
-    create schema net;
-    create table net.http_request_queue (id bigserial primary key, method text not null, url text not null, headers jsonb not null,
-      body bytea, timeout_milliseconds integer not null);
-    create unlogged table net._http_response (id bigint, status_code integer, content_type text, headers jsonb, content text,
-      timed_out boolean, error_msg text, created timestamptz not null default now());
-    create function net.http_post(url text, body jsonb default '{}'::jsonb, params jsonb default '{}'::jsonb,
-      headers jsonb default '{"Content-Type": "application/json"}'::jsonb, timeout_milliseconds integer default 5000)
-    returns bigint language sql security definer as $$
-      insert into net.http_request_queue (method, url, headers, body, timeout_milliseconds)
-      values ('POST', url, headers, convert_to(body::text, 'UTF8'), timeout_milliseconds) returning id
-    $$;
-    -- As Supabase grants them.
-    grant usage on schema net to postgres, anon, authenticated, service_role;
-    grant execute on function net.http_post(text, jsonb, jsonb, jsonb, integer) to postgres, anon, authenticated, service_role;
-    grant select on net._http_response to postgres;`;
 
   it('does nothing without pg_net, and sends, records and retries with it', async () => {
     const customer = await createCustomer({ balance: 500_000 }); // low: one alert waiting
@@ -178,7 +148,7 @@ describe('deliver_alerts through pg_net', () => {
       const without = await client.query('select public.deliver_alerts(now()) as result');
       expect(without.rows[0].result).toMatchObject({ sent: 0, transport: 'pg_net not installed' });
 
-      await client.query(standIn);
+      await client.query(pgNetStandIn);
       await client.query('select public.deliver_alerts(now())');
       const { rows: [alert] } = await client.query(`select * from public.alerts where account_id = $1 and kind = 'low_balance'`, [customer.accountId]);
       expect(alert).toMatchObject({ delivery_status: 'sent', delivery_attempts: 1 });
