@@ -73,6 +73,21 @@ describe('revocations relayed to Redis through pg_net', () => {
       await client.query('update public.api_keys set revoked_at = now() where id = $1', [third.apiKeyId]);
       expect(await queued(client)).toHaveLength(1);
     });
+    // pg_net failing (some versions raise when their worker is down): the revocation stands, with a warning.
+    const fourth = await createCustomer();
+    await inRolledBackTransaction(async (client) => {
+      await client.query(pgNetStandIn);
+      await client.query(`create or replace function net.http_post(url text, body jsonb default '{}'::jsonb, params jsonb default '{}'::jsonb,
+        headers jsonb default '{}'::jsonb, timeout_milliseconds integer default 5000) returns bigint language plpgsql as $$
+        begin raise exception 'the pg_net worker is not running'; end $$`);
+      await relay(client, 'https://relay.example.test', 'relay-token');
+      const warnings: string[] = [];
+      client.on('notice', (notice) => warnings.push(notice.message ?? ''));
+      await revokeAsOwner(client, fourth);
+      const { rows: [revoked] } = await client.query('select revoked_at from public.api_keys where id = $1', [fourth.apiKeyId]);
+      expect(revoked.revoked_at).not.toBeNull();
+      expect(warnings).toContainEqual(expect.stringContaining('not relayed to Redis: the pg_net worker is not running'));
+    });
     // The relay's token is not readable by customers.
     const { rows: [grants] } = await admin().query(
       `select has_table_privilege('authenticated', 'private.redis_relay', 'select') as authenticated, has_table_privilege('anon', 'private.redis_relay', 'select') as anon`,
