@@ -39,50 +39,22 @@ export async function authorizeAndProxy(
     // A hold taken ahead: no database round trip. With Redis, the upstream call starts
     // beside the check of the key's limits and revocation mark, and nothing reaches the
     // client before that check allows it; without Redis there is nothing to wait for.
-    let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;
-    if (services.rateLimiter) {
-      try {
-        const plan = planFor(ready.authorization);
-        started = { plan, upstream: startUpstream(c, plan) };
-      } catch {
-        // Built after the check instead, as below.
-      }
-    }
-    let authorization: Authorized;
-    try {
-      authorization = await authorize(c, input, { ...options, ahead, again, ready });
-    } catch (error) {
-      if (started) {
-        started.upstream.abort.abort();
-        services.log({ level: 'warn', event: 'ready_hold_refused', requestId: ready.requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });
-      }
-      throw error;
-    }
+    const started = services.rateLimiter ? startEarly(c, planFor, ready.authorization) : undefined;
+    const authorization = await confirm(c, started, 'ready_hold_refused', () => authorize(c, input, { ...options, ahead, again, ready }));
     return started ? proxyMetered(c, authorization, started.plan, started.upstream) : proxyMetered(c, authorization, planFor(authorization));
   }
   const speculation = services.config.SPECULATIVE_UPSTREAM === 'on' ? services.warmKeys.speculate(keyHash, shape) : undefined;
-  let started: { plan: ProxyPlan; upstream: StartedUpstream } | undefined;
-  if (speculation) {
-    try {
-      const plan = planFor(speculation.authorization);
-      started = { plan, upstream: startUpstream(c, plan) };
-    } catch {
-      // A plan the last authorization cannot build is built after authorize, as for a cold key.
-      speculation.settled();
-    }
-  }
+  const started = speculation ? startEarly(c, planFor, speculation.authorization) : undefined;
   if (!speculation || !started) {
+    // A plan the last authorization cannot build is built after authorize, as for a cold key.
+    speculation?.settled();
     const authorization = await authorize(c, input, { ...options, ahead, again });
     return proxyMetered(c, authorization, planFor(authorization));
   }
 
   let authorization: Authorized;
   try {
-    authorization = await authorize(c, input, { ...options, guess: speculation.authorization, ahead, again });
-  } catch (error) {
-    started.upstream.abort.abort();
-    services.log({ level: 'warn', event: 'speculation_aborted', requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });
-    throw error;
+    authorization = await confirm(c, started, 'speculation_aborted', () => authorize(c, input, { ...options, guess: speculation.authorization, ahead, again }));
   } finally {
     speculation.settled();
   }
@@ -92,4 +64,32 @@ export async function authorizeAndProxy(
     return proxyMetered(c, authorization, planFor(authorization));
   }
   return proxyMetered(c, authorization, started.plan, started.upstream);
+}
+
+interface EarlyUpstream {
+  plan: ProxyPlan;
+  upstream: StartedUpstream;
+}
+
+/** The upstream call started before the hold is confirmed, with the plan an earlier authorization builds; none when it builds none. */
+function startEarly(c: Context<AppEnv>, planFor: (authorization: Authorized) => ProxyPlan, authorization: Authorized): EarlyUpstream | undefined {
+  try {
+    const plan = planFor(authorization);
+    return { plan, upstream: startUpstream(c, plan) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Waits for the hold while an early upstream call runs: a refusal (or failure) aborts that call, logged as `event`. */
+async function confirm(c: Context<AppEnv>, started: EarlyUpstream | undefined, event: string, hold: () => Promise<Authorized>): Promise<Authorized> {
+  try {
+    return await hold();
+  } catch (error) {
+    if (started) {
+      started.upstream.abort.abort();
+      c.var.services.log({ level: 'warn', event, requestId: c.var.requestId, reason: error instanceof GatewayError ? error.code : (error as Error).message });
+    }
+    throw error;
+  }
 }
