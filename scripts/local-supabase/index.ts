@@ -103,6 +103,17 @@ export function clusterPids(clusterDir: string): number[] {
   return [postmaster, ...children];
 }
 
+/** Signals each process; one that exited since it was listed (a backend ending its session) is passed over. */
+function signalEach(pids: number[], signal: NodeJS.Signals): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+    }
+  }
+}
+
 export interface Secrets {
   jwtSecret: string;
   adminPassword: string;
@@ -322,12 +333,8 @@ export async function startLocalSupabase(options: LocalSupabaseOptions): Promise
         // Not cluster.stop(): for a throwaway cluster that deletes its data.
         stopPostgres: () => stopPostmaster(clusterDir),
         startPostgres: () => cluster.start(),
-        pausePostgres() {
-          for (const pid of clusterPids(clusterDir)) process.kill(pid, 'SIGSTOP');
-        },
-        resumePostgres() {
-          for (const pid of clusterPids(clusterDir).reverse()) process.kill(pid, 'SIGCONT');
-        },
+        pausePostgres: () => signalEach(clusterPids(clusterDir), 'SIGSTOP'),
+        resumePostgres: () => signalEach(clusterPids(clusterDir).reverse(), 'SIGCONT'),
       },
       stop,
     };
