@@ -65,4 +65,57 @@ describe('the functions every request runs', () => {
       client.release();
     }
   });
+
+  it('write each row of a batch under one transaction id, so no row version carries a multixact', async () => {
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const model = await createModel({ input: 1_000_000, output: 2_000_000 });
+    const requestIds = Array.from({ length: 3 }, () => crypto.randomUUID());
+    const items = JSON.stringify(requestIds.map((request_id) => ({ request_id, key_hash: customer.keyHash, model, max_input_tokens: 100, max_output_tokens: 50 })));
+    const settlements = JSON.stringify(requestIds.map((request_id) => ({ request_id, outcome: 'completed', usage: { input: 10, output: 20 }, usage_source: 'provider' })));
+    const client = await admin().connect();
+    // Runs one batch in a transaction that is then rolled back, and reads every version
+    // of the customer's account and key rows that the batch made or replaced from their
+    // tables' pages (pageinspect, installed in that transaction only): how many, and how
+    // many have a multixact as their xmax (HEAP_XMAX_IS_MULTI). While the transaction is
+    // open none of them can be pruned.
+    const inspected = async (batch: string, argument: string) => {
+      const live = async (table: string, id: string) => (await client.query(`select ctid::text from ${table} where id = $1`, [id])).rows[0].ctid as string;
+      const versions = async (table: string, id: string, before: string, firstXid: string) => {
+        const { rows } = await client.query<{ multixact: boolean }>(
+          `select (t_infomask & 4096) <> 0 as multixact
+             from generate_series(0, pg_relation_size($1::regclass) / 8192 - 1) as page,
+                  tollgate_pages.heap_page_items(tollgate_pages.get_raw_page($1::text, page::integer))
+            where substring(t_data from 1 for 16) = uuid_send($2::uuid)
+              and (format('(%s,%s)', page, lp) = $3 or t_xmin::text::bigint >= $4::bigint)`,
+          [table, id, before, firstXid],
+        );
+        return { versions: rows.length, multixacts: rows.filter((row) => row.multixact).length };
+      };
+      try {
+        await client.query('begin');
+        await client.query('create schema tollgate_pages');
+        await client.query('create extension pageinspect schema tollgate_pages');
+        const { rows: [{ xid }] } = await client.query(`select (pg_current_xact_id()::text::bigint % 4294967296)::text as xid`);
+        const before = { account: await live('public.accounts', customer.accountId), key: await live('public.api_keys', customer.apiKeyId) };
+        const { rows: [{ result }] } = await client.query(`select public.${batch}($1) as result`, [argument]);
+        expect(result.map((item: { ok: boolean }) => item.ok)).toEqual([true, true, true]);
+        return {
+          account: await versions('public.accounts', customer.accountId, before.account, xid),
+          key: await versions('public.api_keys', customer.apiKeyId, before.key, xid),
+        };
+      } finally {
+        await client.query('rollback');
+      }
+    };
+    try {
+      // Three holds: the account's version before, then one per hold.
+      expect(await inspected('authorize_requests', items)).toEqual({ account: { versions: 4, multixacts: 0 }, key: { versions: 1, multixacts: 0 } });
+      await client.query('select public.authorize_requests($1)', [items]);
+      // Three charges: one version of the account and one of the key per charge.
+      expect(await inspected('settle_requests', settlements)).toEqual({ account: { versions: 4, multixacts: 0 }, key: { versions: 4, multixacts: 0 } });
+      await client.query('select public.settle_requests($1)', [settlements]);
+    } finally {
+      client.release();
+    }
+  });
 });
