@@ -81,6 +81,23 @@ describe('the order grants are spent in', () => {
     const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
     expect(account.balance).toBe(50);
   });
+
+  it('a draw changes no column an index of credit_grants names, so it can be a HOT update; used_up follows what is left', async () => {
+    // PostgreSQL makes an update HOT only when no indexed column (key or predicate) changes.
+    const { rows: indexes } = await admin().query<{ definition: string }>(
+      `select pg_get_indexdef(indexrelid) as definition from pg_index where indrelid = 'public.credit_grants'::regclass`,
+    );
+    expect(indexes.length).toBeGreaterThan(0);
+    expect(indexes.filter((index) => /\bremaining\b/.test(index.definition))).toEqual([]);
+    const customer = await createCustomer({ balance: 0 });
+    await grant(customer, 100, { category: 'paid' });
+    const newest = async () =>
+      (await admin().query('select remaining::int, used_up from public.credit_grants where account_id = $1 order by id desc limit 1', [customer.accountId])).rows[0];
+    await spend(customer, 60);
+    expect(await newest()).toEqual({ remaining: 40, used_up: false });
+    await spend(customer, 40);
+    expect(await newest()).toEqual({ remaining: 0, used_up: true });
+  });
 });
 
 describe('expiry', () => {
