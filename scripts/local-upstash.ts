@@ -144,9 +144,8 @@ export async function startLocalUpstash(options: { port?: number; token?: string
     if (path === '/pipeline' || path === '/multi-exec') {
       if (!Array.isArray(body)) return send(400, { error: 'ERR a pipeline is a JSON array of commands' });
       if (path === '/pipeline') {
-        const results = [];
-        for (const command of body) results.push(encode(await run(command)));
-        return send(200, results);
+        // Sent at once, in order, on the one connection: Redis runs them in that order, as Upstash does.
+        return send(200, (await Promise.all(body.map(run))).map(encode));
       }
       const multi = redis.multi();
       for (const command of body as unknown[][]) multi.addCommand(translate(command.map((part) => (typeof part === 'string' ? part : JSON.stringify(part)))).args);

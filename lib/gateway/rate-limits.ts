@@ -123,10 +123,34 @@ async function sha1Hex(text: string): Promise<string> {
   return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, '0')).join('');
 }
 
+type UpstashAnswer = { result?: unknown; error?: string };
+
+/** Upstash's answer to one POST: the JSON body, or an error naming the status. */
+async function readAnswer(response: Response): Promise<unknown> {
+  const text = await response.text();
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new Error(`Upstash answered HTTP ${response.status}: ${text.slice(0, 200)}`);
+  }
+}
+
+/** How many calls to Upstash one instance has under way before the next commands wait to go together. */
+const callsUnderWay = 2;
+
 /**
- * Runs `script` on Upstash by its SHA-1 (EVALSHA, one POST of Upstash's REST
- * protocol), loading it with EVAL only when Redis does not know it yet
- * (NOSCRIPT). Rejects on a transport failure or a Redis error.
+ * Runs `script` on Upstash by its SHA-1 (EVALSHA, Upstash's REST protocol),
+ * loading it with EVAL only when Redis does not know it yet (NOSCRIPT).
+ * Rejects on a transport failure or a Redis error.
+ *
+ * While `callsUnderWay` calls are under way, further commands wait, and go
+ * together, as one POST to /pipeline, when one of those calls is answered:
+ * with many requests at once, far fewer HTTP calls than requests, and one
+ * request alone goes at once, as a POST of its one command. Upstash runs a
+ * pipeline's commands in order, each atomically, and answers each on its own;
+ * a command whose signal aborts (its deadline) is rejected then, whether it was
+ * still waiting (it is not sent) or its pipeline is under way (which is aborted
+ * once every command in it has been).
  */
 function createScriptRunner(url: string, token: string, script: string, send: typeof fetch) {
   const endpoint = url.replace(/\/?$/, '/');
@@ -134,27 +158,78 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
   let sha: Promise<string> | undefined;
   const call = async (command: Array<string | number>, signal: AbortSignal): Promise<unknown> => {
     const response = await send(endpoint, { method: 'POST', headers, body: JSON.stringify(command), signal });
-    const text = await response.text();
-    let answer: { result?: unknown; error?: string };
-    try {
-      answer = JSON.parse(text) as typeof answer;
-    } catch {
-      throw new Error(`Upstash answered HTTP ${response.status}: ${text.slice(0, 200)}`);
-    }
+    const answer = (await readAnswer(response)) as UpstashAnswer;
     if (answer.error !== undefined || !response.ok) throw new Error(answer.error ?? `Upstash answered HTTP ${response.status}`);
     return answer.result;
   };
+
+  interface Queued {
+    command: Array<string | number>;
+    signal: AbortSignal;
+    resolve: (result: unknown) => void;
+    reject: (error: unknown) => void;
+  }
+  let underWay = 0;
+  let queue: Queued[] = [];
+
+  const pipeline = async (batch: Queued[]) => {
+    const controller = new AbortController();
+    let live = batch.length;
+    for (const item of batch) {
+      item.signal.addEventListener('abort', () => {
+        if (--live === 0) controller.abort(item.signal.reason);
+      }, { once: true });
+    }
+    try {
+      const response = await send(`${endpoint}pipeline`, { method: 'POST', headers, body: JSON.stringify(batch.map((item) => item.command)), signal: controller.signal });
+      const answers = await readAnswer(response);
+      if (!response.ok || !Array.isArray(answers) || answers.length !== batch.length) {
+        const error = (answers as UpstashAnswer | null)?.error;
+        throw new Error(error ?? `Upstash answered HTTP ${response.status} with ${Array.isArray(answers) ? answers.length : 'no'} answers for ${batch.length} commands`);
+      }
+      batch.forEach((item, index) => {
+        const answer = answers[index] as UpstashAnswer;
+        if (answer?.error !== undefined) item.reject(new Error(answer.error));
+        else item.resolve(answer?.result);
+      });
+    } catch (error) {
+      for (const item of batch) item.reject(error);
+    }
+  };
+
+  const next = () => {
+    queue = queue.filter((item) => !item.signal.aborted);
+    if (underWay >= callsUnderWay || !queue.length) return;
+    const batch = queue;
+    queue = [];
+    underWay++;
+    const sent = batch.length === 1 ? call(batch[0]!.command, batch[0]!.signal).then(batch[0]!.resolve, batch[0]!.reject) : pipeline(batch);
+    void sent.finally(() => {
+      underWay--;
+      next();
+    });
+  };
+
+  const enqueue = (command: Array<string | number>, signal: AbortSignal) =>
+    new Promise<unknown>((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason);
+      // Rejected at the deadline even when the answer it waits for comes later (a later resolve is ignored).
+      signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+      queue.push({ command, signal, resolve, reject });
+      next();
+    });
+
   return {
     run: async (keys: string[], args: string[], signal: AbortSignal): Promise<unknown> => {
       sha ??= sha1Hex(script);
       try {
-        return await call(['evalsha', await sha, keys.length, ...keys, ...args], signal);
+        return await enqueue(['evalsha', await sha, keys.length, ...keys, ...args], signal);
       } catch (error) {
         if (!/NOSCRIPT/i.test((error as Error).message)) throw error;
-        return call(['eval', script, keys.length, ...keys, ...args], signal);
+        return enqueue(['eval', script, keys.length, ...keys, ...args], signal);
       }
     },
-    /** One plain command. */
+    /** One plain command, on its own. */
     call,
   };
 }

@@ -3,6 +3,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { Redis } from '@upstash/redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
+import { createRateLimiter } from '../../lib/gateway/rate-limits.ts';
 import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
@@ -256,5 +257,69 @@ describe('when Redis does not answer', () => {
     expect(gateway.logs.some((entry) => entry.event === 'rate_limit_unavailable' && String(entry.reason).includes('300 ms'))).toBe(true);
     await gateway.settled();
     silent.close();
+  });
+});
+
+describe('many requests at once on one instance', () => {
+  /** A rate limiter on the local Upstash endpoint, through a fetch that records each call's path and can hold pipelines. */
+  function limiterWithCalls(options: { timeoutMs?: number; holdPipelines?: boolean } = {}) {
+    const paths: string[] = [];
+    const logs: Record<string, unknown>[] = [];
+    const limiter = createRateLimiter({
+      url: upstash.url,
+      token: upstash.token,
+      timeoutMs: options.timeoutMs ?? 5000,
+      windowSeconds: 60,
+      log: (entry) => logs.push(entry),
+      fetch: (input, init) => {
+        const path = new URL(String(input)).pathname;
+        paths.push(path);
+        if (options.holdPipelines && path === '/pipeline') {
+          return new Promise((_, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal!.reason), { once: true }));
+        }
+        return fetch(input, init);
+      },
+    });
+    return { limiter, paths, logs };
+  }
+  const subject = (requestsPerMinute: number) => ({ keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute, tokensPerMinute: null });
+
+  it('checks go together in pipelines while calls are under way: the limit holds exactly, in far fewer calls than checks', async () => {
+    const { limiter, paths } = limiterWithCalls();
+    const key = subject(10);
+    const decisions = await Promise.all(Array.from({ length: 30 }, () => limiter.check(key, 0)));
+    expect(decisions.filter((decision) => decision.allowed)).toHaveLength(10);
+    expect(decisions.filter((decision) => !decision.allowed && decision.limitedBy === 'requests')).toHaveLength(20);
+    expect(paths.length).toBeLessThan(10);
+    expect(paths).toContain('/pipeline');
+    // One check alone is one call of its own.
+    const mark = paths.length;
+    expect((await limiter.check(subject(10), 0)).allowed).toBe(true);
+    expect(paths.slice(mark)).toEqual(['/']);
+  });
+
+  it('a pipeline whose script Redis no longer knows: each check loads it again and is answered', async () => {
+    const { limiter, paths } = limiterWithCalls();
+    expect((await limiter.check(subject(5), 0)).allowed).toBe(true);
+    await new Redis({ url: upstash.url, token: upstash.token }).scriptFlush();
+    const key = subject(5);
+    const decisions = await Promise.all(Array.from({ length: 12 }, () => limiter.check(key, 0)));
+    expect(decisions.map((decision) => decision.allowed).filter(Boolean)).toHaveLength(5);
+    expect(decisions.every((decision) => !decision.unavailable)).toBe(true);
+    expect(paths.filter((path) => path === '/pipeline').length).toBeGreaterThan(0);
+  });
+
+  it('checks in a pipeline that is not answered are allowed at their deadline, logged, and marked unavailable', async () => {
+    const { limiter, paths, logs } = limiterWithCalls({ timeoutMs: 300, holdPipelines: true });
+    const started = performance.now();
+    const decisions = await Promise.all(Array.from({ length: 6 }, () => limiter.check(subject(100), 0)));
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(paths).toContain('/pipeline');
+    // The first two went on their own and were answered; the rest waited in a pipeline that never was.
+    expect(decisions.filter((decision) => decision.allowed && !decision.unavailable).length).toBeGreaterThanOrEqual(2);
+    const unanswered = decisions.filter((decision) => decision.unavailable);
+    expect(unanswered.length).toBeGreaterThan(0);
+    expect(unanswered.every((decision) => decision.allowed)).toBe(true);
+    expect(logs.filter((entry) => entry.event === 'rate_limit_unavailable')).toHaveLength(unanswered.length);
   });
 });
