@@ -137,6 +137,8 @@ async function readAnswer(response: Response): Promise<unknown> {
 
 /** How many calls to Upstash one instance has under way before the next commands wait to go together. */
 const callsUnderWay = 2;
+/** At most this many commands in one pipeline (a few hundred bytes each); the rest go in the next. */
+const pipelineMax = 100;
 
 /**
  * Runs `script` on Upstash by its SHA-1 (EVALSHA, Upstash's REST protocol),
@@ -199,15 +201,15 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
 
   const next = () => {
     queue = queue.filter((item) => !item.signal.aborted);
-    if (underWay >= callsUnderWay || !queue.length) return;
-    const batch = queue;
-    queue = [];
-    underWay++;
-    const sent = batch.length === 1 ? call(batch[0]!.command, batch[0]!.signal).then(batch[0]!.resolve, batch[0]!.reject) : pipeline(batch);
-    void sent.finally(() => {
-      underWay--;
-      next();
-    });
+    while (underWay < callsUnderWay && queue.length) {
+      const batch = queue.splice(0, pipelineMax);
+      underWay++;
+      const sent = batch.length === 1 ? call(batch[0]!.command, batch[0]!.signal).then(batch[0]!.resolve, batch[0]!.reject) : pipeline(batch);
+      void sent.finally(() => {
+        underWay--;
+        next();
+      });
+    }
   };
 
   const enqueue = (command: Array<string | number>, signal: AbortSignal) =>

@@ -264,6 +264,7 @@ describe('many requests at once on one instance', () => {
   /** A rate limiter on the local Upstash endpoint, through a fetch that records each call's path and can hold pipelines. */
   function limiterWithCalls(options: { timeoutMs?: number; holdPipelines?: boolean } = {}) {
     const paths: string[] = [];
+    const sizes: number[] = [];
     const logs: Record<string, unknown>[] = [];
     const limiter = createRateLimiter({
       url: upstash.url,
@@ -274,13 +275,14 @@ describe('many requests at once on one instance', () => {
       fetch: (input, init) => {
         const path = new URL(String(input)).pathname;
         paths.push(path);
+        if (path === '/pipeline') sizes.push((JSON.parse(String(init?.body)) as unknown[]).length);
         if (options.holdPipelines && path === '/pipeline') {
           return new Promise((_, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal!.reason), { once: true }));
         }
         return fetch(input, init);
       },
     });
-    return { limiter, paths, logs };
+    return { limiter, paths, sizes, logs };
   }
   const subject = (requestsPerMinute: number) => ({ keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute, tokensPerMinute: null });
 
@@ -296,6 +298,15 @@ describe('many requests at once on one instance', () => {
     const mark = paths.length;
     expect((await limiter.check(subject(10), 0)).allowed).toBe(true);
     expect(paths.slice(mark)).toEqual(['/']);
+  });
+
+  it('a pipeline carries at most 100 checks; the rest go in the next', async () => {
+    const { limiter, sizes } = limiterWithCalls();
+    const key = subject(1000);
+    const decisions = await Promise.all(Array.from({ length: 250 }, () => limiter.check(key, 0)));
+    expect(decisions.every((decision) => decision.allowed && !decision.unavailable)).toBe(true);
+    expect(Math.max(...sizes)).toBe(100);
+    expect(sizes.reduce((sum, size) => sum + size, 0)).toBeGreaterThanOrEqual(200);
   });
 
   it('a pipeline whose script Redis no longer knows: each check loads it again and is answered', async () => {
