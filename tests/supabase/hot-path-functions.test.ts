@@ -97,7 +97,7 @@ describe('the functions every request runs', () => {
         await client.query('create extension pageinspect schema tollgate_pages');
         const { rows: [{ xid }] } = await client.query(`select (pg_current_xact_id()::text::bigint % 4294967296)::text as xid`);
         const before = { account: await live('public.accounts', customer.accountId), key: await live('public.api_keys', customer.apiKeyId) };
-        const { rows: [{ result }] } = await client.query(`select public.${batch}($1) as result`, [argument]);
+        const { rows: [{ result }] } = await client.query(`select public.${batch}($1${batch === 'authorize_ahead' ? ', 10' : ''}) as result`, [argument]);
         expect(result.map((item: { ok: boolean }) => item.ok)).toEqual([true, true, true]);
         return {
           account: await versions('public.accounts', customer.accountId, before.account, xid),
@@ -108,8 +108,9 @@ describe('the functions every request runs', () => {
       }
     };
     try {
-      // Three holds: the account's version before, then one per hold.
+      // Three holds: the account's version before, then one per hold; taken ahead, the same.
       expect(await inspected('authorize_requests', items)).toEqual({ account: { versions: 4, multixacts: 0 }, key: { versions: 1, multixacts: 0 } });
+      expect(await inspected('authorize_ahead', items)).toEqual({ account: { versions: 4, multixacts: 0 }, key: { versions: 1, multixacts: 0 } });
       await client.query('select public.authorize_requests($1)', [items]);
       // Three charges: one version of the account and one of the key per charge.
       expect(await inspected('settle_requests', settlements)).toEqual({ account: { versions: 4, multixacts: 0 }, key: { versions: 4, multixacts: 0 } });
