@@ -1,41 +1,16 @@
 import { createServer, type Server } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { Redis } from '@upstash/redis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
 import { createRateLimiter } from '../../lib/gateway/rate-limits.ts';
-import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
-import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
-import { startGateway, type Gateway } from '../support/gateway.ts';
+import { startLocalUpstash } from '../../scripts/local-upstash.ts';
+import type { Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
+import { upstashGateways } from '../support/upstash-gateways.ts';
 
-let upstash: LocalUpstash;
-let fake: FakeUpstream;
-const gateways: Gateway[] = [];
-
-beforeAll(async () => {
-  upstash = await startLocalUpstash();
-  fake = await startFakeUpstream();
-});
-
-afterAll(async () => {
-  await Promise.all(gateways.map((gateway) => gateway.close()));
-  await fake.close();
-  await upstash.stop();
-});
-
-async function gatewayWith(environment: Record<string, string> = {}) {
-  const gateway = await startGateway({
-    OPENAI_BASE_URL: `${fake.url}/v1`,
-    ANTHROPIC_BASE_URL: fake.url,
-    UPSTASH_REDIS_REST_URL: upstash.url,
-    UPSTASH_REDIS_REST_TOKEN: upstash.token,
-    RATE_LIMIT_WINDOW_SECONDS: '2',
-    ...environment,
-  });
-  gateways.push(gateway);
-  return gateway;
-}
+const setup = upstashGateways(() => ({ ANTHROPIC_BASE_URL: setup.fake.url, RATE_LIMIT_WINDOW_SECONDS: '2' }));
+const gatewayWith = (environment: Record<string, string> = {}) => setup.gatewayWith(environment);
 
 /**
  * Sliding windows are weighted across fixed windows aligned on the clock; a burst
@@ -68,7 +43,7 @@ beforeAll(async () => {
 
 describe('the local Upstash endpoint', () => {
   it('serves the @upstash/redis client itself, over a real redis-server', async () => {
-    const redis = new Redis({ url: upstash.url, token: upstash.token });
+    const redis = new Redis({ url: setup.upstash.url, token: setup.upstash.token });
     const key = `probe:${crypto.randomUUID()}`;
     expect(await redis.set(key, 'grüße 🌍')).toBe('OK');
     expect(await redis.get(key)).toBe('grüße 🌍');
@@ -82,7 +57,7 @@ describe('the local Upstash endpoint', () => {
     transaction.expire(`${key}:n`, 60);
     expect(await transaction.exec()).toEqual([3, 1]);
     expect(await redis.eval('return ARGV[1] .. KEYS[1]', ['k'], ['v'])).toBe('vk');
-    await expect(new Redis({ url: upstash.url, token: 'wrong' }).get(key)).rejects.toThrow();
+    await expect(new Redis({ url: setup.upstash.url, token: 'wrong' }).get(key)).rejects.toThrow();
   });
 });
 
@@ -178,7 +153,7 @@ async function countingUpstash() {
     let body = '';
     for await (const chunk of request) body += chunk;
     paths.push(body);
-    const answer = await fetch(`${upstash.url}${request.url}`, { method: request.method, headers: request.headers as Record<string, string>, body });
+    const answer = await fetch(`${setup.upstash.url}${request.url}`, { method: request.method, headers: request.headers as Record<string, string>, body });
     response.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
     response.end(await answer.text());
   });
@@ -267,8 +242,8 @@ describe('many requests at once on one instance', () => {
     const sizes: number[] = [];
     const logs: Record<string, unknown>[] = [];
     const limiter = createRateLimiter({
-      url: upstash.url,
-      token: upstash.token,
+      url: setup.upstash.url,
+      token: setup.upstash.token,
       timeoutMs: options.timeoutMs ?? 5000,
       windowSeconds: 60,
       log: (entry) => logs.push(entry),
@@ -312,7 +287,7 @@ describe('many requests at once on one instance', () => {
   it('a pipeline whose script Redis no longer knows: each check loads it again and is answered', async () => {
     const { limiter, paths } = limiterWithCalls();
     expect((await limiter.check(subject(5), 0)).allowed).toBe(true);
-    await new Redis({ url: upstash.url, token: upstash.token }).scriptFlush();
+    await new Redis({ url: setup.upstash.url, token: setup.upstash.token }).scriptFlush();
     const key = subject(5);
     const decisions = await Promise.all(Array.from({ length: 12 }, () => limiter.check(key, 0)));
     expect(decisions.map((decision) => decision.allowed).filter(Boolean)).toHaveLength(5);

@@ -1,43 +1,18 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
+import { describe, expect, it } from 'vitest';
 import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
-import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { startLocalUpstash } from '../../scripts/local-upstash.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel, stack, type Customer } from '../support/supabase.ts';
+import { upstashGateways } from '../support/upstash-gateways.ts';
 
 // Revoking a key through the gateway (POST /console/keys/{id}/revoke): the
 // database first, as the key's owner, then a mark in Redis that every instance
 // checks when a request adopts a hold taken ahead. So holds are taken ahead by
 // default wherever Redis is, and a revoked key is still refused at once.
 
-let upstash: LocalUpstash;
-let fake: FakeUpstream;
-const gateways: Gateway[] = [];
+const setup = upstashGateways(() => ({ SUPABASE_ANON_KEY: stack.anonKey, READY_HOLD_SECONDS: '5' }));
+const gatewayWith = (environment: Record<string, string> = {}) => setup.gatewayWith(environment);
 const price = { input: 1_000_000, output: 4_000_000 };
-
-beforeAll(async () => {
-  upstash = await startLocalUpstash();
-  fake = await startFakeUpstream();
-});
-
-afterAll(async () => {
-  await Promise.all(gateways.map((gateway) => gateway.close()));
-  await fake.close();
-  await upstash.stop();
-});
-
-async function gatewayWith(environment: Record<string, string> = {}) {
-  const gateway = await startGateway({
-    OPENAI_BASE_URL: `${fake.url}/v1`,
-    SUPABASE_ANON_KEY: stack.anonKey,
-    UPSTASH_REDIS_REST_URL: upstash.url,
-    UPSTASH_REDIS_REST_TOKEN: upstash.token,
-    READY_HOLD_SECONDS: '5',
-    ...environment,
-  });
-  gateways.push(gateway);
-  return gateway;
-}
 
 async function chat(gateway: Gateway, customer: Customer, model: string) {
   const before = gateway.events.length;
@@ -119,8 +94,8 @@ describe('revoking a key through the gateway', () => {
   });
 
   it('without the anon key the route is not available (503); revoking twice keeps the first time', async () => {
-    const bare = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1` });
-    gateways.push(bare);
+    const bare = await startGateway({ OPENAI_BASE_URL: `${setup.fake.url}/v1` });
+    setup.closeAfter(bare);
     const customer = await createCustomer();
     const unavailable = await revoke(bare, customer.apiKeyId, sessionOf(customer));
     expect({ status: unavailable.status, code: ((await unavailable.json()) as { error: { code: string } }).error.code }).toEqual({ status: 503, code: 'console_not_configured' });
@@ -132,9 +107,9 @@ describe('revoking a key through the gateway', () => {
   });
 
   it('without Redis, holds are taken ahead only when asked (READY_HOLDS=on), and then the answer says a ready hold may still serve a request', async () => {
-    const byDefault = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey });
-    const asked = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey, READY_HOLDS: 'on' });
-    gateways.push(byDefault, asked);
+    const byDefault = await startGateway({ OPENAI_BASE_URL: `${setup.fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey });
+    const asked = await startGateway({ OPENAI_BASE_URL: `${setup.fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey, READY_HOLDS: 'on' });
+    setup.closeAfter(byDefault, asked);
     const model = await createModel(price, { upstreamModel: 'chat-basic' });
     const customer = await createCustomer({ balance: 100_000_000 });
     for (let index = 0; index < 3; index++) expect((await chat(byDefault, customer, model)).authorized).toBe(true);
@@ -180,10 +155,10 @@ describe('revoking a key through the gateway', () => {
     };
     const slowed = new Set<string>();
     const gateway = await startGateway(
-      { OPENAI_BASE_URL: `${fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey, UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token, DATABASE_TIMEOUT_MS: '300' },
+      { OPENAI_BASE_URL: `${setup.fake.url}/v1`, SUPABASE_ANON_KEY: stack.anonKey, UPSTASH_REDIS_REST_URL: setup.upstash.url, UPSTASH_REDIS_REST_TOKEN: setup.upstash.token, DATABASE_TIMEOUT_MS: '300' },
       { databaseFetch: slowRevoke },
     );
-    gateways.push(gateway);
+    setup.closeAfter(gateway);
     const customer = await createCustomer();
     const first = await revoke(gateway, customer.apiKeyId, sessionOf(customer));
     expect({ status: first.status, body: await first.json() }).toEqual({
