@@ -66,6 +66,16 @@ describe('the functions every request runs', () => {
     }
   });
 
+  it('that take a list of ids or keys run with generic plans, so their lock queries are planned once per session', async () => {
+    const { rows } = await admin().query<{ name: string; config: string[] | null }>(
+      `select proname as name, proconfig as config from pg_proc
+        where pronamespace = 'public'::regnamespace and proname in ('authorize_requests', 'settle_requests', 'return_ready_holds')
+        order by proname`,
+    );
+    expect(rows.map((row) => row.name)).toEqual(['authorize_requests', 'return_ready_holds', 'settle_requests']);
+    for (const row of rows) expect(row.config).toContain('plan_cache_mode=force_generic_plan');
+  });
+
   it('write each row of a batch under one transaction id, so no row version carries a multixact', async () => {
     const customer = await createCustomer({ balance: 100_000_000 });
     const model = await createModel({ input: 1_000_000, output: 2_000_000 });
