@@ -10,7 +10,7 @@ import { admin, createCustomer, createModel } from '../support/supabase.ts';
 import { upstashGateways } from '../support/upstash-gateways.ts';
 
 const setup = upstashGateways(() => ({ ANTHROPIC_BASE_URL: setup.fake.url, RATE_LIMIT_WINDOW_SECONDS: '2' }));
-const gatewayWith = (environment: Record<string, string> = {}) => setup.gatewayWith(environment);
+const { gatewayWith } = setup;
 
 /**
  * Sliding windows are weighted across fixed windows aligned on the clock; a burst

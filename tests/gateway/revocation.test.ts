@@ -11,7 +11,7 @@ import { upstashGateways } from '../support/upstash-gateways.ts';
 // default wherever Redis is, and a revoked key is still refused at once.
 
 const setup = upstashGateways(() => ({ SUPABASE_ANON_KEY: stack.anonKey, READY_HOLD_SECONDS: '5' }));
-const gatewayWith = (environment: Record<string, string> = {}) => setup.gatewayWith(environment);
+const { gatewayWith } = setup;
 const price = { input: 1_000_000, output: 4_000_000 };
 
 async function chat(gateway: Gateway, customer: Customer, model: string) {

@@ -24,7 +24,7 @@ export function upstashGateways(defaults: () => Record<string, string> = () => (
     await fake?.close();
     await upstash?.stop();
   });
-  return {
+  const setup = {
     get upstash(): LocalUpstash {
       if (!upstash) throw new Error('the local Upstash endpoint starts before the first test');
       return upstash;
@@ -33,19 +33,20 @@ export function upstashGateways(defaults: () => Record<string, string> = () => (
       if (!fake) throw new Error('the fake upstream starts before the first test');
       return fake;
     },
-    async gatewayWith(environment: Record<string, string> = {}): Promise<Gateway> {
+    gatewayWith: async (environment: Record<string, string> = {}): Promise<Gateway> => {
       const gateway = await startGateway({
-        OPENAI_BASE_URL: `${this.fake.url}/v1`,
-        UPSTASH_REDIS_REST_URL: this.upstash.url,
-        UPSTASH_REDIS_REST_TOKEN: this.upstash.token,
+        OPENAI_BASE_URL: `${setup.fake.url}/v1`,
+        UPSTASH_REDIS_REST_URL: setup.upstash.url,
+        UPSTASH_REDIS_REST_TOKEN: setup.upstash.token,
         ...defaults(),
         ...environment,
       });
       gateways.push(gateway);
       return gateway;
     },
-    closeAfter(...started: Gateway[]): void {
+    closeAfter: (...started: Gateway[]): void => {
       gateways.push(...started);
     },
   };
+  return setup;
 }
