@@ -25,6 +25,7 @@ import {
   cpuByComponent,
   pauseOf,
   runLoad,
+  sampleInterleaved,
   sampleSequentially,
   startBareProxyProcess,
   startDelayProxy,
@@ -68,6 +69,17 @@ function time(run: () => Promise<unknown>, count: number, between?: () => Promis
     return performance.now() - started;
   };
   return sampleSequentially(timed, { warm: 20, count, pause: between, period });
+}
+
+/** The same for several rows at once, taken in turns (see sampleInterleaved). */
+function timeInTurns<Name extends string>(rows: Record<Name, () => Promise<unknown>>, count: number, between?: () => Promise<unknown>, period = sequentialPeriodMs) {
+  const timed = (run: () => Promise<unknown>) => async () => {
+    const started = performance.now();
+    await run();
+    return performance.now() - started;
+  };
+  const entries = Object.entries(rows) as Array<[Name, () => Promise<unknown>]>;
+  return sampleInterleaved(Object.fromEntries(entries.map(([name, run]) => [name, timed(run)])) as Record<Name, () => Promise<number>>, { warm: 20, count, pause: between, period });
 }
 
 /**
@@ -236,19 +248,20 @@ async function main() {
       await services.ledger.authorizeRequest({ requestId, keyHash, model: 'bench', maxInputTokens: 20, maxOutputTokens: 50 });
     };
 
-    console.log(`Gateway overhead, ${rounds} sequential requests each, one every ${sequentialPeriodMs} ms, local stack; settlements finish between requests, untimed (ms)`);
+    console.log(`Gateway overhead, ${rounds} sequential requests each, one every ${sequentialPeriodMs} ms, the rows taken in turns, local stack; settlements finish between requests, untimed (ms)`);
     console.log(`The default gateway ${upstash ? 'has Redis (a local Upstash endpoint), so it takes holds ahead' : 'has no Redis (no redis-server), so it takes no holds ahead'}; READY_HOLDS=off beside it\n`);
     console.log('                                     p50      p90      p99     mean');
     const rows: Array<[string, number[]]> = [];
     for (const stream of [false, true]) {
       const label = stream ? 'stream' : 'json  ';
-      const baseline = await time(direct(stream), rounds);
-      const reference = summary(await time(viaBareProxy(stream), rounds));
-      const floor = summary(await time(viaNodeProxy(stream), rounds));
-      const gateway = await time(viaGateway(stream), rounds, () => Promise.allSettled([...pending]));
+      const taken = await timeInTurns(
+        { baseline: direct(stream), reference: viaBareProxy(stream), floor: viaNodeProxy(stream), gateway: viaGateway(stream), off: viaOff(stream) },
+        rounds,
+        () => Promise.allSettled([...pending]),
+      );
       await Promise.allSettled([...pending]);
-      const off = summary(await time(viaOff(stream), rounds, () => Promise.allSettled([...pending])));
-      await Promise.allSettled([...pending]);
+      const { baseline, gateway } = taken;
+      const [reference, floor, off] = [summary(taken.reference), summary(taken.floor), summary(taken.off)];
       rows.push([`upstream direct (${label})`, baseline], [`through gateway (${label})`, gateway]);
       const [b, g] = [summary(baseline), summary(gateway)];
       console.log(`  upstream direct, ${label}          ${fmt(b.p50)}  ${fmt(b.p90)}  ${fmt(b.p99)}  ${fmt(b.mean)}`);
@@ -271,12 +284,19 @@ async function main() {
       const period = modelLikeUpstreamMs + sequentialPeriodMs;
       const settled = () => Promise.allSettled([...pending]);
       const auth = { authorization: `Bearer ${key}` };
-      const base = summary(await time(() => post(`${fake.url}/v1/chat/completions`, body('chat-model-like', false)), count, undefined, period));
-      const reference = summary(await time(() => post(`${bareUrl}/v1/chat/completions`, body('chat-model-like', false)), count, undefined, period));
-      const gateway = summary(await time(() => post(`${gatewayUrl}/v1/chat/completions`, body('bench-model-like', false), auth), count, settled, period));
+      const taken = await timeInTurns(
+        {
+          base: () => post(`${fake.url}/v1/chat/completions`, body('chat-model-like', false)),
+          reference: () => post(`${bareUrl}/v1/chat/completions`, body('chat-model-like', false)),
+          gateway: () => post(`${gatewayUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
+          off: () => post(`${offUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
+        },
+        count,
+        settled,
+        period,
+      );
       await settled();
-      const off = summary(await time(() => post(`${offUrl}/v1/chat/completions`, body('bench-model-like', false), auth), count, settled, period));
-      await settled();
+      const [base, reference, gateway, off] = [summary(taken.base), summary(taken.reference), summary(taken.gateway), summary(taken.off)];
       console.log(`  json, the upstream answering after ${modelLikeUpstreamMs} ms (${count} requests each, one every ${period} ms; added p50):`);
       console.log(`      bare proxy ${plus(reference.p50 - base.p50)}, through gateway ${plus(gateway.p50 - base.p50)}, READY_HOLDS=off ${plus(off.p50 - base.p50)}   (direct p50 ${base.p50.toFixed(2)})`);
       targets['added p50, non-streamed, local stack: <= 3 ms'].push(
@@ -311,17 +331,22 @@ async function main() {
       const agent = new Agent({ keepAlive: true, maxSockets: 1 });
       const samples = Math.min(rounds, 60);
       const slowBody = (model: string) => body(model, true);
-      const firstByte = async (url: string, model: string, headers: Record<string, string> = {}) =>
-        summary(await sampleSequentially(() => timeToFirstByte(agent, { url: `${url}/v1/chat/completions`, headers: { 'content-type': 'application/json', ...headers }, body: slowBody(model) }),
-          { warm: 5, count: samples, pause: () => Promise.allSettled([...pending]), period: upstreamFirstByteMs + 25 }));
+      const firstByte = (url: string, model: string, headers: Record<string, string> = {}) => () =>
+        timeToFirstByte(agent, { url: `${url}/v1/chat/completions`, headers: { 'content-type': 'application/json', ...headers }, body: slowBody(model) });
       const auth = { authorization: `Bearer ${key}` };
-      const base = await firstByte(fake.url, 'chat-slow-start');
-      const reference = await firstByte(bareUrl, 'chat-slow-start');
-      const floor = await firstByte(nodeProxyUrl, 'chat-slow-start');
-      const warm = await firstByte(far.url, 'bench-slow-start', auth);
-      const warmOff = await firstByte(farOff.url, 'bench-slow-start', auth);
+      const taken = await sampleInterleaved(
+        {
+          base: firstByte(fake.url, 'chat-slow-start'),
+          reference: firstByte(bareUrl, 'chat-slow-start'),
+          floor: firstByte(nodeProxyUrl, 'chat-slow-start'),
+          warm: firstByte(far.url, 'bench-slow-start', auth),
+          warmOff: firstByte(farOff.url, 'bench-slow-start', auth),
+        },
+        { warm: 5, count: samples, pause: () => Promise.allSettled([...pending]), period: upstreamFirstByteMs + 25 },
+      );
+      const [base, reference, floor, warm, warmOff] = [summary(taken.base), summary(taken.reference), summary(taken.floor), summary(taken.warm), summary(taken.warmOff)];
       agent.destroy();
-      console.log(`\nTime to first byte in this process, streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
+      console.log(`\nTime to first byte in this process, streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests, the rows taken in turns (ms)\n`);
       console.log('                                     p50      p99   added p50');
       console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
       console.log(`  node:http proxy                   ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}`);
@@ -444,17 +469,22 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         // the settlement waits out its batch window, then takes one database round trip.
         const settleWindowMs = Number(process.env.SETTLE_BATCH_WINDOW_MS ?? 10);
         const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-        const sequential = async (next: LoadRequest) =>
-          summary(await sampleSequentially(() => timeWhole(agent, next), { warm: 20, count: rounds, pause: pauseOf(settleWindowMs + 25) }));
-        console.log(`\nSequential requests, ${rounds} each, gateway and bare proxy each in its own process, warm key, local stack (ms)\n`);
+        const whole = (next: LoadRequest) => () => timeWhole(agent, next);
+        console.log(`\nSequential requests, ${rounds} each, the rows taken in turns, gateway and bare proxy each in its own process, warm key, local stack (ms)\n`);
         console.log('                                     p50      p99   added p50');
         for (const stream of [false, true]) {
           const label = stream ? 'stream' : 'json  ';
-          const base = await sequential({ ...direct, body: chatBody('chat-basic', stream) });
-          const reference = await sequential({ ...direct, url: `${bareProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
-          const floor = await sequential({ ...direct, url: `${nodeProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) });
-          const billed = await sequential(through(gateway.url, customers[2]!.apiKey, stream));
-          const off = await sequential(through(offGateway.url, customers[3]!.apiKey, stream));
+          const taken = await sampleInterleaved(
+            {
+              base: whole({ ...direct, body: chatBody('chat-basic', stream) }),
+              reference: whole({ ...direct, url: `${bareProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) }),
+              floor: whole({ ...direct, url: `${nodeProxy.url}/v1/chat/completions`, body: chatBody('chat-basic', stream) }),
+              billed: whole(through(gateway.url, customers[2]!.apiKey, stream)),
+              off: whole(through(offGateway.url, customers[3]!.apiKey, stream)),
+            },
+            { warm: 20, count: rounds, pause: pauseOf(settleWindowMs + 25) },
+          );
+          const [base, reference, floor, billed, off] = [summary(taken.base), summary(taken.reference), summary(taken.floor), summary(taken.billed), summary(taken.off)];
           console.log(`  upstream direct, ${label}          ${fmt(base.p50)}  ${fmt(base.p99)}`);
           console.log(`  node:http proxy, ${label}          ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}`);
           console.log(`  bare proxy (no billing), ${label}  ${fmt(reference.p50)}  ${fmt(reference.p99)}  ${fmt(reference.p50 - base.p50)}`);
@@ -513,17 +543,23 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
         // a warm key's authorize runs while the upstream works, so it adds nothing it can hide behind it.
         fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
         const streamDirect: LoadRequest = { ...direct, body: chatBody('chat-slow-start', true) };
-        const measure = async (next: (index: number) => LoadRequest) =>
-          summary(await sampleSequentially((index) => timeToFirstByte(agent, next(index)), { warm: 5, count: samples, pause: pauseOf(25) }));
-        const base = await measure(() => streamDirect);
+        const firstByte = (next: (index: number) => LoadRequest) => (index: number) => timeToFirstByte(agent, next(index));
         const bareProxy = await startBareProxyProcess(fake.url);
-        const reference = await measure(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })).finally(() => bareProxy.stop());
         const nodeProxy = await startBareProxyProcess(fake.url, 'node');
-        const floor = await measure(() => ({ ...streamDirect, url: `${nodeProxy.url}/v1/chat/completions` })).finally(() => nodeProxy.stop());
-        const coldKey = await measure((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start'));
-        const warmKey = await measure(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start'));
-        const offKey = await measure(() => through(offGateway.url, customers[4]!.apiKey, true, 'bench-slow-start'));
-        console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests (ms)\n`);
+        const taken = await sampleInterleaved(
+          {
+            base: firstByte(() => streamDirect),
+            reference: firstByte(() => ({ ...streamDirect, url: `${bareProxy.url}/v1/chat/completions` })),
+            floor: firstByte(() => ({ ...streamDirect, url: `${nodeProxy.url}/v1/chat/completions` })),
+            coldKey: firstByte((index) => through(gateway.url, cold[index]!.apiKey, true, 'bench-slow-start')),
+            warmKey: firstByte(() => through(gateway.url, customers[1]!.apiKey, true, 'bench-slow-start')),
+            offKey: firstByte(() => through(offGateway.url, customers[4]!.apiKey, true, 'bench-slow-start')),
+          },
+          { warm: 5, count: samples, pause: pauseOf(25) },
+        ).finally(() => Promise.all([bareProxy.stop(), nodeProxy.stop()]));
+        const [base, reference, floor] = [summary(taken.base), summary(taken.reference), summary(taken.floor)];
+        const [coldKey, warmKey, offKey] = [summary(taken.coldKey), summary(taken.warmKey), summary(taken.offKey)];
+        console.log(`\nTime to first byte, streamed, database 20 ms away (10 ms each way), upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests, the rows taken in turns (ms)\n`);
         console.log('                                     p50      p99   added p50');
         console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
         console.log(`  node:http proxy                   ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}   (no framework, own process)`);

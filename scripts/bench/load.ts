@@ -66,6 +66,34 @@ export async function sampleSequentially(
   return times;
 }
 
+/**
+ * Timings of several rows taken in turns: one call of each row per round, the
+ * order rotated every round, so the rows meet the machine alike. A noisy VM
+ * drifts over minutes; rows measured one after another would compare one
+ * minute's gateway with another minute's upstream. Each row's `index` counts
+ * its own calls (warm-up included); the options apply to every call as in
+ * sampleSequentially.
+ */
+export async function sampleInterleaved<Name extends string>(
+  rows: Record<Name, (index: number) => Promise<number>>,
+  { warm, count, pause, period = 0 }: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined; period?: number },
+): Promise<Record<Name, number[]>> {
+  const names = Object.keys(rows) as Name[];
+  const times = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<Name, number[]>;
+  for (let round = 0; round < warm + count; round++) {
+    for (let turn = 0; turn < names.length; turn++) {
+      const name = names[(round + turn) % names.length]!;
+      const started = performance.now();
+      const time = await rows[name](round);
+      if (round >= warm) times[name].push(time);
+      await pause?.();
+      const rest = period - (performance.now() - started);
+      if (rest > 0) await new Promise((resolve) => setTimeout(resolve, rest));
+    }
+  }
+  return times;
+}
+
 /** A pause of `ms` milliseconds, for sampleSequentially. */
 export const pauseOf = (ms: number) => () => new Promise((resolve) => setTimeout(resolve, ms));
 
