@@ -64,17 +64,24 @@ export interface RateLimiterOptions {
  *
  * KEYS: requests (current, previous window), tokens (current, previous window),
  * the key's revocation mark. ARGV: request limit, token limit (0: none), tokens
- * asked, previous window's weight, key lifetime in ms. Returns {refused (0
- * none, 1 requests, 2 tokens, 3 revoked), requests used, tokens used},
- * counting this request when allowed.
+ * asked, previous window's weight, key lifetime in ms, tokens owed. Returns
+ * {refused (0 none, 1 requests, 2 tokens, 3 revoked), requests used, tokens
+ * used}, counting this request when allowed. Tokens owed (what requests
+ * allowed earlier held beyond what their checks counted, see `owe`) are
+ * counted first, whatever the answer: they were spent already.
  */
 const slidingWindowScript = `
-if redis.call('EXISTS', KEYS[5]) == 1 then return {3, 0, 0} end
 local requestLimit = tonumber(ARGV[1])
 local tokenLimit = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local weight = tonumber(ARGV[4])
 local lifetime = tonumber(ARGV[5])
+local owed = tonumber(ARGV[6])
+if tokenLimit > 0 and owed > 0 then
+  redis.call('INCRBY', KEYS[3], owed)
+  redis.call('PEXPIRE', KEYS[3], lifetime)
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {3, 0, 0} end
 local function used(current, previous)
   local now = tonumber(redis.call('GET', current) or '0')
   local before = tonumber(redis.call('GET', previous) or '0')
@@ -99,6 +106,14 @@ return {0, requests, spent}
 `;
 
 const maxDebtors = 10_000;
+/** Keys refused for their request rate, remembered at once (see `blocked`). */
+const maxBlocked = 10_000;
+/**
+ * How long a key refused for its request rate is refused from memory before
+ * Redis is asked again: the sliding window frees room as the previous window's
+ * weight falls, well before the fixed window turns.
+ */
+const blockedRecheckMs = 1_000;
 
 // One hash tag per account (a key belongs to one account): every key of the script lives on one slot.
 const accountBase = (accountId: string) => `tollgate:rl:{${accountId}}`;
@@ -139,6 +154,12 @@ async function readAnswer(response: Response): Promise<unknown> {
 const callsUnderWay = 2;
 /** At most this many commands in one pipeline (a few hundred bytes each); the rest go in the next. */
 const pipelineMax = 100;
+/**
+ * In a burst (a full pipeline waiting), full pipelines go at once up to this
+ * many calls under way, rather than waiting out their deadlines (which would
+ * let them through unchecked) behind the two already under way.
+ */
+const callsUnderWayInBurst = 8;
 
 /**
  * Runs `script` on Upstash by its SHA-1 (EVALSHA, Upstash's REST protocol),
@@ -146,7 +167,8 @@ const pipelineMax = 100;
  * Rejects on a transport failure or a Redis error.
  *
  * While `callsUnderWay` calls are under way, further commands wait, and go
- * together, as one POST to /pipeline, when one of those calls is answered:
+ * together, as one POST to /pipeline, when one of those calls is answered
+ * (or at once, up to `callsUnderWayInBurst` calls, once a full pipeline waits):
  * with many requests at once, far fewer HTTP calls than requests, and one
  * request alone goes at once, as a POST of its one command. Upstash runs a
  * pipeline's commands in order, each atomically, and answers each on its own;
@@ -201,7 +223,7 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
 
   const next = () => {
     queue = queue.filter((item) => !item.signal.aborted);
-    while (underWay < callsUnderWay && queue.length) {
+    while (queue.length && (underWay < callsUnderWay || (queue.length >= pipelineMax && underWay < callsUnderWayInBurst))) {
       const batch = queue.splice(0, pipelineMax);
       underWay++;
       const sent = batch.length === 1 ? call(batch[0]!.command, batch[0]!.signal).then(batch[0]!.resolve, batch[0]!.reject) : pipeline(batch);
@@ -212,12 +234,15 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
     }
   };
 
-  const enqueue = (command: Array<string | number>, signal: AbortSignal) =>
+  /** `first`: ahead of the commands waiting (a command sent again, which has waited once already). */
+  const enqueue = (command: Array<string | number>, signal: AbortSignal, first = false) =>
     new Promise<unknown>((resolve, reject) => {
       if (signal.aborted) return reject(signal.reason);
       // Rejected at the deadline even when the answer it waits for comes later (a later resolve is ignored).
       signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-      queue.push({ command, signal, resolve, reject });
+      const item = { command, signal, resolve, reject };
+      if (first) queue.unshift(item);
+      else queue.push(item);
       next();
     });
 
@@ -228,7 +253,7 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
         return await enqueue(['evalsha', await sha, keys.length, ...keys, ...args], signal);
       } catch (error) {
         if (!/NOSCRIPT/i.test((error as Error).message)) throw error;
-        return enqueue(['eval', script, keys.length, ...keys, ...args], signal);
+        return enqueue(['eval', script, keys.length, ...keys, ...args], signal, true);
       }
     },
     /** One plain command, on its own. */
@@ -241,8 +266,9 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
  * windows on Upstash Redis, shared by every gateway instance: one script call
  * per request. Fails open: if Redis does not answer within the timeout, or
  * answers with an error, the request is allowed and the failure is logged.
- * A key refused for its request rate is remembered in memory until its window
- * turns, so a flood from one key costs no Redis call. The same script call
+ * A key refused for its request rate is refused from memory for a second
+ * (`blockedRecheckMs`), so a flood from one key costs one Redis call a second
+ * per instance. The same script call
  * finds a key marked revoked (by the revocation route) and refuses it; failing
  * open, it says so (`unavailable`), and the caller that relies on the mark asks
  * the database instead.
@@ -256,8 +282,13 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
     return { controller, timer };
   };
   const windowMs = windowSeconds * 1000;
-  const blockedUntil = new Map<string, number>();
+  /** Keys refused for their request rate: refused from memory until `recheckAt`; their window turns at `resetAt`. */
+  const blocked = new Map<string, { recheckAt: number; resetAt: number }>();
   const debts = new Map<string, number>();
+  const addDebt = (accountId: string, tokens: number) => {
+    if (!debts.has(accountId) && debts.size >= maxDebtors) debts.delete(debts.keys().next().value!);
+    debts.set(accountId, (debts.get(accountId) ?? 0) + tokens);
+  };
 
   const headersFor = (subject: RateLimitSubject, requests: number, spent: number, resetMs: number) => {
     const headers: Record<string, string> = {};
@@ -288,13 +319,17 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       const now = Date.now();
       const window = Math.floor(now / windowMs);
       const resetMs = (window + 1) * windowMs - now;
-      const blocked = blockedUntil.get(subject.keyId);
-      if (blocked !== undefined) {
-        if (blocked > now) return refusal('requests', blocked - now, headersFor(subject, requestLimit, 0, blocked - now));
-        blockedUntil.delete(subject.keyId);
+      const refused = blocked.get(subject.keyId);
+      if (refused !== undefined) {
+        if (refused.recheckAt > now) return refusal('requests', refused.resetAt - now, headersFor(subject, requestLimit, 0, refused.resetAt - now));
+        blocked.delete(subject.keyId);
       }
-      const debt = debts.get(subject.accountId) ?? 0;
-      const asked = tokenLimit ? tokens + debt : 0;
+      // What this instance owes for the account goes with this call and is counted by it
+      // whatever its answer; it is taken now, so a check under way beside this one, or a
+      // debt owed while this one is under way, is not counted twice or lost.
+      const debt = tokenLimit ? (debts.get(subject.accountId) ?? 0) : 0;
+      if (debt) debts.delete(subject.accountId);
+      const asked = tokenLimit ? tokens : 0;
       const base = accountBase(subject.accountId);
       const keys = [
         `${base}:r:${subject.keyId}:${window}`,
@@ -307,27 +342,30 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       const { controller, timer } = deadline();
       let answer: unknown;
       try {
-        answer = await redis.run(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000)], controller.signal);
+        answer = await redis.run(keys, [String(requestLimit), String(tokenLimit), String(asked), weight.toFixed(6), String(windowMs * 2 + 1000), String(debt)], controller.signal);
       } catch (error) {
+        // Owed still: counted by the next check (twice, should the script have run after all).
+        if (debt) addDebt(subject.accountId, debt);
         const reason = controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message;
         log({ level: 'warn', event: 'rate_limit_unavailable', reason });
         return { allowed: true, headers: {}, ample: false, unavailable: true };
       } finally {
         clearTimeout(timer);
       }
-      if (!Array.isArray(answer) || answer.length !== 3) {
+      const counts = Array.isArray(answer) && answer.length === 3 ? answer.map(Number) : [];
+      if (counts.length !== 3 || !counts.every(Number.isFinite)) {
         log({ level: 'warn', event: 'rate_limit_unavailable', reason: `unexpected answer ${JSON.stringify(answer)?.slice(0, 100)}` });
         return { allowed: true, headers: {}, ample: false, unavailable: true };
       }
-      const [refused, requests, spent] = answer.map(Number) as [number, number, number];
-      if (refused === 3) return { allowed: false, revoked: true, headers: {}, ample: false };
+      const [outcome, requests, spent] = counts as [number, number, number];
+      if (outcome === 3) return { allowed: false, revoked: true, headers: {}, ample: false };
       const headers = headersFor(subject, requests, spent, resetMs);
-      if (refused === 1) {
-        blockedUntil.set(subject.keyId, now + resetMs);
+      if (outcome === 1) {
+        if (!blocked.has(subject.keyId) && blocked.size >= maxBlocked) blocked.delete(blocked.keys().next().value!);
+        blocked.set(subject.keyId, { recheckAt: now + Math.min(resetMs, blockedRecheckMs), resetAt: now + resetMs });
         return refusal('requests', resetMs, headers);
       }
-      if (refused === 2) return refusal('tokens', resetMs, headers);
-      if (debt) debts.delete(subject.accountId);
+      if (outcome === 2) return refusal('tokens', resetMs, headers);
       const ample = (!requestLimit || requestLimit - requests >= requestLimit / 10) && (!tokenLimit || tokenLimit - spent >= tokenLimit / 10);
       return { allowed: true, headers, ample };
     },
@@ -341,8 +379,7 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
     },
     owe(subject, tokens) {
       if (!subject.tokensPerMinute || tokens <= 0) return;
-      if (!debts.has(subject.accountId) && debts.size >= maxDebtors) debts.delete(debts.keys().next().value!);
-      debts.set(subject.accountId, (debts.get(subject.accountId) ?? 0) + tokens);
+      addDebt(subject.accountId, tokens);
     },
   };
 }

@@ -235,32 +235,35 @@ describe('when Redis does not answer', () => {
   });
 });
 
-describe('many requests at once on one instance', () => {
-  /** A rate limiter on the local Upstash endpoint, through a fetch that records each call's path and can hold pipelines. */
-  function limiterWithCalls(options: { timeoutMs?: number; holdPipelines?: boolean } = {}) {
-    const paths: string[] = [];
-    const sizes: number[] = [];
-    const logs: Record<string, unknown>[] = [];
-    const limiter = createRateLimiter({
-      url: setup.upstash.url,
-      token: setup.upstash.token,
-      timeoutMs: options.timeoutMs ?? 5000,
-      windowSeconds: 60,
-      log: (entry) => logs.push(entry),
-      fetch: (input, init) => {
-        const path = new URL(String(input)).pathname;
-        paths.push(path);
-        if (path === '/pipeline') sizes.push((JSON.parse(String(init?.body)) as unknown[]).length);
-        if (options.holdPipelines && path === '/pipeline') {
-          return new Promise((_, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal!.reason), { once: true }));
-        }
-        return fetch(input, init);
-      },
-    });
-    return { limiter, paths, sizes, logs };
-  }
-  const subject = (requestsPerMinute: number) => ({ keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute, tokensPerMinute: null });
+/** A rate limiter on the local Upstash endpoint, through a fetch that records each call's path, and can delay every call or hold pipelines. */
+function limiterWithCalls(options: { timeoutMs?: number; holdPipelines?: boolean; windowSeconds?: number; delayMs?: number } = {}) {
+  const paths: string[] = [];
+  const sizes: number[] = [];
+  const logs: Record<string, unknown>[] = [];
+  const limiter = createRateLimiter({
+    url: setup.upstash.url,
+    token: setup.upstash.token,
+    timeoutMs: options.timeoutMs ?? 5000,
+    windowSeconds: options.windowSeconds ?? 60,
+    log: (entry) => logs.push(entry),
+    fetch: async (input, init) => {
+      if (options.delayMs) await new Promise((resolve) => setTimeout(resolve, options.delayMs));
+      const path = new URL(String(input)).pathname;
+      paths.push(path);
+      if (path === '/pipeline') sizes.push((JSON.parse(String(init?.body)) as unknown[]).length);
+      if (options.holdPipelines && path === '/pipeline') {
+        return new Promise((_, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal!.reason), { once: true }));
+      }
+      return fetch(input, init);
+    },
+  });
+  return { limiter, paths, sizes, logs };
+}
+const subject = (requestsPerMinute: number) => ({ keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute, tokensPerMinute: null });
+const tokenSubject = (tokensPerMinute: number) => ({ keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute: null, tokensPerMinute });
+const remainingTokens = (decision: { headers: Record<string, string> }) => Number(decision.headers['x-ratelimit-remaining-tokens']);
 
+describe('many requests at once on one instance', () => {
   it('checks go together in pipelines while calls are under way: the limit holds exactly, in far fewer calls than checks', async () => {
     const { limiter, paths } = limiterWithCalls();
     const key = subject(10);
@@ -307,5 +310,88 @@ describe('many requests at once on one instance', () => {
     expect(unanswered.length).toBeGreaterThan(0);
     expect(unanswered.every((decision) => decision.allowed)).toBe(true);
     expect(logs.filter((entry) => entry.event === 'rate_limit_unavailable')).toHaveLength(unanswered.length);
+  });
+
+  it('a burst of 1,000 checks: full pipelines go at once, so every check is answered within its deadline', async () => {
+    // Each call takes 100 ms; with two calls under way at most, 1,000 checks would need five round trips.
+    const { limiter, sizes } = limiterWithCalls({ delayMs: 100, timeoutMs: 450 });
+    const key = subject(100_000);
+    const decisions = await Promise.all(Array.from({ length: 1000 }, () => limiter.check(key, 0)));
+    expect(decisions.filter((decision) => decision.unavailable)).toHaveLength(0);
+    expect(Math.max(...sizes)).toBe(100);
+  });
+
+  it('an answer that is not three numbers is a failure: allowed, logged, marked unavailable', async () => {
+    const logs: Record<string, unknown>[] = [];
+    const limiter = createRateLimiter({
+      url: setup.upstash.url,
+      token: setup.upstash.token,
+      timeoutMs: 1000,
+      windowSeconds: 60,
+      log: (entry) => logs.push(entry),
+      fetch: async () => new Response(JSON.stringify({ result: ['a', 'b', 'c'] }), { headers: { 'content-type': 'application/json' } }),
+    });
+    expect(await limiter.check(subject(5), 0)).toMatchObject({ allowed: true, unavailable: true });
+    expect(logs.map((entry) => entry.event)).toEqual(['rate_limit_unavailable']);
+  });
+});
+
+describe('what one instance owes and remembers', () => {
+  it('tokens owed go with one check only, even when two are under way together', async () => {
+    const { limiter } = limiterWithCalls();
+    const account = tokenSubject(1000);
+    limiter.owe(account, 400);
+    const both = await Promise.all([limiter.check(account, 0), limiter.check(account, 0)]);
+    expect(both.every((decision) => decision.allowed)).toBe(true);
+    // Counted once: 400 of 1,000 spent, as another instance sees it.
+    expect(remainingTokens(await limiterWithCalls().limiter.check(account, 0))).toBe(600);
+  });
+
+  it('tokens owed while a check is under way are counted by the next one', async () => {
+    const { limiter } = limiterWithCalls({ delayMs: 100 });
+    const account = tokenSubject(1000);
+    limiter.owe(account, 400);
+    const underWay = limiter.check(account, 0);
+    limiter.owe(account, 300);
+    expect((await underWay).allowed).toBe(true);
+    expect(remainingTokens(await limiter.check(account, 0))).toBe(300);
+  });
+
+  it('a debt larger than the limit refuses the account while it counts, not for good', async () => {
+    const windowMs = 1000;
+    const { limiter } = limiterWithCalls({ windowSeconds: windowMs / 1000 });
+    const account = tokenSubject(1000);
+    limiter.owe(account, 1200);
+    const refused = await limiter.check(account, 10);
+    expect(refused).toMatchObject({ allowed: false, limitedBy: 'tokens' });
+    // Counted in Redis whatever the answer: another instance refuses the account alike.
+    expect(await limiterWithCalls({ windowSeconds: windowMs / 1000 }).limiter.check(account, 10)).toMatchObject({ allowed: false, limitedBy: 'tokens' });
+    // Two windows on, the sliding window has left it behind, on this instance as on any other.
+    await new Promise((resolve) => setTimeout(resolve, 2 * windowMs - (Date.now() % windowMs) + 50));
+    expect((await limiter.check(account, 10)).allowed).toBe(true);
+  });
+
+  it('a key refused for its request rate is refused from memory for a second, then asked again, and let through once the window slides', async () => {
+    const windowMs = 2000;
+    const { limiter, paths } = limiterWithCalls({ windowSeconds: windowMs / 1000 });
+    const key = { keyId: crypto.randomUUID(), accountId: crypto.randomUUID(), requestsPerMinute: 4, tokensPerMinute: null };
+    await startOfWindow(windowMs);
+    const firstWindow = Math.floor(Date.now() / windowMs);
+    for (let used = 0; used < 4; used++) expect((await limiter.check(key, 0)).allowed).toBe(true);
+    // Into the next window: the previous one still weighs most of its 4, so the key is soon refused.
+    await new Promise((resolve) => setTimeout(resolve, (firstWindow + 1) * windowMs - Date.now() + 50));
+    let refusedAt = 0;
+    for (let attempt = 0; attempt < 5 && !refusedAt; attempt++) if (!(await limiter.check(key, 0)).allowed) refusedAt = Date.now();
+    expect(refusedAt).toBeGreaterThan(0);
+    // Within the second: refused from memory, no call.
+    const calls = paths.length;
+    expect(await limiter.check(key, 0)).toMatchObject({ allowed: false, limitedBy: 'requests' });
+    expect(paths).toHaveLength(calls);
+    // Three quarters into the window, a second after the refusal: the previous window weighs
+    // a quarter of its 4 (1), so there is room again, and Redis is asked.
+    const recheck = Math.max((firstWindow + 1) * windowMs + 0.75 * windowMs, refusedAt + 1050);
+    await new Promise((resolve) => setTimeout(resolve, recheck - Date.now()));
+    expect((await limiter.check(key, 0)).allowed).toBe(true);
+    expect(paths.length).toBeGreaterThan(calls);
   });
 });
