@@ -88,6 +88,29 @@ describe('cost through settle_request', () => {
   });
 });
 
+describe('usage the model has no price for', () => {
+  it('is charged nothing, never the balance; the rest at its price, and only the operator is told', async () => {
+    // No price_web_search: the upstream reports searches the request never asked for.
+    const model = await createModel({ input: 2_000_000, output: 8_000_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const single = crypto.randomUUID();
+    const batched = crypto.randomUUID();
+    for (const requestId of [single, batched]) {
+      expect((await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 })).status).toBe('authorized');
+    }
+    const usage = { input: 100, output: 50, web_search: 2 };
+    // 100 × 2 + 50 × 8 = 600; the two searches, 0.
+    expect(await ledger.settleRequest({ requestId: single, outcome: 'completed', usage, usageSource: 'provider' })).toMatchObject({ amount: 600, charged: 600, balance: 9_999_400 });
+    const { rows: [batch] } = await admin().query('select public.settle_requests($1) as result', [JSON.stringify([{ request_id: batched, outcome: 'completed', usage, usage_source: 'provider' }])]);
+    expect(batch.result[0]).toMatchObject({ ok: true, result: { amount: 600, charged: 600, balance: 9_998_800 } });
+
+    const { rows: alerts } = await admin().query(`select account_id, details from public.alerts where kind = 'unpriced_usage' and details ->> 'request_id' = any ($1) order by id`, [[single, batched]]);
+    expect(alerts).toEqual([single, batched].map((requestId) => ({ account_id: null, details: { request_id: requestId, model, account_id: customer.accountId, unpriced: { web_search: 2 } } })));
+    const { data: seen } = await customer.client.from('alerts').select('kind');
+    expect((seen ?? []).filter((alert) => alert.kind === 'unpriced_usage')).toEqual([]);
+  });
+});
+
 describe('long-context price tiers', () => {
   // Gemini 2.5 Pro-like: above 200,000 prompt tokens, input ×2 and output ×1.5 for the whole request.
   const rates = { input: 1_250_000, cached_input: 125_000, output: 10_000_000, reasoning: 10_000_000, long: { threshold: 200_000, input: 2_500_000, cached_input: 250_000, output: 15_000_000, reasoning: 15_000_000 } };
