@@ -17,7 +17,7 @@ export const messagesRequestSchema = z.looseObject({
 
 export type MessagesRequest = z.infer<typeof messagesRequestSchema>;
 
-export const anthropicUsageSchema = z.looseObject({
+const anthropicCountsSchema = {
   input_tokens: z.number().int().nullish(),
   output_tokens: z.number().int().nullish(),
   cache_creation_input_tokens: z.number().int().nullish(),
@@ -29,7 +29,17 @@ export const anthropicUsageSchema = z.looseObject({
     })
     .nullish(),
   output_tokens_details: z.looseObject({ thinking_tokens: z.number().int().nullish() }).nullish(),
+};
+
+/** One sampling pass of a request with server-side compaction (`usage.iterations`, type "compaction" or "message"). */
+export const anthropicIterationUsageSchema = z.looseObject({ type: z.string().nullish(), ...anthropicCountsSchema });
+
+export type AnthropicIterationUsage = z.infer<typeof anthropicIterationUsageSchema>;
+
+export const anthropicUsageSchema = z.looseObject({
+  ...anthropicCountsSchema,
   server_tool_use: z.looseObject({ web_search_requests: z.number().int().nullish() }).nullish(),
+  iterations: z.array(anthropicIterationUsageSchema).nullish(),
 });
 
 export type AnthropicUsage = z.infer<typeof anthropicUsageSchema>;

@@ -1,19 +1,39 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
-import type { AnthropicUsage } from './anthropic-wire.ts';
+import type { AnthropicIterationUsage, AnthropicUsage } from './anthropic-wire.ts';
 
 /**
  * Anthropic's input_tokens exclude cache reads and writes; cache writes are
  * split into 5-minute and 1-hour writes when `cache_creation` is present
  * (https://docs.anthropic.com/en/api/messages). Thinking tokens are part of
  * output_tokens and are moved to the reasoning bucket.
+ *
+ * A stream's message_delta carries a cumulative cache_creation_input_tokens
+ * without the split, which message_start gave: writes beyond the split are
+ * 5-minute writes. With server-side compaction, the pass that summarizes the
+ * conversation is an iteration of its own in `usage.iterations`, billed by
+ * Anthropic, and not in the top-level counts, which cover the final pass: it is
+ * added (an iteration of type "message" is that final pass, already counted).
  */
 export function convertAnthropicUsage(usage: AnthropicUsage): TokenUsage {
+  const buckets = bucketsOf(usage);
+  for (const iteration of usage.iterations ?? []) {
+    if (iteration.type === 'message') continue;
+    for (const [bucket, count] of Object.entries(bucketsOf(iteration))) {
+      const name = bucket as keyof TokenUsage;
+      buckets[name] = (buckets[name] ?? 0) + (count ?? 0);
+    }
+  }
+  return buckets;
+}
+
+function bucketsOf(usage: AnthropicIterationUsage & Pick<AnthropicUsage, 'server_tool_use'>): TokenUsage {
   const atLeastZero = (count: number) => Math.max(0, count);
   const cacheWrites = usage.cache_creation_input_tokens ?? 0;
   const oneHour = usage.cache_creation?.ephemeral_1h_input_tokens ?? 0;
-  const fiveMinutes = usage.cache_creation?.ephemeral_5m_input_tokens ?? cacheWrites - oneHour;
+  const fiveMinutes = Math.max(usage.cache_creation?.ephemeral_5m_input_tokens ?? 0, cacheWrites - oneHour);
   const output = usage.output_tokens ?? 0;
   const thinking = usage.output_tokens_details?.thinking_tokens ?? 0;
+  const searches = usage.server_tool_use?.web_search_requests;
   return {
     input: atLeastZero(usage.input_tokens ?? 0),
     cached_input: atLeastZero(usage.cache_read_input_tokens ?? 0),
@@ -22,7 +42,7 @@ export function convertAnthropicUsage(usage: AnthropicUsage): TokenUsage {
     output: atLeastZero(output - thinking),
     reasoning: atLeastZero(thinking),
     // The web_search server tool, billed per search (usage.server_tool_use).
-    ...(usage.server_tool_use?.web_search_requests ? { web_search: atLeastZero(usage.server_tool_use.web_search_requests) } : {}),
+    ...(searches ? { web_search: atLeastZero(searches) } : {}),
   };
 }
 

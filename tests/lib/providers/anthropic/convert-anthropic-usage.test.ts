@@ -19,6 +19,25 @@ describe('convertAnthropicUsage', () => {
       { input_tokens: 40, output_tokens: 310, output_tokens_details: { thinking_tokens: 290 } },
       { input: 40, cached_input: 0, cache_write: 0, cache_write_1h: 0, output: 20, reasoning: 290 },
     ],
+    [
+      // A stream's message_delta: cumulative writes (2,600) beside message_start's split (2,000 at 5 minutes).
+      'writes beyond a stale TTL split are 5-minute writes',
+      { input_tokens: 5, output_tokens: 1, cache_creation_input_tokens: 2600, cache_creation: { ephemeral_5m_input_tokens: 2000, ephemeral_1h_input_tokens: 0 } },
+      { input: 5, cached_input: 0, cache_write: 2600, cache_write_1h: 0, output: 1, reasoning: 0 },
+    ],
+    [
+      // Server-side compaction: the summarizing pass (180,000 in, 3,500 out) is billed, and not in the top-level counts.
+      'a compaction iteration is added to the final pass; the iteration that is the final pass is not',
+      {
+        input_tokens: 23000,
+        output_tokens: 1000,
+        iterations: [
+          { type: 'compaction', input_tokens: 180000, output_tokens: 3500, cache_read_input_tokens: 100, cache_creation_input_tokens: 0 },
+          { type: 'message', input_tokens: 23000, output_tokens: 1000, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+        ],
+      },
+      { input: 203000, cached_input: 100, cache_write: 0, cache_write_1h: 0, output: 4500, reasoning: 0 },
+    ],
   ])('%s', (_name, usage, expected) => {
     expect(convertAnthropicUsage(usage)).toEqual(expected);
   });
