@@ -488,3 +488,68 @@ describe('column grants: what each role may read, column by column', () => {
     }
   });
 });
+
+describe('a project that grants the API roles everything by itself', () => {
+  /** Every privilege anon and authenticated hold in public: on relations, columns, sequences and functions. */
+  const clientPrivileges = `
+    select 'relation' as kind, c.relname as name, a.grantee::regrole::text as role, a.privilege_type as privilege
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) a
+     where n.nspname = 'public' and a.grantee in ('anon'::regrole, 'authenticated'::regrole)
+    union all
+    select 'column', c.relname || '.' || att.attname, a.grantee::regrole::text, a.privilege_type
+      from pg_attribute att join pg_class c on c.oid = att.attrelid join pg_namespace n on n.oid = c.relnamespace, aclexplode(att.attacl) a
+     where n.nspname = 'public' and a.grantee in ('anon'::regrole, 'authenticated'::regrole)
+    union all
+    select 'function', p.oid::regprocedure::text, case when a.grantee = 0 then 'public' else a.grantee::regrole::text end, a.privilege_type
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+     where n.nspname = 'public' and (a.grantee in ('anon'::regrole, 'authenticated'::regrole) or a.grantee = 0)
+    order by 1, 2, 3, 4`;
+
+  it('private.grant_client_privileges() takes the grants back to exactly what the migrations grant', async () => {
+    const client = await admin().connect();
+    try {
+      const { rows: intended } = await client.query(clientPrivileges);
+      expect(intended.length).toBeGreaterThan(0);
+      await client.query('begin');
+      // What older Supabase projects (or "default privileges for new entities") grant on every object in public.
+      await client.query('set local role postgres');
+      await client.query('grant all on all tables in schema public to anon, authenticated');
+      await client.query('grant all on all sequences in schema public to anon, authenticated');
+      await client.query('grant execute on all functions in schema public to anon, authenticated');
+      const asAlice = async (statement: string) => {
+        await client.query('savepoint attempt');
+        try {
+          await client.query('set local role authenticated');
+          await client.query(`select set_config('request.jwt.claims', $1, true)`, [JSON.stringify({ sub: alice.userId, role: 'authenticated' })]);
+          const result = await client.query(statement);
+          return result.rowCount;
+        } catch (error) {
+          return (error as { code?: string }).code;
+        } finally {
+          await client.query('rollback to savepoint attempt');
+        }
+      };
+      // Row-level security alone let a customer write their own balance, and read what their requests cost.
+      expect(await asAlice(`update public.accounts set balance = 1000000000000, credit_limit = 1000000000000 where id = '${alice.accountId}'`)).toBe(1);
+      expect(await asAlice(`select upstream_cost from public.usage_events`)).toEqual(expect.any(Number));
+      await client.query('select private.grant_client_privileges()');
+      expect(await asAlice(`update public.accounts set balance = 1000000000000 where id = '${alice.accountId}'`)).toBe('42501');
+      expect(await asAlice(`select upstream_cost from public.usage_events`)).toBe('42501');
+      expect(await asAlice(`update public.accounts set low_balance_threshold = 5 where id = '${alice.accountId}'`)).toBe(1);
+      // A migration that grants the API roles something new redefines the function whole, or this fails.
+      const { rows: after } = await client.query(clientPrivileges);
+      expect(after).toEqual(intended);
+    } finally {
+      await client.query('rollback').catch(() => {});
+      client.release();
+    }
+  });
+
+  it('new objects in public are granted to no API role by default', async () => {
+    const { rows } = await admin().query(`
+      select d.defaclobjtype as type, a.grantee::regrole::text as role, a.privilege_type as privilege
+        from pg_default_acl d join pg_namespace n on n.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
+       where n.nspname = 'public' and d.defaclrole = 'postgres'::regrole and a.grantee in ('anon'::regrole, 'authenticated'::regrole)`);
+    expect(rows).toEqual([]);
+  });
+});
