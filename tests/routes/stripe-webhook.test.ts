@@ -105,6 +105,18 @@ describe('delayed payment methods', () => {
     });
     expect(await balance(customer.accountId)).toBe(0);
   });
+  it('a pack given a new link, or taken off sale, while the debit clears: credited as it was bought', async () => {
+    for (const change of [`set stripe_payment_link_id = 'plink_test_' || md5(random()::text), unit_amount = 6000`, 'set active = false']) {
+      const customer = await createCustomer({ balance: 0 });
+      const link = await createPack();
+      const unpaid = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000, paymentStatus: 'unpaid' });
+      expect(await (await deliver(stripeEvent('checkout.session.completed', unpaid))).json()).toMatchObject({ status: 'pending' });
+      // What `npm run stripe:links` does for a new price, or the operator taking the pack off sale.
+      await admin().query(`update public.credit_packs ${change} where stripe_payment_link_id = $1`, [link]);
+      expect(await (await deliver(stripeEvent('checkout.session.async_payment_succeeded', { ...unpaid, payment_status: 'paid' }))).json()).toMatchObject({ status: 'credited' });
+      expect(await balance(customer.accountId)).toBe(55_000_000);
+    }
+  });
 });
 
 describe('refunds and disputes', () => {
@@ -231,6 +243,37 @@ describe('subscriptions', () => {
     expect(await balance(customer.accountId)).toBe(40_000_000);
     const { rows: [account] } = await admin().query('select plan from public.accounts where id = $1', [customer.accountId]);
     expect(account.plan).toBe(planId);
+  });
+
+  it('a subscription checkout puts the account on the plan once paid: not while a debit clears, never when it fails', async () => {
+    const planId = `pro${crypto.randomUUID().slice(0, 8)}`;
+    const link = `plink_test_${planId}`;
+    await admin().query(`insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values ($1, 'Pro', 20000000, $2, $3)`, [planId, `price_test_${planId}`, link]);
+    const planOf = async (accountId: string) => (await admin().query('select plan, stripe_customer_id from public.accounts where id = $1', [accountId])).rows[0];
+    const clearing = await createCustomer({ balance: 0 });
+    const unpaid = checkoutSession({ clientReferenceId: clearing.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: `cus_test_a${planId}`, paymentStatus: 'unpaid' });
+    expect(await (await deliver(stripeEvent('checkout.session.completed', unpaid))).json()).toMatchObject({ status: 'pending' });
+    expect(await planOf(clearing.accountId)).toEqual({ plan: 'free', stripe_customer_id: null });
+    expect(await (await deliver(stripeEvent('checkout.session.async_payment_succeeded', { ...unpaid, payment_status: 'paid' }))).json()).toMatchObject({ status: 'subscribed' });
+    expect(await planOf(clearing.accountId)).toEqual({ plan: planId, stripe_customer_id: `cus_test_a${planId}` });
+
+    const failing = await createCustomer({ balance: 0 });
+    const failed = checkoutSession({ clientReferenceId: failing.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: `cus_test_b${planId}`, paymentStatus: 'unpaid' });
+    expect(await (await deliver(stripeEvent('checkout.session.async_payment_failed', failed))).json()).toMatchObject({ status: 'failed' });
+    expect(await planOf(failing.accountId)).toEqual({ plan: 'free', stripe_customer_id: null });
+  });
+
+  it('a second subscription checkout for an account says that the first one\'s invoices no longer reach it', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const planId = `pro${crypto.randomUUID().slice(0, 8)}`;
+    const link = `plink_test_${planId}`;
+    await admin().query(`insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values ($1, 'Pro', 20000000, $2, $3)`, [planId, `price_test_${planId}`, link]);
+    for (const customerId of [`cus_test_1${planId}`, `cus_test_1${planId}`, `cus_test_2${planId}`]) {
+      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+      expect(await (await deliver(stripeEvent('checkout.session.completed', session))).json()).toMatchObject({ status: 'subscribed' });
+    }
+    const raised = await alerts(customer.accountId, 'subscription_replaced');
+    expect(raised.map((alert) => alert.details)).toEqual([expect.objectContaining({ previous_customer: `cus_test_1${planId}`, customer: `cus_test_2${planId}`, plan: planId })]);
   });
 
   it('a checkout and its first invoice delivered at the same moment still credit once', async () => {
