@@ -65,7 +65,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
     warmKeys: createWarmKeys(),
     settlements: createSettlementBatcher({
       settleMany: (settlements) => ledger.settleRequests(settlements),
-      deliverOne: (settlement) => deliverSettlement(services, settlement),
+      deliverOne: (settlement, since) => deliverSettlement(services, settlement, since),
       log,
       windowMs: config.SETTLE_BATCH_WINDOW_MS,
     }),

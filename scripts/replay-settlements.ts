@@ -1,7 +1,8 @@
 // `npm run settlements:replay -- <log file>… | -`: settles the requests whose
 // settlement could reach neither the database nor the Redis outbox. The gateway
 // logged each of them as one JSON line with event `settlement_unrecorded` and
-// the whole settlement; this reads such lines (from files, or standard input
+// the whole settlement (and each one it put in the outbox, as
+// `settlement_queued`, for when the outbox itself is lost); this reads such lines (from files, or standard input
 // with `-`; any prefix a log platform puts before the JSON is skipped), and
 // settles them with settle_requests. The database settles by request id, so
 // replaying a line twice, or a line whose settlement did get through, charges
@@ -27,14 +28,14 @@ export function unrecordedSettlements(log: string): SettleRequestInput[] {
   const found = new Map<string, SettleRequestInput>();
   for (const line of log.split('\n')) {
     const start = line.indexOf('{');
-    if (start < 0 || !line.includes('settlement_unrecorded')) continue;
+    if (start < 0 || !(line.includes('settlement_unrecorded') || line.includes('settlement_queued'))) continue;
     let entry: { event?: unknown; settlement?: unknown };
     try {
       entry = JSON.parse(line.slice(start)) as typeof entry;
     } catch {
       continue;
     }
-    if (entry.event !== 'settlement_unrecorded') continue;
+    if (entry.event !== 'settlement_unrecorded' && entry.event !== 'settlement_queued') continue;
     const settlement = parseSettlementRow(entry.settlement);
     if (settlement) found.set(settlement.requestId, settlement);
   }

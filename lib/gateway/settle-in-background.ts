@@ -13,18 +13,28 @@ const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(reso
 /**
  * Delivers one settlement so that it is never lost:
  * 1. to the database, retried with backoff (100 ms doubling to 2 s, each try
- *    within the database deadline) for SETTLE_RETRY_WINDOW_MS — as long as a
- *    function may keep working after its response;
+ *    within the database deadline);
  * 2. then to the outbox in Upstash Redis, which the scheduled drain empties;
  * 3. if Redis fails too, one error log line (`settlement_unrecorded`) carrying
  *    the whole settlement, which `npm run settlements:replay` settles.
+ * All of it within SETTLE_RETRY_WINDOW_MS of `since` (when the settlement was
+ * begun, before its batch): a try is begun only while it, and the outbox write
+ * after it, can still end within that window — as long as a function may keep
+ * working after its response. The line of a settlement queued carries it
+ * whole too, so the log can replay it should the outbox be lost.
  * The database settles by request id, so any path may deliver it twice.
  */
-export async function deliverSettlement(services: Services, settlement: SettleRequestInput): Promise<DeliveryOutcome> {
+export async function deliverSettlement(services: Services, settlement: SettleRequestInput, since = Date.now()): Promise<DeliveryOutcome> {
   const { ledger, outbox, log, config } = services;
-  const deadline = Date.now() + config.SETTLE_RETRY_WINDOW_MS;
+  const deadline = since + config.SETTLE_RETRY_WINDOW_MS;
+  // What must still fit after a try is begun: the try itself, and the outbox write.
+  const tail = config.DATABASE_TIMEOUT_MS + (outbox ? config.OUTBOX_TIMEOUT_MS : 0);
   let lastError = 'not tried';
   for (let attempt = 0; ; attempt++) {
+    if (Date.now() + tail > deadline) {
+      if (attempt === 0) lastError = `no time left to try within ${config.SETTLE_RETRY_WINDOW_MS} ms`;
+      break;
+    }
     try {
       await ledger.settleRequest(settlement);
       return 'settled';
@@ -41,14 +51,14 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
       lastError = (error as Error).message;
     }
     const delay = Math.min(longestDelayMs, firstDelayMs * 2 ** attempt) * (0.75 + Math.random() / 2);
-    if (Date.now() + delay >= deadline) break;
+    if (Date.now() + delay + tail > deadline) break;
     await sleep(delay);
   }
 
   if (outbox) {
     try {
       await outbox.put(settlement, lastError);
-      log({ level: 'warn', event: 'settlement_queued', requestId: settlement.requestId, error: lastError });
+      log({ level: 'warn', event: 'settlement_queued', requestId: settlement.requestId, settlement: settlementRow(settlement), error: lastError });
       return 'queued';
     } catch (error) {
       lastError = `${lastError}; outbox: ${(error as Error).message}`;
@@ -66,6 +76,7 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
  */
 export function settleInBackground(services: Services, requestId: string, compute: () => Promise<SettleRequestInput>): void {
   const run = async () => {
+    const since = Date.now();
     let settlement: SettleRequestInput;
     try {
       settlement = await compute();
@@ -73,7 +84,7 @@ export function settleInBackground(services: Services, requestId: string, comput
       services.log({ level: 'error', event: 'usage_unavailable', requestId, error: (error as Error).message });
       settlement = { requestId, outcome: 'failed', usage: {}, error: `usage could not be determined: ${(error as Error).message}` };
     }
-    await services.settlements.deliver(settlement);
+    await services.settlements.deliver(settlement, since);
   };
   services.waitUntil(
     run().catch((error: unknown) => {

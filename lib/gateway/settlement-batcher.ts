@@ -6,8 +6,8 @@ export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused';
 export interface SettlementBatcherOptions {
   /** One call for many settlements: settle_requests. */
   settleMany: (settlements: SettleRequestInput[]) => Promise<BatchSettlement>;
-  /** The path of one settlement that the batch did not settle: retries, the outbox, the log. */
-  deliverOne: (settlement: SettleRequestInput) => Promise<DeliveryOutcome>;
+  /** The path of one settlement that the batch did not settle: retries, the outbox, the log, within a window from `since`. */
+  deliverOne: (settlement: SettleRequestInput, since: number) => Promise<DeliveryOutcome>;
   log: (entry: Record<string, unknown>) => void;
   /** How long the first settlement of a batch waits for others. */
   windowMs: number;
@@ -16,7 +16,8 @@ export interface SettlementBatcherOptions {
 }
 
 export interface SettlementBatcher {
-  deliver(settlement: SettleRequestInput): Promise<DeliveryOutcome>;
+  /** `since`: when the settlement was begun (its delivery window counts from then; now by default). */
+  deliver(settlement: SettleRequestInput, since?: number): Promise<DeliveryOutcome>;
 }
 
 /**
@@ -31,12 +32,12 @@ export interface SettlementBatcher {
  * its own retries begin.
  */
 export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs, maxBatch = 64 }: SettlementBatcherOptions): SettlementBatcher {
-  type Waiting = { settlement: SettleRequestInput; resolve: (outcome: DeliveryOutcome) => void };
+  type Waiting = { settlement: SettleRequestInput; since: number; resolve: (outcome: DeliveryOutcome) => void };
   let waiting: Waiting[] = [];
   let timer: ReturnType<typeof setTimeout> | undefined;
 
   const settleAlone = (item: Waiting) => {
-    deliverOne(item.settlement).then(item.resolve, (error: unknown) => {
+    deliverOne(item.settlement, item.since).then(item.resolve, (error: unknown) => {
       log({ level: 'error', event: 'settlement_unrecorded', requestId: item.settlement.requestId, settlement: settlementRow(item.settlement), error: (error as Error).message });
       item.resolve('logged');
     });
@@ -68,9 +69,9 @@ export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs,
   };
 
   return {
-    deliver(settlement) {
+    deliver(settlement, since = Date.now()) {
       return new Promise<DeliveryOutcome>((resolve) => {
-        waiting.push({ settlement, resolve });
+        waiting.push({ settlement, since, resolve });
         if (waiting.length >= maxBatch) void flush();
         else timer ??= setTimeout(() => void flush(), windowMs);
       });
