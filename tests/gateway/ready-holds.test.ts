@@ -187,6 +187,19 @@ describe('authorize_ahead, return_ready_holds and expire_stale_holds', () => {
     await ledger.settleRequest({ requestId: usual.requestId, outcome: 'completed', usage: { input: 10, output: 10 }, usageSource: 'provider' });
   });
 
+  it('a hold given back before its authorization reached the database is refused when it comes, and nothing stays held', async () => {
+    // The instance's authorize_ahead call missed its deadline, still queued: the give-back comes first.
+    const model = await createModel(price);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const late = item(customer, model);
+    expect(await ledger.returnReadyHolds([late.requestId])).toBe(0);
+    const [answer] = await ledger.authorizeAhead([late], 5);
+    expect(answer).toMatchObject({ ok: true, result: { status: 'refused', code: 'request_cancelled' } });
+    const after = await books(customer.accountId);
+    expect(after.held).toBe(0);
+    expect(after.events).toEqual([]);
+  });
+
   it('a hold taken ahead by an instance that stopped is released six minutes after its window, without a stale-hold alert', async () => {
     const model = await createModel(price);
     const customer = await createCustomer({ balance: 10_000_000 });
