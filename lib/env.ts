@@ -56,7 +56,7 @@ const environmentSchema = z.object({
   RATE_LIMIT_WINDOW_SECONDS: positiveInteger(60),
   /** Deadline of each database call (authorize, key overview, price list, Stripe events, each settlement attempt). */
   DATABASE_TIMEOUT_MS: positiveInteger(3_000),
-  /** How long a settlement is retried in the function before it goes to the outbox (under the ~30 s that waitUntil work gets on the edge). */
+  /** How long after it begins a settlement may take, retries and the outbox write included (under the ~30 s that waitUntil work gets on the edge). */
   SETTLE_RETRY_WINDOW_MS: positiveInteger(25_000),
   /** Deadline of each call to the settlement outbox in Redis. */
   OUTBOX_TIMEOUT_MS: positiveInteger(2_000),

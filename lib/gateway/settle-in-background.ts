@@ -58,7 +58,9 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
   if (outbox) {
     try {
       await outbox.put(settlement, lastError);
-      log({ level: 'warn', event: 'settlement_queued', requestId: settlement.requestId, settlement: settlementRow(settlement), error: lastError });
+      // Without CRON_SECRET the drain route refuses every call: nothing empties the outbox.
+      const undrained = config.CRON_SECRET ? {} : { problem: 'CRON_SECRET is not set, so nothing drains the outbox' };
+      log({ level: config.CRON_SECRET ? 'warn' : 'error', event: 'settlement_queued', requestId: settlement.requestId, settlement: settlementRow(settlement), error: lastError, ...undrained });
       return 'queued';
     } catch (error) {
       lastError = `${lastError}; outbox: ${(error as Error).message}`;

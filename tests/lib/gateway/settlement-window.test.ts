@@ -75,6 +75,8 @@ describe('a settlement is recorded somewhere durable within its window, counted 
     const queued = lines.filter((line) => line.event === 'settlement_queued');
     expect(queued).toHaveLength(1);
     expect(queued[0]!.at).toBeLessThanOrEqual(config.SETTLE_RETRY_WINDOW_MS - config.OUTBOX_TIMEOUT_MS);
+    // No CRON_SECRET here: nothing would drain the outbox, and the line says so as an error.
+    expect(queued[0]).toMatchObject({ level: 'error', problem: expect.stringContaining('CRON_SECRET') });
     expect(unrecordedSettlements(lines.map((line) => `2026-11-29T12:00:00Z api/index ${JSON.stringify(line)}`).join('\n'))).toEqual([
       { requestId: 'request-1', outcome: 'completed', usage: { input: 10, output: 100 }, usageSource: 'provider' },
     ]);
