@@ -84,6 +84,8 @@ describe('bad input: a clear 4xx in OpenAI\'s shape, and nothing written', () =>
     ['stream of the wrong type', () => post({ model, messages, stream: 'yes' }), 400, 'invalid_request', 'stream'],
     ['priority processing', () => post({ model, messages, service_tier: 'priority' }), 400, 'unsupported_parameter', 'service_tier'],
     ['web search', () => post({ model, messages, web_search_options: {} }), 400, 'unsupported_parameter', 'web_search_options'],
+    ['audio output', () => post({ model, messages, modalities: ['text', 'audio'], audio: { voice: 'alloy', format: 'wav' } }), 400, 'unsupported_parameter', 'modalities'],
+    ['audio output settings alone', () => post({ model, messages, audio: { voice: 'alloy', format: 'wav' } }), 400, 'unsupported_parameter', 'audio'],
     ['a NUL in the model name', () => post({ model: 'gpt\u0000x', messages }), 404, 'model_not_found', 'model'],
     ['a forwarded address that is not one', () => post({ model: 'no-such-model', messages }, { 'x-forwarded-for': 'beef' }), 404, 'model_not_found', 'model'],
   ];

@@ -16,6 +16,9 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
   refuseUnbilledOptions([
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
     [raw.web_search_options !== undefined && raw.web_search_options !== null, 'web_search_options', 'Web search'],
+    // Audio out is billed at a dearer rate than audio in, which the price sheet has no bucket for.
+    [Array.isArray(raw.modalities) && raw.modalities.includes('audio'), 'modalities', 'Audio output'],
+    [raw.audio !== undefined && raw.audio !== null, 'audio', 'Audio output'],
   ]);
   const translations = translateChat(request);
   const requestedCap = request.max_completion_tokens ?? request.max_tokens ?? undefined;

@@ -36,7 +36,13 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   // grounding tools are not priced here.
   const toolNames = (request.tools ?? []).flatMap((tool) => (tool && typeof tool === 'object' ? Object.keys(tool) : []));
   const feeTool = toolNames.find((name) => ['googleSearchRetrieval', 'googleMaps', 'enterpriseWebSearch'].includes(name));
-  refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The ${feeTool} tool`]]);
+  // Image and audio output are billed at their own rates, which the price sheet has no bucket for.
+  const modalities = (request.generationConfig as { responseModalities?: unknown } | null | undefined)?.responseModalities;
+  const unpricedOutput = Array.isArray(modalities) ? modalities.map((each) => String(each).toUpperCase()).find((each) => each === 'IMAGE' || each === 'AUDIO') : undefined;
+  refuseUnbilledOptions([
+    [feeTool !== undefined, 'tools', `The ${feeTool} tool`],
+    [unpricedOutput !== undefined, 'generationConfig.responseModalities', `${unpricedOutput === 'IMAGE' ? 'Image' : 'Audio'} output`],
+  ]);
   const searches = toolNames.includes('googleSearch') ? defaultSearchBound : 0;
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
   return authorizeAndProxy(

@@ -164,6 +164,15 @@ describe('/v1beta/models/{model}:generateContent with @google/genai', () => {
     });
     expect(maps.status).toBe(400);
     expect(await maps.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
+    for (const responseModalities of [['TEXT', 'IMAGE'], ['AUDIO']]) {
+      const unpriced = await fetch(`${gateway.url}/v1beta/models/gemini-2.5-flash:generateContent`, {
+        method: 'POST',
+        headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }], generationConfig: { responseModalities } }),
+      });
+      expect(unpriced.status).toBe(400);
+      expect(await unpriced.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
+    }
     const badPath = await fetch(`${gateway.url}/v1beta/models/%E0%A4%A:generateContent`, {
       method: 'POST',
       headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
