@@ -5,7 +5,7 @@ import { createSettlementOutbox } from './billing/settlement-outbox.ts';
 import { fetchWithDeadline } from './fetch-with-deadline.ts';
 import type { Config } from './env.ts';
 import { createLimitsCache, createRateLimiter } from './gateway/rate-limits.ts';
-import { deliverSettlement } from './gateway/settle-in-background.ts';
+import { batchRetryDelay, deliverSettlement } from './gateway/settle-in-background.ts';
 import { createSettlementBatcher } from './gateway/settlement-batcher.ts';
 import { createAuthorizationBatcher } from './gateway/authorization-batcher.ts';
 import { createWarmKeys } from './gateway/warm-keys.ts';
@@ -68,6 +68,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
       deliverOne: (settlement, since) => deliverSettlement(services, settlement, since),
       log,
       windowMs: config.SETTLE_BATCH_WINDOW_MS,
+      retryDelay: (failures, since) => batchRetryDelay(services)(failures, since),
     }),
     authorizations: createAuthorizationBatcher({
       authorizeOne: (input) => ledger.authorizeRequest(input),

@@ -10,6 +10,27 @@ const longestDelayMs = 2_000;
 
 const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
 
+/** The backoff after the `failures`-th failure in a row: 100 ms doubling to 2 s, ±25 %. */
+const backoff = (failures: number) => Math.min(longestDelayMs, firstDelayMs * 2 ** (failures - 1)) * (0.75 + Math.random() / 2);
+
+/**
+ * When a batch of settlements failed as a whole, how long before it goes again
+ * as a batch (see settlement-batcher.ts): the same backoff as a single
+ * settlement's, while the batch window, one more batch call, and then a single
+ * try and the outbox write can all still end within SETTLE_RETRY_WINDOW_MS of
+ * the settlement's start; past that, undefined: it takes the single path, which
+ * then has room for about one try alone before the outbox (a batch function
+ * failing where single settlements would not still gets them settled).
+ */
+export function batchRetryDelay(services: Pick<Services, 'config' | 'outbox'>): (failures: number, since: number) => number | undefined {
+  const { config } = services;
+  return (failures, since) => {
+    const delay = backoff(failures);
+    const tail = config.SETTLE_BATCH_WINDOW_MS + 2 * config.DATABASE_TIMEOUT_MS + (services.outbox ? config.OUTBOX_TIMEOUT_MS : 0);
+    return Date.now() + delay + tail <= since + config.SETTLE_RETRY_WINDOW_MS ? delay : undefined;
+  };
+}
+
 /**
  * Delivers one settlement so that it is never lost:
  * 1. to the database, retried with backoff (100 ms doubling to 2 s, each try
@@ -50,7 +71,7 @@ export async function deliverSettlement(services: Services, settlement: SettleRe
       }
       lastError = (error as Error).message;
     }
-    const delay = Math.min(longestDelayMs, firstDelayMs * 2 ** attempt) * (0.75 + Math.random() / 2);
+    const delay = backoff(attempt + 1);
     if (Date.now() + delay + tail > deadline) break;
     await sleep(delay);
   }

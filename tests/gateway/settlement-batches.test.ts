@@ -57,7 +57,7 @@ describe('settlements of one instance go to the database together', () => {
     expect(batches).toBeLessThanOrEqual(32);
   });
 
-  it('a batch call that fails: each of its settlements takes the single path (retried), none is lost', async () => {
+  it('a batch call that keeps failing: its settlements go again in batches, then alone, and none is lost', { timeout: 60_000 }, async () => {
     let refusedBatches = 0;
     const gateway = await gatewayWith({
       databaseFetch: async (input, init) => {

@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Services } from '../../../lib/app-env.ts';
 import { createLedger } from '../../../lib/billing/ledger.ts';
 import { fetchWithDeadline } from '../../../lib/fetch-with-deadline.ts';
-import { deliverSettlement, settleInBackground } from '../../../lib/gateway/settle-in-background.ts';
+import { batchRetryDelay, deliverSettlement, settleInBackground } from '../../../lib/gateway/settle-in-background.ts';
 import { createSettlementBatcher } from '../../../lib/gateway/settlement-batcher.ts';
 import { unrecordedSettlements } from '../../../scripts/replay-settlements.ts';
 
@@ -23,7 +23,7 @@ afterEach(() => {
  * database deadline, and the batch before the retries takes one too. `outbox`
  * stands for Upstash: answering at once, or stalled to its own deadline.
  */
-async function settleWhileStalled(outbox: 'answers' | 'stalled', jitter: number) {
+async function settleWhileStalled(outbox: 'answers' | 'stalled', jitter: number, batchRetries = true) {
   vi.useFakeTimers();
   vi.spyOn(Math, 'random').mockReturnValue(jitter);
   const ledger = createLedger(new PostgrestClient('http://database.invalid/rest/v1', { fetch: fetchWithDeadline(stalled, config.DATABASE_TIMEOUT_MS) }));
@@ -47,6 +47,8 @@ async function settleWhileStalled(outbox: 'answers' | 'stalled', jitter: number)
     deliverOne: (settlement, since) => deliverSettlement(services, settlement, since),
     log: services.log,
     windowMs: config.SETTLE_BATCH_WINDOW_MS,
+    // As the gateway has it (create-services.ts), or each settlement retried alone.
+    ...(batchRetries ? { retryDelay: batchRetryDelay(services) } : {}),
   });
   settleInBackground(services, 'request-1', async () => ({ requestId: 'request-1', outcome: 'completed', usage: { input: 10, output: 100 }, usageSource: 'provider' }));
   await vi.advanceTimersByTimeAsync(60_000);
@@ -58,9 +60,9 @@ describe('a settlement is recorded somewhere durable within its window, counted 
   // The batch's own deadline (3 s) comes before the retries, and the last try may begin late in
   // the window: counted from the retries' start, the trace came up to about 32 s after the
   // response, past the ~30 s for which the edge runtime keeps waitUntil work alive.
-  for (const jitter of [0, 0.5, 0.999]) {
-    it(`database and outbox stalled (backoff jitter ${jitter}): the log line that can replay it comes within 25 s`, async () => {
-      const lines = await settleWhileStalled('stalled', jitter);
+  for (const [jitter, batchRetries] of [[0, true], [0.5, true], [0.999, true], [0.999, false]] as const) {
+    it(`database and outbox stalled (backoff jitter ${jitter}, retried ${batchRetries ? 'in batches' : 'alone'}): the log line that can replay it comes within 25 s`, async () => {
+      const lines = await settleWhileStalled('stalled', jitter, batchRetries);
       const unrecorded = lines.filter((line) => line.event === 'settlement_unrecorded');
       expect(unrecorded).toHaveLength(1);
       expect(unrecorded[0]!.at).toBeLessThanOrEqual(config.SETTLE_RETRY_WINDOW_MS);
@@ -80,5 +82,69 @@ describe('a settlement is recorded somewhere durable within its window, counted 
     expect(unrecordedSettlements(lines.map((line) => `2026-11-29T12:00:00Z api/index ${JSON.stringify(line)}`).join('\n'))).toEqual([
       { requestId: 'request-1', outcome: 'completed', usage: { input: 10, output: 100 }, usageSource: 'provider' },
     ]);
+  });
+});
+
+describe('settlements of a batch the database did not answer go again together', () => {
+  /**
+   * `count` settlements begun together; the database (a fake ledger honouring the
+   * database deadline) answers nothing until `backAfterMs`, then settles everything.
+   */
+  async function outage(count: number, backAfterMs: number) {
+    vi.useFakeTimers();
+    const began = Date.now();
+    const calls = { batches: 0, singles: 0 };
+    const answering = () => Date.now() - began >= backAfterMs;
+    const stall = () => new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error(`no answer within ${config.DATABASE_TIMEOUT_MS} ms`)), config.DATABASE_TIMEOUT_MS));
+    const queued: string[] = [];
+    const kept: Array<Promise<unknown>> = [];
+    const services = {
+      config,
+      ledger: {
+        settleRequest: async () => {
+          calls.singles++;
+          return answering() ? {} : stall();
+        },
+        settleRequests: async (settlements: Array<{ requestId: string }>) => {
+          calls.batches++;
+          return answering() ? settlements.map((each) => ({ request_id: each.requestId, ok: true, result: {} })) : stall();
+        },
+      },
+      log: () => {},
+      outbox: { put: async (settlement: { requestId: string }) => void queued.push(settlement.requestId) },
+      waitUntil: (promise: Promise<unknown>) => kept.push(promise),
+    } as unknown as Services;
+    services.settlements = createSettlementBatcher({
+      settleMany: (settlements) => services.ledger.settleRequests(settlements),
+      deliverOne: (settlement, since) => deliverSettlement(services, settlement, since),
+      log: services.log,
+      windowMs: config.SETTLE_BATCH_WINDOW_MS,
+      retryDelay: batchRetryDelay(services),
+    });
+    const outcomes: string[] = [];
+    for (let index = 0; index < count; index++) {
+      kept.push(services.settlements.deliver({ requestId: `request-${index}`, outcome: 'completed', usage: { input: 1 } }).then((outcome) => void outcomes.push(outcome)));
+    }
+    await vi.advanceTimersByTimeAsync(60_000);
+    await Promise.all(kept);
+    return { calls, queued, outcomes };
+  }
+
+  it('a database back after 5 s: all settled in a few batch calls, not one call per settlement per try', async () => {
+    const { calls, queued, outcomes } = await outage(200, 5_000);
+    expect(outcomes.filter((outcome) => outcome === 'settled')).toHaveLength(200);
+    expect(queued).toEqual([]);
+    expect(calls.singles).toBe(0);
+    // 200 settlements, at most 64 a call: 4 calls a round, a handful of rounds.
+    expect(calls.batches).toBeLessThan(40);
+  });
+
+  it('a database away for the whole window: each settlement reaches the outbox within it, after far fewer calls than retrying alone', async () => {
+    const { calls, queued, outcomes } = await outage(200, 120_000);
+    expect(outcomes.filter((outcome) => outcome === 'queued')).toHaveLength(200);
+    expect(new Set(queued).size).toBe(200);
+    // Retried alone, they took 1,004 calls: here batches, then a last try or two each alone.
+    expect(calls.batches).toBeLessThan(40);
+    expect(calls.batches + calls.singles).toBeLessThan(700);
   });
 });
