@@ -80,7 +80,11 @@ describe('the functions every request runs', () => {
     const customer = await createCustomer({ balance: 100_000_000 });
     const model = await createModel({ input: 1_000_000, output: 2_000_000 });
     const requestIds = Array.from({ length: 3 }, () => crypto.randomUUID());
-    const items = JSON.stringify(requestIds.map((request_id) => ({ request_id, key_hash: customer.keyHash, model, max_input_tokens: 100, max_output_tokens: 50 })));
+    // A refusal (a model that does not exist) is an answer, not a failure: the batch stays in its one subtransaction.
+    const items = JSON.stringify([
+      ...requestIds.map((request_id) => ({ request_id, key_hash: customer.keyHash, model, max_input_tokens: 100, max_output_tokens: 50 })),
+      { request_id: crypto.randomUUID(), key_hash: customer.keyHash, model: 'no-such-model', max_input_tokens: 100, max_output_tokens: 50 },
+    ]);
     const settlements = JSON.stringify(requestIds.map((request_id) => ({ request_id, outcome: 'completed', usage: { input: 10, output: 20 }, usage_source: 'provider' })));
     const client = await admin().connect();
     // Runs one batch in a transaction that is then rolled back, and reads every version
@@ -108,7 +112,8 @@ describe('the functions every request runs', () => {
         const { rows: [{ xid }] } = await client.query(`select (pg_current_xact_id()::text::bigint % 4294967296)::text as xid`);
         const before = { account: await live('public.accounts', customer.accountId), key: await live('public.api_keys', customer.apiKeyId) };
         const { rows: [{ result }] } = await client.query(`select public.${batch}($1${batch === 'authorize_ahead' ? ', 10' : ''}) as result`, [argument]);
-        expect(result.map((item: { ok: boolean }) => item.ok)).toEqual([true, true, true]);
+        expect(result.map((item: { ok: boolean }) => item.ok)).toEqual(batch === 'settle_requests' ? [true, true, true] : [true, true, true, true]);
+        if (batch !== 'settle_requests') expect(result[3].result).toMatchObject({ status: 'refused', code: 'model_not_found' });
         return {
           account: await versions('public.accounts', customer.accountId, before.account, xid),
           key: await versions('public.api_keys', customer.apiKeyId, before.key, xid),
