@@ -169,6 +169,15 @@ describe('refunds and disputes', () => {
     expect((await ledgerRows(customer.accountId)).at(-1)).toEqual({ amount: -10_000_000, reason: 'dispute' });
   });
 
+  it('a refund of a payment no checkout credited (a subscription invoice\'s) is told to the operator, once', async () => {
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 20)}`;
+    for (const refunded of [1000, 2000]) {
+      expect(await (await deliver(stripeEvent('charge.refunded', charge({ paymentIntent, amount: 2000, amountRefunded: refunded })))).json()).toMatchObject({ status: 'recorded' });
+    }
+    const { rows } = await admin().query(`select account_id, details from public.alerts where kind = 'refund_unmatched' and details ->> 'payment_intent' = $1`, [paymentIntent]);
+    expect(rows).toEqual([{ account_id: null, details: expect.objectContaining({ payment_intent: paymentIntent, amount_refunded: 1000 }) }]);
+  });
+
   it('out of order: a refund that arrives before its checkout is applied when the checkout is', async () => {
     const customer = await createCustomer({ balance: 0 });
     const link = await createPack({ unitAmount: 1000, credits: 10_000_000, bonus: 0 });
