@@ -14,6 +14,14 @@ import { createReadyHolds } from './gateway/ready-holds.ts';
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
   /**
+   * Keeps the instance alive while a hold taken ahead waits for its request, so
+   * that one nobody adopts is given back at the end of its window rather than by
+   * the six-minute job: Vercel's waitUntil in the deployed functions. Elsewhere
+   * (tests, bench, dev, where the process stays up) nothing, so that waiting for
+   * what runs after a response does not wait out those windows too.
+   */
+  keepAlive?: (promise: Promise<unknown>) => void;
+  /**
    * The HTTP client every outbound call goes through unless one below is given:
    * the runtime's fetch by default; the Node.js entry passes its node:http one.
    */
@@ -81,6 +89,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
       returnHolds: (requestIds) => ledger.returnReadyHolds(requestIds),
       readySeconds: config.READY_HOLD_SECONDS,
       waitUntil: options.waitUntil,
+      keepAlive: options.keepAlive,
       log,
     }),
     activity: { requests: 0 },

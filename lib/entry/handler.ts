@@ -24,7 +24,8 @@ export function createHandler(runtime: Runtime, waitUntil: (promise: Promise<unk
       );
     }
     try {
-      app ??= createApp(createServices(loadConfig(process.env), { waitUntil, outboundFetch }));
+      // The platform's waitUntil also keeps an instance alive while a hold taken ahead is ready.
+      app ??= createApp(createServices(loadConfig(process.env), { waitUntil, keepAlive: waitUntil, outboundFetch }));
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
       console.error(error.message);

@@ -14,13 +14,15 @@ export interface ReadyHoldsOptions {
   returnHolds: (requestIds: string[]) => Promise<number>;
   readySeconds: number;
   waitUntil: (promise: Promise<unknown>) => void;
+  /** Given a promise that settles when a ready hold is adopted or given back (see create-services.ts); none by default. */
+  keepAlive?: ((promise: Promise<unknown>) => void) | undefined;
   log: (entry: Record<string, unknown>) => void;
 }
 
 type Slot =
   | { state: 'taking' }
   | { state: 'declined'; until: number }
-  | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; timer: ReturnType<typeof setTimeout> };
+  | { state: 'ready'; hold: ReadyHold; adoptableUntil: number; end: () => void };
 
 /** A ready hold, if one fits; `again`: the request came within a window of the key's last one of its shape. */
 export interface Taken {
@@ -52,7 +54,7 @@ export interface Taken {
  * of requests (with keys that do not exist, or with many keys) can push out
  * the holds of the keys in use.
  */
-export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, waitUntil, log }: ReadyHoldsOptions) {
+export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, waitUntil, keepAlive, log }: ReadyHoldsOptions) {
   /** When a request of each key and shape last arrived or finished, least recently used first. */
   const notes = new Map<string, Map<string, number>>();
   const keys = new Map<string, Map<string, Slot>>();
@@ -131,7 +133,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
     const ready: string[] = [];
     for (const slot of slots.values()) {
       if (slot.state !== 'ready') continue;
-      clearTimeout(slot.timer);
+      slot.end();
       ready.push(slot.hold.requestId);
     }
     if (ready.length) giveBack(ready, 'the key was refused');
@@ -155,7 +157,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       if (slot?.state !== 'ready' || now >= slot.adoptableUntil || slot.hold.authorization.max_input_tokens < maxInputTokens) {
         return { hold: undefined, again };
       }
-      clearTimeout(slot.timer);
+      slot.end();
       slots!.delete(shapeKey);
       prune(keyHash, slots!);
       return { hold: slot.hold, again: true };
@@ -189,7 +191,7 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
       if (current?.state === 'taking' || (current?.state === 'declined' && now < current.until)) return;
       if (current?.state === 'ready') {
         if (current.hold.authorization.max_input_tokens >= maxInputTokens && now < current.adoptableUntil) return;
-        clearTimeout(current.timer);
+        current.end();
         giveBack([current.hold.requestId], 'too small for the requests now coming');
       }
       const slot: Slot = { state: 'taking' };
@@ -216,14 +218,23 @@ export function createReadyHolds({ authorizeAhead, returnHolds, readySeconds, wa
               giveBack([requestId], 'the key was refused while the hold was being taken');
               return;
             }
+            // Settled when the hold is adopted or given back: what keeps a serverless instance
+            // alive until then (keepAlive), so the give-back below is not left to the job.
+            let ended: () => void = () => {};
+            keepAlive?.(new Promise<void>((resolve) => (ended = resolve)));
             const timer = setTimeout(() => {
               if (slots.get(shapeKey) === ready) slots.delete(shapeKey);
               prune(keyHash, slots);
               giveBack([requestId], 'not adopted in time');
+              ended();
             }, Math.max(0, adoptableUntil - Date.now()));
             // Never what keeps a process alive.
             if (typeof timer === 'object' && timer && 'unref' in timer) (timer as { unref: () => void }).unref();
-            const ready: Slot = { state: 'ready', hold: { requestId, authorization }, adoptableUntil, timer };
+            const end = () => {
+              clearTimeout(timer);
+              ended();
+            };
+            const ready: Slot = { state: 'ready', hold: { requestId, authorization }, adoptableUntil, end };
             slots.set(shapeKey, ready);
           },
           (error: unknown) => {

@@ -13,6 +13,8 @@ const refused = { status: 'refused' } as unknown as Authorization;
 function instance(readySeconds = 5, answer: () => Promise<Authorization> = () => new Promise(() => {})) {
   const asked: Array<{ keyHash: string; cap: number | undefined; requestId: string }> = [];
   const returned: string[] = [];
+  /** What keepAlive was given, and whether each has settled. */
+  const kept: Array<{ settled: boolean }> = [];
   const readyHolds = createReadyHolds({
     authorizeAhead: (input) => {
       asked.push({ keyHash: input.keyHash, cap: input.maxOutputTokens, requestId: input.requestId });
@@ -24,6 +26,11 @@ function instance(readySeconds = 5, answer: () => Promise<Authorization> = () =>
     },
     readySeconds,
     waitUntil: () => {},
+    keepAlive: (promise) => {
+      const entry = { settled: false };
+      kept.push(entry);
+      void promise.then(() => (entry.settled = true));
+    },
     log: () => {},
   });
   const shape = (cap: number) => ({ model: 'm', maxOutputTokens: cap });
@@ -36,7 +43,7 @@ function instance(readySeconds = 5, answer: () => Promise<Authorization> = () =>
     return taken;
   };
   const caps = () => asked.map((each) => each.cap);
-  return { asked, caps, returned, readyHolds, request, shape };
+  return { asked, caps, returned, kept, readyHolds, request, shape };
 }
 
 /** Lets the answers of calls already made arrive. */
@@ -203,5 +210,35 @@ describe('holds taken ahead: what the instance keeps', () => {
     request(50, { key: 'busy-10000' });
     await settle();
     expect(asked.at(-1)?.keyHash).toBe('busy-10000');
+  });
+});
+
+describe('what keeps a serverless instance alive while a hold is ready', () => {
+  it('each ready hold is kept alive until it is adopted, or given back at the end of its window', async () => {
+    const { kept, returned, request } = instance(5, async () => authorized);
+    request(100);
+    request(100);
+    await settle();
+    // One hold ready, nothing adopted yet: the instance is kept alive.
+    expect(kept.map((each) => each.settled)).toEqual([false]);
+    // The next request adopts it (and takes the next one ahead).
+    expect(request(100).hold).toBeDefined();
+    await settle();
+    expect(kept.map((each) => each.settled)).toEqual([true, false]);
+    // Nobody adopts the second: given back when its window ends, and no longer kept alive.
+    vi.advanceTimersByTime(5_000);
+    await settle();
+    expect(returned).toHaveLength(1);
+    expect(kept.map((each) => each.settled)).toEqual([true, true]);
+  });
+
+  it('a ready hold given back because its key was refused is no longer kept alive either', async () => {
+    const { kept, readyHolds, request } = instance(5, async () => authorized);
+    request(100);
+    request(100);
+    await settle();
+    readyHolds.forget('key');
+    await settle();
+    expect(kept.map((each) => each.settled)).toEqual([true]);
   });
 });
