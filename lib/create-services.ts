@@ -50,6 +50,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
     config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
       ? { url: config.UPSTASH_REDIS_REST_URL, token: config.UPSTASH_REDIS_REST_TOKEN }
       : undefined;
+  const outbox = upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined;
   const ledger = createLedger(database);
   // Holds taken ahead go to the database together too, apart from the requests waiting for theirs.
   const aheadAuthorizations = createAuthorizationBatcher({
@@ -68,7 +69,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
     rateLimiter: upstash
       ? createRateLimiter({ ...upstash, timeoutMs: config.RATE_LIMIT_TIMEOUT_MS, windowSeconds: config.RATE_LIMIT_WINDOW_SECONDS, log, fetch: outbound })
       : undefined,
-    outbox: upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined,
+    outbox,
     limitsCache: createLimitsCache(),
     warmKeys: createWarmKeys(),
     settlements: createSettlementBatcher({
@@ -76,7 +77,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
       deliverOne: (settlement, since) => deliverSettlement(services, settlement, since),
       log,
       windowMs: config.SETTLE_BATCH_WINDOW_MS,
-      retryDelay: (failures, since) => batchRetryDelay(services)(failures, since),
+      retryDelay: batchRetryDelay({ config, outbox }),
     }),
     authorizations: createAuthorizationBatcher({
       authorizeOne: (input) => ledger.authorizeRequest(input),

@@ -105,9 +105,14 @@ end
 return {0, requests, spent}
 `;
 
-const maxDebtors = 10_000;
-/** Keys refused for their request rate, remembered at once (see `blocked`). */
-const maxBlocked = 10_000;
+/** Accounts owing tokens, and keys refused for their request rate, remembered at once. */
+const maxRemembered = 10_000;
+
+/** Sets `key` in a map kept to `max` entries: a new key pushes out the oldest. */
+function setBounded<Key, Value>(map: Map<Key, Value>, key: Key, value: Value, max: number): void {
+  if (!map.has(key) && map.size >= max) map.delete(map.keys().next().value!);
+  map.set(key, value);
+}
 /**
  * How long a key refused for its request rate is refused from memory before
  * Redis is asked again: the sliding window frees room as the previous window's
@@ -286,8 +291,7 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
   const blocked = new Map<string, { recheckAt: number; resetAt: number }>();
   const debts = new Map<string, number>();
   const addDebt = (accountId: string, tokens: number) => {
-    if (!debts.has(accountId) && debts.size >= maxDebtors) debts.delete(debts.keys().next().value!);
-    debts.set(accountId, (debts.get(accountId) ?? 0) + tokens);
+    setBounded(debts, accountId, (debts.get(accountId) ?? 0) + tokens, maxRemembered);
   };
 
   const headersFor = (subject: RateLimitSubject, requests: number, spent: number, resetMs: number) => {
@@ -361,8 +365,7 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       if (outcome === 3) return { allowed: false, revoked: true, headers: {}, ample: false };
       const headers = headersFor(subject, requests, spent, resetMs);
       if (outcome === 1) {
-        if (!blocked.has(subject.keyId) && blocked.size >= maxBlocked) blocked.delete(blocked.keys().next().value!);
-        blocked.set(subject.keyId, { recheckAt: now + Math.min(resetMs, blockedRecheckMs), resetAt: now + resetMs });
+        setBounded(blocked, subject.keyId, { recheckAt: now + Math.min(resetMs, blockedRecheckMs), resetAt: now + resetMs }, maxRemembered);
         return refusal('requests', resetMs, headers);
       }
       if (outcome === 2) return refusal('tokens', resetMs, headers);
@@ -398,8 +401,7 @@ export function createLimitsCache(ttlMs = 60_000, maxEntries = 10_000) {
       return entry.subject;
     },
     set(keyHash: string, subject: RateLimitSubject): void {
-      if (!entries.has(keyHash) && entries.size >= maxEntries) entries.delete(entries.keys().next().value!);
-      entries.set(keyHash, { subject, expires: Date.now() + ttlMs });
+      setBounded(entries, keyHash, { subject, expires: Date.now() + ttlMs }, maxEntries);
     },
   };
 }

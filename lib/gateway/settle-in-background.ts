@@ -13,6 +13,9 @@ const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(reso
 /** The backoff after the `failures`-th failure in a row: 100 ms doubling to 2 s, ±25 %. */
 const backoff = (failures: number) => Math.min(longestDelayMs, firstDelayMs * 2 ** (failures - 1)) * (0.75 + Math.random() / 2);
 
+/** What must still fit in the window once a single try begins: the try itself, and the outbox write after it. */
+const lastTry = ({ config, outbox }: Pick<Services, 'config' | 'outbox'>) => config.DATABASE_TIMEOUT_MS + (outbox ? config.OUTBOX_TIMEOUT_MS : 0);
+
 /**
  * When a batch of settlements failed as a whole, how long before it goes again
  * as a batch (see settlement-batcher.ts): the same backoff as a single
@@ -26,7 +29,8 @@ export function batchRetryDelay(services: Pick<Services, 'config' | 'outbox'>): 
   const { config } = services;
   return (failures, since) => {
     const delay = backoff(failures);
-    const tail = config.SETTLE_BATCH_WINDOW_MS + 2 * config.DATABASE_TIMEOUT_MS + (services.outbox ? config.OUTBOX_TIMEOUT_MS : 0);
+    // After the delay: the batch window and one more batch call, then room for a last try alone.
+    const tail = config.SETTLE_BATCH_WINDOW_MS + config.DATABASE_TIMEOUT_MS + lastTry(services);
     return Date.now() + delay + tail <= since + config.SETTLE_RETRY_WINDOW_MS ? delay : undefined;
   };
 }
@@ -48,8 +52,7 @@ export function batchRetryDelay(services: Pick<Services, 'config' | 'outbox'>): 
 export async function deliverSettlement(services: Services, settlement: SettleRequestInput, since = Date.now()): Promise<DeliveryOutcome> {
   const { ledger, outbox, log, config } = services;
   const deadline = since + config.SETTLE_RETRY_WINDOW_MS;
-  // What must still fit after a try is begun: the try itself, and the outbox write.
-  const tail = config.DATABASE_TIMEOUT_MS + (outbox ? config.OUTBOX_TIMEOUT_MS : 0);
+  const tail = lastTry(services);
   let lastError = 'not tried';
   for (let attempt = 0; ; attempt++) {
     if (Date.now() + tail > deadline) {

@@ -45,28 +45,6 @@ export async function timeWhole(agent: Agent, request: LoadRequest): Promise<num
 }
 
 /**
- * Timings of `count` calls of `run`, one after another, after `warm` untimed ones
- * (`index` counts every call, warm-up included); `pause` runs untimed after each timed call.
- */
-export async function sampleSequentially(
-  run: (index: number) => Promise<number>,
-  { warm, count, pause, period = 0 }: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined; period?: number },
-): Promise<number[]> {
-  const times: number[] = [];
-  for (let index = 0; index < warm + count; index++) {
-    const started = performance.now();
-    const time = await run(index);
-    if (index >= warm) times.push(time);
-    await pause?.();
-    // With a period, each request starts that long after the one before, whatever the
-    // pause took: rows measured alike sit idle alike (an idle VM answers more slowly).
-    const rest = period - (performance.now() - started);
-    if (rest > 0) await new Promise((resolve) => setTimeout(resolve, rest));
-  }
-  return times;
-}
-
-/**
  * Timings of several rows taken in turns: one call of each row per round, the
  * order rotated every round, so the rows meet the machine alike. A noisy VM
  * drifts over minutes; rows measured one after another would compare one
@@ -92,6 +70,20 @@ export async function sampleInterleaved<Name extends string>(
     }
   }
   return times;
+}
+
+/**
+ * Timings of `count` calls of `run`, one after another, after `warm` untimed ones
+ * (`index` counts every call, warm-up included); `pause` runs untimed after each
+ * timed call. With a period, each request starts that long after the one before,
+ * whatever the pause took: rows measured alike sit idle alike (an idle VM answers
+ * more slowly). The one-row case of sampleInterleaved.
+ */
+export async function sampleSequentially(
+  run: (index: number) => Promise<number>,
+  options: { warm: number; count: number; pause?: (() => Promise<unknown>) | undefined; period?: number },
+): Promise<number[]> {
+  return (await sampleInterleaved({ row: run }, options)).row;
 }
 
 /** A pause of `ms` milliseconds, for sampleSequentially. */
