@@ -32,6 +32,7 @@ const handlers: Record<string, (event: StripeEvent) => { name: string; args: Rec
   'customer.subscription.updated': call('apply_stripe_subscription', 'p_subscription', true),
   'customer.subscription.deleted': call('apply_stripe_subscription', 'p_subscription', true),
   'invoice.paid': call('apply_stripe_invoice', 'p_invoice'),
+  'invoice_payment.paid': call('apply_stripe_invoice_payment', 'p_invoice_payment'),
 };
 
 /**

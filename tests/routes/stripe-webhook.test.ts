@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { charge, checkoutSession, dispute, invoice, legacyInvoice, signature, stripeEvent, subscription } from '../support/stripe-events.ts';
+import { charge, checkoutSession, dispute, invoice, invoicePayment, legacyInvoice, signature, stripeEvent, subscription } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, ledger } from '../support/supabase.ts';
 
 const secret = 'whsec_test_tollgate';
@@ -302,6 +302,136 @@ describe('subscriptions', () => {
         deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price, amount: 2000 }))),
       ]);
       expect(await balance(customer.accountId)).toBe(7_000_000);
+    }
+  });
+});
+
+describe('refunds and disputes of a subscription\'s payments', () => {
+  /** A plan of 20 credits a month at $20, its Payment Link paid by a new account; the plan's allowance rolls over. */
+  async function subscribed() {
+    const customer = await createCustomer({ balance: 0 });
+    const planId = `sub${crypto.randomUUID().slice(0, 8)}`;
+    const price = `price_test_${planId}`;
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Pro', 20000000, $2, $3, true)`,
+      [planId, price, `plink_test_${planId}`],
+    );
+    const customerId = `cus_test_${planId}`;
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: `plink_test_${planId}`, amount: 2000, mode: 'subscription', customer: customerId });
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 20)}`;
+    const paid = invoice({ customer: customerId, price, amount: 2000 });
+    return { customer, customerId, price, session, paid, paymentIntent, link: invoicePayment({ invoice: paid.id, paymentIntent, amount: 2000 }) };
+  }
+
+  async function unmatchedRefundAlerts(paymentIntent: string) {
+    const { rows } = await admin().query(`select 1 from public.alerts where kind = 'refund_unmatched' and details ->> 'payment_intent' = $1`, [paymentIntent]);
+    return rows.length;
+  }
+
+  it('a refund of a monthly payment takes back its share, from that invoice\'s credits first', async () => {
+    const { customer, session, paid, paymentIntent, link } = await subscribed();
+    const pack = await createPack({ unitAmount: 1000, credits: 10_000_000, bonus: 0 });
+    await deliver(stripeEvent('checkout.session.completed', checkoutSession({ clientReferenceId: customer.accountId, paymentLink: pack, amount: 1000 })));
+    await deliver(stripeEvent('checkout.session.completed', session));
+    expect(await (await deliver(stripeEvent('invoice.paid', paid))).json()).toMatchObject({ status: 'credited' });
+    const linked = stripeEvent('invoice_payment.paid', link);
+    expect(await (await deliver(linked)).json()).toMatchObject({ status: 'linked', account_id: customer.accountId });
+    expect(await (await deliver(linked)).json()).toMatchObject({ status: 'duplicate' });
+    expect(await balance(customer.accountId)).toBe(30_000_000);
+
+    const refund = await deliver(stripeEvent('charge.refunded', charge({ paymentIntent, amount: 2000, amountRefunded: 1000 })));
+    expect(await refund.json()).toMatchObject({ status: 'refunded' });
+    expect(await balance(customer.accountId)).toBe(20_000_000);
+    expect((await ledgerRows(customer.accountId)).at(-1)).toEqual({ amount: -10_000_000, reason: 'refund' });
+    // Taken from the invoice's grant; the pack bought before it is untouched.
+    const { rows: grants } = await admin().query('select source, remaining::bigint from public.credit_grants where account_id = $1 and source <> $2 order by id', [customer.accountId, 'signup']);
+    expect(grants.map((grant) => [grant.source, Number(grant.remaining)])).toEqual([['purchase', 10_000_000], ['subscription', 10_000_000]]);
+    expect(await unmatchedRefundAlerts(paymentIntent)).toBe(0);
+    const { rows: [payment] } = await admin().query('select status, invoice_id, credits::bigint, debited::bigint from public.stripe_payments where payment_intent_id = $1', [paymentIntent]);
+    expect({ ...payment, credits: Number(payment.credits), debited: Number(payment.debited) }).toEqual({ status: 'credited', invoice_id: paid.id, credits: 20_000_000, debited: 10_000_000 });
+  });
+
+  it('out of order: a refund, then its invoice payment, then the invoice before the checkout: taken back once the invoice is credited', async () => {
+    const { customer, session, paid, paymentIntent, link } = await subscribed();
+    expect(await (await deliver(stripeEvent('charge.refunded', charge({ paymentIntent, amount: 2000, amountRefunded: 500 })))).json()).toMatchObject({ status: 'recorded' });
+    expect(await (await deliver(stripeEvent('invoice_payment.paid', link))).json()).toMatchObject({ status: 'pending' });
+    expect(await (await deliver(stripeEvent('invoice.paid', paid))).json()).toMatchObject({ status: 'pending' });
+    expect(await balance(customer.accountId)).toBe(0);
+    expect(await (await deliver(stripeEvent('checkout.session.completed', session))).json()).toMatchObject({ status: 'subscribed' });
+    expect((await ledgerRows(customer.accountId)).slice(-2)).toEqual([{ amount: 20_000_000, reason: 'subscription' }, { amount: -5_000_000, reason: 'refund' }]);
+    // A later, larger refund of the same payment takes back the difference only.
+    await deliver(stripeEvent('charge.refunded', charge({ paymentIntent, amount: 2000, amountRefunded: 2000 })));
+    expect(await balance(customer.accountId)).toBe(0);
+  });
+
+  it('a chargeback of a monthly payment takes its credits back and flags the account; won, they come back', async () => {
+    const { customer, session, paid, paymentIntent, link } = await subscribed();
+    await deliver(stripeEvent('checkout.session.completed', session));
+    await deliver(stripeEvent('invoice_payment.paid', link));
+    await deliver(stripeEvent('invoice.paid', paid));
+    expect(await balance(customer.accountId)).toBe(20_000_000);
+    const disputeId = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    expect(await (await deliver(stripeEvent('charge.dispute.created', dispute({ paymentIntent, amount: 2000, id: disputeId })))).json()).toMatchObject({ status: 'disputed', account_id: customer.accountId });
+    expect(await balance(customer.accountId)).toBe(0);
+    const flagged = async () => (await admin().query('select flagged_reason from public.accounts where id = $1', [customer.accountId])).rows[0].flagged_reason;
+    expect(await flagged()).toContain(paymentIntent);
+    await deliver(stripeEvent('charge.dispute.closed', dispute({ paymentIntent, amount: 2000, id: disputeId, status: 'won' })));
+    expect(await balance(customer.accountId)).toBe(20_000_000);
+    expect(await flagged()).toBeNull();
+  });
+
+  it('a dispute that came before the invoice payment is applied when the payment is linked', async () => {
+    const { customer, session, paid, paymentIntent, link } = await subscribed();
+    await deliver(stripeEvent('checkout.session.completed', session));
+    await deliver(stripeEvent('invoice.paid', paid));
+    await deliver(stripeEvent('charge.dispute.created', dispute({ paymentIntent, amount: 2000 })));
+    expect(await balance(customer.accountId)).toBe(20_000_000);
+    expect(await (await deliver(stripeEvent('invoice_payment.paid', link))).json()).toMatchObject({ status: 'linked' });
+    expect(await balance(customer.accountId)).toBe(0);
+    expect((await ledgerRows(customer.accountId)).at(-1)).toEqual({ amount: -20_000_000, reason: 'dispute' });
+    expect(await alerts(customer.accountId, 'payment_disputed')).toHaveLength(1);
+  });
+
+  it('a checkout\'s payment intent named by an invoice payment stays the checkout\'s', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const pack = await createPack({ unitAmount: 1000, credits: 10_000_000, bonus: 0 });
+    const bought = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: pack, amount: 1000 });
+    await deliver(stripeEvent('checkout.session.completed', bought));
+    const oneOff = invoicePayment({ invoice: `in_test_${crypto.randomUUID().slice(0, 8)}`, paymentIntent: bought.payment_intent!, amount: 1000 });
+    expect(await (await deliver(stripeEvent('invoice_payment.paid', oneOff))).json()).toMatchObject({ status: 'ignored' });
+    await deliver(stripeEvent('charge.refunded', charge({ paymentIntent: bought.payment_intent!, amount: 1000, amountRefunded: 1000 })));
+    expect(await balance(customer.accountId)).toBe(0);
+    const { rows: [payment] } = await admin().query('select invoice_id, debited::bigint from public.stripe_payments where checkout_session_id = $1', [bought.id]);
+    expect(payment).toEqual({ invoice_id: null, debited: '10000000' });
+  });
+
+  it('an invoice payment not paid, or paid other than by a payment intent, is recorded and links nothing', async () => {
+    const invoiceId = `in_test_${crypto.randomUUID().slice(0, 8)}`;
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 20)}`;
+    for (const object of [invoicePayment({ invoice: invoiceId, paymentIntent, amount: 2000, status: 'open' }), invoicePayment({ invoice: invoiceId, paymentIntent: null, amount: 2000 })]) {
+      const event = stripeEvent('invoice_payment.paid', object);
+      expect(await (await deliver(event)).json()).toMatchObject({ status: 'ignored' });
+      const { rows } = await admin().query('select status from public.stripe_events where id = $1', [event.id]);
+      expect(rows).toEqual([{ status: 'ignored' }]);
+    }
+    const { rows } = await admin().query('select 1 from public.stripe_payments where invoice_id = $1 or payment_intent_id = $2', [invoiceId, paymentIntent]);
+    expect(rows).toHaveLength(0);
+    const noInvoice = await deliver(stripeEvent('invoice_payment.paid', { ...invoicePayment({ invoice: invoiceId, paymentIntent, amount: 2000 }), invoice: null }));
+    expect(noInvoice.status).toBe(400);
+  });
+
+  it('an invoice, its payment and a full refund delivered at the same moment take back exactly what was credited', async () => {
+    for (let round = 0; round < 5; round++) {
+      const { customer, session, paid, paymentIntent, link } = await subscribed();
+      await deliver(stripeEvent('checkout.session.completed', session));
+      const answers = await Promise.all([
+        deliver(stripeEvent('invoice.paid', paid)),
+        deliver(stripeEvent('invoice_payment.paid', link)),
+        deliver(stripeEvent('charge.refunded', charge({ paymentIntent, amount: 2000, amountRefunded: 2000 }))),
+      ]);
+      expect(answers.map((answer) => answer.status)).toEqual([200, 200, 200]);
+      expect(await balance(customer.accountId)).toBe(0);
+      expect((await ledgerRows(customer.accountId)).slice(-2)).toEqual([{ amount: 20_000_000, reason: 'subscription' }, { amount: -20_000_000, reason: 'refund' }]);
     }
   });
 });

@@ -183,6 +183,24 @@ export function invoice(options: { customer: string; price: string; amount: numb
   };
 }
 
+/** An InvoicePayment: the link between an invoice and the payment intent that paid it. */
+export function invoicePayment(options: { invoice: string; paymentIntent: string | null; amount: number; status?: string }) {
+  return {
+    id: id('inpay'),
+    object: 'invoice_payment',
+    amount_paid: options.status === undefined || options.status === 'paid' ? options.amount : null,
+    amount_requested: options.amount,
+    created: now(),
+    currency: 'usd',
+    invoice: options.invoice,
+    is_default: true,
+    livemode: false,
+    payment: options.paymentIntent === null ? { type: 'charge', charge: id('ch') } : { type: 'payment_intent', payment_intent: options.paymentIntent },
+    status: options.status ?? 'paid',
+    status_transitions: { canceled_at: null, paid_at: options.status === undefined || options.status === 'paid' ? now() : null },
+  };
+}
+
 /** A Stripe-Signature header made with the SDK's own test helper. */
 export function signature(payload: string, secret: string, timestamp?: number): string {
   return stripe.webhooks.generateTestHeaderString({ payload, secret, ...(timestamp ? { timestamp } : {}) });
