@@ -584,6 +584,36 @@ describe('Stripe as it really delivers', () => {
     expect(await planOf()).toBe('free');
   });
 
+  it('after a change of plan, the renewal credits the new plan, not the one its prorations name; prorations alone credit nothing', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const suffix = crypto.randomUUID().slice(0, 8);
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values
+         ($1, 'Pro', 20000000, $2, $3), ($4, 'Team', 50000000, $5, null)`,
+      [`pro${suffix}`, `price_test_pro${suffix}`, `plink_test_pro${suffix}`, `team${suffix}`, `price_test_team${suffix}`],
+    );
+    const customerId = `cus_test_change${suffix}`;
+    await deliver(stripeEvent('checkout.session.completed', checkoutSession({
+      clientReferenceId: customer.accountId, paymentLink: `plink_test_pro${suffix}`, amount: 2000, mode: 'subscription', customer: customerId,
+    })));
+    await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price: `price_test_pro${suffix}`, amount: 2000 })));
+    await deliver(stripeEvent('customer.subscription.updated', subscription({ customer: customerId, price: `price_test_team${suffix}` })));
+    const planOf = async () => (await admin().query('select plan from public.accounts where id = $1', [customer.accountId])).rows[0].plan;
+    expect(await planOf()).toBe(`team${suffix}`);
+
+    // Half a month left: the unused Pro time given back, the Team time charged, then Team's next month.
+    const prorations = [{ price: `price_test_pro${suffix}`, amount: -1000 }, { price: `price_test_team${suffix}`, amount: 2500 }];
+    const onlyProrations = await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price: null, amount: 1500, prorations })));
+    expect(await onlyProrations.json()).toMatchObject({ status: 'not_credited' });
+    expect(await balance(customer.accountId)).toBe(20_000_000);
+    expect((await alerts(customer.accountId, 'invoice_not_credited')).map((alert) => alert.message)).toEqual([expect.stringContaining('prorations only')]);
+
+    const renewal = await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price: `price_test_team${suffix}`, amount: 6500, prorations })));
+    expect(await renewal.json()).toMatchObject({ status: 'credited' });
+    expect(await balance(customer.accountId)).toBe(70_000_000);
+    expect(await planOf()).toBe(`team${suffix}`);
+  });
+
   it('a $0 invoice and an invoice of the older shape are credited only under the operator\'s setting, and alerted otherwise', async () => {
     const customer = await createCustomer({ balance: 0 });
     const suffix = crypto.randomUUID().slice(0, 8);

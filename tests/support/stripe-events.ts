@@ -148,8 +148,25 @@ export function legacyInvoice(options: { customer: string; price: string; amount
   };
 }
 
-export function invoice(options: { customer: string; price: string; amount: number }) {
+/**
+ * A subscription's invoice. `prorations`: lines for part of a period on a plan
+ * left or taken mid-period (Stripe lists them before the period's line);
+ * `price: null` makes an invoice of those lines only.
+ */
+export function invoice(options: { customer: string; price: string | null; amount: number; prorations?: Array<{ price: string; amount: number }> }) {
   const subscription = id('sub');
+  const line = (price: string, amount: number, proration: boolean) => ({
+    id: id('il'),
+    object: 'line_item',
+    amount,
+    currency: 'usd',
+    parent: proration
+      ? { type: 'invoice_item_details', invoice_item_details: { invoice_item: id('ii'), proration: true, proration_details: { credited_items: null }, subscription } }
+      : { type: 'subscription_item_details', subscription_item_details: { invoice_item: null, proration: false, proration_details: { credited_items: null }, subscription, subscription_item: id('si') } },
+    pricing: { type: 'price_details', price_details: { price, product: id('prod') }, unit_amount_decimal: String(amount) },
+    quantity: 1,
+    period: { start: now(), end: now() + 30 * 86_400 },
+  });
   return {
     id: id('in'),
     object: 'invoice',
@@ -166,15 +183,8 @@ export function invoice(options: { customer: string; price: string; amount: numb
     lines: {
       object: 'list',
       data: [
-        {
-          id: id('il'),
-          object: 'line_item',
-          amount: options.amount,
-          currency: 'usd',
-          pricing: { type: 'price_details', price_details: { price: options.price, product: id('prod') }, unit_amount_decimal: String(options.amount) },
-          quantity: 1,
-          period: { start: now(), end: now() + 30 * 86_400 },
-        },
+        ...(options.prorations ?? []).map((proration) => line(proration.price, proration.amount, true)),
+        ...(options.price === null ? [] : [line(options.price, options.amount - (options.prorations ?? []).reduce((sum, proration) => sum + proration.amount, 0), false)]),
       ],
       has_more: false,
       url: '/v1/invoices/lines',
