@@ -173,6 +173,19 @@ describe('authorize_ahead, return_ready_holds and expire_stale_holds', () => {
     expect((await books(plain.accountId)).held).toBe(0);
   });
 
+  it('takes no hold ahead for a key that expires within the window: the hold could be adopted after the key ends', async () => {
+    const model = await createModel(price);
+    const ending = await createCustomer({ balance: 10_000_000 });
+    const lasting = await createCustomer({ balance: 10_000_000 });
+    await admin().query(`update public.api_keys set expires_at = now() + interval '4 seconds' where id = $1`, [ending.apiKeyId]);
+    await admin().query(`update public.api_keys set expires_at = now() + interval '1 hour' where id = $1`, [lasting.apiKeyId]);
+    const items = [item(ending, model), item(lasting, model)];
+    const results = await ledger.authorizeAhead(items, 5);
+    expect(results[0]).toMatchObject({ ok: true, result: { status: 'refused', code: 'not_taken_ahead' } });
+    expect(results[1]).toMatchObject({ ok: true, result: { status: 'authorized' } });
+    expect(await ledger.returnReadyHolds([items[1]!.requestId])).toBe(1);
+  });
+
   it('gives back only holds taken ahead and still held: never a request authorized as it came, nor one adopted and settled', async () => {
     const model = await createModel(price);
     const customer = await createCustomer({ balance: 10_000_000 });

@@ -73,6 +73,23 @@ describe('revoking a key through the gateway', () => {
     expect(after.balance).toBe(100_000_000 - 3 * 55);
   });
 
+  it('a key that expires is refused when it does, even where a hold was ready for it: none is taken ahead that its window would outlive', async () => {
+    const gateway = await gatewayWith();
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const { rows: [{ expires_at: expiresAt }] } = await admin().query(
+      `update public.api_keys set expires_at = now() + interval '3 seconds' where id = $1 returning expires_at`,
+      [customer.apiKeyId],
+    );
+    expect((await chat(gateway, customer, model)).status).toBe(200);
+    expect((await chat(gateway, customer, model)).status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, new Date(expiresAt as string).getTime() - Date.now()) + 300));
+    const late = await chat(gateway, customer, model);
+    expect({ status: late.status, code: (JSON.parse(late.body) as { error?: { code?: string } }).error?.code }).toEqual({ status: 401, code: 'api_key_expired' });
+    expect((await books(customer.accountId)).events.filter((event) => event.charged > 0)).toHaveLength(2);
+    expect((await books(customer.accountId)).held).toBe(0);
+  });
+
   it('refuses what it cannot do, in OpenAI\'s error shape, revoking nothing: no session, a bad session, a malformed id, another account\'s key', async () => {
     const gateway = await gatewayWith();
     const owner = await createCustomer();
