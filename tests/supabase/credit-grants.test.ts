@@ -126,7 +126,7 @@ describe('expiry', () => {
 });
 
 describe('expiry waits for requests in flight', () => {
-  it('an account whose holds cover part of what is due is written off once they settle, never past its limit', async () => {
+  it('what holds do not cover is written off at once; the held part once they settle, never past the balance', async () => {
     const customer = await createCustomer({ balance: 0 });
     const expiresAt = new Date(Date.now() + 3 * day);
     await grant(customer, 500, { category: 'promotional', expires_at: expiresAt.toISOString() });
@@ -135,12 +135,64 @@ describe('expiry waits for requests in flight', () => {
     await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 200, maxOutputTokens: 200 });
     const expire = () => serviceClient().rpc('expire_grants', { p_now: new Date(expiresAt.getTime() + 1000).toISOString() });
     expect((await expire()).error).toBeNull();
-    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[500, false]]);
+    // 400 are held by the request in flight: only they wait.
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[400, false]]);
     await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 100, output: 50 }, usageSource: 'provider' });
     expect((await expire()).error).toBeNull();
     expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[0, true]]);
     const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
     expect(account).toEqual({ balance: 0, held: 0 });
+  });
+});
+
+describe('expiry and a key always at work', () => {
+  const model = () => createModel({ input: 1_000_000, output: 1_000_000 });
+  const expireAt = (at: Date) => serviceClient().rpc('expire_grants', { p_now: at.toISOString() });
+
+  it('a small hold in flight at every run keeps only itself, not the whole expired grant, spendable', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const expiresAt = new Date(Date.now() + 3 * day);
+    await grant(customer, 1_000_000, { category: 'promotional', expires_at: expiresAt.toISOString() });
+    const bench = await model();
+    // Each minute the job runs while one 10-unit request is in flight; the one before settles meanwhile.
+    let inFlight = crypto.randomUUID();
+    await ledger.authorizeRequest({ requestId: inFlight, keyHash: customer.keyHash, model: bench, maxInputTokens: 5, maxOutputTokens: 5 });
+    let servedAfterExpiry = 0;
+    for (let minute = 1; minute <= 4; minute++) {
+      expect((await expireAt(new Date(expiresAt.getTime() + minute * 60_000))).error).toBeNull();
+      const next = crypto.randomUUID();
+      const authorized = await ledger.authorizeRequest({ requestId: next, keyHash: customer.keyHash, model: bench, maxInputTokens: 5, maxOutputTokens: 5 });
+      await ledger.settleRequest({ requestId: inFlight, outcome: 'completed', usage: { input: 5, output: 5 }, usageSource: 'provider' });
+      if (authorized.status !== 'authorized') break;
+      servedAfterExpiry += 1;
+      inFlight = next;
+    }
+    if (servedAfterExpiry > 0) await ledger.settleRequest({ requestId: inFlight, outcome: 'completed', usage: { input: 5, output: 5 }, usageSource: 'provider' });
+    // The first run wrote off all but the 10 held: no request was authorized on it afterwards.
+    expect(servedAfterExpiry).toBe(0);
+    await expireAt(new Date(expiresAt.getTime() + 10 * 60_000));
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[0, true]]);
+    const { rows: written } = await admin().query(`select amount::int from public.credit_ledger where account_id = $1 and reason = 'expiry' order by id`, [customer.accountId]);
+    expect(written.map((row) => row.amount)).toEqual([-999_990]);
+  });
+
+  it('with a credit limit as without: a request authorized against expiring credits is paid from them, not in debt', async () => {
+    const bench = await model();
+    const outcome = async (creditLimit: number) => {
+      const customer = await createCustomer({ balance: 0 });
+      await admin().query('update public.accounts set credit_limit = $2 where id = $1', [customer.accountId, creditLimit]);
+      const expiresAt = new Date(Date.now() + 3 * day);
+      await grant(customer, 1_000, { category: 'promotional', expires_at: expiresAt.toISOString() });
+      const requestId = crypto.randomUUID();
+      expect((await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model: bench, maxInputTokens: 500, maxOutputTokens: 500 })).status).toBe('authorized');
+      await expireAt(new Date(expiresAt.getTime() + 1000));
+      await ledger.settleRequest({ requestId, outcome: 'completed', usage: { input: 500, output: 500 }, usageSource: 'provider' });
+      await expireAt(new Date(expiresAt.getTime() + 61_000));
+      const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+      return account.balance as number;
+    };
+    expect(await outcome(0)).toBe(0);
+    expect(await outcome(1_000_000)).toBe(0);
   });
 });
 
