@@ -242,6 +242,44 @@ describe('subscription allowances', () => {
       expect(await grants(customer)).toMatchObject([{ source: 'subscription', category: 'paid', amount: 20_000_000, expires_at: rollsOver ? null : periodEnd }]);
     }
   });
+
+  async function subscribed(rollsOver: boolean) {
+    const customer = await createCustomer({ balance: 0 });
+    const planId = `terms${crypto.randomUUID().slice(0, 8)}`;
+    const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Plan', 20000000, $2, $3, $4)`,
+      [planId, price, link, rollsOver],
+    );
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+    const checkout = stripeEvent('checkout.session.completed', session);
+    expect((await serviceClient().rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+    return { customer, customerId, price };
+  }
+
+  it('end with the period the plan\'s line paid for, not with a proration line listed before it, which ends now', async () => {
+    const { customer, customerId, price } = await subscribed(false);
+    const renewal = invoice({ customer: customerId, price, amount: 2600, prorations: [{ price: `price_test_left${crypto.randomUUID().slice(0, 8)}`, amount: 600 }] });
+    const event = stripeEvent('invoice.paid', renewal);
+    expect((await serviceClient().rpc('apply_stripe_invoice', { p_event_id: event.id, p_invoice: renewal })).error).toBeNull();
+    const [allowance] = await grants(customer);
+    expect(allowance).toMatchObject({ source: 'subscription', amount: 20_000_000, expires_at: new Date(renewal.lines.data[1]!.period.end * 1000) });
+    await serviceClient().rpc('expire_grants', { p_now: new Date(Date.now() + 120_000).toISOString() });
+    expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[20_000_000, false]]);
+  });
+
+  it('follow the plan the invoice paid for, also when it comes before the subscription moves the account to it', async () => {
+    const { customer, customerId } = await subscribed(true);
+    const planId = `terms${crypto.randomUUID().slice(0, 8)}`;
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Monthly', 20000000, $2, $3, false)`,
+      [planId, `price_test_${planId}`, `plink_test_${planId}`],
+    );
+    const paid = invoice({ customer: customerId, price: `price_test_${planId}`, amount: 2000 });
+    const event = stripeEvent('invoice.paid', paid);
+    expect((await serviceClient().rpc('apply_stripe_invoice', { p_event_id: event.id, p_invoice: paid })).error).toBeNull();
+    expect(await grants(customer)).toMatchObject([{ source: 'subscription', amount: 20_000_000, expires_at: new Date(paid.lines.data[0]!.period.end * 1000) }]);
+  });
 });
 
 describe('redemption codes', () => {

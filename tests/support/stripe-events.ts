@@ -165,7 +165,8 @@ export function invoice(options: { customer: string; price: string | null; amoun
       : { type: 'subscription_item_details', subscription_item_details: { invoice_item: null, proration: false, proration_details: { credited_items: null }, subscription, subscription_item: id('si') } },
     pricing: { type: 'price_details', price_details: { price, product: id('prod') }, unit_amount_decimal: String(amount) },
     quantity: 1,
-    period: { start: now(), end: now() + 30 * 86_400 },
+    // A proration covers the rest of the period the change came in, which ends as the next begins.
+    period: proration ? { start: now() - 10 * 86_400, end: now() } : { start: now(), end: now() + 30 * 86_400 },
   });
   return {
     id: id('in'),
