@@ -137,6 +137,12 @@ describe('key policies, enforced in authorize_request', () => {
     await expect(keys.updateApiKeyPolicy(created.id, { allowed_ips: ['not-a-network'] })).rejects.toMatchObject({ code: '22023' });
     await expect(keys.updateApiKeyPolicy(created.id, { max_concurrent: 0 })).rejects.toMatchObject({ code: '22023' });
     await expect(keys.updateApiKeyPolicy(created.id, { colour: 'blue' } as never)).rejects.toMatchObject({ code: '22023' });
+    // An empty list, or a null among the names, would leave the key unrestricted: refused, the key unchanged.
+    await expect(keys.updateApiKeyPolicy(created.id, { allowed_models: [] })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.updateApiKeyPolicy(created.id, { allowed_ips: [] })).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.updateApiKeyPolicy(created.id, { allowed_models: ['gpt-4o-mini', null] } as never)).rejects.toMatchObject({ code: '22023' });
+    await expect(keys.createApiKey('nothing', undefined, { allowed_models: [] })).rejects.toMatchObject({ code: '22023' });
+    expect((await keys.updateApiKeyPolicy(created.id, {})).policy).toMatchObject({ allowed_models: ['gpt-4o-mini'] });
     await expect(createApiKeyManager(bob.client).updateApiKeyPolicy(created.id, { spend_limit: 0 })).rejects.toMatchObject({ status: 404 });
   });
 });
