@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
+import { hashApiKey } from '../../lib/billing/hash-api-key.ts';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient, type Customer } from '../support/supabase.ts';
@@ -144,6 +145,59 @@ describe('key policies, enforced in authorize_request', () => {
     await expect(keys.createApiKey('nothing', undefined, { allowed_models: [] })).rejects.toMatchObject({ code: '22023' });
     expect((await keys.updateApiKeyPolicy(created.id, {})).policy).toMatchObject({ allowed_models: ['gpt-4o-mini'] });
     await expect(createApiKeyManager(bob.client).updateApiKeyPolicy(created.id, { spend_limit: 0 })).rejects.toMatchObject({ status: 404 });
+  });
+});
+
+describe('caps hold at settlement too', () => {
+  // 1 micro-unit per token; the worst case of 10 + 10 tokens is 20, and the upstream reports 410.
+  const overrun = { input: 400, output: 10 };
+
+  it('a usage that overruns its hold is charged no further than the key\'s spend caps, the rest shown as a shortfall', async () => {
+    const bench = await createModel({ input: 1_000_000, output: 1_000_000 });
+    for (const policy of [{ spend_limit: 30 }, { monthly_spend_limit: 30 }]) {
+      const customer = await createCustomer({ balance: 10_000_000 });
+      await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, policy);
+      const requestId = crypto.randomUUID();
+      expect(await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model: bench, maxInputTokens: 10, maxOutputTokens: 10 })).toMatchObject({ status: 'authorized', hold: 20 });
+      expect(await ledger.settleRequest({ requestId, outcome: 'completed', usage: overrun, usageSource: 'provider' })).toMatchObject({ amount: 410, charged: 30 });
+      const { rows: [key] } = await admin().query('select spent::int, month_spent::int from public.api_keys where id = $1', [customer.apiKeyId]);
+      expect(key).toEqual({ spent: 30, month_spent: 30 });
+    }
+  });
+
+  it('what other requests of the key hold counts, and the request is charged at least its hold', async () => {
+    const bench = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, { spend_limit: 45 });
+    const [first, second] = [crypto.randomUUID(), crypto.randomUUID()];
+    for (const requestId of [first, second]) {
+      expect(await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model: bench, maxInputTokens: 10, maxOutputTokens: 10 })).toMatchObject({ status: 'authorized' });
+    }
+    // 45 less the other request's 20 in flight leaves 25 for this one.
+    expect(await ledger.settleRequest({ requestId: first, outcome: 'completed', usage: overrun, usageSource: 'provider' })).toMatchObject({ charged: 25 });
+    // Nothing is left beyond its own hold for the second: it pays its hold, never less.
+    expect(await ledger.settleRequest({ requestId: second, outcome: 'completed', usage: overrun, usageSource: 'provider' })).toMatchObject({ charged: 20 });
+  });
+
+  it('a member\'s monthly budget, in one settlement and in a batch', async () => {
+    const bench = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const owner = await createCustomer({ balance: 10_000_000 });
+    const member = await createCustomer();
+    const { rows: [user] } = await admin().query('select email from auth.users where id = $1', [member.userId]);
+    expect((await owner.client.rpc('set_member', { p_account_id: owner.accountId, p_email: user.email, p_role: 'member', p_monthly_budget: 50 })).error).toBeNull();
+    const created = await member.client.rpc('create_member_api_key', { p_account_id: owner.accountId, p_name: 'work' });
+    expect(created.error).toBeNull();
+    const { key, id } = created.data as { key: string; id: string };
+    const keyHash = await hashApiKey(key);
+    const [alone, batched] = [crypto.randomUUID(), crypto.randomUUID()];
+    for (const requestId of [alone, batched]) {
+      expect(await ledger.authorizeRequest({ requestId, keyHash, model: bench, maxInputTokens: 10, maxOutputTokens: 10 })).toMatchObject({ status: 'authorized' });
+    }
+    expect(await ledger.settleRequest({ requestId: alone, outcome: 'completed', usage: overrun, usageSource: 'provider' })).toMatchObject({ charged: 30 });
+    const [settled] = await ledger.settleRequests([{ requestId: batched, outcome: 'completed', usage: overrun, usageSource: 'provider' }]);
+    expect(settled).toMatchObject({ ok: true, result: { charged: 20 } });
+    const { rows: [row] } = await admin().query('select month_spent::int from public.api_keys where id = $1', [id]);
+    expect(row.month_spent).toBe(50);
   });
 });
 
