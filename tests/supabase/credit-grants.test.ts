@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
 import { createAuthUser } from '../../scripts/local-supabase/index.ts';
-import { charge, checkoutSession, invoice, stripeEvent } from '../support/stripe-events.ts';
+import { charge, checkoutSession, invoice, invoicePayment, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
 
 // Every credit is a grant; spending draws promotional before paid, then higher
@@ -217,6 +217,38 @@ describe('refunds take back from the grant they came from', () => {
     expect((await service.rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund })).error).toBeNull();
     // 55M taken back from the payment's own grants (4M of bonus, 50M paid) and 1M more from the others.
     expect((await grants(customer)).map((row) => row.remaining)).toEqual([2_000_000, 0, 0]);
+  });
+});
+
+describe('refunds after a grant expired', () => {
+  it('a refunded month whose allowance expired takes back only what was spent of it, not the expired part again', async () => {
+    const service = serviceClient();
+    const customer = await createCustomer({ balance: 0 });
+    await grant(customer, 30_000_000, { category: 'paid', source: 'manual' });
+    const planId = `exp${crypto.randomUUID().slice(0, 8)}`;
+    const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Pro', 20000000, $2, $3, false)`,
+      [planId, price, link],
+    );
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+    const checkout = stripeEvent('checkout.session.completed', session);
+    expect((await service.rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+    const paid = invoice({ customer: customerId, price, amount: 2000 });
+    const paidEvent = stripeEvent('invoice.paid', paid);
+    expect((await service.rpc('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid })).error).toBeNull();
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const linked = stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount: 2000 }));
+    expect((await service.rpc('apply_stripe_invoice_payment', { p_event_id: linked.id, p_invoice_payment: linked.data.object })).data).toMatchObject({ status: 'linked' });
+    await spend(customer, 5_000_000); // from the allowance, which expires first
+    await service.rpc('expire_grants', { p_now: new Date(paid.lines.data[0]!.period.end * 1000 + 1000).toISOString() });
+    expect((await grants(customer)).map((row) => [row.source, row.remaining, row.expired])).toEqual([['manual', 30_000_000, false], ['subscription', 0, true]]);
+
+    const refund = charge({ paymentIntent, amount: 2000, amountRefunded: 2000 });
+    const refunded = stripeEvent('charge.refunded', refund);
+    expect((await service.rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund })).error).toBeNull();
+    const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account.balance).toBe(25_000_000);
   });
 });
 
