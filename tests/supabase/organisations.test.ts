@@ -84,4 +84,44 @@ describe('organisations', () => {
     const { rows } = await admin().query(`select action from public.audit_log where subject = $1 and action not like 'ledger\\_%' order by id`, [owner.accountId]);
     expect(rows.map((row) => row.action)).toEqual(['set_member', 'create_member_key', 'remove_member']);
   });
+
+  it('a key the member makes while being removed is never left live, and a removed member\'s key makes no side call', async () => {
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const owner = await createCustomer({ balance: 1_000_000 });
+    const member = await createCustomer({ balance: 0 });
+    await must(owner.client.rpc('set_member', { p_account_id: owner.accountId, p_email: email(member) }));
+    const { key } = await must<{ key: string }>(member.client.rpc('create_member_api_key', { p_account_id: owner.accountId, p_name: 'before' }));
+    const as = async (client: import('pg').PoolClient, userId: string) => {
+      await client.query('begin');
+      await client.query('set local role authenticated');
+      await client.query(`select set_config('request.jwt.claims', $1, true)`, [JSON.stringify({ sub: userId, role: 'authenticated' })]);
+    };
+    const [removing, creating] = [await admin().connect(), await admin().connect()];
+    try {
+      // The owner removes the member; before that commits, the member asks for a key.
+      await as(removing, owner.userId);
+      await removing.query('select public.remove_member($1, $2)', [owner.accountId, member.userId]);
+      await as(creating, member.userId);
+      const made = creating.query('select public.create_member_api_key($1, $2) as k', [owner.accountId, 'during']).then(
+        (result) => ({ key: result.rows[0].k.key as string, code: undefined }),
+        (error: { code?: string }) => ({ key: undefined, code: error.code }),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await removing.query('commit');
+      const outcome = await made;
+      await creating.query(outcome.code ? 'rollback' : 'commit');
+      // It waited for the removal and was refused; had it gone first, the removal would have revoked it.
+      expect(outcome).toEqual({ key: undefined, code: '42501' });
+    } finally {
+      removing.release();
+      creating.release();
+    }
+    const { rows: live } = await admin().query('select 1 from public.api_keys where account_id = $1 and member_user_id = $2 and revoked_at is null', [owner.accountId, member.userId]);
+    expect(live).toHaveLength(0);
+    // A member's key whose membership is gone (say, ended straight in the database) makes no side call either.
+    await admin().query('update public.api_keys set revoked_at = null where key_hash = $1', [await hashApiKey(key)]);
+    const { rows: [side] } = await admin().query('select public.authorize_uncharged_call($1, $2) as result', [await hashApiKey(key), model]);
+    expect(side.result).toMatchObject({ status: 'refused', code: 'not_a_member' });
+    await admin().query('update public.api_keys set revoked_at = now() where key_hash = $1', [await hashApiKey(key)]);
+  });
 });
