@@ -382,8 +382,9 @@ export function createLedger(serviceClient: RpcClient) {
       );
     },
 
-    keyOverview(keyHash: string): Promise<KeyOverview> {
-      return callFunction(serviceClient, 'key_overview', { p_key_hash: keyHash }, keyOverviewSchema);
+    /** The key's account as the key may see it; `clientIp` is checked against its allowed addresses. */
+    keyOverview(keyHash: string, clientIp?: string): Promise<KeyOverview> {
+      return callFunction(serviceClient, 'key_overview', { p_key_hash: keyHash, p_client_ip: clientIp ?? null }, keyOverviewSchema);
     },
 
     grantCredits(input: GrantCreditsInput): Promise<CreditGrant> {

@@ -193,7 +193,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
       // Redis did not answer, so the revocation mark is unknown: the database is asked
       // instead (one round trip, only while Redis fails). Should it fail too, the hold
       // still open is released by the app and the upstream call aborted by the caller.
-      const overview = await services.ledger.keyOverview(input.keyHash);
+      const overview = await services.ledger.keyOverview(input.keyHash, ip);
       if (overview.status === 'refused') {
         coolKey(services, input.keyHash);
         hold.release(`the key was refused: ${overview.code}`);

@@ -1,11 +1,11 @@
 import type { Context } from 'hono';
 import type { AppEnv, ModelPrice } from '../app-env.ts';
 import { GatewayError, refusalError, topUpOptions } from '../errors.ts';
-import { readKeyHash } from '../gateway/request-helpers.ts';
+import { clientIp, readKeyHash } from '../gateway/request-helpers.ts';
 
 async function overview(c: Context<AppEnv>) {
   const { services } = c.var;
-  const result = await services.ledger.keyOverview(await readKeyHash(c));
+  const result = await services.ledger.keyOverview(await readKeyHash(c), clientIp(c));
   if (result.status === 'refused') throw refusalError(result);
   return result;
 }

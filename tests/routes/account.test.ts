@@ -92,4 +92,16 @@ describe('GET /v1/credits', () => {
       top_up_options: expect.any(Array),
     });
   });
+
+  it('a key restricted to some addresses reads its account, and its models, only from them', async () => {
+    const customer = await createCustomer({ balance: 7_000_000 });
+    await admin().query(`update public.api_keys set allowed_ips = '{10.0.0.0/8}' where id = $1`, [customer.apiKeyId]);
+    for (const path of ['/v1/credits', '/v1/models']) {
+      const outside = await fetch(`${gateway.url}${path}`, { headers: { authorization: `Bearer ${customer.apiKey}`, 'x-forwarded-for': '203.0.113.9' } });
+      const body = (await outside.json()) as { balance?: number; data?: unknown; error?: { code?: string } };
+      expect({ status: outside.status, code: body.error?.code, balance: body.balance, data: body.data }).toEqual({ status: 403, code: 'ip_not_allowed', balance: undefined, data: undefined });
+      const inside = await fetch(`${gateway.url}${path}`, { headers: { authorization: `Bearer ${customer.apiKey}`, 'x-forwarded-for': '10.1.2.3' } });
+      expect(inside.status).toBe(200);
+    }
+  });
 });
