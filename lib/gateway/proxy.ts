@@ -16,7 +16,7 @@ export interface StreamProcessor {
   finish?(): string;
   /** The provider's final usage, normalized to buckets, once reported. */
   usage(): TokenUsage | null;
-  /** The input buckets the provider reported before its final usage (Anthropic's message_start, Gemini's chunks). */
+  /** The buckets the provider reported before its final usage: the input (Anthropic's message_start, Gemini's chunks) and Gemini's thoughts so far. */
   inputUsage?(): TokenUsage | null;
   /** Output text that reached the gateway, for the tokenizer fallback. */
   delivered(): string[];
@@ -97,8 +97,9 @@ async function settlementFor(
     return { requestId, outcome, usage: reported, usageSource: inputUsage || reportedCalls ? 'provider' : undefined, error };
   }
   const output = await countTokens(delivered);
-  // The provider already counted the input (with its cache buckets): only the output needs the tokenizer.
-  if (inputUsage) return { requestId, outcome, usage: { ...calls, ...inputUsage, output, reasoning: 0 }, usageSource: 'tokenizer', error };
+  // The provider already counted the input (with its cache buckets), and Gemini the thoughts it
+  // had run (none of them among the delivered text): only the output needs the tokenizer.
+  if (inputUsage) return { requestId, outcome, usage: { ...calls, reasoning: 0, ...inputUsage, output }, usageSource: 'tokenizer', error };
   const prompt = await plan.countPrompt();
   return { requestId, outcome, usage: { ...calls, input: prompt.tokens, output }, usageSource: prompt.estimated ? 'estimate' : 'tokenizer', error };
 }

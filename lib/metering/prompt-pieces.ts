@@ -10,9 +10,9 @@ export const imageTokenBound = 50_000;
 export const imageTokenEstimate = 765;
 
 /**
- * Upper bound, for holds, of content the upstream fetches itself (a file id, a
- * document or video URL): its size is unknown here, and a long PDF or video can
- * fill a context window.
+ * Upper bound, for holds, of content the upstream fetches or keeps itself (a
+ * file id, a document or video URL, a cache it holds by name): its size is
+ * unknown here, and a long PDF or video can fill a context window.
  */
 export const remoteContentTokenBound = 1_000_000;
 

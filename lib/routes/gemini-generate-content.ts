@@ -31,6 +31,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
     throw new GatewayError(400, 'invalid_request', 'streamGenerateContent is served as server-sent events only: add ?alt=sse.');
   }
   const keyHash = await readKeyHash(c);
+  // Field names in either spelling, read and sent on in camelCase (see camel-case-gemini-fields.ts).
   const request = await readJsonBody(c, generateContentRequestSchema);
   // Google Search grounding is billed per search (priced per model); the other
   // grounding tools are not priced here.

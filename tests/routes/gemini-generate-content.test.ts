@@ -223,3 +223,207 @@ describe('Google Search grounding', () => {
   });
 });
 
+
+describe('field names in snake_case, which Google takes as well as camelCase', () => {
+  const post = (model: string, apiKey: string, body: unknown) =>
+    fetch(`${gateway.url}/v1beta/models/${model}:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+  const contents = [{ role: 'user', parts: [{ text: 'What is the answer?' }] }];
+
+  async function holdOf(requestId: string | null) {
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select max_input_tokens::int, max_output_tokens::int, choices, output_capped from public.usage_events where request_id = $1',
+      [requestId],
+    );
+    return event;
+  }
+
+  it('snake_case tools and response modalities are refused like their camelCase names, before anything is sent or held', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const sent = fake.requests.length;
+    const refusals: [Record<string, unknown>, string][] = [
+      [{ tools: [{ google_search: {} }] }, 'tool_not_priced'],
+      [{ tools: [{ google_search_retrieval: { dynamic_retrieval_config: { mode: 'MODE_DYNAMIC' } } }] }, 'unsupported_parameter'],
+      [{ tools: [{ google_maps: {} }] }, 'unsupported_parameter'],
+      [{ tools: [{ enterprise_web_search: {} }] }, 'unsupported_parameter'],
+      [{ generation_config: { response_modalities: ['TEXT', 'IMAGE'] } }, 'unsupported_parameter'],
+      [{ generationConfig: { response_modalities: ['AUDIO'] } }, 'unsupported_parameter'],
+    ];
+    for (const [fields, reason] of refusals) {
+      const response = await post(model, customer.apiKey, { contents, ...fields });
+      expect(response.status, JSON.stringify(fields)).toBe(400);
+      expect(await response.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason } });
+    }
+    expect(fake.requests.length).toBe(sent);
+    expect(await eventsOf(customer.accountId)).toEqual([]);
+  });
+
+  it('generation_config: the output cap and candidate count are held, and sent on once, in camelCase', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await post(model, customer.apiKey, {
+      contents,
+      generation_config: { candidate_count: 2, max_output_tokens: 300, temperature: 0.5, thinking_config: { thinking_budget: 0 } },
+    });
+    expect(response.status).toBe(200);
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toEqual({
+      contents,
+      generationConfig: { candidateCount: 2, maxOutputTokens: 300, temperature: 0.5, thinkingConfig: { thinking_budget: 0 } },
+    });
+    expect(await holdOf(response.headers.get('x-request-id'))).toMatchObject({ max_output_tokens: 300, choices: 2, output_capped: false });
+  });
+
+  it('the output cap the gateway adds goes into the one generationConfig, beside what generation_config held', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    // Affords a few thousand output tokens of the model's 65,536.
+    const customer = await createCustomer({ balance: 10_000 });
+    const response = await post(model, customer.apiKey, { contents, generation_config: { temperature: 0.5 } });
+    expect(response.status).toBe(200);
+    const cap = Number(response.headers.get('x-tollgate-max-tokens'));
+    expect(cap).toBeGreaterThan(0);
+    expect(cap).toBeLessThan(65_536);
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toEqual({ contents, generationConfig: { temperature: 0.5, maxOutputTokens: cap } });
+  });
+
+  it('system_instruction and inline_data count in the input bound', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await post(model, customer.apiKey, {
+      system_instruction: { parts: [{ text: 'x'.repeat(100_000) }] },
+      contents: [{ role: 'user', parts: [{ text: 'What is this?' }, { inline_data: { mime_type: 'image/png', data: 'iVBORw0KGgo=' } }] }],
+      generation_config: { max_output_tokens: 100 },
+    });
+    expect(response.status).toBe(200);
+    // 100,000 + 13 bytes of text, an image at 50,000, (1 + 1) × 8 of framing.
+    expect(await holdOf(response.headers.get('x-request-id'))).toMatchObject({ max_input_tokens: 150_029 });
+  });
+
+  it('user data keeps its names: function parameters, arguments and responses, response schemas', async () => {
+    const model = await gemini('generate-function-call');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const parameters = { type: 'OBJECT', properties: { city_name: { type: 'STRING' } }, required: ['city_name'] };
+    const responseSchema = { type: 'OBJECT', properties: { first_name: { type: 'STRING' } }, property_ordering: ['first_name'] };
+    const response = await post(model, customer.apiKey, {
+      contents: [
+        { role: 'user', parts: [{ text: 'Weather in Paris?' }] },
+        { role: 'model', parts: [{ function_call: { name: 'get_weather', args: { city_name: 'Paris' } } }] },
+        { role: 'user', parts: [{ function_response: { name: 'get_weather', response: { temp_c: 21, wind_speed: { max_kmh: 30 } } } }] },
+      ],
+      tools: [{ function_declarations: [{ name: 'get_weather', parameters }] }],
+      generation_config: { response_mime_type: 'application/json', response_schema: responseSchema },
+    });
+    expect(response.status).toBe(200);
+    expect(fake.requestsFor('generate-function-call').at(-1)!.body).toEqual({
+      contents: [
+        { role: 'user', parts: [{ text: 'Weather in Paris?' }] },
+        { role: 'model', parts: [{ functionCall: { name: 'get_weather', args: { city_name: 'Paris' } } }] },
+        { role: 'user', parts: [{ functionResponse: { name: 'get_weather', response: { temp_c: 21, wind_speed: { max_kmh: 30 } } } }] },
+      ],
+      tools: [{ functionDeclarations: [{ name: 'get_weather', parameters }] }],
+      generationConfig: { responseMimeType: 'application/json', responseSchema },
+    });
+  });
+
+  it('a field given in both spellings is a 400 that names it; nothing is sent, held or written', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const sent = fake.requests.length;
+    const twice: [Record<string, unknown>, string[]][] = [
+      [{ contents, generation_config: { temperature: 1 }, generationConfig: { maxOutputTokens: 5 } }, ['generation_config', 'generationConfig']],
+      [{ contents, generationConfig: { maxOutputTokens: 5, max_output_tokens: 6 } }, ['maxOutputTokens', 'max_output_tokens']],
+      [{ contents: [{ parts: [{ inline_data: { data: 'AA==' }, inlineData: { data: 'AA==' } }] }] }, ['inline_data', 'inlineData']],
+    ];
+    for (const [body, names] of twice) {
+      const response = await post(model, customer.apiKey, body);
+      expect(response.status).toBe(400);
+      const { error } = await response.json();
+      expect(error).toMatchObject({ code: 400, status: 'INVALID_ARGUMENT', reason: 'invalid_request' });
+      for (const name of names) expect(error.message).toContain(name);
+    }
+    const stream = await fetch(`${gateway.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents, system_instruction: { parts: [] }, systemInstruction: { parts: [] } }),
+    });
+    expect(stream.status).toBe(400);
+    expect(fake.requests.length).toBe(sent);
+    expect(await eventsOf(customer.accountId)).toEqual([]);
+  });
+});
+
+describe('content of unknown size is held at 1,000,000 tokens', () => {
+  const post = (model: string, apiKey: string, body: unknown) =>
+    fetch(`${gateway.url}/v1beta/models/${model}:generateContent`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  async function maxInputTokens(accountId: string) {
+    await gateway.settled();
+    const { rows } = await admin().query('select max_input_tokens::int from public.usage_events where account_id = $1 order by created_at', [accountId]);
+    return rows.map((row) => row.max_input_tokens);
+  }
+
+  it('a fileData URI (Files API, YouTube), fetched by Google, in either spelling', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const uri = 'https://www.youtube.com/watch?v=9hE5-98ZeCg';
+    for (const part of [{ fileData: { mimeType: 'video/mp4', fileUri: uri } }, { file_data: { mime_type: 'video/mp4', file_uri: uri } }]) {
+      const response = await post(model, customer.apiKey, { contents: [{ role: 'user', parts: [part, { text: 'Summarize.' }] }], generationConfig: { maxOutputTokens: 50 } });
+      expect(response.status).toBe(200);
+    }
+    // 1,000,000 + 10 bytes of text + 16 of framing.
+    expect(await maxInputTokens(customer.accountId)).toEqual([1_000_026, 1_000_026]);
+  });
+
+  it('cachedContent, kept by Google and added to the prompt there, in either spelling', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 10_000_000 });
+    for (const cache of [{ cachedContent: 'cachedContents/abc123' }, { cached_content: 'cachedContents/abc123' }]) {
+      const response = await post(model, customer.apiKey, { ...cache, contents: [{ role: 'user', parts: [{ text: 'Summarize.' }] }], generationConfig: { maxOutputTokens: 50 } });
+      expect(response.status).toBe(200);
+    }
+    expect(await maxInputTokens(customer.accountId)).toEqual([1_000_026, 1_000_026]);
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ cachedContent: 'cachedContents/abc123' });
+  });
+});
+
+describe('a stream cut before its final usage', () => {
+  async function cutStream(fixture: string) {
+    const upstreamModel = `${fixture}-cut-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture, disconnectAfterEvents: 1, eventDelayMs: 20 });
+    const model = await gemini(upstreamModel);
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await fetch(`${gateway.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
+      method: 'POST',
+      headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: 'What is the answer?' }] }] }),
+    });
+    expect(response.status).toBe(200);
+    await response.text();
+    await gateway.settled();
+    const [event] = await eventsOf(customer.accountId);
+    return event;
+  }
+
+  it('bills the thoughts Google already reported in its running usageMetadata, with the prompt and the delivered output', async () => {
+    // The first chunk: prompt 1200 (1000 cached), thoughts 140, text "The answer".
+    const event = await cutStream('generate-cached-thoughts');
+    const output = getEncoding('cl100k_base').encode('The answer').length;
+    expect(event).toMatchObject({
+      status: 'failed', usage_source: 'tokenizer', input_tokens: '200', cached_input_tokens: '1000', reasoning_tokens: '140', output_tokens: String(output),
+    });
+  });
+
+  it('thought text those thoughts already count is not billed again as output', async () => {
+    // The first chunk: a thought summary, prompt 80, thoughts 45.
+    const event = await cutStream('generate-thought-call');
+    expect(event).toMatchObject({ status: 'failed', usage_source: 'provider', input_tokens: '80', reasoning_tokens: '45', output_tokens: '0' });
+  });
+});

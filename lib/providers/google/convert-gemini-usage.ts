@@ -28,7 +28,13 @@ export function convertGeminiUsage(usage: UsageMetadata): TokenUsage {
   };
 }
 
+/**
+ * What a running usageMetadata (a chunk before the final one) already counts
+ * for good: the prompt, and the thoughts so far (cumulative, like every count
+ * in it; Google bills them whether or not the stream ends). The candidates are
+ * left to the tokenizer, from the output that reached the gateway.
+ */
 export function geminiInputUsage(usage: UsageMetadata): TokenUsage {
-  const { output: _output, reasoning: _reasoning, ...input } = convertGeminiUsage(usage);
-  return input;
+  const { output: _output, ...reported } = convertGeminiUsage(usage);
+  return reported;
 }

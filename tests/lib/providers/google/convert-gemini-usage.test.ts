@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { convertGeminiUsage } from '../../../../lib/providers/google/convert-gemini-usage.ts';
+import { convertGeminiUsage, geminiInputUsage } from '../../../../lib/providers/google/convert-gemini-usage.ts';
 
 describe('convertGeminiUsage', () => {
   it.each([
@@ -21,5 +21,12 @@ describe('convertGeminiUsage', () => {
   ])('%s', (_name, usage, expected) => {
     const buckets = convertGeminiUsage(usage);
     expect(buckets).toEqual(expected);
+  });
+});
+
+describe('geminiInputUsage (a running usageMetadata, before the final one)', () => {
+  it('keeps the prompt and the thoughts so far (cumulative counts Google bills), leaves the candidates to the tokenizer', () => {
+    const running = { promptTokenCount: 1200, cachedContentTokenCount: 1000, candidatesTokenCount: 1, thoughtsTokenCount: 140 };
+    expect(geminiInputUsage(running)).toEqual({ input: 200, cached_input: 1000, image: 0, audio: 0, reasoning: 140 });
   });
 });
