@@ -59,8 +59,6 @@ insert into public.model_aliases (alias, model_id) values
   ('gpt-4o-2024-08-06', 'gpt-4o'),
   ('gpt-4o-2024-11-20', 'gpt-4o'),
   ('gpt-4o-mini-2024-07-18', 'gpt-4o-mini'),
-  ('gpt-4o-mini-search-preview', 'gpt-4o-mini'),
-  ('gpt-4o-mini-search-preview-2025-03-11', 'gpt-4o-mini'),
   ('o4-mini-2025-04-16', 'o4-mini'),
   ('o4-mini-high', 'o4-mini'),
   ('gemini-2.5-flash-latest', 'gemini-2.5-flash'),

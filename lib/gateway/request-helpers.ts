@@ -262,12 +262,14 @@ export const defaultSearchBound = 10;
 
 /**
  * Refuses request options that make the upstream charge more than the token
- * prices this gateway bills (priority processing, search fees). Named per route.
+ * prices this gateway bills (priority processing, search fees), or charge for
+ * what it never sees (work that runs after the request). Named per route; the
+ * reason, when given, replaces the one about token prices.
  */
-export function refuseUnbilledOptions(options: Array<[boolean, string, string]>): void {
-  for (const [present, param, what] of options) {
+export function refuseUnbilledOptions(options: Array<[boolean, string, string] | [boolean, string, string, string]>): void {
+  for (const [present, param, what, why = 'it is billed by the upstream beyond token prices'] of options) {
     if (present) {
-      throw new GatewayError(400, 'unsupported_parameter', `${what} is not available through this gateway: it is billed by the upstream beyond token prices.`, { param });
+      throw new GatewayError(400, 'unsupported_parameter', `${what} is not available through this gateway: ${why}.`, { param });
     }
   }
 }

@@ -3,6 +3,7 @@ import type { AppEnv } from '../app-env.ts';
 import { GatewayError } from '../errors.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { boundChatInputTokens } from '../providers/openai/openai-input.ts';
 import { chatCompletionRequestSchema } from '../providers/openai/openai-wire.ts';
 import { chatPlanFor, providerFormat, providersForChat, translateChat } from '../providers/registry.ts';
@@ -22,12 +23,14 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
   ]);
   const translations = translateChat(request);
   const requestedCap = request.max_completion_tokens ?? request.max_tokens ?? undefined;
+  // Tools a Claude model may be sent come with the system prompt Anthropic adds for them; the model is not known yet.
+  const toolPrompt = (translations.bodies.get('anthropic')?.tools as unknown[] | undefined)?.length ? toolUseSystemPromptTokens : 0;
   return authorizeAndProxy(
     c,
     {
       keyHash,
       model: request.model,
-      maxInputTokens: boundChatInputTokens(request),
+      maxInputTokens: boundChatInputTokens(request) + toolPrompt,
       maxOutputTokens: requestedCap,
       choices: request.n ?? 1,
       capOutput: requestedCap === undefined,

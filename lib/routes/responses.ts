@@ -7,6 +7,7 @@ import { forwardAsIs, type ProxyPlan } from '../gateway/proxy.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
+import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
 import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
@@ -62,10 +63,15 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
+    // OpenAI answers a background request at once ("queued", no usage) and runs the model
+    // afterwards; its result is fetched by GET /v1/responses/{id}, which is not metered.
+    [raw.background === true, 'background', 'Background mode', 'the response runs upstream after this request has ended, where its usage cannot be metered'],
   ]);
   const { config } = c.var.services;
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
   const translations = translateResponses(request);
+  // Tools a Claude model may be sent come with the system prompt Anthropic adds for them; the model is not known yet.
+  const toolPrompt = tools.length > 0 && translations.bodies.has('anthropic') ? toolUseSystemPromptTokens : 0;
   const requestedCap = request.max_output_tokens ?? undefined;
   const stream = request.stream === true;
   const extraHeaders = clientHeaders(c);
@@ -126,7 +132,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     {
       keyHash,
       model: request.model,
-      maxInputTokens: boundResponsesInputTokens(request),
+      maxInputTokens: boundResponsesInputTokens(request) + toolPrompt,
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
       providers: [...config.channels.keys()].filter((provider) => {

@@ -97,6 +97,20 @@ function convert(modelPrice: ModelPrice, effectiveFrom: string | null): DatedCos
   return { effectiveFrom, costs, long: threshold === null ? null : { threshold, costs: longCosts }, inexact, ignored };
 }
 
+/**
+ * Models that search the web on every request (OpenAI's chat search models,
+ * `gpt-4o-mini-search-preview` and the like): OpenAI bills each search beyond
+ * tokens, and a chat completion reports no count of them, so the price sheet
+ * cannot bill them. The dataset lists some of their ids among a plain model's
+ * own (gpt-4o-mini's), priced as its tokens alone: such an id is never that
+ * model's alias, and nothing is priced for it.
+ */
+export function searchesOnEveryRequest(modelId: string): boolean {
+  return /-search-(preview|api)(-|$)/i.test(modelId);
+}
+
+const searchingModel = 'searches the web on every request, billed per search beyond tokens, which a chat completion does not count';
+
 function exactIds(match: MatchLogic): string[] {
   if ('equals' in match) return [match.equals];
   if ('or' in match) return match.or.flatMap(exactIds);
@@ -125,9 +139,9 @@ function read(provider: string, model: ModelInfo): DatasetModel {
     id: model.id,
     name: model.name,
     contextWindow: model.context_window,
-    exactIds: exactIds(model.match).filter((id) => id !== model.id),
+    exactIds: exactIds(model.match).filter((id) => id !== model.id && (!searchesOnEveryRequest(id) || searchesOnEveryRequest(model.id))),
     prices,
-    unsupported,
+    unsupported: searchesOnEveryRequest(model.id) ? searchingModel : unsupported,
   };
 }
 
@@ -149,10 +163,12 @@ export function matches(match: MatchLogic, modelId: string): boolean {
   return false;
 }
 
-/** The dataset model that prices an upstream model id, if any. */
+/** The dataset model that prices an upstream model id, if any (one that searches on every request cannot be imported). */
 export function datasetModelFor(provider: string, upstreamModel: string): DatasetModel | undefined {
   const info = findProvider({ providerId: provider })?.models.find((model) => matches(model.match, upstreamModel));
-  return info ? read(provider, info) : undefined;
+  if (!info) return undefined;
+  const model = read(provider, info);
+  return searchesOnEveryRequest(upstreamModel) ? { ...model, unsupported: searchingModel } : model;
 }
 
 /** The dated price in effect at `at`: the last whose start has passed. */

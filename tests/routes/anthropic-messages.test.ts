@@ -106,6 +106,21 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(rows).toEqual([{ amount: '2250' }, { amount: '2250' }]);
   });
 
+  it('a request with tools holds the system prompt Anthropic adds for them: the input bound covers the input Anthropic bills', async () => {
+    const model = await claude('messages-tool-use');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const tools = [{ name: 'get_weather', input_schema: { type: 'object' as const } }];
+    const { response } = await anthropic(customer.apiKey).messages
+      .create({ model, max_tokens: 100, tools, messages: [{ role: 'user', content: 'Weather in Paris?' }] })
+      .withResponse();
+    await gateway.settled();
+    const event = await eventOf(response.headers.get('x-request-id'));
+    // Anthropic billed 410 input tokens for a prompt of a few dozen bytes and one tool.
+    expect(Number(event.input_tokens)).toBe(410);
+    expect(Number(event.max_input_tokens)).toBeGreaterThanOrEqual(410);
+    expect(Number(event.amount)).toBeLessThanOrEqual(Number(event.hold));
+  });
+
   it('client abort: the input Anthropic reported plus the delivered output, hold released', async () => {
     const upstreamModel = `claude-long-${crypto.randomUUID()}`;
     fake.scenarios.set(upstreamModel, { fixture: 'messages-long', eventDelayMs: 40 });

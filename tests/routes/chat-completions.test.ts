@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getEncoding } from 'js-tiktoken';
+import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { readFixture, splitEvents, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
@@ -125,6 +126,38 @@ describe('POST /v1/chat/completions with the openai SDK', () => {
     await gateway.settled();
     // 82 × 1 + 17 × 4 = 150 per request, twice.
     expect(await balanceOf(customer.accountId)).toEqual({ balance: 1_000_000 - 300, held: 0 });
+  });
+});
+
+describe('OpenAI-compatible upstreams that report no usage', () => {
+  // vLLM, OpenRouter, Ollama and Groq send reasoning text as `reasoning` (OpenAI-compatible servers of another kind as `reasoning_content`).
+  const reasoning = ['The user asks', ' for the capital', ' of France.', ' That is Paris', ', no doubt about it.'];
+
+  it('streaming: reasoning text sent as delta.reasoning is delivered output, counted by the tokenizer', async () => {
+    const model = await createModel(price, { upstreamModel: 'chat-compat-reasoning' });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Capital of France?' }], stream: true }),
+    });
+    expect(await response.text()).toBe(readFixture('chat-compat-reasoning.chunks.txt'));
+    await gateway.settled();
+    expect(await usageEvent(response.headers.get('x-request-id'))).toMatchObject({
+      status: 'completed', usage_source: 'tokenizer', output_tokens: String(await countTokens([...reasoning, 'Paris', '.'])),
+    });
+  });
+
+  it('non-streaming: reasoning text sent as message.reasoning is delivered output, counted by the tokenizer', async () => {
+    const model = await createModel(price, { upstreamModel: 'chat-compat-reasoning' });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { response } = await gateway.openai(customer.apiKey).chat.completions
+      .create({ model, messages: [{ role: 'user', content: 'Capital of France?' }] })
+      .withResponse();
+    await gateway.settled();
+    expect(await usageEvent(response.headers.get('x-request-id'))).toMatchObject({
+      status: 'completed', usage_source: 'tokenizer', output_tokens: String(await countTokens(['Paris.', reasoning.join('')])),
+    });
   });
 });
 

@@ -94,6 +94,42 @@ describe('the openai SDK calling a Claude model through /v1/chat/completions', (
   });
 });
 
+describe('what a Claude model cannot answer, and what Anthropic adds, through /v1/chat/completions', () => {
+  it('n above 1 is refused in OpenAI\'s shape before any hold: Claude answers with one choice, which the hold would count n times', async () => {
+    const upstreamModel = `messages-cache-n-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-cache' });
+    const model = await createModel(claudePrice, { provider: 'anthropic', upstreamModel, maxOutputTokens: 64_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const client = gateway.openai(customer.apiKey);
+    await expect(client.chat.completions.create({ model, n: 2, messages: [{ role: 'user', content: 'Two names for a cat' }] })).rejects.toMatchObject({
+      status: 400, error: { code: 'unsupported_parameter', param: 'n' },
+    });
+    expect(fake.requestsFor(upstreamModel)).toHaveLength(0);
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([]);
+    // n: 1 is the one choice Claude gives.
+    const one = await client.chat.completions.create({ model, n: 1, max_tokens: 100, messages: [{ role: 'user', content: 'One name for a cat' }] });
+    expect(one.choices).toHaveLength(1);
+  });
+
+  it('a request with tools holds the system prompt Anthropic adds for them: the input bound covers the input Anthropic bills', async () => {
+    const model = await createModel(claudePrice, { provider: 'anthropic', upstreamModel: 'messages-tool-use', maxOutputTokens: 64_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { response } = await gateway.openai(customer.apiKey).chat.completions
+      .create({ model, max_tokens: 100, tools, messages: [{ role: 'user', content: 'Weather in Paris?' }] })
+      .withResponse();
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select input_tokens::int, max_input_tokens::int, amount::int, hold::int from public.usage_events where request_id = $1',
+      [response.headers.get('x-request-id')],
+    );
+    // Anthropic billed 410 input tokens for a prompt of a few dozen bytes and one tool.
+    expect(event.input_tokens).toBe(410);
+    expect(event.max_input_tokens).toBeGreaterThanOrEqual(event.input_tokens);
+    expect(event.amount).toBeLessThanOrEqual(event.hold);
+  });
+});
+
 describe('the openai SDK calling a Gemini model through /v1/chat/completions', () => {
   it('non-streaming: translated there and back, thoughts reported as reasoning tokens', async () => {
     const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });

@@ -210,6 +210,25 @@ describe('POST /v1/responses for a Claude model', () => {
   });
 });
 
+describe('what Anthropic adds to a translated request', () => {
+  it('a request with tools holds the system prompt Anthropic adds for them: the input bound covers the input Anthropic bills', async () => {
+    const model = await claude('messages-tool-use');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const { response } = await gateway.openai(customer.apiKey).responses
+      .create({ model, input: 'Weather in Paris?', tools: [weatherTool], max_output_tokens: 100 })
+      .withResponse();
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select input_tokens::int, max_input_tokens::int, amount::int, hold::int from public.usage_events where request_id = $1',
+      [response.headers.get('x-request-id')],
+    );
+    // Anthropic billed 410 input tokens for a prompt of a few dozen bytes and one tool.
+    expect(event.input_tokens).toBe(410);
+    expect(event.max_input_tokens).toBeGreaterThanOrEqual(event.input_tokens);
+    expect(event.amount).toBeLessThanOrEqual(event.hold);
+  });
+});
+
 describe('POST /v1/responses for a Gemini model', () => {
   it('non-streaming: a function call as a function_call item; tools as Gemini function declarations with their JSON schema', async () => {
     const model = await gemini('generate-function-call');

@@ -221,3 +221,68 @@ describe('hosted web search on /v1/responses', () => {
     expect(account).toEqual({ balance: 40_000 - charged, held: 0 });
   });
 });
+
+describe('what /v1/responses cannot meter, and content of unknown size', () => {
+  const post = (apiKey: string, body: Record<string, unknown>) =>
+    fetch(`${gateway.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  async function nothingWritten(accountId: string, balance: number) {
+    await gateway.settled();
+    const { rows: events } = await admin().query('select request_id from public.usage_events where account_id = $1', [accountId]);
+    expect(events).toEqual([]);
+    const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [accountId]);
+    expect(account).toEqual({ balance, held: 0 });
+  }
+
+  it('background mode is refused before any hold or upstream call, streamed or not: OpenAI would run the model after the request, unmetered', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const upstreamBefore = fake.requests.length;
+    for (const stream of [false, true]) {
+      const response = await post(customer.apiKey, { model, input: 'Write a 20,000-word novel.', background: true, stream });
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ error: { code: 'unsupported_parameter', param: 'background', message: expect.stringContaining('Background mode') } });
+    }
+    expect(fake.requests.length).toBe(upstreamBefore);
+    await nothingWritten(customer.accountId, 1_000_000);
+    // background: false is the ordinary request.
+    const served = await gateway.openai(customer.apiKey).responses.create({ model, input: 'Say hello', background: false });
+    expect(served.status).toBe('completed');
+  });
+
+  it('content stored upstream is held as content of unknown size: a continued response, a conversation, a stored prompt template', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const stored = [
+      { previous_response_id: 'resp_0123456789abcdef' },
+      { conversation: 'conv_689667905b048191b4740501625afd940c7533ace33a2dab' },
+      { conversation: { id: 'conv_689667905b048191b4740501625afd940c7533ace33a2dab' } },
+      { prompt: { id: 'pmpt_abc123', version: '2', variables: { city: 'Paris' } } },
+    ];
+    for (const content of stored) {
+      const response = await post(customer.apiKey, { model, input: 'And then?', max_output_tokens: 20, ...content });
+      expect(response.status).toBe(200);
+      await response.text();
+      await gateway.settled();
+      const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
+      expect({ content, held: event.max_input_tokens >= 1_000_000 }).toEqual({ content, held: true });
+    }
+  });
+
+  it('an input list with a string in it is a 400 in OpenAI\'s shape (param input) before any hold, not a 500', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const upstreamBefore = fake.requests.length;
+    for (const input of [['Hello', 'world'], [{ role: 'user', content: 'Hello' }, 'world'], [null]]) {
+      const response = await post(customer.apiKey, { model, input });
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ error: { code: 'invalid_request', param: 'input', message: expect.stringContaining("Invalid 'input'") } });
+    }
+    expect(fake.requests.length).toBe(upstreamBefore);
+    await nothingWritten(customer.accountId, 1_000_000);
+  });
+});

@@ -4,7 +4,8 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { findProvider, type ModelPrice } from '@pydantic/genai-prices';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seedSql } from '../../scripts/prices.ts';
+import { importRow, seedSql } from '../../scripts/prices.ts';
+import { datasetModelFor } from '../../scripts/prices/dataset.ts';
 import { microPerMillion } from '../../scripts/prices/micro-units.ts';
 import { admin, createCustomer, ledger } from '../support/supabase.ts';
 import { startPrivateStack, type PrivateStack } from '../support/private-stack.ts';
@@ -82,6 +83,36 @@ describe('the seed', () => {
     expect(later).toEqual({ costs: { input: 1_500_000, cached_input: 150_000, output: 7_500_000 }, applied_at: null });
     const { rows: aliases } = await admin().query(`select alias, model_id from public.model_aliases where alias in ('gpt-6.2-sol', 'gpt-4.1-2025-04-14') order by alias`);
     expect(aliases).toEqual([{ alias: 'gpt-4.1-2025-04-14', model_id: 'gpt-4.1' }, { alias: 'gpt-6.2-sol', model_id: 'gpt-6-sol' }]);
+  });
+});
+
+describe('models that search the web on every request', () => {
+  // gpt-4o-mini-search-preview searches on every chat request, and OpenAI bills each search beyond tokens;
+  // the dataset lists its ids among gpt-4o-mini's own, priced as gpt-4o-mini's tokens alone.
+  const searchIds = ['gpt-4o-mini-search-preview', 'gpt-4o-mini-search-preview-2025-03-11', 'gpt-4o-search-preview'];
+
+  it('are never an alias of a plain model, in the seed or the database, and a request for one is refused as unknown', async () => {
+    const { sql } = seedSql();
+    expect(sql).not.toContain('search-preview');
+    expect(datasetModelFor('openai', 'gpt-4o-mini')!.exactIds).toEqual(['gpt-4o-mini-2024-07-18']);
+    const { rows } = await admin().query(`select alias, model_id from public.model_aliases where alias ~ '-search-(preview|api)'`);
+    expect(rows).toEqual([]);
+    const customer = await createCustomer({ balance: 1_000_000 });
+    for (const model of searchIds) {
+      expect(await ledger.authorizeRequest({ requestId: crypto.randomUUID(), keyHash: customer.keyHash, model, maxInputTokens: 10, maxOutputTokens: 10 }))
+        .toMatchObject({ status: 'refused', code: 'model_not_found' });
+    }
+  });
+
+  it('are not priced by a sync either, under their own id or as the plain model the dataset lists them under', () => {
+    for (const id of searchIds) {
+      const dataset = datasetModelFor('openai', id);
+      expect(dataset?.unsupported).toMatch(/searches the web on every request/);
+      const row = importRow({ id, provider: 'openai', upstreamModel: id, displayName: null, maxOutputTokens: 16_384 }, dataset, new Date());
+      expect(row).toMatch(/searches the web on every request/);
+    }
+    // The plain model is priced as before.
+    expect(typeof importRow({ id: 'gpt-4o-mini', provider: 'openai', upstreamModel: 'gpt-4o-mini', displayName: null, maxOutputTokens: 16_384 }, datasetModelFor('openai', 'gpt-4o-mini'), new Date())).toBe('object');
   });
 });
 

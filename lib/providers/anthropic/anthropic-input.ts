@@ -50,11 +50,20 @@ function promptPieces(request: MessagesRequest): PromptPieces {
 /** Per-message framing, a generous allowance for Anthropic's chat template. */
 const messageOverhead = 8;
 
+/**
+ * The system prompt Anthropic adds to a request that offers tools, billed as input
+ * and sent nowhere in the request: the largest count of its documented table
+ * (Claude 3 Opus with tool_choice auto).
+ * https://docs.anthropic.com/en/docs/tool-use-pricing-and-tokens
+ */
+export const toolUseSystemPromptTokens = 530;
+
 const framing = (request: MessagesRequest) => (request.messages.length + 1) * messageOverhead;
 
-/** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image). */
+/** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image; the tool-use system prompt). */
 export function boundMessagesInputTokens(request: MessagesRequest): number {
-  return boundPromptTokens(promptPieces(request), framing(request));
+  const toolPrompt = request.tools?.length ? toolUseSystemPromptTokens : 0;
+  return boundPromptTokens(promptPieces(request), framing(request) + toolPrompt);
 }
 
 /** The prompt by the tokenizer, for when Anthropic reported no usage at all. */

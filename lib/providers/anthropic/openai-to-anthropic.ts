@@ -25,6 +25,10 @@ const toolChoices: Record<string, Block> = { auto: { type: 'auto' }, required: {
 
 /** An OpenAI chat request in Anthropic's Messages format. */
 export function openAIToAnthropic(request: ChatCompletionRequest, upstreamModel: string, maxTokens: number): Record<string, unknown> {
+  // Claude answers with one message: several choices would be held for and never given.
+  if (request.n && request.n > 1) {
+    throw new GatewayError(400, 'unsupported_parameter', `n: ${request.n} cannot be sent to this model: it answers with one choice. Send n: 1, or one request per choice.`, { param: 'n' });
+  }
   const system: string[] = [];
   const messages: AnthropicMessage[] = [];
   const push = (role: AnthropicMessage['role'], blocks: Block[]) => {

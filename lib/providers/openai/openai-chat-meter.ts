@@ -50,6 +50,8 @@ export function createOpenAIChatMeter({ clientWantsUsage }: { clientWantsUsage: 
         keep(delta.content);
         keep(delta.refusal);
         keep(delta.reasoning_content);
+        // vLLM, OpenRouter, Ollama and Groq name it `reasoning`; an upstream that sends both sends the same text twice.
+        if (delta.reasoning !== delta.reasoning_content) keep(delta.reasoning);
         if (Array.isArray(delta.tool_calls)) {
           for (const call of delta.tool_calls as Array<{ function?: { name?: unknown; arguments?: unknown } } | null>) {
             keep(call?.function?.name);

@@ -15,6 +15,11 @@ export function completionText(text: string) {
   for (const choice of completion?.choices ?? []) {
     if (choice.message?.content) delivered.push(choice.message.content);
     if (choice.message?.refusal) delivered.push(choice.message.refusal);
+    // Reasoning text of OpenAI-compatible upstreams: `reasoning_content`, or `reasoning` (vLLM, OpenRouter, Ollama, Groq), read
+    // loosely (a shape other than text must not lose the usage), and counted once when an upstream sends both.
+    const { reasoning_content: reasoningContent, reasoning } = (choice.message ?? {}) as Record<string, unknown>;
+    if (typeof reasoningContent === 'string' && reasoningContent) delivered.push(reasoningContent);
+    if (typeof reasoning === 'string' && reasoning && reasoning !== reasoningContent) delivered.push(reasoning);
     for (const call of choice.message?.tool_calls ?? []) {
       if (call.function?.name) delivered.push(call.function.name);
       if (call.function?.arguments) delivered.push(call.function.arguments);

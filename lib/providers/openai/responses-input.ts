@@ -46,8 +46,13 @@ function promptPieces(request: ResponsesRequest): PromptPieces {
       } else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
     }
   } else if (request.input !== undefined && request.input !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.input) ?? '');
-  // A stored conversation continued upstream: its size is unknown here.
-  if (request.previous_response_id) pieces.remote = (pieces.remote ?? 0) + 1;
+  // Content stored upstream and added there: a response continued (previous_response_id),
+  // a conversation, a prompt template. Its size is unknown here.
+  for (const stored of [request.previous_response_id, request.conversation, request.prompt]) {
+    if (stored !== undefined && stored !== null && stored !== '') pieces.remote = (pieces.remote ?? 0) + 1;
+  }
+  // The template's variables are sent here, and go into the prompt as well.
+  if (request.prompt !== undefined && request.prompt !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.prompt) ?? '');
   if (request.tools) pieces.texts.push(JSON.stringify(request.tools));
   const text = (request as { text?: unknown }).text;
   if (text) pieces.texts.push(JSON.stringify(text));

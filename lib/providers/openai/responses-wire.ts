@@ -4,14 +4,23 @@ import { z } from 'zod';
 // other field pass through untouched (Codex sends additional_tools items,
 // namespace and custom tools, reasoning.context, client_metadata, …).
 
+const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
+
 export const responsesRequestSchema = z.looseObject({
   model: z.string().min(1).max(128),
-  input: z.unknown().optional(),
+  // A string, or a list of items (messages and others), each an object: that is what sizes the hold.
+  input: z
+    .unknown()
+    .optional()
+    .refine((input) => !Array.isArray(input) || input.every(isObject), 'a list input holds items, each an object (a message such as {"role": "user", "content": "…"}, or another input item), not strings or other values'),
   instructions: z.unknown().optional(),
   max_output_tokens: z.number().int().min(1).max(10_000_000).nullish(),
   stream: z.boolean().nullish(),
   tools: z.array(z.unknown()).nullish(),
+  // Content stored upstream that the request adds to the prompt (held as content of unknown size).
   previous_response_id: z.string().nullish(),
+  conversation: z.unknown().optional(),
+  prompt: z.unknown().optional(),
 });
 
 export type ResponsesRequest = z.infer<typeof responsesRequestSchema>;

@@ -27,6 +27,17 @@ describe('createOpenAIChatMeter', () => {
     expect(meter.usage()).toBeNull();
   });
 
+  it('counts reasoning text sent as delta.reasoning (vLLM, OpenRouter, Ollama, Groq) or delta.reasoning_content, once when both carry it', () => {
+    const meter = createOpenAIChatMeter({ clientWantsUsage: false });
+    const chunk = (delta: Record<string, unknown>) => `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`;
+    meter.processEvent(chunk({ reasoning: 'First, ' }));
+    meter.processEvent(chunk({ reasoning_content: 'second, ' }));
+    meter.processEvent(chunk({ reasoning: 'both named, ', reasoning_content: 'both named, ' }));
+    meter.processEvent(chunk({ reasoning: null, content: 'Yes.' }));
+    expect(meter.delivered()).toEqual(['First, ', 'second, ', 'both named, ', 'Yes.']);
+    expect(meter.usage()).toBeNull();
+  });
+
   it('does not touch "usage":null inside strings', () => {
     const meter = createOpenAIChatMeter({ clientWantsUsage: false });
     const event = 'data: {"choices":[{"index":0,"delta":{"content":"say ,\\"usage\\":null"}}],"usage":null}\n\n';
