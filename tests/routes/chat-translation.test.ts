@@ -170,6 +170,18 @@ describe('the openai SDK calling a Gemini model through /v1/chat/completions', (
     expect(await amounts(customer.accountId)).toEqual([46]);
   });
 
+  it('n above 1 is refused when streaming, before any hold: the stream carries one choice, which the hold and the bill would count n times', async () => {
+    const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const before = fake.requestsFor('generate-cached-thoughts').length;
+    await expect(
+      gateway.openai(customer.apiKey).chat.completions.create({ model, n: 2, stream: true, messages: [{ role: 'user', content: 'Two names for a cat' }] }),
+    ).rejects.toMatchObject({ status: 400, error: { code: 'unsupported_parameter', param: 'n' } });
+    expect(fake.requestsFor('generate-cached-thoughts')).toHaveLength(before);
+    await gateway.settled();
+    expect(await amounts(customer.accountId)).toEqual([]);
+  });
+
   it('refuses what Gemini cannot take, in OpenAI\'s shape, before any hold', async () => {
     const model = await createModel(geminiPrice, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
     const customer = await createCustomer({ balance: 1_000_000 });

@@ -67,6 +67,11 @@ export function openAIToGemini(request: ChatCompletionRequest, maxOutputTokens: 
   }
 
   const raw = request as Record<string, unknown>;
+  // A stream is translated from its first candidate only: several would be held for and
+  // billed, and the client given one.
+  if (request.stream && request.n && request.n > 1) {
+    throw new GatewayError(400, 'unsupported_parameter', `n: ${request.n} cannot be streamed from this model: its stream carries one choice. Send n: 1, or stream: false for several.`, { param: 'n' });
+  }
   const generationConfig: Record<string, unknown> = { maxOutputTokens };
   if (typeof raw.temperature === 'number') generationConfig.temperature = raw.temperature;
   if (typeof raw.top_p === 'number') generationConfig.topP = raw.top_p;
