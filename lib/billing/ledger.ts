@@ -373,11 +373,12 @@ export function createLedger(serviceClient: RpcClient) {
     },
 
     /** May this key read that stored response (its own account's only)? */
-    authorizeStoredResponse(keyHash: string, responseId: string): Promise<{ status: 'ok'; account_id: string } | Refusal> {
+    /** May this key read that stored response (its account's, from an address the key allows)? */
+    authorizeStoredResponse(keyHash: string, responseId: string, clientIp?: string): Promise<{ status: 'ok'; account_id: string } | Refusal> {
       return callFunction(
         serviceClient,
         'authorize_stored_response',
-        { p_key_hash: keyHash, p_response_id: responseId },
+        { p_key_hash: keyHash, p_response_id: responseId, p_client_ip: clientIp ?? null },
         z.discriminatedUnion('status', [z.object({ status: z.literal('ok'), account_id: z.string() }), refusedSchema]),
       );
     },

@@ -5,7 +5,7 @@ import { GatewayError, refusalError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { forwardAsIs, type ProxyPlan } from '../gateway/proxy.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
-import { channelsSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, clientIp, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
@@ -158,7 +158,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
  */
 export async function retrieveResponse(c: Context<AppEnv>): Promise<Response> {
   const { services, requestId } = c.var;
-  const allowed = await services.ledger.authorizeStoredResponse(await readKeyHash(c), c.req.param('id') ?? '');
+  const allowed = await services.ledger.authorizeStoredResponse(await readKeyHash(c), c.req.param('id') ?? '', clientIp(c));
   if (allowed.status === 'refused') throw refusalError(allowed);
   const channels = channelsFor(services.config, 'openai', 'openai') ?? [];
   const suffix = c.req.path.slice('/v1/responses'.length) + (new URL(c.req.url).search || '');

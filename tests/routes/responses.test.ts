@@ -143,6 +143,11 @@ describe('POST /v1/responses with the openai SDK', () => {
     const retrieved = await client.responses.retrieve(created.id);
     expect(retrieved.id).toBe(created.id);
     await expect(gateway.openai(other.apiKey).responses.retrieve(created.id)).rejects.toMatchObject({ status: 404, error: { code: 'response_not_found' } });
+    // A key restricted to some addresses reads it only from them.
+    await admin().query(`update public.api_keys set allowed_ips = '{10.0.0.0/8}' where id = $1`, [customer.apiKeyId]);
+    await expect(client.responses.retrieve(created.id, {}, { headers: { 'x-forwarded-for': '203.0.113.9' } })).rejects.toMatchObject({ status: 403, error: { code: 'ip_not_allowed' } });
+    expect((await client.responses.retrieve(created.id, {}, { headers: { 'x-forwarded-for': '10.0.0.7' } })).id).toBe(created.id);
+    await admin().query('update public.api_keys set allowed_ips = null where id = $1', [customer.apiKeyId]);
     await gateway.settled();
     const { rows: [after] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
     expect(after).toEqual(before);
