@@ -101,13 +101,29 @@ export function abortWhenAborted(signal: AbortSignal, controller: AbortControlle
   else signal.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
 }
 
-const droppedHeaders = new Set(['content-encoding', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'set-cookie']);
+const droppedHeaders = new Set([
+  'content-encoding', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'set-cookie',
+  // Who the operator is at the provider: its organization and project.
+  'openai-organization', 'openai-project', 'anthropic-organization-id',
+]);
 
-/** The upstream's response headers that still hold once the body has been decoded by fetch. */
+/**
+ * The operator's own rate limits at the provider (x-ratelimit-* from OpenAI and
+ * OpenAI-compatible upstreams, anthropic-ratelimit-*): the operator's business, and
+ * not the customer's limits, which the gateway sends under the same x-ratelimit-*
+ * names (app.ts) and which must not be shadowed by the provider's.
+ */
+const operatorLimits = /^(x-ratelimit-|anthropic-ratelimit-)/;
+
+/**
+ * The upstream's response headers that still hold once the body has been decoded
+ * by fetch, less what they say about the operator's account at the provider.
+ */
 export function forwardableHeaders(headers: Headers): Headers {
   const result = new Headers();
   headers.forEach((value, name) => {
-    if (!droppedHeaders.has(name.toLowerCase())) result.set(name, value);
+    const lower = name.toLowerCase();
+    if (!droppedHeaders.has(lower) && !operatorLimits.test(lower)) result.set(name, value);
   });
   return result;
 }

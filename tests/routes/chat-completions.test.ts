@@ -129,6 +129,35 @@ describe('POST /v1/chat/completions with the openai SDK', () => {
   });
 });
 
+describe('what the provider says about the operator\'s account', () => {
+  it('its organization, project and rate limits are not passed on; the rest of its headers are', async () => {
+    const upstreamModel = `chat-basic-headers-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, {
+      fixture: 'chat-basic',
+      headers: {
+        'openai-organization': 'org-operator', 'openai-project': 'proj_operator', 'anthropic-organization-id': 'operator-org',
+        'x-ratelimit-limit-requests': '10000', 'x-ratelimit-remaining-tokens': '29999000', 'anthropic-ratelimit-requests-limit': '4000',
+        'openai-processing-ms': '12',
+      },
+    });
+    const model = await createModel(price, { upstreamModel });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    for (const stream of [false, true]) {
+      const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, stream, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 10 }),
+      });
+      await response.text();
+      expect(response.status).toBe(200);
+      const names = [...response.headers.keys()];
+      expect(names.filter((name) => /organization|project|ratelimit/.test(name))).toEqual([]);
+      expect(response.headers.get('openai-processing-ms')).toBe('12');
+    }
+    await gateway.settled();
+  });
+});
+
 describe('OpenAI-compatible upstreams that report no usage', () => {
   // vLLM, OpenRouter, Ollama and Groq send reasoning text as `reasoning` (OpenAI-compatible servers of another kind as `reasoning_content`).
   const reasoning = ['The user asks', ' for the capital', ' of France.', ' That is Paris', ', no doubt about it.'];

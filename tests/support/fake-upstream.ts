@@ -39,6 +39,8 @@ export interface Scenario {
   eventDelayMs?: number;
   /** Drop the connection after this many events. */
   disconnectAfterEvents?: number;
+  /** More response headers, as a provider sends about the account that called it (its organization, its rate limits). */
+  headers?: Record<string, string>;
 }
 
 export interface RecordedRequest {
@@ -123,7 +125,7 @@ export async function startFakeUpstream() {
     // Each response the Responses API stores has an id of its own.
     const freshIds = (text: string) => (request.url?.startsWith('/v1/responses') ? text.replace(/resp_[0-9a-f]{48}/g, `resp_${randomHex(48)}`) : text);
     if (!streaming) {
-      response.writeHead(200, { 'content-type': 'application/json', 'x-upstream-processing-ms': '42' });
+      response.writeHead(200, { 'content-type': 'application/json', 'x-upstream-processing-ms': '42', ...scenario.headers });
       response.end(freshIds(readFixture(`${scenario.fixture}.json`, provider)));
       return;
     }
@@ -131,7 +133,7 @@ export async function startFakeUpstream() {
     const options = body.stream_options as { include_usage?: boolean } | undefined;
     // Chat streams only (the Responses API always reports usage, in response.completed).
     if (provider === 'openai' && !request.url?.startsWith('/v1/responses') && options?.include_usage !== true) stream = withoutUsage(stream);
-    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-upstream-processing-ms': '7' });
+    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-upstream-processing-ms': '7', ...scenario.headers });
     for (const event of splitEvents(stream)) {
       if (record.clientClosed) return;
       if (scenario.disconnectAfterEvents !== undefined && record.eventsSent >= scenario.disconnectAfterEvents) {
