@@ -373,6 +373,11 @@ export function createLedger(serviceClient: RpcClient) {
     },
 
     /** May this key read that stored response (its own account's only)? */
+    /** Is that stored response recorded as another account's than this key's? */
+    storedResponseElsewhere(keyHash: string, responseId: string): Promise<boolean> {
+      return callFunction(serviceClient, 'stored_response_elsewhere', { p_key_hash: keyHash, p_response_id: responseId }, z.boolean());
+    },
+
     /** May this key read that stored response (its account's, from an address the key allows)? */
     authorizeStoredResponse(keyHash: string, responseId: string, clientIp?: string): Promise<{ status: 'ok'; account_id: string } | Refusal> {
       return callFunction(

@@ -68,6 +68,14 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     [raw.background === true, 'background', 'Background mode', 'the response runs upstream after this request has ended, where its usage cannot be metered'],
   ]);
   const { config } = c.var.services;
+  // One operator key stores every account's responses upstream: a response recorded as
+  // another account's is not continued (answered as OpenAI answers an unknown id). One
+  // round trip, for these requests only; an id recorded for no account passes, since a
+  // response is recorded after it is answered and the next turn may come first.
+  const previous = request.previous_response_id;
+  if (previous && (await c.var.services.ledger.storedResponseElsewhere(keyHash, previous))) {
+    throw new GatewayError(400, 'invalid_request', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
+  }
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
   const translations = translateResponses(request);
   // Tools a Claude model may be sent come with the system prompt Anthropic adds for them; the model is not known yet.

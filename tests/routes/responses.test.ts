@@ -278,6 +278,25 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     }
   });
 
+  it('a response is continued only by the account that created it; one recorded for no account yet passes', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const [owner, stranger] = [await createCustomer({ balance: 10_000_000 }), await createCustomer({ balance: 10_000_000 })];
+    const created = await gateway.openai(owner.apiKey).responses.create({ model, input: 'Remember: the code is 4711' });
+    await gateway.settled();
+    const upstreamBefore = fake.requests.length;
+    const refused = await post(stranger.apiKey, { model, input: 'What was the code?', previous_response_id: created.id });
+    expect(refused.status).toBe(400);
+    expect(await refused.json()).toMatchObject({ error: { code: 'invalid_request', param: 'previous_response_id', message: `Previous response with id '${created.id}' not found.` } });
+    expect(fake.requests.length).toBe(upstreamBefore);
+    await nothingWritten(stranger.accountId, 10_000_000);
+    for (const previous of [created.id, `resp_${'0'.repeat(48)}`]) {
+      const continued = await post(owner.apiKey, { model, input: 'And then?', previous_response_id: previous });
+      expect(continued.status).toBe(200);
+      await continued.text();
+    }
+    await gateway.settled();
+  });
+
   it('an input list with a string in it is a 400 in OpenAI\'s shape (param input) before any hold, not a 500', async () => {
     const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
     const customer = await createCustomer({ balance: 1_000_000 });
