@@ -560,7 +560,8 @@ describe('Stripe as it really delivers', () => {
     }
   });
 
-  it('the plan follows the subscription: another price moves it, a scheduled cancellation waits, the end brings back the free plan', async () => {
+  /** An account subscribed to Pro (20 credits a month) through its Payment Link; Team (50) is the plan it may move to. */
+  async function onPro() {
     const customer = await createCustomer({ balance: 0 });
     const suffix = crypto.randomUUID().slice(0, 8);
     await admin().query(
@@ -573,6 +574,11 @@ describe('Stripe as it really delivers', () => {
       clientReferenceId: customer.accountId, paymentLink: `plink_test_pro${suffix}`, amount: 2000, mode: 'subscription', customer: customerId,
     })));
     const planOf = async () => (await admin().query('select plan from public.accounts where id = $1', [customer.accountId])).rows[0].plan;
+    return { customer, suffix, customerId, planOf };
+  }
+
+  it('the plan follows the subscription: another price moves it, a scheduled cancellation waits, the end brings back the free plan', async () => {
+    const { suffix, customerId, planOf } = await onPro();
     expect(await planOf()).toBe(`pro${suffix}`);
     const upgraded = await deliver(stripeEvent('customer.subscription.updated', subscription({ customer: customerId, price: `price_test_team${suffix}` })));
     expect(await upgraded.json()).toMatchObject({ status: 'plan_changed' });
@@ -585,20 +591,9 @@ describe('Stripe as it really delivers', () => {
   });
 
   it('after a change of plan, the renewal credits the new plan, not the one its prorations name; prorations alone credit nothing', async () => {
-    const customer = await createCustomer({ balance: 0 });
-    const suffix = crypto.randomUUID().slice(0, 8);
-    await admin().query(
-      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values
-         ($1, 'Pro', 20000000, $2, $3), ($4, 'Team', 50000000, $5, null)`,
-      [`pro${suffix}`, `price_test_pro${suffix}`, `plink_test_pro${suffix}`, `team${suffix}`, `price_test_team${suffix}`],
-    );
-    const customerId = `cus_test_change${suffix}`;
-    await deliver(stripeEvent('checkout.session.completed', checkoutSession({
-      clientReferenceId: customer.accountId, paymentLink: `plink_test_pro${suffix}`, amount: 2000, mode: 'subscription', customer: customerId,
-    })));
+    const { customer, suffix, customerId, planOf } = await onPro();
     await deliver(stripeEvent('invoice.paid', invoice({ customer: customerId, price: `price_test_pro${suffix}`, amount: 2000 })));
     await deliver(stripeEvent('customer.subscription.updated', subscription({ customer: customerId, price: `price_test_team${suffix}` })));
-    const planOf = async () => (await admin().query('select plan from public.accounts where id = $1', [customer.accountId])).rows[0].plan;
     expect(await planOf()).toBe(`team${suffix}`);
 
     // Half a month left: the unused Pro time given back, the Team time charged, then Team's next month.
