@@ -74,7 +74,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   // response is recorded after it is answered and the next turn may come first.
   const previous = request.previous_response_id;
   if (previous && (await c.var.services.ledger.storedResponseElsewhere(keyHash, previous))) {
-    throw new GatewayError(400, 'invalid_request', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
+    throw new GatewayError(400, 'previous_response_not_found', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
   }
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
   const translations = translateResponses(request);

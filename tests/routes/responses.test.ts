@@ -286,9 +286,14 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     const upstreamBefore = fake.requests.length;
     const refused = await post(stranger.apiKey, { model, input: 'What was the code?', previous_response_id: created.id });
     expect(refused.status).toBe(400);
-    expect(await refused.json()).toMatchObject({ error: { code: 'invalid_request', param: 'previous_response_id', message: `Previous response with id '${created.id}' not found.` } });
+    expect(await refused.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'previous_response_not_found', param: 'previous_response_id', message: `Previous response with id '${created.id}' not found.` } });
     expect(fake.requests.length).toBe(upstreamBefore);
     await nothingWritten(stranger.accountId, 10_000_000);
+    // A key that could not use it is refused as any such key is: the answer never tells whether the id exists.
+    for (const previous of [created.id, `resp_${'1'.repeat(48)}`]) {
+      const unknownKey = await post('tg_not_a_key_of_anyone', { model, input: 'What was the code?', previous_response_id: previous });
+      expect([unknownKey.status, ((await unknownKey.json()) as { error: { code: string } }).error.code]).toEqual([401, 'invalid_api_key']);
+    }
     for (const previous of [created.id, `resp_${'0'.repeat(48)}`]) {
       const continued = await post(owner.apiKey, { model, input: 'And then?', previous_response_id: previous });
       expect(continued.status).toBe(200);

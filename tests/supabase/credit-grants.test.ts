@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
 import { createAuthUser } from '../../scripts/local-supabase/index.ts';
-import { charge, checkoutSession, invoice, invoicePayment, stripeEvent } from '../support/stripe-events.ts';
+import { charge, checkoutSession, dispute, invoice, invoicePayment, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
 
 // Every credit is a grant; spending draws promotional before paid, then higher
@@ -221,8 +221,15 @@ describe('refunds take back from the grant they came from', () => {
 });
 
 describe('refunds after a grant expired', () => {
-  it('a refunded month whose allowance expired takes back only what was spent of it, not the expired part again', async () => {
-    const service = serviceClient();
+  const rpc = async (name: string, args: Record<string, unknown>) => {
+    const { data, error } = await serviceClient().rpc(name, args);
+    if (error) throw new Error(`${name}: ${error.message}`);
+    return data;
+  };
+  const balanceOf = async (customer: Customer) => Number((await admin().query('select balance::bigint from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
+
+  /** 30 credits bought apart; a 20-credit month paid by one payment intent per amount; 5 spent, 15 expired. */
+  async function expiredMonth(payments: number[]) {
     const customer = await createCustomer({ balance: 0 });
     await grant(customer, 30_000_000, { category: 'paid', source: 'manual' });
     const planId = `exp${crypto.randomUUID().slice(0, 8)}`;
@@ -233,22 +240,56 @@ describe('refunds after a grant expired', () => {
     );
     const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
     const checkout = stripeEvent('checkout.session.completed', session);
-    expect((await service.rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+    await rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session });
     const paid = invoice({ customer: customerId, price, amount: 2000 });
     const paidEvent = stripeEvent('invoice.paid', paid);
-    expect((await service.rpc('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid })).error).toBeNull();
-    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
-    const linked = stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount: 2000 }));
-    expect((await service.rpc('apply_stripe_invoice_payment', { p_event_id: linked.id, p_invoice_payment: linked.data.object })).data).toMatchObject({ status: 'linked' });
+    await rpc('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid });
+    const intents = [];
+    for (const amount of payments) {
+      const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+      const linked = stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount }));
+      expect(await rpc('apply_stripe_invoice_payment', { p_event_id: linked.id, p_invoice_payment: linked.data.object })).toMatchObject({ status: 'linked' });
+      intents.push(paymentIntent);
+    }
     await spend(customer, 5_000_000); // from the allowance, which expires first
-    await service.rpc('expire_grants', { p_now: new Date(paid.lines.data[0]!.period.end * 1000 + 1000).toISOString() });
+    await rpc('expire_grants', { p_now: new Date(paid.lines.data[0]!.period.end * 1000 + 1000).toISOString() });
     expect((await grants(customer)).map((row) => [row.source, row.remaining, row.expired])).toEqual([['manual', 30_000_000, false], ['subscription', 0, true]]);
+    return { customer, intents };
+  }
 
-    const refund = charge({ paymentIntent, amount: 2000, amountRefunded: 2000 });
+  it('a month paid by two payments, both refunded: what was spent is taken back once, as for one payment', async () => {
+    const { customer, intents } = await expiredMonth([1000, 1000]);
+    for (const paymentIntent of intents) {
+      const refund = charge({ paymentIntent, amount: 1000, amountRefunded: 1000 });
+      const refunded = stripeEvent('charge.refunded', refund);
+      await rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund });
+    }
+    expect(await balanceOf(customer)).toBe(25_000_000);
+  });
+
+  it('a dispute won after a partial refund gives back what the dispute took', async () => {
+    const { customer, intents: [paymentIntent] } = await expiredMonth([2000]);
+    const refund = charge({ paymentIntent: paymentIntent!, amount: 2000, amountRefunded: 1000 });
     const refunded = stripeEvent('charge.refunded', refund);
-    expect((await service.rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund })).error).toBeNull();
-    const { rows: [account] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
-    expect(account.balance).toBe(25_000_000);
+    await rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund });
+    const afterRefund = await balanceOf(customer);
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    const opened = dispute({ paymentIntent: paymentIntent!, amount: 1000, id });
+    const openedEvent = stripeEvent('charge.dispute.created', opened);
+    await rpc('apply_stripe_dispute', { p_event_id: openedEvent.id, p_dispute: opened });
+    expect(await balanceOf(customer)).toBeLessThan(afterRefund);
+    const won = dispute({ paymentIntent: paymentIntent!, amount: 1000, id, status: 'won' });
+    const wonEvent = stripeEvent('charge.dispute.closed', won);
+    await rpc('apply_stripe_dispute_closed', { p_event_id: wonEvent.id, p_dispute: won });
+    expect(await balanceOf(customer)).toBe(afterRefund);
+  });
+
+  it('a refunded month whose allowance expired takes back only what was spent of it, not the expired part again', async () => {
+    const { customer, intents: [paymentIntent] } = await expiredMonth([2000]);
+    const refund = charge({ paymentIntent: paymentIntent!, amount: 2000, amountRefunded: 2000 });
+    const refunded = stripeEvent('charge.refunded', refund);
+    await rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund });
+    expect(await balanceOf(customer)).toBe(25_000_000);
   });
 });
 
