@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApiKeyManager } from '../../lib/billing/ledger.ts';
 import { hashApiKey } from '../../lib/billing/hash-api-key.ts';
@@ -144,6 +145,11 @@ describe('key policies, enforced in authorize_request', () => {
     await expect(keys.updateApiKeyPolicy(created.id, { allowed_models: ['gpt-4o-mini', null] } as never)).rejects.toMatchObject({ code: '22023' });
     await expect(keys.createApiKey('nothing', undefined, { allowed_models: [] })).rejects.toMatchObject({ code: '22023' });
     expect((await keys.updateApiKeyPolicy(created.id, {})).policy).toMatchObject({ allowed_models: ['gpt-4o-mini'] });
+    // A key stored with a null among its names before the check came in is repaired by 20261129002700: run again here on one.
+    await admin().query(`update public.api_keys set allowed_models = '{gpt-4o-mini,NULL}' where id = $1`, [created.id]);
+    await admin().query(readFileSync(new URL('../../supabase/migrations/20261129002700_allow_lists_without_nulls.sql', import.meta.url), 'utf8'));
+    const { rows: [repaired] } = await admin().query('select allowed_models from public.api_keys where id = $1', [created.id]);
+    expect(repaired.allowed_models).toEqual(['gpt-4o-mini']);
     await expect(createApiKeyManager(bob.client).updateApiKeyPolicy(created.id, { spend_limit: 0 })).rejects.toMatchObject({ status: 404 });
   });
 });
