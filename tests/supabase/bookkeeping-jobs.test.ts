@@ -48,6 +48,35 @@ describe('reconcile_books', () => {
       expect(rows).toEqual([{ details: expect.objectContaining({ session: 'cs_test_missing_ledger', credits: 10_000_000, ledger_amount: null }) }]);
     });
   });
+
+  it('checks the credited payments of an invoice against the invoice: credited to the same account, never more than it', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    await inRolledBackTransaction(async (client) => {
+      await client.query(
+        `insert into public.stripe_invoices (id, customer_id, account_id, status, credits) values ('in_test_books', 'cus_test_books', $1, 'credited', 20000000)`,
+        [customer.accountId],
+      );
+      await client.query(
+        `insert into public.stripe_payments (payment_intent_id, invoice_id, account_id, status, credits, amount_total)
+         values ('pi_test_books_1', 'in_test_books', $1, 'credited', 20000000, 2000)`,
+        [customer.accountId],
+      );
+      // (The invoice has no ledger row here: only the alerts about its payments are looked at.)
+      const aboutPayments = `select details from public.alerts where kind = 'stripe_mismatch' and account_id = $1 and details ? 'payments_credits'`;
+      await client.query('select public.reconcile_books(now())');
+      expect((await client.query(aboutPayments, [customer.accountId])).rows).toEqual([]);
+      // A second payment credited with the invoice's credits again: more than the invoice.
+      await client.query(
+        `insert into public.stripe_payments (payment_intent_id, invoice_id, account_id, status, credits, amount_total)
+         values ('pi_test_books_2', 'in_test_books', $1, 'credited', 20000000, 2000)`,
+        [customer.accountId],
+      );
+      await client.query('select public.reconcile_books(now())');
+      expect((await client.query(aboutPayments, [customer.accountId])).rows).toEqual([
+        { details: expect.objectContaining({ invoice: 'in_test_books', payments_credits: 40_000_000, invoice_credits: 20_000_000 }) },
+      ]);
+    });
+  });
 });
 
 describe('expire_stale_holds', () => {
