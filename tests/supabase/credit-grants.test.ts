@@ -341,6 +341,29 @@ describe('subscription allowances', () => {
     expect((await grants(customer)).map((row) => [row.remaining, row.expired])).toEqual([[20_000_000, false]]);
   });
 
+  it('given back for a dispute won, keep the end of the month they were paid for', async () => {
+    const { customer, customerId, price } = await subscribed(false);
+    const paid = invoice({ customer: customerId, price, amount: 2000 });
+    const service = serviceClient();
+    const call = async (name: string, args: Record<string, unknown>) => expect((await service.rpc(name, args)).error).toBeNull();
+    const paidEvent = stripeEvent('invoice.paid', paid);
+    await call('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid });
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const linked = stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount: 2000 }));
+    await call('apply_stripe_invoice_payment', { p_event_id: linked.id, p_invoice_payment: linked.data.object });
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    for (const [type, status] of [['charge.dispute.created', 'needs_response'], ['charge.dispute.closed', 'won']] as const) {
+      const object = dispute({ paymentIntent, amount: 2000, id, status });
+      const event = stripeEvent(type, object);
+      await call(type === 'charge.dispute.created' ? 'apply_stripe_dispute' : 'apply_stripe_dispute_closed', { p_event_id: event.id, p_dispute: object });
+    }
+    const periodEnd = new Date(paid.lines.data[0]!.period.end * 1000);
+    expect((await grants(customer)).map((row) => [row.source, row.remaining, row.expires_at])).toEqual([
+      ['subscription', 0, periodEnd],
+      ['dispute_won', 20_000_000, periodEnd],
+    ]);
+  });
+
   it('follow the plan the invoice paid for, also when it comes before the subscription moves the account to it', async () => {
     const { customer, customerId } = await subscribed(true);
     const planId = `terms${crypto.randomUUID().slice(0, 8)}`;
