@@ -220,6 +220,21 @@ describe('refunds take back from the grant they came from', () => {
   });
 });
 
+/** A new account subscribed, through a Payment Link, to a plan of 20 credits a month at $20 (its invoices not paid yet). */
+async function subscribed(rollsOver: boolean) {
+  const customer = await createCustomer({ balance: 0 });
+  const planId = `terms${crypto.randomUUID().slice(0, 8)}`;
+  const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
+  await admin().query(
+    `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Plan', 20000000, $2, $3, $4)`,
+    [planId, price, link, rollsOver],
+  );
+  const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
+  const checkout = stripeEvent('checkout.session.completed', session);
+  expect((await serviceClient().rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+  return { customer, customerId, price };
+}
+
 describe('refunds after a grant expired', () => {
   const rpc = async (name: string, args: Record<string, unknown>) => {
     const { data, error } = await serviceClient().rpc(name, args);
@@ -230,17 +245,8 @@ describe('refunds after a grant expired', () => {
 
   /** 30 credits bought apart; a 20-credit month paid by one payment intent per amount; 5 spent, 15 expired. */
   async function expiredMonth(payments: number[]) {
-    const customer = await createCustomer({ balance: 0 });
+    const { customer, customerId, price } = await subscribed(false);
     await grant(customer, 30_000_000, { category: 'paid', source: 'manual' });
-    const planId = `exp${crypto.randomUUID().slice(0, 8)}`;
-    const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
-    await admin().query(
-      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Pro', 20000000, $2, $3, false)`,
-      [planId, price, link],
-    );
-    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
-    const checkout = stripeEvent('checkout.session.completed', session);
-    await rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session });
     const paid = invoice({ customer: customerId, price, amount: 2000 });
     const paidEvent = stripeEvent('invoice.paid', paid);
     await rpc('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid });
@@ -297,16 +303,7 @@ describe('subscription allowances', () => {
   it('expire at the end of the period paid for, unless the plan rolls them over', async () => {
     const service = serviceClient();
     for (const rollsOver of [false, true]) {
-      const customer = await createCustomer({ balance: 0 });
-      const planId = `grant${crypto.randomUUID().slice(0, 8)}`;
-      const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
-      await admin().query(
-        `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Pro', 20000000, $2, $3, $4)`,
-        [planId, price, link, rollsOver],
-      );
-      const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
-      const checkout = stripeEvent('checkout.session.completed', session);
-      expect((await service.rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
+      const { customer, customerId, price } = await subscribed(rollsOver);
       const paid = invoice({ customer: customerId, price, amount: 2000 });
       const event = stripeEvent('invoice.paid', paid);
       const applied = await service.rpc('apply_stripe_invoice', { p_event_id: event.id, p_invoice: paid });
@@ -315,20 +312,6 @@ describe('subscription allowances', () => {
       expect(await grants(customer)).toMatchObject([{ source: 'subscription', category: 'paid', amount: 20_000_000, expires_at: rollsOver ? null : periodEnd }]);
     }
   });
-
-  async function subscribed(rollsOver: boolean) {
-    const customer = await createCustomer({ balance: 0 });
-    const planId = `terms${crypto.randomUUID().slice(0, 8)}`;
-    const [price, link, customerId] = [`price_test_${planId}`, `plink_test_${planId}`, `cus_test_${planId}`];
-    await admin().query(
-      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id, allowance_rolls_over) values ($1, 'Plan', 20000000, $2, $3, $4)`,
-      [planId, price, link, rollsOver],
-    );
-    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 2000, mode: 'subscription', customer: customerId });
-    const checkout = stripeEvent('checkout.session.completed', session);
-    expect((await serviceClient().rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).error).toBeNull();
-    return { customer, customerId, price };
-  }
 
   it('end with the period the plan\'s line paid for, not with a proration line listed before it, which ends now', async () => {
     const { customer, customerId, price } = await subscribed(false);
