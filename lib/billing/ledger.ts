@@ -372,7 +372,6 @@ export function createLedger(serviceClient: RpcClient) {
       return callFunction(serviceClient, 'record_stored_response', { p_request_id: requestId, p_response_id: responseId }, z.unknown());
     },
 
-    /** May this key read that stored response (its own account's only)? */
     /** Is that stored response recorded as another account's than this key's? */
     storedResponseElsewhere(keyHash: string, responseId: string): Promise<boolean> {
       return callFunction(serviceClient, 'stored_response_elsewhere', { p_key_hash: keyHash, p_response_id: responseId }, z.boolean());

@@ -4,7 +4,7 @@ import type { Authorized } from '../billing/ledger.ts';
 import { readyHoldsOn } from '../env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered, startUpstream, type ProxyPlan, type StartedUpstream } from './proxy.ts';
-import { authorize, clientIp, type AuthorizeInput, type AuthorizeOptions } from './request-helpers.ts';
+import { authorize as authorizeKey, clientIp, type AuthorizeInput, type AuthorizeOptions } from './request-helpers.ts';
 import { sameUpstreamRequest } from './warm-keys.ts';
 
 /**
@@ -20,14 +20,27 @@ import { sameUpstreamRequest } from './warm-keys.ts';
  * output cap, say), the speculative call is aborted and the right one sent.
  * What an aborted speculative call can cost the operator is bounded in the
  * README ("Warm keys").
+ *
+ * `alongside` is a check of the route's own that runs beside all this (the
+ * stored response a request continues belongs to its account, say): the hold
+ * is not confirmed until it passes, so nothing is sent on before it does, and
+ * its refusal is the answer only when the key itself was not refused.
  */
 export async function authorizeAndProxy(
   c: Context<AppEnv>,
   input: AuthorizeInput,
   options: AuthorizeOptions,
   planFor: (authorization: Authorized) => ProxyPlan,
+  alongside?: Promise<void>,
 ): Promise<Response> {
   const { services, requestId } = c.var;
+  // Awaited after the authorization; until then a rejection is not left unhandled.
+  alongside?.catch(() => undefined);
+  const authorize = async (...args: Parameters<typeof authorizeKey>) => {
+    const authorization = await authorizeKey(...args);
+    await alongside;
+    return authorization;
+  };
   const { keyHash, ...rest } = input;
   const shape = { ...rest, clientIp: clientIp(c) };
   const ahead = readyHoldsOn(services.config);
@@ -37,9 +50,10 @@ export async function authorizeAndProxy(
   if (ready) {
     c.set('requestId', ready.requestId);
     // A hold taken ahead: no database round trip. With Redis, the upstream call starts
-    // beside the check of the key's limits and revocation mark, and nothing reaches the
-    // client before that check allows it; without Redis there is nothing to wait for.
-    const started = services.rateLimiter ? startEarly(c, planFor, ready.authorization) : undefined;
+    // beside the check of the key's limits and revocation mark (and the route's own
+    // check), and nothing reaches the client before they allow it; without either there
+    // is nothing to wait for.
+    const started = services.rateLimiter || alongside ? startEarly(c, planFor, ready.authorization) : undefined;
     const authorization = await confirm(c, started, 'ready_hold_refused', () => authorize(c, input, { ...options, ahead, again, ready }));
     return started ? proxyMetered(c, authorization, started.plan, started.upstream) : proxyMetered(c, authorization, planFor(authorization));
   }

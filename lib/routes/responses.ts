@@ -69,13 +69,16 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   ]);
   const { config } = c.var.services;
   // One operator key stores every account's responses upstream: a response recorded as
-  // another account's is not continued (answered as OpenAI answers an unknown id). One
-  // round trip, for these requests only; an id recorded for no account passes, since a
-  // response is recorded after it is answered and the next turn may come first.
+  // another account's is not continued (answered as OpenAI answers an unknown id). Asked
+  // beside the authorization, so it adds no round trip before the upstream call; an id
+  // recorded for no account passes, since a response is recorded after it is answered and
+  // the next turn may come first.
   const previous = request.previous_response_id;
-  if (previous && (await c.var.services.ledger.storedResponseElsewhere(keyHash, previous))) {
-    throw new GatewayError(400, 'previous_response_not_found', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
-  }
+  const ownPrevious = previous
+    ? c.var.services.ledger.storedResponseElsewhere(keyHash, previous).then((elsewhere) => {
+        if (elsewhere) throw new GatewayError(400, 'previous_response_not_found', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
+      })
+    : undefined;
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
   const translations = translateResponses(request);
   // Tools a Claude model may be sent come with the system prompt Anthropic adds for them; the model is not known yet.
@@ -155,6 +158,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
         new GatewayError(400, 'unsupported_provider', `The model ${request.model} has no upstream channel configured.`, { param: 'model' }),
     },
     responsesPlan,
+    ownPrevious,
   );
 }
 

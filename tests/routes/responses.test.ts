@@ -288,7 +288,12 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     expect(refused.status).toBe(400);
     expect(await refused.json()).toMatchObject({ error: { type: 'invalid_request_error', code: 'previous_response_not_found', param: 'previous_response_id', message: `Previous response with id '${created.id}' not found.` } });
     expect(fake.requests.length).toBe(upstreamBefore);
-    await nothingWritten(stranger.accountId, 10_000_000);
+    // The check runs beside the authorization, so a hold was taken: it is given back, charged nothing.
+    await gateway.settled();
+    const { rows: events } = await admin().query('select status, charged::int, error from public.usage_events where account_id = $1', [stranger.accountId]);
+    expect(events).toEqual([{ status: 'failed', charged: 0, error: expect.stringContaining(`Previous response with id '${created.id}' not found.`) }]);
+    const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [stranger.accountId]);
+    expect(account).toEqual({ balance: 10_000_000, held: 0 });
     // A key that could not use it is refused as any such key is: the answer never tells whether the id exists.
     for (const previous of [created.id, `resp_${'1'.repeat(48)}`]) {
       const unknownKey = await post('tg_not_a_key_of_anyone', { model, input: 'What was the code?', previous_response_id: previous });
@@ -300,6 +305,58 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       await continued.text();
     }
     await gateway.settled();
+  });
+
+  it('the ownership check of previous_response_id costs no round trip of its own: a warm key\'s upstream call starts while it runs, and the answer waits for it', async () => {
+    // Every ownership check answers 300 ms late.
+    const delay = 300;
+    const slowCheck: typeof fetch = async (input, init) => {
+      if (String(input).endsWith('/rpc/stored_response_elsewhere')) await new Promise((resolve) => setTimeout(resolve, delay));
+      return fetch(input, init);
+    };
+    const warm = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, OPENAI_API_KEY: 'sk-upstream', READY_HOLDS: 'on', READY_HOLD_SECONDS: '5' }, { databaseFetch: slowCheck });
+    try {
+      const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+      // A continuation holds ~1.25M (content of unknown size): enough for holds taken ahead.
+      const [owner, stranger] = [await createCustomer({ balance: 100_000_000 }), await createCustomer({ balance: 100_000_000 })];
+      const send = async (apiKey: string, previous?: string) => {
+        const before = warm.events.length;
+        const started = performance.now();
+        const response = await fetch(`${warm.url}/v1/responses`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ model, input: 'And then?', max_output_tokens: 50, ...(previous ? { previous_response_id: previous } : {}) }),
+        });
+        const body = (await response.json()) as { id?: string; error?: { code: string } };
+        const took = performance.now() - started;
+        await warm.settled();
+        const events = warm.events.slice(before);
+        const at = (pattern: RegExp) => events.find((event) => pattern.test(event.url))?.at;
+        return { status: response.status, body, took, events, check: at(/\/rpc\/stored_response_elsewhere$/), upstream: at(/\/v1\/responses$/), authorized: events.some((event) => /\/rpc\/authorize_requests?$/.test(event.url)) };
+      };
+      // Two continuations make a key warm for continuations: the third adopts a hold taken ahead.
+      const first = await send(owner.apiKey);
+      const own = await send(stranger.apiKey);
+      for (let index = 0; index < 2; index++) {
+        expect((await send(owner.apiKey, first.body.id)).status).toBe(200);
+        expect((await send(stranger.apiKey, own.body.id)).status).toBe(200);
+      }
+      const continued = await send(owner.apiKey, first.body.id);
+      expect([continued.status, continued.authorized]).toEqual([200, false]);
+      // The upstream call started while the check was still out, not after it answered.
+      expect(continued.upstream! - continued.check!).toBeLessThan(delay / 2);
+      expect(continued.took).toBeGreaterThanOrEqual(delay - 5);
+
+      // Another account's: the upstream call started beside the check is aborted, the hold given back.
+      const { rows: [before] } = await admin().query('select balance::int from public.accounts where id = $1', [stranger.accountId]);
+      const refused = await send(stranger.apiKey, first.body.id);
+      expect([refused.status, refused.authorized, refused.body.error?.code]).toEqual([400, false, 'previous_response_not_found']);
+      const { rows: [after] } = await admin().query('select balance::int from public.accounts where id = $1', [stranger.accountId]);
+      expect(after.balance).toBe(before.balance);
+      expect(warm.logs).toContainEqual(expect.objectContaining({ event: 'ready_hold_refused', reason: 'previous_response_not_found' }));
+    } finally {
+      await warm.close();
+    }
   });
 
   it('an input list with a string in it is a 400 in OpenAI\'s shape (param input) before any hold, not a 500', async () => {
