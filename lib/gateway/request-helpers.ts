@@ -261,6 +261,24 @@ function readied(
 export const defaultSearchBound = 10;
 
 /**
+ * A client's own bound on a server tool's calls (max_uses, max_tool_calls): a
+ * positive number, counted at most as a million (already more than any balance
+ * holds for), else none.
+ */
+export function toolCallBound(value: unknown): number | undefined {
+  return typeof value === 'number' && value > 0 ? Math.min(Math.ceil(value), 1_000_000) : undefined;
+}
+
+/**
+ * Input tokens held per hosted web search (Anthropic's web_search, OpenAI's) for
+ * the results the provider adds to the prompt and bills as input. No provider
+ * bounds them: a search is reported at about 6,000 to 13,000 input tokens, and
+ * OpenAI bills some models a flat 8,000. An estimate, not a bound: more is
+ * charged as the usage reports it, as far as the balance and caps allow.
+ */
+export const searchResultTokens = 10_000;
+
+/**
  * Refuses request options that make the upstream charge more than the token
  * prices this gateway bills (priority processing, search fees), or charge for
  * what it never sees (work that runs after the request). Named per route; the

@@ -3,7 +3,8 @@ import type { AppEnv } from '../app-env.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { GatewayError } from '../errors.ts';
-import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions, searchResultTokens, toolCallBound } from '../gateway/request-helpers.ts';
+import { remoteContentTokenBound } from '../metering/prompt-pieces.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { boundMessagesInputTokens, countMessagesInputTokens } from '../providers/anthropic/anthropic-input.ts';
 import { createAnthropicStreamMeter } from '../providers/anthropic/anthropic-stream-meter.ts';
@@ -15,14 +16,29 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, messagesRequestSchema);
   // Server tools: web search is billed per search (priced per model, held at its
-  // max_uses); code execution by container time, which is not priced here. Web
-  // fetch costs tokens only, and client tools (bash, text editor, computer) run
-  // on the client: they pass.
-  const tools = (request.tools ?? []) as Array<{ type?: unknown; max_uses?: unknown } | null>;
-  const feeTool = tools.find((tool) => /^code_execution_/.test(String(tool?.type ?? '')));
-  refuseUnbilledOptions([[feeTool !== undefined, 'tools', `The server tool "${String(feeTool?.type)}"`]]);
-  const search = tools.find((tool) => /^web_search_/.test(String(tool?.type ?? '')));
-  const searches = search ? (typeof search.max_uses === 'number' && search.max_uses > 0 ? search.max_uses : defaultSearchBound) : 0;
+  // max_uses) and its results as input; web fetch by the content it fetches, held at
+  // max_uses × max_content_tokens (content of unknown size without the latter); code
+  // execution by container time, which is not priced here. The MCP connector adds
+  // tool results of no bound, as many as the model calls for. Client tools (bash,
+  // text editor, computer) run on the client: they pass.
+  const tools = (request.tools ?? []) as Array<{ type?: unknown; max_uses?: unknown; max_content_tokens?: unknown } | null>;
+  const ofType = (pattern: RegExp) => tools.find((tool) => pattern.test(String(tool?.type ?? '')));
+  const uses = (tool: { max_uses?: unknown } | null | undefined) => toolCallBound(tool?.max_uses);
+  const feeTool = ofType(/^code_execution_/);
+  const fetchTool = ofType(/^web_fetch_/);
+  const raw = request as Record<string, unknown>;
+  const mcp = (Array.isArray(raw.mcp_servers) && raw.mcp_servers.length > 0) || ofType(/^mcp_toolset$/) !== undefined;
+  refuseUnbilledOptions([
+    [feeTool !== undefined, 'tools', `The server tool "${String(feeTool?.type)}"`],
+    [fetchTool !== undefined && uses(fetchTool) === undefined, 'tools', `The server tool "${String(fetchTool?.type)}" without max_uses`, 'each fetch adds the fetched content to the input, and without max_uses there is no bound on how many'],
+    [mcp, 'mcp_servers', 'The MCP connector', 'each tool call adds its result to the input, and neither their number nor their size has a bound'],
+  ]);
+  const search = ofType(/^web_search_/);
+  const searches = search ? (uses(search) ?? defaultSearchBound) : 0;
+  // A fetch is never held for more than content of unknown size (a context window).
+  const perFetch = typeof fetchTool?.max_content_tokens === 'number' && fetchTool.max_content_tokens > 0 ? Math.ceil(fetchTool.max_content_tokens) : remoteContentTokenBound;
+  const fetched = fetchTool ? uses(fetchTool)! * Math.min(perFetch, remoteContentTokenBound) : 0;
+  const serverToolInput = searches * searchResultTokens + fetched;
   // The 1M-token context beta passes: where the upstream bills long prompts at
   // higher rates, the model's price has that long-context tier (and the hold takes it).
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
@@ -30,7 +46,7 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
   return authorizeAndProxy(
     c,
-    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request), maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), ...(searches ? { calls: { web_search: searches } } : {}) },
+    { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request) + serverToolInput, maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), ...(searches ? { calls: { web_search: searches } } : {}) },
     { unsupportedProvider: () => new GatewayError(400, 'unsupported_provider', `The model ${request.model} is not served through Anthropic's format; use /v1/chat/completions.`, { param: 'model' }) },
     (authorization) => ({
       channels: channelsSpeaking(c, authorization, 'anthropic'),

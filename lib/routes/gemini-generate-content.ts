@@ -10,6 +10,7 @@ import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/goo
 import { createGeminiStreamMeter, geminiDelivered, geminiSearches } from '../providers/google/gemini-stream-reader.ts';
 import { generateContentRequestSchema, generateContentResponseSchema } from '../providers/google/gemini-wire.ts';
 import { convertGeminiUsage } from '../providers/google/convert-gemini-usage.ts';
+import { remoteContentTokenBound } from '../metering/prompt-pieces.ts';
 
 /** POST /v1beta/models/{model}:generateContent, :streamGenerateContent (SSE) and :countTokens, native, for Gemini models. */
 export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Response> {
@@ -45,13 +46,15 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
     [unpricedOutput !== undefined, 'generationConfig.responseModalities', `${unpricedOutput === 'IMAGE' ? 'Image' : 'Audio'} output`],
   ]);
   const searches = toolNames.includes('googleSearch') ? defaultSearchBound : 0;
+  // URL context reads the pages the prompt names into the input: content of unknown size.
+  const fetched = toolNames.includes('urlContext') ? remoteContentTokenBound : 0;
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
   return authorizeAndProxy(
     c,
     {
       keyHash,
       model,
-      maxInputTokens: boundGeminiInputTokens(request),
+      maxInputTokens: boundGeminiInputTokens(request) + fetched,
       maxOutputTokens: requestedCap,
       choices: request.generationConfig?.candidateCount ?? 1,
       capOutput: requestedCap === undefined,

@@ -5,7 +5,7 @@ import { GatewayError, refusalError } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { forwardAsIs, type ProxyPlan } from '../gateway/proxy.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
-import { channelsSpeaking, clientIp, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, clientIp, readJsonBody, readKeyHash, refuseUnbilledOptions, searchResultTokens } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
@@ -62,6 +62,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const searches = tools.some((type) => searchTools.has(type)) ? searchBound(raw) : 0;
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
+    [tools.includes('mcp'), 'tools', 'The hosted tool "mcp"', 'each call adds its result (and the server\'s tool list) to the input, and neither has a bound'],
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
     // OpenAI answers a background request at once ("queued", no usage) and runs the model
     // afterwards; its result is fetched by GET /v1/responses/{id}, which is not metered.
@@ -143,7 +144,8 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     {
       keyHash,
       model: request.model,
-      maxInputTokens: boundResponsesInputTokens(request) + toolPrompt,
+      // Each hosted search adds its results to the input.
+      maxInputTokens: boundResponsesInputTokens(request) + toolPrompt + searches * searchResultTokens,
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
       providers: [...config.channels.keys()].filter((provider) => {

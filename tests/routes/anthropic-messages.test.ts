@@ -183,6 +183,54 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(rows[0].n).toBe(0);
   });
 
+  it('server tools that add input are held for it: web fetch at max_uses × max_content_tokens, each search at 10,000 result tokens; an unbounded web fetch and the MCP connector are refused', async () => {
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const model = await createModel({ ...price, web_search: 10_000 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });
+    const send = (body: object) =>
+      fetch(`${gateway.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, max_tokens: 10, messages: [{ role: 'user', content: 'x' }], ...body }),
+      });
+    const held = async (body: object) => {
+      const response = await send(body);
+      expect(response.status).toBe(200);
+      await response.text();
+      await gateway.settled();
+      const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
+      return event.max_input_tokens as number;
+    };
+    // The request's own bound (its text and tool definitions) is a few hundred tokens on top.
+    const between = (low: number) => ({ low, high: low + 1_000 });
+    const within = (tokens: number, low: number) => ({ low, high: tokens < low + 1_000 ? low + 1_000 : tokens });
+    const fetchTool = { type: 'web_fetch_20250910', name: 'web_fetch', max_uses: 2 };
+    expect(within(await held({ tools: [{ ...fetchTool, max_content_tokens: 50_000 }] }), 2 * 50_000)).toEqual(between(2 * 50_000));
+    // Without max_content_tokens a fetch is content of unknown size (a PDF can fill the context window).
+    expect(within(await held({ tools: [fetchTool] }), 2 * 1_000_000)).toEqual(between(2 * 1_000_000));
+    expect(within(await held({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 3 }] }), 3 * 10_000)).toEqual(between(3 * 10_000));
+    expect(within(await held({ tools: [{ type: 'web_search_20250305', name: 'web_search' }] }), 10 * 10_000)).toEqual(between(10 * 10_000));
+
+    const before = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    const refusals = [
+      [{ tools: [{ type: 'web_fetch_20250910', name: 'web_fetch' }] }, 'without max_uses'],
+      [{ tools: [{ type: 'web_fetch_20250910', name: 'web_fetch', max_uses: 0, max_content_tokens: 1000 }] }, 'without max_uses'],
+      [{ mcp_servers: [{ type: 'url', url: 'https://mcp.example.test/sse', name: 'example' }] }, 'The MCP connector'],
+      [{ tools: [{ type: 'mcp_toolset', mcp_server_name: 'example' }] }, 'The MCP connector'],
+    ] as const;
+    for (const [body, message] of refusals) {
+      const response = await send(body);
+      expect(response.status).toBe(400);
+      expect(await response.json()).toMatchObject({ type: 'error', error: { type: 'invalid_request_error', code: 'unsupported_parameter', message: expect.stringContaining(message) } });
+    }
+    // A bound beyond any balance is refused as any such hold is, never a 500.
+    for (const [max_uses, max_content_tokens] of [[1e6, 1e9], [1e12, 1e300], [1e300, 1]]) {
+      const response = await send({ tools: [{ ...fetchTool, max_uses, max_content_tokens }, { type: 'web_search_20250305', name: 'web_search', max_uses }] });
+      expect([response.status, ((await response.json()) as { error: { type: string } }).error.type]).toEqual([402, 'billing_error']);
+    }
+    const after = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(after.rows[0].n).toBe(before.rows[0].n);
+  });
+
   it('what Claude Code sends by default passes: a system message inside messages, unknown blocks, the 1M-context beta', async () => {
     const customer = await createCustomer({ balance: 10_000_000 });
     const model = await claude('messages-cache');

@@ -392,6 +392,19 @@ describe('content of unknown size is held at 1,000,000 tokens', () => {
     expect(await maxInputTokens(customer.accountId)).toEqual([1_000_026, 1_000_026]);
     expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ cachedContent: 'cachedContents/abc123' });
   });
+
+  it('the URL context tool, which reads the pages the prompt names into the input, in either spelling', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const text = 'Summarize https://www.postgresql.org/about/news/ and https://redis.io/blog/.';
+    for (const tools of [[{ urlContext: {} }], [{ url_context: {} }]]) {
+      const response = await post(model, customer.apiKey, { contents: [{ role: 'user', parts: [{ text }] }], tools, generationConfig: { maxOutputTokens: 50 } });
+      expect(response.status).toBe(200);
+    }
+    const held = await maxInputTokens(customer.accountId);
+    expect(held.map((tokens: number) => tokens >= 1_000_000 && tokens < 1_000_200)).toEqual([true, true]);
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body.tools).toEqual([{ urlContext: {} }]);
+  });
 });
 
 describe('a stream cut before its final usage', () => {

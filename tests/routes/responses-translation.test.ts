@@ -183,8 +183,8 @@ describe('POST /v1/responses for a Claude model', () => {
       status: 400, error: { code: 'invalid_request', param: 'previous_response_id', message: expect.stringContaining('send the whole conversation') },
     });
     await expect(client.responses.create({ model, input: [{ type: 'item_reference', id: 'msg_1' }] })).rejects.toMatchObject({ status: 400, error: { param: 'input' } });
-    await expect(client.responses.create({ model, input: 'x', tools: [{ type: 'mcp', server_label: 'fs', server_url: 'https://mcp.example' }] })).rejects.toMatchObject({
-      status: 400, error: { param: 'tools', message: expect.stringContaining("'mcp'") },
+    await expect(client.responses.create({ model, input: 'x', tools: [{ type: 'computer_use_preview', display_width: 1024, display_height: 768, environment: 'browser' }] })).rejects.toMatchObject({
+      status: 400, error: { param: 'tools', message: expect.stringContaining("'computer_use_preview'") },
     });
     await expect(client.responses.create({ model, input: 'x', text: { format: { type: 'json_object' } } })).rejects.toMatchObject({ status: 400, error: { param: 'text' } });
     expect(fake.requests.length).toBe(before);

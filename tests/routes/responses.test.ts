@@ -131,6 +131,10 @@ describe('POST /v1/responses with the openai SDK', () => {
     await expect(client.responses.create({ model, input: 'find it', tools: [{ type: 'file_search', vector_store_ids: ['vs_1'] }] })).rejects.toMatchObject({
       status: 400, error: { code: 'unsupported_parameter', param: 'tools' },
     });
+    // A hosted MCP server's results and tool list are input of no bound.
+    await expect(client.responses.create({ model, input: 'list files', tools: [{ type: 'mcp', server_label: 'fs', server_url: 'https://mcp.example.test' }] })).rejects.toMatchObject({
+      status: 400, error: { code: 'unsupported_parameter', param: 'tools', message: expect.stringContaining('The hosted tool "mcp"') },
+    });
     // Web search is priced per search; this model has no such price.
     await expect(client.responses.create({ model, input: 'news?', tools: [{ type: 'web_search' }] })).rejects.toMatchObject({
       status: 400, error: { code: 'tool_not_priced', param: 'tools' },
@@ -211,8 +215,9 @@ describe('hosted web search on /v1/responses', () => {
 
   it('the hold covers max_tool_calls searches, or 10 when the request sets no bound', async () => {
     const model = await createModel(searched, { upstreamModel: 'responses-web-search', maxOutputTokens: 128_000 });
-    // Enough for 3 searches and 200 output tokens, not for 10 searches.
-    const customer = await createCustomer({ balance: 40_000 });
+    // Enough for 3 searches, their results (10,000 input tokens held each) and 200 output
+    // tokens, not for 10 searches and theirs.
+    const customer = await createCustomer({ balance: 80_000 });
     const client = gateway.openai(customer.apiKey);
     const body = { model, input: 'When was PostgreSQL 18 released?', tools: [{ type: 'web_search' as const }], max_output_tokens: 200 };
     await expect(client.responses.create(body)).rejects.toMatchObject({ status: 402, error: { code: 'insufficient_credits' } });
@@ -223,7 +228,7 @@ describe('hosted web search on /v1/responses', () => {
     expect(bounded.status).toBe('completed');
     await gateway.settled();
     const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
-    expect(account).toEqual({ balance: 40_000 - charged, held: 0 });
+    expect(account).toEqual({ balance: 80_000 - charged, held: 0 });
   });
 });
 

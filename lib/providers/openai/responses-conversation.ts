@@ -1,5 +1,5 @@
 import { GatewayError } from '../../errors.ts';
-import { defaultSearchBound } from '../../gateway/request-helpers.ts';
+import { defaultSearchBound, toolCallBound } from '../../gateway/request-helpers.ts';
 import { parseDataUrl } from './openai-chunks.ts';
 import type { ResponsesRequest } from './responses-wire.ts';
 
@@ -172,7 +172,7 @@ function toolSpecs(tools: Item[], namespace: string | null, specs: ToolSpec[], s
 
 /** The searches a request with a web search tool is held for: its max_tool_calls, else the default bound. */
 export function searchBound(request: Record<string, unknown>): number {
-  return typeof request.max_tool_calls === 'number' && request.max_tool_calls > 0 ? request.max_tool_calls : defaultSearchBound;
+  return toolCallBound(request.max_tool_calls) ?? defaultSearchBound;
 }
 
 /** The Responses request as a conversation; throws a 400 for what a stateless translation cannot carry. */
