@@ -560,6 +560,31 @@ describe('Stripe as it really delivers', () => {
     }
   });
 
+  it('a dispute won of a pack with a bonus gives back its 50 credits as paid and its 5-credit bonus as bonus, as bought', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    const link = await createPack();
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000 });
+    await deliver(stripeEvent('checkout.session.completed', session));
+    const disputeId = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    await deliver(stripeEvent('charge.dispute.created', dispute({ paymentIntent: session.payment_intent!, amount: 5000, id: disputeId })));
+    const closed = await deliver(stripeEvent('charge.dispute.closed', dispute({ paymentIntent: session.payment_intent!, amount: 5000, id: disputeId, status: 'won' })));
+    expect(await closed.json()).toMatchObject({ status: 'dispute_won' });
+    expect(await balance(customer.accountId)).toBe(55_000_000);
+    const { rows } = await admin().query(
+      `select category, remaining::int, reference from public.credit_grants where account_id = $1 and source = 'dispute_won' order by id`,
+      [customer.accountId],
+    );
+    expect(rows).toEqual([
+      { category: 'paid', remaining: 50_000_000, reference: session.id },
+      { category: 'promotional', remaining: 5_000_000, reference: session.id },
+    ]);
+    expect((await ledgerRows(customer.accountId)).slice(-3)).toEqual([
+      { amount: -55_000_000, reason: 'dispute' },
+      { amount: 50_000_000, reason: 'dispute_won' },
+      { amount: 5_000_000, reason: 'dispute_won' },
+    ]);
+  });
+
   /** An account subscribed to Pro (20 credits a month) through its Payment Link; Team (50) is the plan it may move to. */
   async function onPro() {
     const customer = await createCustomer({ balance: 0 });

@@ -4,6 +4,7 @@ import WebSocket from 'ws';
 import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
 import { createAuthUser } from '../../scripts/local-supabase/index.ts';
 import { charge, checkoutSession, dispute, invoice, invoicePayment, stripeEvent } from '../support/stripe-events.ts';
+import { findInvariantViolations } from '../support/invariants.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
 
 // Every credit is a grant; spending draws promotional before paid, then higher
@@ -296,6 +297,166 @@ describe('refunds after a grant expired', () => {
     const refunded = stripeEvent('charge.refunded', refund);
     await rpc('apply_stripe_refund', { p_event_id: refunded.id, p_charge: refund });
     expect(await balanceOf(customer)).toBe(25_000_000);
+  });
+});
+
+describe('a dispute won gives back what the dispute took, each part on the terms of the grant it came from', () => {
+  const rpc = async (name: string, args: Record<string, unknown>) => {
+    const { data, error } = await serviceClient().rpc(name, args);
+    if (error) throw new Error(`${name}: ${error.message}`);
+    return data;
+  };
+  const balanceOf = async (customer: Customer) => Number((await admin().query('select balance::bigint from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
+  const terms = async (customer: Customer) =>
+    (await admin().query(
+      `select source, category, remaining::int, expires_at, reference from public.credit_grants where account_id = $1 and source <> 'signup' order by id`,
+      [customer.accountId],
+    )).rows;
+
+  /** The suite's invariants hold, and the books check (reconcile_books) finds nothing wrong with the account. */
+  async function booksBalanced(customer: Customer) {
+    expect(await findInvariantViolations()).toEqual([]);
+    await admin().query('select public.reconcile_books(now())');
+    const { rows } = await admin().query(
+      `select kind, details from public.alerts where account_id = $1 and kind in ('ledger_mismatch', 'holds_mismatch', 'stripe_mismatch')`,
+      [customer.accountId],
+    );
+    expect(rows).toEqual([]);
+  }
+
+  /** A pack of 50 credits and a 5-credit bonus at $50, bought: its payment intent and checkout session. */
+  async function boughtWithBonus(customer: Customer) {
+    const link = `plink_test_${crypto.randomUUID().slice(0, 8)}`;
+    await admin().query(`insert into public.credit_packs (name, stripe_payment_link_id, unit_amount, credits, bonus_credits) values ('Builder', $1, 5000, 50000000, 5000000)`, [link]);
+    const session = checkoutSession({ clientReferenceId: customer.accountId, paymentLink: link, amount: 5000 });
+    const checkout = stripeEvent('checkout.session.completed', session);
+    expect(await rpc('apply_stripe_checkout', { p_event_id: checkout.id, p_event_type: checkout.type, p_session: session })).toMatchObject({ status: 'credited' });
+    return { paymentIntent: session.payment_intent!, session: session.id };
+  }
+
+  async function refunded(paymentIntent: string, amount: number, amountRefunded: number) {
+    const refund = charge({ paymentIntent, amount, amountRefunded });
+    const event = stripeEvent('charge.refunded', refund);
+    await rpc('apply_stripe_refund', { p_event_id: event.id, p_charge: refund });
+  }
+
+  async function disputed(paymentIntent: string, amount: number, id: string, status = 'needs_response') {
+    const object = dispute({ paymentIntent, amount, id, status });
+    const event = stripeEvent(status === 'needs_response' ? 'charge.dispute.created' : 'charge.dispute.closed', object);
+    await rpc(status === 'needs_response' ? 'apply_stripe_dispute' : 'apply_stripe_dispute_closed', { p_event_id: event.id, p_dispute: object });
+  }
+
+  it('a pack with a bonus: the bonus comes back as bonus, with its end; the paid credits as paid; what came from other credits on their terms', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    await grant(customer, 3_000_000, { category: 'paid', source: 'manual' });
+    const { paymentIntent, session } = await boughtWithBonus(customer);
+    // The bonus given an end, to see that its terms come back with it.
+    const bonusEnds = new Date(Date.now() + 10 * day);
+    await admin().query(`update public.credit_grants set expires_at = $2 where reference = $1 and source = 'bonus'`, [session, bonusEnds]);
+    await spend(customer, 1_000_000); // from the bonus, promotional
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    await disputed(paymentIntent, 5000, id);
+    // 55M taken back: 4M of bonus, 50M paid, and 1M of the credits bought apart.
+    expect(await balanceOf(customer)).toBe(2_000_000);
+    await booksBalanced(customer);
+
+    await disputed(paymentIntent, 5000, id, 'won');
+    expect(await balanceOf(customer)).toBe(57_000_000);
+    expect(await terms(customer)).toEqual([
+      { source: 'manual', category: 'paid', remaining: 2_000_000, expires_at: null, reference: null },
+      { source: 'purchase', category: 'paid', remaining: 0, expires_at: null, reference: session },
+      { source: 'bonus', category: 'promotional', remaining: 0, expires_at: bonusEnds, reference: session },
+      // Credits without a reference of their own name the dispute's ledger row, as before.
+      { source: 'dispute_won', category: 'paid', remaining: 1_000_000, expires_at: null, reference: `dispute_won:${id}` },
+      { source: 'dispute_won', category: 'paid', remaining: 50_000_000, expires_at: null, reference: session },
+      { source: 'dispute_won', category: 'promotional', remaining: 4_000_000, expires_at: bonusEnds, reference: session },
+    ]);
+    await booksBalanced(customer);
+
+    // The bonus is spent first again, and a refund takes back from the payment's own credits first.
+    await spend(customer, 1_000_000);
+    await refunded(paymentIntent, 5000, 5000);
+    expect((await terms(customer)).map((row) => row.remaining)).toEqual([0, 0, 0, 1_000_000, 0, 0]);
+    expect(await balanceOf(customer)).toBe(1_000_000);
+    await booksBalanced(customer);
+  });
+
+  it.each([
+    ['a refund of $2, then a dispute of the other $48', [['refund', 200], ['dispute', 4800]]],
+    ['a dispute of all $50, then a refund of $2', [['dispute', 5000], ['refund', 200]]],
+  ] as const)('a partial refund and a dispute (%s), won: what the refund took stays taken back, the rest comes back as it was', async (_name, steps) => {
+    const customer = await createCustomer({ balance: 0 });
+    const { paymentIntent, session } = await boughtWithBonus(customer);
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    for (const [kind, amount] of steps) {
+      if (kind === 'refund') await refunded(paymentIntent, 5000, amount);
+      else await disputed(paymentIntent, amount, id);
+      await booksBalanced(customer);
+    }
+    expect(await balanceOf(customer)).toBe(0);
+    await disputed(paymentIntent, steps.find(([kind]) => kind === 'dispute')![1], id, 'won');
+    // The refund's 4% (2.2M) is taken back from the bonus, as a refund alone takes it.
+    expect(await balanceOf(customer)).toBe(52_800_000);
+    expect(await terms(customer)).toEqual([
+      { source: 'purchase', category: 'paid', remaining: 0, expires_at: null, reference: session },
+      { source: 'bonus', category: 'promotional', remaining: 0, expires_at: null, reference: session },
+      { source: 'dispute_won', category: 'paid', remaining: 50_000_000, expires_at: null, reference: session },
+      { source: 'dispute_won', category: 'promotional', remaining: 2_800_000, expires_at: null, reference: session },
+    ]);
+    await booksBalanced(customer);
+  });
+
+  it('below zero (a credit limit): what the dispute took past the credits comes back first, paying that debt', async () => {
+    const customer = await createCustomer({ balance: 0 });
+    await admin().query('update public.accounts set credit_limit = 10000000 where id = $1', [customer.accountId]);
+    const { paymentIntent, session } = await boughtWithBonus(customer);
+    await spend(customer, 2_000_000); // from the bonus
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    await disputed(paymentIntent, 5000, id);
+    // 3M of bonus, 50M paid, and 2M below zero.
+    expect(await balanceOf(customer)).toBe(-2_000_000);
+    await booksBalanced(customer);
+    await disputed(paymentIntent, 5000, id, 'won');
+    expect(await balanceOf(customer)).toBe(53_000_000);
+    // The part taken below zero comes back on the payment's own paid terms, and pays the debt.
+    expect((await terms(customer)).map((row) => [row.source, row.category, row.remaining, row.reference])).toEqual([
+      ['purchase', 'paid', 0, session],
+      ['bonus', 'promotional', 0, session],
+      ['dispute_won', 'paid', 0, session],
+      ['dispute_won', 'paid', 50_000_000, session],
+      ['dispute_won', 'promotional', 3_000_000, session],
+    ]);
+    await booksBalanced(customer);
+  });
+
+  it('a month\'s allowance partly spent: what came from other credits does not end with the month; expired and refunded, it ends as if never disputed', async () => {
+    const { customer, customerId, price } = await subscribed(false);
+    await grant(customer, 30_000_000, { category: 'paid', source: 'manual' });
+    const paid = invoice({ customer: customerId, price, amount: 2000 });
+    const paidEvent = stripeEvent('invoice.paid', paid);
+    await rpc('apply_stripe_invoice', { p_event_id: paidEvent.id, p_invoice: paid });
+    const paymentIntent = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const linked = stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent, amount: 2000 }));
+    await rpc('apply_stripe_invoice_payment', { p_event_id: linked.id, p_invoice_payment: linked.data.object });
+    await spend(customer, 5_000_000); // from the allowance, which ends first
+    const id = `dp_test_${crypto.randomUUID().slice(0, 8)}`;
+    await disputed(paymentIntent, 2000, id);
+    await booksBalanced(customer);
+    await disputed(paymentIntent, 2000, id, 'won');
+    const periodEnd = new Date(paid.lines.data[0]!.period.end * 1000);
+    expect((await terms(customer)).map((row) => [row.source, row.remaining, row.expires_at, row.reference])).toEqual([
+      ['manual', 25_000_000, null, null],
+      ['subscription', 0, periodEnd, paid.id],
+      ['dispute_won', 5_000_000, null, `dispute_won:${id}`],
+      ['dispute_won', 15_000_000, periodEnd, paid.id],
+    ]);
+    await booksBalanced(customer);
+    await rpc('expire_grants', { p_now: new Date(periodEnd.getTime() + 1000).toISOString() });
+    expect(await balanceOf(customer)).toBe(30_000_000);
+    await refunded(paymentIntent, 2000, 2000);
+    // As a month never disputed: 30M bought apart, less the 5M spent of the allowance.
+    expect(await balanceOf(customer)).toBe(25_000_000);
+    await booksBalanced(customer);
   });
 });
 
