@@ -340,6 +340,25 @@ describe('the web_search server tool on /v1/messages', () => {
     });
   });
 
+  it('a search that failed is not billed: the final count (0) is what is billed, not the search blocks, streamed or not', async () => {
+    const model = await searchModel('messages-web-search-failed');
+    const customer = await createCustomer({ balance: 2_000_000 });
+    const client = anthropic(customer.apiKey);
+    const body = { model, max_tokens: 1024, messages: [{ role: 'user' as const, content: 'When was PostgreSQL 18 released?' }], tools };
+    const { data: message, response: plain } = await client.messages.create(body).withResponse();
+    expect(message.content[2]).toMatchObject({ type: 'web_search_tool_result', content: { type: 'web_search_tool_result_error', error_code: 'unavailable' } });
+    const { data: stream, response: streamed } = await client.messages.create({ ...body, stream: true }).withResponse();
+    const blocks: string[] = [];
+    for await (const event of stream) if (event.type === 'content_block_start') blocks.push(event.content_block.type);
+    expect(blocks).toEqual(['text', 'server_tool_use', 'web_search_tool_result', 'text']);
+    // 6321 input × 3 + 58 output × 15, no search.
+    for (const response of [plain, streamed]) {
+      expect(await searchEvent(response.headers.get('x-request-id'))).toEqual({
+        status: 'completed', usage_source: 'provider', input_tokens: 6321, output_tokens: 58, web_searches: 0, charged: 6321 * 3 + 58 * 15,
+      });
+    }
+  });
+
   it('a stream cut after a search: the search, message_start\'s input and the delivered output', async () => {
     const upstreamModel = `messages-search-cut-${crypto.randomUUID()}`;
     // Events 0-9: the first text block, the search and its results; no final usage.

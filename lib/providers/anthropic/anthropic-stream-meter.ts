@@ -10,6 +10,8 @@ export function createAnthropicStreamReader() {
   let final = false;
   let error: string | null = null;
   let searches = 0;
+  /** The final message_delta counted the searches itself (0 when they failed: not billed). */
+  let searchesCounted = false;
   const delivered: string[] = [];
 
   return {
@@ -38,6 +40,7 @@ export function createAnthropicStreamReader() {
           // message_start's output_tokens is a placeholder (1), not a count.
           if (streamEvent.usage) usage = mergeAnthropicUsage(usage, streamEvent.usage);
           if (typeof streamEvent.usage?.output_tokens === 'number') final = true;
+          if (typeof streamEvent.usage?.server_tool_use?.web_search_requests === 'number') searchesCounted = true;
           break;
         case 'error':
           error = streamEvent.error?.message ?? 'upstream error event';
@@ -45,7 +48,12 @@ export function createAnthropicStreamReader() {
       }
       return streamEvent;
     },
-    usage: () => (final && usage ? convertAnthropicUsage(usage) : null),
+    usage: (): TokenUsage | null => {
+      if (!final || !usage) return null;
+      // A count only message_start carried is not the final one: the searches begun count then.
+      const { web_search: counted, ...buckets } = convertAnthropicUsage(usage);
+      return searchesCounted ? { ...buckets, web_search: counted ?? 0 } : buckets;
+    },
     inputUsage: () => (usage ? anthropicInputUsage(usage) : null),
     delivered: () => delivered,
     error: () => error,

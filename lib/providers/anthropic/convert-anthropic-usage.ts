@@ -41,8 +41,9 @@ function bucketsOf(usage: AnthropicIterationUsage & Pick<AnthropicUsage, 'server
     cache_write_1h: atLeastZero(oneHour),
     output: atLeastZero(output - thinking),
     reasoning: atLeastZero(thinking),
-    // The web_search server tool, billed per search (usage.server_tool_use).
-    ...(searches ? { web_search: atLeastZero(searches) } : {}),
+    // The web_search server tool, billed per search (usage.server_tool_use); a count of 0
+    // is a count too (searches that failed are not billed), not a missing one.
+    ...(typeof searches === 'number' ? { web_search: atLeastZero(searches) } : {}),
   };
 }
 

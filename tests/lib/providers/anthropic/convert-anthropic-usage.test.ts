@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { convertAnthropicUsage, mergeAnthropicUsage } from '../../../../lib/providers/anthropic/convert-anthropic-usage.ts';
+import { createAnthropicStreamReader } from '../../../../lib/providers/anthropic/anthropic-stream-meter.ts';
 
 describe('convertAnthropicUsage', () => {
   it.each([
@@ -48,5 +49,27 @@ describe('mergeAnthropicUsage', () => {
     const start = { input_tokens: 25, output_tokens: 1, cache_read_input_tokens: 3000, cache_creation: { ephemeral_5m_input_tokens: 1000, ephemeral_1h_input_tokens: 200 } };
     const merged = mergeAnthropicUsage(start, { input_tokens: 25, output_tokens: 14, cache_read_input_tokens: 3000, cache_creation_input_tokens: null });
     expect(merged).toEqual({ input_tokens: 25, output_tokens: 14, cache_read_input_tokens: 3000, cache_creation: { ephemeral_5m_input_tokens: 1000, ephemeral_1h_input_tokens: 200 } });
+  });
+});
+
+describe('the web searches a stream is billed for', () => {
+  const event = (data: object) => `event: ${(data as { type: string }).type}\ndata: ${JSON.stringify(data)}`;
+  const searchBlock = event({ type: 'content_block_start', index: 1, content_block: { type: 'server_tool_use', id: 'srvtoolu_1', name: 'web_search', input: {} } });
+  const billed = (events: string[]) => {
+    const reader = createAnthropicStreamReader();
+    for (const each of events) reader.read(each);
+    // As the settlement takes them: the final usage over the searches begun.
+    return { ...reader.calls(), ...reader.usage() }.web_search;
+  };
+
+  it('the final message_delta\'s count, 0 included (failed searches are not billed)', () => {
+    const start = event({ type: 'message_start', message: { usage: { input_tokens: 10, output_tokens: 1 } } });
+    expect(billed([start, searchBlock, event({ type: 'message_delta', usage: { output_tokens: 5, server_tool_use: { web_search_requests: 0 } } })])).toBe(0);
+    expect(billed([start, searchBlock, searchBlock, event({ type: 'message_delta', usage: { output_tokens: 5, server_tool_use: { web_search_requests: 1 } } })])).toBe(1);
+  });
+
+  it('the searches begun when the final usage does not count them, even if message_start did', () => {
+    const start = event({ type: 'message_start', message: { usage: { input_tokens: 10, output_tokens: 1, server_tool_use: { web_search_requests: 0 } } } });
+    expect(billed([start, searchBlock, event({ type: 'message_delta', usage: { output_tokens: 5 } })])).toBe(1);
   });
 });
