@@ -236,13 +236,15 @@ async function subscribed(rollsOver: boolean) {
   return { customer, customerId, price };
 }
 
+async function rpc(name: string, args: Record<string, unknown>) {
+  const { data, error } = await serviceClient().rpc(name, args);
+  if (error) throw new Error(`${name}: ${error.message}`);
+  return data;
+}
+
+const balanceOf = async (customer: Customer) => Number((await admin().query('select balance::bigint from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
+
 describe('refunds after a grant expired', () => {
-  const rpc = async (name: string, args: Record<string, unknown>) => {
-    const { data, error } = await serviceClient().rpc(name, args);
-    if (error) throw new Error(`${name}: ${error.message}`);
-    return data;
-  };
-  const balanceOf = async (customer: Customer) => Number((await admin().query('select balance::bigint from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
 
   /** 30 credits bought apart; a 20-credit month paid by one payment intent per amount; 5 spent, 15 expired. */
   async function expiredMonth(payments: number[]) {
@@ -301,12 +303,6 @@ describe('refunds after a grant expired', () => {
 });
 
 describe('a dispute won gives back what the dispute took, each part on the terms of the grant it came from', () => {
-  const rpc = async (name: string, args: Record<string, unknown>) => {
-    const { data, error } = await serviceClient().rpc(name, args);
-    if (error) throw new Error(`${name}: ${error.message}`);
-    return data;
-  };
-  const balanceOf = async (customer: Customer) => Number((await admin().query('select balance::bigint from public.accounts where id = $1', [customer.accountId])).rows[0].balance);
   const terms = async (customer: Customer) =>
     (await admin().query(
       `select source, category, remaining::int, expires_at, reference from public.credit_grants where account_id = $1 and source <> 'signup' order by id`,
