@@ -73,6 +73,12 @@ function convert(modelPrice: ModelPrice, effectiveFrom: string | null): DatedCos
       continue;
     }
     const bucket = bucketOfKey[key];
+    const modality = /^output_(image|audio|video)_mtok$/.exec(key)?.[1];
+    if (modality) {
+      // Output of that kind reaches this gateway as output tokens and would be billed at
+      // the text output price (gemini-2.5-flash-image's images: $2.50 a million, not $30).
+      return `answers in ${modality} (${key}), which this gateway would bill at the text output price`;
+    }
     if (!bucket) {
       ignored.push(key);
       continue;

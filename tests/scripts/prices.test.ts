@@ -116,6 +116,22 @@ describe('models that search the web on every request', () => {
   });
 });
 
+describe('models that answer in images, audio or video', () => {
+  it('are not priced by a sync: their output would be billed at the text output price', () => {
+    for (const [provider, id, kind] of [
+      ['google', 'gemini-2.5-flash-image', 'image'],
+      ['openai', 'gpt-audio', 'audio'],
+      ['openai', 'gpt-realtime', 'audio'],
+    ] as const) {
+      const dataset = datasetModelFor(provider, id);
+      expect(dataset?.unsupported).toMatch(new RegExp(`^answers in ${kind} \\(output_${kind}_mtok\\)`));
+      expect(importRow({ id, provider, upstreamModel: id, displayName: null, maxOutputTokens: 8_192 }, dataset, new Date())).toMatch(/text output price/);
+    }
+    // A model that reads images and answers in text is priced as before.
+    expect(typeof importRow({ id: 'gemini-2.5-flash', provider: 'google', upstreamModel: 'gemini-2.5-flash', displayName: null, maxOutputTokens: 65_536 }, datasetModelFor('google', 'gemini-2.5-flash'), new Date())).toBe('object');
+  });
+});
+
 describe('price versions and margins', () => {
   const importModel = (id: string, costs: Record<string, number>, effectiveFrom: string | null = null) =>
     admin().query(`select public.import_model_costs($1, 'test') as report`, [
