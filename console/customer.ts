@@ -2,6 +2,7 @@ import type { SupabaseClient } from '@supabase/supabase-js';
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import { cents, dollars, el, section, table, when } from './format.ts';
+import { organisationsSection } from './organisations.ts';
 
 // The customer's page. Everything is read through row-level security with the
 // user's session and changed through the database's own grants and functions
@@ -186,6 +187,9 @@ export function customerView(supabase: SupabaseClient, userId: string): HTMLElem
     return el('div', {}, create, el('div', { class: 'created' }), shown, list);
   }, 'keys');
   sections.push(keys);
+
+  // Invitations to the user, the organisations they belong to, and the members of those they own.
+  sections.push(organisationsSection(supabase, userId));
 
   // What the last redemption said, kept across the section's reload.
   let redeemed: Array<Node | string> = [];

@@ -296,3 +296,79 @@ describe.skipIf(!available)('codes on the console', () => {
     }
   });
 });
+
+describe.skipIf(!available)('organisations on the console', () => {
+  it('an owner invites by email on the page; nothing is granted until the invitee accepts on theirs; a second invitation is declined, a third withdrawn', { timeout: 90_000 }, async () => {
+    const owner = await createCustomer({ balance: 3_000_000 });
+    const [invitee, otherOwner] = await Promise.all([createCustomer({ balance: 0 }), createCustomer({ balance: 0 })]);
+    const inviteeEmail = `${invitee.userId}@example.test`;
+    const withdrawn = `withdrawn-${crypto.randomUUID().slice(0, 8)}@example.test`;
+    // Another organisation invites the same person, so the invitee has one to decline.
+    expect((await otherOwner.client.rpc('set_member', { p_account_id: otherOwner.accountId, p_email: inviteeEmail })).error).toBeNull();
+    const members = async () => (await admin().query('select user_id, role, monthly_budget::int as monthly_budget, invited_email from public.account_members where account_id = $1', [owner.accountId])).rows;
+
+    const ownerPage = await browser.newPage();
+    ownerPage.on('dialog', (dialog) => void dialog.accept());
+    try {
+      await signIn(ownerPage, `${owner.userId}@example.test`);
+      const own = `[data-owned-organisation="${owner.accountId}"]`;
+      await ownerPage.waitForSelector(`${own} [data-invite]`);
+      await ownerPage.fill(`${own} [data-organisation-name] input`, 'Acme Research');
+      await ownerPage.click(`${own} [data-organisation-name] button`);
+      await expect.poll(() => ownerPage.textContent('#organisations-message')).toBe('Name saved.');
+      for (const [address, dollarsBudget] of [[inviteeEmail, '1.5'], [withdrawn, '']] as const) {
+        await ownerPage.fill(`${own} [data-invite] [name="email"]`, address);
+        await ownerPage.fill(`${own} [data-invite] [name="budget"]`, dollarsBudget);
+        await ownerPage.click(`${own} [data-invite] button`);
+        await expect.poll(() => ownerPage.textContent('#organisations-message')).toBe(`Invited ${address}: they join when they accept.`);
+      }
+      await expect.poll(() => ownerPage.textContent(`${own} table`)).toContain(inviteeEmail);
+      expect(await ownerPage.textContent(`${own} table`)).toContain('$1.50');
+      await ownerPage.click(`${own} [data-withdraw="${withdrawn}"]`);
+      await expect.poll(() => ownerPage.textContent('#organisations-message')).toBe(`Withdrew the invitation of ${withdrawn}.`);
+      expect(await ownerPage.textContent(own)).not.toContain(withdrawn);
+      // Invited, not a member.
+      expect(await members()).toEqual([]);
+      await screenshot(ownerPage, 'organisation-owner');
+
+      const inviteePage = await browser.newPage();
+      try {
+        await signIn(inviteePage, inviteeEmail);
+        await inviteePage.waitForSelector('[data-accept-invitation]');
+        const rows = await inviteePage.locator('#organisations tbody tr').allTextContents();
+        const acme = rows.find((row) => row.includes('Acme Research'))!;
+        expect(acme).toContain(`${owner.userId}@example.test`);
+        expect(acme).toContain('$1.50');
+        expect(rows.find((row) => row.includes(`the organisation of ${otherOwner.userId}@example.test`))).toBeTruthy();
+        const [{ id: acmeInvitation }] = (await admin().query('select id from public.member_invitations where account_id = $1', [owner.accountId])).rows;
+        const [{ id: otherInvitation }] = (await admin().query('select id from public.member_invitations where account_id = $1', [otherOwner.accountId])).rows;
+        await screenshot(inviteePage, 'organisation-invitee');
+
+        await inviteePage.click(`[data-decline-invitation="${otherInvitation}"]`);
+        await expect.poll(() => inviteePage.textContent('#organisations-message')).toBe(`You declined the organisation of ${otherOwner.userId}@example.test.`);
+        await inviteePage.click(`[data-accept-invitation="${acmeInvitation}"]`);
+        await expect.poll(() => inviteePage.textContent('#organisations-message')).toBe('You joined Acme Research.');
+        // A member now: the organisation's available credits, and a key of their own on it.
+        const belonging = inviteePage.locator('#organisations tbody tr', { hasText: 'Acme Research' });
+        expect(await belonging.locator('[data-micro]').evaluateAll((cells) => cells.map((cell) => Number((cell as HTMLElement).dataset.micro)))).toEqual([1_500_000, 3_000_000]);
+        inviteePage.once('dialog', (dialog) => void dialog.accept('laptop'));
+        await inviteePage.click(`[data-member-key="${owner.accountId}"]`);
+        expect(await (await inviteePage.waitForSelector('[data-new-member-key]')).textContent()).toMatch(/^tg_/);
+      } finally {
+        await inviteePage.close();
+      }
+      expect(await members()).toEqual([{ user_id: invitee.userId, role: 'member', monthly_budget: 1_500_000, invited_email: inviteeEmail }]);
+
+      await ownerPage.click('#refresh');
+      await expect.poll(() => ownerPage.locator(`${own} [data-remove-member="${invitee.userId}"]`).count()).toBe(1);
+      expect(await ownerPage.textContent(own)).toContain(inviteeEmail);
+      await ownerPage.click(`${own} [data-remove-member="${invitee.userId}"]`);
+      await expect.poll(() => ownerPage.textContent('#organisations-message')).toBe(`Removed ${inviteeEmail}.`);
+      expect(await members()).toEqual([]);
+    } finally {
+      await ownerPage.close();
+    }
+    const { rows: audited } = await admin().query(`select action from public.audit_log where subject = $1 and action not like 'ledger\\_%' order by id`, [owner.accountId]);
+    expect(audited.map((row) => row.action)).toEqual(['set_organisation_name', 'invite_member', 'invite_member', 'withdraw_invitation', 'accept_invitation', 'create_member_key', 'remove_member']);
+  });
+});

@@ -191,6 +191,9 @@ describe('caps hold at settlement too', () => {
     const member = await createCustomer();
     const { rows: [user] } = await admin().query('select email from auth.users where id = $1', [member.userId]);
     expect((await owner.client.rpc('set_member', { p_account_id: owner.accountId, p_email: user.email, p_role: 'member', p_monthly_budget: 50 })).error).toBeNull();
+    // An invitation, which the member accepts (tests/supabase/organisations.test.ts).
+    const { data: invitations } = await member.client.rpc('my_invitations');
+    expect((await member.client.rpc('accept_invitation', { p_invitation_id: (invitations as Array<{ id: string }>)[0]!.id })).error).toBeNull();
     const created = await member.client.rpc('create_member_api_key', { p_account_id: owner.accountId, p_name: 'work' });
     expect(created.error).toBeNull();
     const { key, id } = created.data as { key: string; id: string };

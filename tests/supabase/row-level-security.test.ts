@@ -68,7 +68,8 @@ const serviceOnly = (count: number): Record<Role, Outcome> => ({ anon: 'denied',
 
 const tables: TableCase[] = [
   {
-    table: 'accounts', columns: '*', match: () => ['id', alice.accountId],
+    // Column grants: the account's internal columns stay out of reach (see the column matrix below).
+    table: 'accounts', columns: 'id,balance,held', match: () => ['id', alice.accountId],
     insert: () => ({ user_id: alice.userId, balance: 1_000_000_000 }),
     update: { balance: 1_000_000_000 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
@@ -344,6 +345,28 @@ describe('functions: only the service role runs money functions', () => {
       args: () => args as Record<string, unknown>,
       expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' } as Record<Role, Outcome>,
     })),
+    ...[
+      ['withdraw_invitation', { p_account_id: crypto.randomUUID(), p_email: 'x@example.test' }],
+      ['set_organisation_name', { p_account_id: crypto.randomUUID(), p_name: 'x' }],
+      ['account_details', { p_account_id: crypto.randomUUID() }],
+    ].map(([name, args]) => ({
+      name: name as string,
+      // Owners of the organisation only: nobody here owns that account.
+      args: () => args as Record<string, unknown>,
+      expected: { anon: 'denied', alice: 'denied', bob: 'denied', service: 'denied' } as Record<Role, Outcome>,
+    })),
+    ...['accept_invitation', 'decline_invitation'].map((name) => ({
+      name,
+      // Only the invitee, and there is no such invitation; nobody but a signed-in user may call it.
+      args: () => ({ p_invitation_id: crypto.randomUUID() }),
+      expected: { anon: 'denied', alice: 'error:PT404', bob: 'error:PT404', service: 'denied' } as Record<Role, Outcome>,
+    })),
+    {
+      name: 'my_invitations',
+      args: () => ({}),
+      // Nobody has invited Alice or Bob: an empty list.
+      expected: { anon: 'denied', alice: 0, bob: 0, service: 'denied' },
+    },
     ...['my_organisations', 'my_owned_accounts'].map((name) => ({
       name,
       args: () => ({}),
@@ -384,7 +407,12 @@ const prices = [
 const publicModelColumns = ['id', 'provider', 'display_name', 'enabled', 'max_output_tokens', ...prices, 'created_at', 'long_context_threshold', 'long_context_price', 'price_web_search'];
 const tokenColumns = ['input_tokens', 'cached_input_tokens', 'cache_write_tokens', 'cache_write_1h_tokens', 'output_tokens', 'reasoning_tokens', 'image_tokens', 'audio_tokens'];
 const readableColumns: Record<string, { anon: Readable; authenticated: Readable; service_role: Readable }> = {
-  accounts: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  // Not stripe_customer_id or flagged_reason: the operator's; owners read them through account_details (tests/supabase/organisations.test.ts).
+  accounts: {
+    anon: 'none',
+    authenticated: ['id', 'user_id', 'balance', 'held', 'credit_limit', 'low_balance_threshold', 'plan', 'balance_state', 'created_at', 'updated_at', 'name'],
+    service_role: 'all',
+  },
   api_keys: { anon: 'none', authenticated: 'all', service_role: 'all' },
   models: { anon: publicModelColumns, authenticated: publicModelColumns, service_role: 'all' },
   model_prices: { anon: 'all', authenticated: 'all', service_role: 'all' },
@@ -420,6 +448,8 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   redemption_codes: { anon: 'none', authenticated: 'none', service_role: 'all' },
   // Owners see their members, members their own membership (tests/supabase/organisations.test.ts).
   account_members: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  // Owners see their organisations' pending invitations; invitees theirs through my_invitations().
+  member_invitations: { anon: 'none', authenticated: 'all', service_role: 'all' },
 };
 
 describe('column grants: what each role may read, column by column', () => {
@@ -476,6 +506,13 @@ describe('column grants: what each role may read, column by column', () => {
       }
     },
   );
+
+  it('a user cannot read their account\'s internal columns, even by asking for them by name', async () => {
+    for (const columns of ['stripe_customer_id', 'flagged_reason', 'id,flagged_reason', '*']) {
+      const result = await alice.client.from('accounts').select(columns).eq('id', alice.accountId);
+      expect({ columns, code: result.error?.code }).toEqual({ columns, code: '42501' });
+    }
+  });
 
   it('a user cannot read what their requests cost upstream, even by asking for it by name', async () => {
     for (const columns of ['upstream_cost', 'rates', 'upstream_model', 'request_id,upstream_cost', '*']) {

@@ -1,0 +1,218 @@
+import type { SupabaseClient } from '@supabase/supabase-js';
+import { dollars, el, section, table, when } from './format.ts';
+
+// Organisations on the customer's page: the invitations sent to the user
+// (accept or decline), the organisations they belong to, and, for each account
+// they own (their own, and any where a member was made owner), its name,
+// invitations by email, what is pending (withdraw) and the members (remove).
+// Everything goes through the database's functions (set_member,
+// accept_invitation, decline_invitation, withdraw_invitation, remove_member,
+// set_organisation_name) and reads under row-level security, which decides.
+
+interface Invitation {
+  id: string;
+  account_id: string;
+  organisation_name: string | null;
+  owner_email: string | null;
+  invited_by_email: string | null;
+  role: string;
+  monthly_budget: number | null;
+  invited_at: string;
+}
+
+interface Membership {
+  account_id: string;
+  role: string;
+  monthly_budget: number | null;
+}
+
+interface OrganisationAccount {
+  id: string;
+  user_id: string;
+  name: string | null;
+  balance: number;
+  held: number;
+  credit_limit: number;
+}
+
+async function must<T>(query: PromiseLike<{ data: T | null; error: { message: string } | null }>): Promise<T> {
+  const { data, error } = await query;
+  if (error) throw new Error(error.message);
+  return data as T;
+}
+
+/** Whole micro-units from dollars typed by a person ("1.25" → 1,250,000); null for none, undefined when it is not an amount. */
+function budgetFromDollars(text: string): number | null | undefined {
+  const typed = text.trim();
+  if (typed === '') return null;
+  if (!/^\d+(\.\d{1,6})?$/.test(typed)) return undefined;
+  const [whole = '0', fraction = ''] = typed.split('.');
+  return Number(whole) * 1_000_000 + Number(fraction.padEnd(6, '0'));
+}
+
+// Headings inside the section, smaller than the section's own (index.html styles h2 only).
+const heading = (level: 'h3' | 'h4', text: string) => el(level, { style: `font-size: ${level === 'h3' ? '.95rem' : '.85rem'}; margin: .9rem 0 .4rem` }, text);
+const budget = (micro: number | null) => (micro === null ? 'none' : dollars(micro));
+const organisationName = (invitation: Pick<Invitation, 'organisation_name' | 'owner_email'>) =>
+  invitation.organisation_name ?? `the organisation of ${invitation.owner_email ?? 'an unnamed owner'}`;
+
+export function organisationsSection(supabase: SupabaseClient, userId: string): { element: HTMLElement; reload: () => Promise<void> } {
+  // What the last action said, kept across the section's reload.
+  let said: { text: string; className: string } = { text: '', className: 'note' };
+  const act = async (work: () => PromiseLike<{ data: unknown; error: { message: string } | null }>, done: (data: unknown) => string) => {
+    const { data, error } = await work();
+    said = error ? { text: `Not done: ${error.message}`, className: 'error' } : { text: done(data), className: 'note' };
+    await organisations.reload();
+  };
+
+  const organisations = section('Organisations', async () => {
+    const [invitations, memberships] = await Promise.all([
+      must<Invitation[]>(supabase.rpc('my_invitations')),
+      must<Membership[]>(supabase.from('account_members').select('account_id,role,monthly_budget').eq('user_id', userId)),
+    ]);
+    const accounts = await must<OrganisationAccount[]>(supabase.from('accounts').select('id,user_id,name,balance,held,credit_limit'));
+    const own = accounts.find((account) => account.user_id === userId);
+    const byId = new Map(accounts.map((account) => [account.id, account]));
+    const parts: Node[] = [el('p', { class: said.className, id: 'organisations-message' }, said.text)];
+
+    // Invitations to this user: nothing is granted until they accept.
+    const answer = (invitation: Invitation) => {
+      const accept = el('button', { type: 'button', class: 'primary', 'data-accept-invitation': invitation.id }, 'Accept');
+      accept.addEventListener('click', () => void act(() => supabase.rpc('accept_invitation', { p_invitation_id: invitation.id }), () => `You joined ${organisationName(invitation)}.`));
+      const decline = el('button', { type: 'button', 'data-decline-invitation': invitation.id }, 'Decline');
+      decline.addEventListener('click', () => void act(() => supabase.rpc('decline_invitation', { p_invitation_id: invitation.id }), () => `You declined ${organisationName(invitation)}.`));
+      return el('span', {}, accept, ' ', decline);
+    };
+    if (invitations.length) {
+      parts.push(
+        heading('h3', 'Invitations to you'),
+        el('p', { class: 'note' }, 'Accepting lets you make keys that spend the organisation\'s credits, within your monthly budget.'),
+        table(
+          [['Organisation'], ['Invited by'], ['Role'], ['Your monthly budget', true], ['Invited'], ['']],
+          invitations.map((invitation) => [organisationName(invitation), invitation.invited_by_email ?? '—', invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), answer(invitation)]),
+          '',
+        ),
+      );
+    }
+
+    // Organisations this user belongs to (not their own account), where they make keys that spend its credits.
+    const memberKey = (accountId: string) => {
+      const button = el('button', { type: 'button', 'data-member-key': accountId }, 'Create key');
+      button.addEventListener('click', async () => {
+        const name = prompt('Name of the new key on this organisation');
+        if (!name) return;
+        const { data, error } = await supabase.rpc('create_member_api_key', { p_account_id: accountId, p_name: name.trim() });
+        if (error) {
+          said = { text: `Not created: ${error.message}`, className: 'error' };
+          await organisations.reload();
+          return;
+        }
+        // Shown once: the database keeps only its hash.
+        document.querySelector('#organisations .created')?.replaceChildren(
+          el('p', {}, 'Your new key on the organisation (copy it now; it is not shown again):'),
+          el('div', { class: 'secret', 'data-new-member-key': '' }, String((data as { key: string }).key)),
+        );
+      });
+      return button;
+    };
+    if (memberships.length) {
+      parts.push(
+        heading('h3', 'Organisations you belong to'),
+        table(
+          [['Organisation'], ['Role'], ['Your monthly budget', true], ['Available', true], ['']],
+          memberships.map((membership) => {
+            const account = byId.get(membership.account_id);
+            return [
+              account?.name ?? membership.account_id,
+              membership.role,
+              budget(membership.monthly_budget),
+              account ? dollars(account.balance - account.held + account.credit_limit) : '—',
+              memberKey(membership.account_id),
+            ];
+          }),
+          '',
+        ),
+        el('div', { class: 'created' }),
+      );
+    }
+
+    // The accounts this user owns: their own first, then those where they were made owner.
+    const owned = [...(own ? [own.id] : []), ...memberships.filter((membership) => membership.role === 'owner').map((membership) => membership.account_id)];
+    for (const accountId of owned) parts.push(await ownedOrganisation(accountId, accountId === own?.id, byId.get(accountId)?.name ?? null));
+    return el('div', {}, ...parts);
+  }, 'organisations');
+
+  async function ownedOrganisation(accountId: string, isOwn: boolean, name: string | null): Promise<Node> {
+    const [pending, members] = await Promise.all([
+      must<Array<{ email: string; role: string; monthly_budget: number | null; invited_at: string }>>(
+        supabase.from('member_invitations').select('email,role,monthly_budget,invited_at').eq('account_id', accountId).order('invited_at'),
+      ),
+      must<Array<{ user_id: string; invited_email: string | null; role: string; monthly_budget: number | null; added_at: string }>>(
+        supabase.from('account_members').select('user_id,invited_email,role,monthly_budget,added_at').eq('account_id', accountId).order('added_at'),
+      ),
+    ]);
+
+    const nameInput = el('input', { value: name ?? '', maxlength: '100', placeholder: 'Organisation name', 'aria-label': 'Organisation name' }) as HTMLInputElement;
+    const nameForm = el('form', { 'data-organisation-name': accountId }, nameInput, el('button', { type: 'submit' }, 'Save name'));
+    nameForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      void act(() => supabase.rpc('set_organisation_name', { p_account_id: accountId, p_name: nameInput.value }), () => 'Name saved.');
+    });
+
+    const email = el('input', { type: 'email', required: '', placeholder: 'colleague@example.com', 'aria-label': 'Email to invite', name: 'email' }) as HTMLInputElement;
+    const role = el('select', { 'aria-label': 'Role', name: 'role' }, el('option', { value: 'member' }, 'member'), el('option', { value: 'owner' }, 'owner')) as HTMLSelectElement;
+    const monthly = el('input', { inputmode: 'decimal', placeholder: 'Monthly budget $', 'aria-label': 'Monthly budget in dollars', name: 'budget' }) as HTMLInputElement;
+    const invite = el('form', { 'data-invite': accountId }, email, role, monthly, el('button', { type: 'submit', class: 'primary' }, 'Invite or update'));
+    invite.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const micro = budgetFromDollars(monthly.value);
+      if (micro === undefined) {
+        said = { text: 'Enter a monthly budget in dollars, or leave it empty for none.', className: 'error' };
+        void organisations.reload();
+        return;
+      }
+      const address = email.value.trim();
+      void act(
+        () => supabase.rpc('set_member', { p_account_id: accountId, p_email: address, p_role: role.value, p_monthly_budget: micro }),
+        (data) => ((data as { status?: string }).status === 'member' ? `Changed the role and budget of ${address}.` : `Invited ${address}: they join when they accept.`),
+      );
+    });
+
+    const withdraw = (address: string) => {
+      const button = el('button', { type: 'button', 'data-withdraw': address }, 'Withdraw');
+      button.addEventListener('click', () => void act(() => supabase.rpc('withdraw_invitation', { p_account_id: accountId, p_email: address }), () => `Withdrew the invitation of ${address}.`));
+      return button;
+    };
+    const remove = (member: { user_id: string; invited_email: string | null }) => {
+      const button = el('button', { type: 'button', 'data-remove-member': member.user_id }, 'Remove');
+      button.addEventListener('click', () => {
+        if (!confirm('Remove this member? Their keys of the organisation are revoked.')) return;
+        void act(() => supabase.rpc('remove_member', { p_account_id: accountId, p_user_id: member.user_id }), () => `Removed ${member.invited_email ?? 'the member'}.`);
+      });
+      return button;
+    };
+
+    return el(
+      'div',
+      { 'data-owned-organisation': accountId },
+      heading('h3', isOwn ? 'Your organisation' : name ?? accountId),
+      nameForm,
+      invite,
+      el('p', { class: 'note' }, 'A monthly budget left empty is none. An invitation grants nothing until it is accepted by whoever signs in with that address; it stays until accepted, declined or withdrawn.'),
+      heading('h4', 'Pending invitations'),
+      table(
+        [['Email'], ['Role'], ['Monthly budget', true], ['Invited'], ['']],
+        pending.map((invitation) => [invitation.email, invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), withdraw(invitation.email)]),
+        'No pending invitations.',
+      ),
+      heading('h4', 'Members'),
+      table(
+        [['Member'], ['Role'], ['Monthly budget', true], ['Since'], ['']],
+        members.map((member) => [member.invited_email ?? member.user_id, member.role, budget(member.monthly_budget), when(member.added_at), remove(member)]),
+        'No members yet.',
+      ),
+    );
+  }
+
+  return organisations;
+}
