@@ -171,7 +171,7 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
               alert('Enter a non-zero amount of dollars, with at most six decimals.');
               return;
             }
-            const note = prompt('Why? (kept in the ledger and the audit log)', '');
+            const note = prompt('Why? (kept in the audit log, for operators only; the customer sees that credits were granted or debited, not why)', '');
             if (note === null) return;
             void act(() => call(supabase, 'operator_grant_credits', { p_account_id: row.id, p_amount: micro, p_note: note }), [customers]);
           });

@@ -116,6 +116,13 @@ describe('the operator acts, and the audit log says so', () => {
     );
     expect(books).toEqual({ balance: 4_000_000, ledger: 4_000_000 });
     expect(await auditRows('grant_credits', account.accountId)).toEqual([expect.objectContaining({ details: expect.objectContaining({ amount: 5_000_000, note: 'goodwill' }) })]);
+    // The note and who wrote it are the operator's: the customer's own ledger says only what happened.
+    const { data: ledger, error } = await account.client.from('credit_ledger').select('amount, reason, note').order('id');
+    expect(error).toBeNull();
+    expect(ledger!.slice(-2)).toEqual([
+      { amount: 5_000_000, reason: 'grant', note: 'credits granted by the operator' },
+      { amount: -2_000_000, reason: 'adjustment', note: 'credits debited by the operator' },
+    ]);
     expect(await auditRows('debit_credits', account.accountId)).toEqual([expect.objectContaining({ details: expect.objectContaining({ amount: -2_000_000, note: 'correction' }) })]);
     // The ledger rows themselves are audited too, with the operator as their actor.
     expect(await auditRows('ledger_grant', account.accountId)).toEqual(expect.arrayContaining([expect.objectContaining({ actor_email: operatorEmail, details: expect.objectContaining({ amount: 5_000_000 }) })]));
