@@ -3,7 +3,8 @@
 // logged each of them as one JSON line with event `settlement_unrecorded` and
 // the whole settlement (and each one it put in the outbox, as
 // `settlement_queued`, for when the outbox itself is lost); this reads such lines (from files, or standard input
-// with `-`; any prefix a log platform puts before the JSON is skipped), and
+// with `-`; any prefix a log platform puts before the JSON is skipped, and a
+// line a platform wraps in a JSON record of its own is read from that record), and
 // settles them with settle_requests. The database settles by request id, so
 // replaying a line twice, or a line whose settlement did get through, charges
 // nothing more.
@@ -11,7 +12,7 @@
 // Needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (as the gateway).
 import { readFile } from 'node:fs/promises';
 import { PostgrestClient } from '@supabase/postgrest-js';
-import { createLedger, parseSettlementRow, type SettleRequestInput } from '../lib/billing/ledger.ts';
+import { createLedger, parseSettlementRow, settleEachIfRefused, type SettleRequestInput } from '../lib/billing/ledger.ts';
 import { ConfigError, loadConfig } from '../lib/env.ts';
 
 const batchSize = 100;
@@ -23,20 +24,43 @@ async function readInput(source: string): Promise<string> {
   return text;
 }
 
+type LogEntry = { event?: unknown; settlement?: unknown };
+
+const carriesSettlement = (entry: LogEntry) => entry.event === 'settlement_unrecorded' || entry.event === 'settlement_queued';
+
+/**
+ * The gateway's own line in a parsed log line: the line itself, or, where a log
+ * platform exports each line as a JSON record of its own (a Vercel log drain),
+ * the gateway's line as a string field of that record (`message`, say).
+ */
+function gatewayEntry(parsed: unknown): LogEntry | undefined {
+  if (!parsed || typeof parsed !== 'object') return undefined;
+  if (carriesSettlement(parsed as LogEntry)) return parsed as LogEntry;
+  for (const value of Object.values(parsed)) {
+    if (typeof value !== 'string' || !value.includes('settlement_')) continue;
+    try {
+      const inner = JSON.parse(value.slice(Math.max(0, value.indexOf('{')))) as LogEntry;
+      if (inner && typeof inner === 'object' && carriesSettlement(inner)) return inner;
+    } catch {
+      // Not the gateway's line.
+    }
+  }
+  return undefined;
+}
+
 /** The unrecorded settlements in a log, one per request id. */
 export function unrecordedSettlements(log: string): SettleRequestInput[] {
   const found = new Map<string, SettleRequestInput>();
   for (const line of log.split('\n')) {
     const start = line.indexOf('{');
     if (start < 0 || !(line.includes('settlement_unrecorded') || line.includes('settlement_queued'))) continue;
-    let entry: { event?: unknown; settlement?: unknown };
+    let parsed: unknown;
     try {
-      entry = JSON.parse(line.slice(start)) as typeof entry;
+      parsed = JSON.parse(line.slice(start));
     } catch {
       continue;
     }
-    if (entry.event !== 'settlement_unrecorded' && entry.event !== 'settlement_queued') continue;
-    const settlement = parseSettlementRow(entry.settlement);
+    const settlement = parseSettlementRow(gatewayEntry(parsed)?.settlement);
     if (settlement) found.set(settlement.requestId, settlement);
   }
   return [...found.values()];
@@ -62,7 +86,8 @@ async function main() {
   let failed = 0;
   for (let start = 0; start < settlements.length; start += batchSize) {
     const batch = settlements.slice(start, start + batchSize);
-    const results = await ledger.settleRequests(batch);
+    // A batch the database refuses as a whole goes one by one: one bad line holds back no other.
+    const results = await settleEachIfRefused(ledger, batch);
     for (const result of results) {
       if (!result.ok) {
         failed++;

@@ -262,13 +262,25 @@ function authorizationItem(input: AuthorizeRequestInput) {
 }
 
 /** A settlement as the database (and the outbox, and the replay log) writes it. */
+/**
+ * Text as PostgreSQL stores it: no NUL (a text value cannot hold one: 22P05)
+ * and no lone surrogate (PostgREST refuses the whole body as invalid JSON).
+ * An upstream's error message, or 500 characters cut from one mid-emoji, is
+ * such text; so is an id a client sends.
+ */
+export function storableText(text: string): string {
+  return text.replaceAll('\u0000', '').replace(loneSurrogate, '\uFFFD');
+}
+
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
 export function settlementRow(input: SettleRequestInput) {
   return {
     request_id: input.requestId,
     outcome: input.outcome,
     usage: input.usage,
     usage_source: input.usageSource ?? null,
-    error: input.error ?? null,
+    error: input.error === undefined || input.error === null ? null : storableText(input.error),
   };
 }
 
@@ -307,7 +319,32 @@ export function isPermanentSettlementError(error: unknown): boolean {
 
 /** The same, for one item's SQLSTATE in a settle_requests answer: an unknown request or bad usage. */
 export function isPermanentSettlementCode(code: string): boolean {
-  return code === 'PT404' || code.startsWith('22');
+  // PGRST1xx: PostgREST could not read the request (its body, say).
+  return code === 'PT404' || code.startsWith('22') || code.startsWith('PGRST1');
+}
+
+/**
+ * settle_requests for many settlements; when the database refuses the call as a
+ * whole (a 4xx: one entry it cannot read), each goes again alone, so one entry
+ * never holds back the others: an entry refused alone is answered as refused,
+ * with the database's code. No answer (or a 5xx) still fails the call.
+ */
+export async function settleEachIfRefused(ledger: Pick<Ledger, 'settleRequests'>, inputs: SettleRequestInput[]): Promise<BatchSettlement> {
+  try {
+    return await ledger.settleRequests(inputs);
+  } catch (error) {
+    if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500) || inputs.length < 2) throw error;
+  }
+  const results: BatchSettlement = [];
+  for (const input of inputs) {
+    try {
+      results.push(...(await ledger.settleRequests([input])));
+    } catch (error) {
+      if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500)) throw error;
+      results.push({ request_id: input.requestId, ok: false, code: error.code, message: error.message });
+    }
+  }
+  return results;
 }
 
 /** The money functions, for the gateway (a service-role client). */
@@ -369,12 +406,13 @@ export function createLedger(serviceClient: RpcClient) {
 
     /** Remembers which account created a response stored upstream. */
     recordStoredResponse(requestId: string, responseId: string): Promise<unknown> {
-      return callFunction(serviceClient, 'record_stored_response', { p_request_id: requestId, p_response_id: responseId }, z.unknown());
+      return callFunction(serviceClient, 'record_stored_response', { p_request_id: requestId, p_response_id: storableText(responseId) }, z.unknown());
     },
 
     /** Is that stored response recorded as another account's than this key's? */
     storedResponseElsewhere(keyHash: string, responseId: string): Promise<boolean> {
-      return callFunction(serviceClient, 'stored_response_elsewhere', { p_key_hash: keyHash, p_response_id: responseId }, z.boolean());
+      // An id with a NUL in it was never recorded: the id without it is not either.
+      return callFunction(serviceClient, 'stored_response_elsewhere', { p_key_hash: keyHash, p_response_id: storableText(responseId) }, z.boolean());
     },
 
     /** May this key read that stored response (its account's, from an address the key allows)? */
@@ -382,7 +420,7 @@ export function createLedger(serviceClient: RpcClient) {
       return callFunction(
         serviceClient,
         'authorize_stored_response',
-        { p_key_hash: keyHash, p_response_id: responseId, p_client_ip: clientIp ?? null },
+        { p_key_hash: keyHash, p_response_id: storableText(responseId), p_client_ip: clientIp ?? null },
         z.discriminatedUnion('status', [z.object({ status: z.literal('ok'), account_id: z.string() }), refusedSchema]),
       );
     },

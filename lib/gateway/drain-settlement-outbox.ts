@@ -1,5 +1,5 @@
 import type { Services } from '../app-env.ts';
-import { isPermanentSettlementCode } from '../billing/ledger.ts';
+import { isPermanentSettlementCode, settleEachIfRefused } from '../billing/ledger.ts';
 
 export interface DrainReport {
   status: 'drained' | 'busy' | 'no_outbox';
@@ -20,7 +20,9 @@ export interface DrainReport {
  * batch), until it is empty or `budgetMs` is spent. One drain runs at a time (a
  * lock in Redis); an entry leaves the outbox only after the database has it, and
  * the database settles by request id, so a drain cut short and run again charges
- * nothing twice. A database that does not answer stops the drain (it throws).
+ * nothing twice. A database that does not answer stops the drain (it throws); one
+ * that refuses a page as a whole gets its entries one by one, and those it refuses
+ * alone are set aside.
  */
 export async function drainSettlementOutbox(services: Services, { batchSize = 100, budgetMs = 20_000 } = {}): Promise<DrainReport> {
   const { outbox, ledger, log } = services;
@@ -39,7 +41,8 @@ export async function drainSettlementOutbox(services: Services, { batchSize = 10
       const done: string[] = [];
       const aside = unreadable.map((entry) => ({ requestId: entry.requestId, raw: entry.raw, error: 'not a settlement' }));
       if (readable.length) {
-        const results = await ledger.settleRequests(readable.map((entry) => entry.settlement!));
+        // One entry the database cannot read is set aside, not left to stop every drain.
+        const results = await settleEachIfRefused(ledger, readable.map((entry) => entry.settlement!));
         results.forEach((result, index) => {
           const entry = readable[index]!;
           if (result.ok) {

@@ -1,5 +1,6 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
+import { LedgerError } from '../billing/ledger.ts';
 import { GatewayError } from '../errors.ts';
 import { drainSettlementOutbox } from '../gateway/drain-settlement-outbox.ts';
 
@@ -27,7 +28,17 @@ export async function settlementDrain(c: Context<AppEnv>): Promise<Response> {
   if (!(await sameSecret(c.req.header('authorization') ?? '', `Bearer ${secret}`))) {
     throw new GatewayError(401, 'invalid_api_key', 'This route needs the cron secret.');
   }
-  const report = await drainSettlementOutbox(services);
+  let report;
+  try {
+    report = await drainSettlementOutbox(services);
+  } catch (error) {
+    if (error instanceof GatewayError || error instanceof LedgerError) throw error;
+    // Redis (the outbox itself) did not answer: nothing was taken out of it; the next run tries again.
+    services.log({ level: 'warn', event: 'settlement_outbox_unavailable', error: (error as Error).message });
+    throw new GatewayError(503, 'outbox_unavailable', 'The settlement outbox did not answer; nothing was taken out of it. The next drain tries again.', {
+      headers: { 'retry-after': '60' },
+    });
+  }
   if (report.setAside || report.pending) services.log({ level: 'warn', event: 'settlement_drain', ...report });
   return c.json(report);
 }

@@ -166,3 +166,34 @@ describe('keys in URLs and logs', () => {
     expect(log).not.toContain(customer.apiKey.slice(3, 20));
   });
 });
+
+describe('error text PostgreSQL cannot store as such', () => {
+  it('an upstream error message with a NUL in it: the request is settled (failed, its usage charged), not left held', async () => {
+    const chunk = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`;
+    const stream = [
+      chunk({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: { role: 'assistant', content: 'Hello there' }, finish_reason: null }] }),
+      chunk({ error: { message: 'upstream said \u0000 something', type: 'server_error' } }),
+      chunk({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [], usage: { prompt_tokens: 40, completion_tokens: 20, total_tokens: 60 } }),
+      'data: [DONE]\n\n',
+    ].join('');
+    const nul = await startGateway({ OPENAI_BASE_URL: 'http://upstream.invalid/v1' }, {
+      upstreamFetch: async () => new Response(stream, { status: 200, headers: { 'content-type': 'text/event-stream' } }),
+    });
+    try {
+      const model = await createModel(price);
+      const customer = await createCustomer({ balance: 1_000_000 });
+      const response = await fetch(`${nul.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], stream: true }),
+      });
+      await response.text();
+      await nul.settled();
+      // 40 input × 1 + 20 output × 4 = 120.
+      expect(await eventOf(response.headers.get('x-request-id'))).toEqual({ status: 'failed', usage_source: 'provider', charged: 120 });
+      expect(nul.logs.filter((entry) => /settlement_(refused|queued|unrecorded)/.test(String(entry.event)))).toEqual([]);
+    } finally {
+      await nul.close();
+    }
+  });
+});

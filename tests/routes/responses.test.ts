@@ -304,11 +304,14 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       const unknownKey = await post('tg_not_a_key_of_anyone', { model, input: 'What was the code?', previous_response_id: previous });
       expect([unknownKey.status, ((await unknownKey.json()) as { error: { code: string } }).error.code]).toEqual([401, 'invalid_api_key']);
     }
-    for (const previous of [created.id, `resp_${'0'.repeat(48)}`]) {
+    // An id with a NUL in it (which no text column holds) is one recorded for no account, not an outage.
+    for (const previous of [created.id, `resp_${'0'.repeat(48)}`, 'resp_\u0000abc']) {
       const continued = await post(owner.apiKey, { model, input: 'And then?', previous_response_id: previous });
       expect(continued.status).toBe(200);
       await continued.text();
     }
+    const retrieved = await fetch(`${gateway.url}/v1/responses/resp_%00abc`, { headers: { authorization: `Bearer ${owner.apiKey}` } });
+    expect([retrieved.status, ((await retrieved.json()) as { error: { code: string } }).error.code]).toEqual([404, 'response_not_found']);
     await gateway.settled();
   });
 

@@ -61,4 +61,38 @@ describe('/internal/settlements/drain', () => {
     const { rows } = await admin().query(`select amount::int from public.credit_ledger where reason = 'usage' and reference = $1`, [requestId]);
     expect(rows).toEqual([{ amount: -60 }]);
   });
+
+  it('settles an entry whose error text PostgreSQL cannot store as such (a NUL, half an emoji) beside the others: neither stops the drain', async () => {
+    const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const ids = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+    for (const requestId of ids) await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 });
+    const outbox = gateway.services.outbox!;
+    const errors = [undefined, 'upstream said \u0000 something', `${'x'.repeat(10)} \ud83d`];
+    for (const [index, requestId] of ids.entries()) {
+      await outbox.put({ requestId, outcome: errors[index] ? 'failed' : 'completed', usage: { input: 40, output: 20 }, usageSource: 'provider', ...(errors[index] ? { error: errors[index] } : {}) }, 'database away');
+    }
+    const answer = await drain(gateway.url, `Bearer ${secret}`);
+    expect([answer.status, await answer.json()]).toEqual([200, { status: 'drained', settled: 3, replayed: 0, setAside: 0, kept: 0, pending: 0 }]);
+    const { rows } = await admin().query('select request_id, status, charged::int, error from public.usage_events where request_id = any($1) order by status, error', [ids]);
+    expect(rows.map(({ status, charged, error }) => ({ status, charged, error }))).toEqual([
+      { status: 'completed', charged: 60, error: null },
+      { status: 'failed', charged: 60, error: 'upstream said  something' },
+      { status: 'failed', charged: 60, error: 'xxxxxxxxxx \ufffd' },
+    ]);
+  });
+
+  it('answers 503 with Retry-After while Redis (the outbox) does not answer, not a 500', async () => {
+    const own = await startLocalUpstash();
+    const redisGone = await startGateway({ UPSTASH_REDIS_REST_URL: own.url, UPSTASH_REDIS_REST_TOKEN: own.token, CRON_SECRET: secret });
+    try {
+      await own.stopRedis();
+      const answer = await drain(redisGone.url, `Bearer ${secret}`);
+      expect([answer.status, answer.headers.get('retry-after'), ((await answer.json()) as { error: { code: string } }).error.code]).toEqual([503, '60', 'outbox_unavailable']);
+      expect(redisGone.logs).toContainEqual(expect.objectContaining({ event: 'settlement_outbox_unavailable' }));
+    } finally {
+      await redisGone.close();
+      await own.stop();
+    }
+  });
 });

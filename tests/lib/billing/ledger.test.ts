@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createApiKeyManager, LedgerError } from '../../../lib/billing/ledger.ts';
+import { createApiKeyManager, LedgerError, settleEachIfRefused, type BatchSettlement, type SettleRequestInput } from '../../../lib/billing/ledger.ts';
 import { hashApiKey } from '../../../lib/billing/hash-api-key.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient } from '../../support/supabase.ts';
 
@@ -239,5 +239,38 @@ describe('API keys', () => {
     await expect(keys.revokeApiKey(bob.apiKeyId)).rejects.toMatchObject({ status: 404 });
     const { rows: [key] } = await admin().query('select revoked_at from public.api_keys where id = $1', [bob.apiKeyId]);
     expect(key.revoked_at).toBeNull();
+  });
+});
+
+describe('settleEachIfRefused', () => {
+  const settlement = (requestId: string): SettleRequestInput => ({ requestId, outcome: 'completed', usage: { input: 1 } });
+  /** A database that refuses, as a whole, any call carrying the entry "unreadable"; that cannot be reached when `down`. */
+  function database(down = false) {
+    const calls: string[][] = [];
+    return {
+      calls,
+      settleRequests: async (inputs: SettleRequestInput[]): Promise<BatchSettlement> => {
+        calls.push(inputs.map((input) => input.requestId));
+        if (down) throw new LedgerError('fetch failed', 'unavailable', 0);
+        if (inputs.some((input) => input.requestId === 'unreadable')) throw new LedgerError('Empty or invalid json', 'PGRST102', 400);
+        return inputs.map((input) => ({ request_id: input.requestId, ok: false as const, code: 'PT404', message: 'for the test' }));
+      },
+    };
+  }
+
+  it('one call when the database takes it; each alone when it refuses the call as a whole, the unreadable one answered as refused', async () => {
+    const fine = database();
+    expect(await settleEachIfRefused(fine, [settlement('a'), settlement('b')])).toHaveLength(2);
+    expect(fine.calls).toEqual([['a', 'b']]);
+    const poisoned = database();
+    const results = await settleEachIfRefused(poisoned, [settlement('a'), settlement('unreadable'), settlement('b')]);
+    expect(poisoned.calls).toEqual([['a', 'unreadable', 'b'], ['a'], ['unreadable'], ['b']]);
+    expect(results.map((result) => [result.request_id, result.ok ? 'ok' : result.code])).toEqual([['a', 'PT404'], ['unreadable', 'PGRST102'], ['b', 'PT404']]);
+  });
+
+  it('a database that does not answer fails the call: nothing is taken for refused', async () => {
+    const away = database(true);
+    await expect(settleEachIfRefused(away, [settlement('a'), settlement('b')])).rejects.toMatchObject({ code: 'unavailable' });
+    expect(away.calls).toEqual([['a', 'b']]);
   });
 });

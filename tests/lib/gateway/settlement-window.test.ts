@@ -82,6 +82,11 @@ describe('a settlement is recorded somewhere durable within its window, counted 
     expect(unrecordedSettlements(lines.map((line) => `2026-11-29T12:00:00Z api/index ${JSON.stringify(line)}`).join('\n'))).toEqual([
       { requestId: 'request-1', outcome: 'completed', usage: { input: 10, output: 100 }, usageSource: 'provider' },
     ]);
+    // As a log drain exports it: each line the string field of a JSON record of the platform's own.
+    const drained = lines.map((line) => JSON.stringify({ id: 'log-1', source: 'lambda', level: 'info', message: `START ${JSON.stringify(line)}` }));
+    expect(unrecordedSettlements(drained.join('\n'))).toEqual([
+      { requestId: 'request-1', outcome: 'completed', usage: { input: 10, output: 100 }, usageSource: 'provider' },
+    ]);
   });
 });
 
