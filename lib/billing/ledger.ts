@@ -309,6 +309,15 @@ export function parseSettlementRow(value: unknown): SettleRequestInput | undefin
 }
 
 /**
+ * The database refused a call's input itself (SQLSTATE class 22, data exception:
+ * a value it cannot take): the caller's error. Other refusals (a function
+ * missing from the schema cache, a read-only standby, a permission) are ours.
+ */
+export function isRefusedInput(error: unknown): error is LedgerError {
+  return error instanceof LedgerError && error.status >= 400 && error.status < 500 && error.code.startsWith('22');
+}
+
+/**
  * The database answered and refused the settlement itself (bad usage, or a
  * request it never authorized): retrying cannot help. Anything else (no answer,
  * a deadline, a 5xx, a misconfigured key) may pass later.

@@ -1,7 +1,7 @@
 import type { Context } from 'hono';
 import type { z } from 'zod';
 import type { AppEnv, Services } from '../app-env.ts';
-import { LedgerError, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
+import { isRefusedInput, type Authorized, type AuthorizeRequestInput } from '../billing/ledger.ts';
 import { hashApiKey } from '../billing/hash-api-key.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { jsonNestingExceeds, maxJsonNesting } from './json-nesting.ts';
@@ -147,8 +147,9 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   const { requestId } = c.var;
   const [result, early] = ready ? [ready.authorization, undefined] : await Promise.all([
     services.authorizations.authorize({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
-      // The database refusing the input itself (4xx) is the client's error, not ours.
-      if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
+      // The database refusing the input itself is the client's error; any other refusal
+      // (a function missing from the schema, a read-only standby) is ours: a 503.
+      if (isRefusedInput(error)) {
         throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
       }
       // No answer in time, or a failure: a hold may still be taken when the database

@@ -1,7 +1,7 @@
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { AppEnv } from '../app-env.ts';
-import { LedgerError } from '../billing/ledger.ts';
+import { isRefusedInput } from '../billing/ledger.ts';
 import type { ChannelConfig } from '../env.ts';
 import { GatewayError, refusalError } from '../errors.ts';
 import { clientIp, providersSpeaking, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
@@ -21,7 +21,7 @@ async function forwardUncharged(c: Context<AppEnv>, model: string, format: WireF
   const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
   const result = await services.ledger.authorizeUnchargedCall({ keyHash, model, clientIp: clientIp(c), providers: providersSpeaking(c, format) }).catch((error: unknown) => {
-    if (error instanceof LedgerError && error.status >= 400 && error.status < 500) {
+    if (isRefusedInput(error)) {
       throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
     }
     throw error;
