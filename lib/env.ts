@@ -47,6 +47,13 @@ const environmentSchema = z.object({
   STREAM_HEADER_WAIT_MS: positiveInteger(1_000),
   /** Interval of SSE comments while the upstream has not answered. */
   STREAM_HEARTBEAT_MS: positiveInteger(10_000),
+  /**
+   * The longest an answer may take: a stream still running is ended (what was
+   * delivered billed) and a non-streamed call given up, 30 s before the
+   * platform's 300 s limit would kill the function with nothing settled, so
+   * the settlement's window (SETTLE_RETRY_WINDOW_MS) fits after it.
+   */
+  REQUEST_MAX_MS: positiveInteger(270_000),
   STRIPE_SECRET_KEY: optionalText,
   STRIPE_WEBHOOK_SECRET: optionalText,
   UPSTASH_REDIS_REST_URL: optionalUrl,

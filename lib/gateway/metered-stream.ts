@@ -15,7 +15,17 @@ export interface MeteredStreamOptions {
   /** Send an SSE comment at once: the response is answering before the upstream has. */
   announce: boolean;
   heartbeatMs: number;
+  /** The stream is ended at this time (Date.now()), what was delivered billed: the platform would kill it later, unsettled. */
+  deadline: number;
+  /** The limit that deadline comes from (REQUEST_MAX_MS), for the client's error. */
+  limitMs: number;
   onEnd: (reason: StreamEndReason, error?: string) => void;
+}
+
+/** The error a client gets when its answer ran past REQUEST_MAX_MS. */
+export function timeLimitError(limitMs: number, delivered: boolean): GatewayError {
+  const limit = limitMs >= 1000 ? `${Math.round(limitMs / 1000)} s` : `${limitMs} ms`;
+  return new GatewayError(504, 'upstream_timeout', `The answer did not finish within this gateway's limit of ${limit}${delivered ? '; what was delivered is billed' : '; nothing was charged'}.`);
 }
 
 const encoder = new TextEncoder();
@@ -33,9 +43,12 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   let ended = false;
 
+  let limit: ReturnType<typeof setTimeout> | undefined;
+
   const end = (reason: StreamEndReason, error?: string) => {
     if (ended) return;
     ended = true;
+    clearTimeout(limit);
     options.onEnd(reason, error);
   };
 
@@ -48,6 +61,13 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
   return new ReadableStream<Uint8Array>({
     start(controller) {
       if (options.announce) controller.enqueue(encoder.encode(': waiting for the upstream\n\n'));
+      const started = Date.now();
+      limit = setTimeout(() => {
+        if (ended) return;
+        // Whatever pull() awaits now finds the stream ended and sends nothing more.
+        void fail(controller, timeLimitError(options.limitMs, true));
+        options.upstreamAbort.abort();
+      }, Math.max(0, options.deadline - started));
     },
 
     async pull(controller) {
@@ -58,6 +78,7 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
         });
         const result = await Promise.race([options.upstream, tick]);
         clearTimeout(timer);
+        if (ended) return;
         if (result === heartbeat) {
           controller.enqueue(encoder.encode(': keep-alive\n\n'));
           return;
@@ -66,6 +87,7 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
         const { response } = result;
         if (!response.ok || !response.body) {
           const text = await response.text().catch(() => '');
+          if (ended) return;
           return fail(controller, new GatewayError(response.status, 'upstream_error', `The upstream answered HTTP ${response.status}: ${text.slice(0, 500)}`));
         }
         reader = response.body.getReader();
@@ -76,6 +98,7 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
         try {
           chunk = await reader.read();
         } catch (error) {
+          if (ended) return;
           // The upstream died mid-stream: the client gets an error event in its API's
           // shape and a clean end, not a bare socket error; what was delivered is billed.
           controller.enqueue(encoder.encode(options.errorEvent(new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke off before the answer was complete.'))));
@@ -83,6 +106,7 @@ export function createMeteredStream(options: MeteredStreamOptions): ReadableStre
           end('failed', `upstream stream broke: ${(error as Error).message}`);
           return;
         }
+        if (ended) return;
         if (chunk.done) {
           const rest = splitter.flush();
           const tail = (rest ? options.processEvent(rest) ?? '' : '') + (options.finish?.() ?? '');

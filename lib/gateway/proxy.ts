@@ -5,7 +5,7 @@ import type { TokenUsage } from '../billing/token-buckets.ts';
 import type { ChannelConfig } from '../env.ts';
 import { GatewayError } from '../errors.ts';
 import { countTokens } from '../metering/count-tokens.ts';
-import { createMeteredStream } from './metered-stream.ts';
+import { createMeteredStream, timeLimitError } from './metered-stream.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover, type UpstreamRequest, type UpstreamResult } from './send-upstream.ts';
 
 /** Reads one upstream stream: what to send the client, and what to bill. */
@@ -144,7 +144,11 @@ async function answerMetered(
   const { services, requestId } = c.var;
   const hold = c.var.hold!;
   const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
-  const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted ? 'aborted' : 'failed');
+  const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted && !timedOut ? 'aborted' : 'failed');
+  // The answer must be over before the platform's own limit kills the function unsettled.
+  const limitMs = services.config.REQUEST_MAX_MS;
+  const deadline = Date.now() + limitMs;
+  let timedOut = false;
 
   const upstream = started ?? sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
 
@@ -165,19 +169,30 @@ async function answerMetered(
   };
 
   if (!plan.stream) {
-    const result = await upstream;
-    if (!result.ok) {
-      release(result.error.message);
-      throw result.error;
-    }
-    if (!result.response.ok) return errorResponse(result);
-    let text: string;
+    const limit = setTimeout(() => {
+      timedOut = true;
+      upstreamAbort.abort();
+    }, limitMs);
+    let result: UpstreamResult;
+    let text = '';
     try {
-      text = await result.response.text();
+      result = await upstream;
+      if (result.ok && result.response.ok) text = await result.response.text();
     } catch (error) {
+      if (timedOut) {
+        release('the answer did not finish within REQUEST_MAX_MS');
+        throw timeLimitError(limitMs, false);
+      }
       release(`upstream body broke: ${String(error)}`);
       throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
+    } finally {
+      clearTimeout(limit);
     }
+    if (!result.ok) {
+      release(timedOut ? 'the answer did not finish within REQUEST_MAX_MS' : result.error.message);
+      throw timedOut ? timeLimitError(limitMs, false) : result.error;
+    }
+    if (!result.response.ok) return errorResponse(result);
     let read: BodyResult;
     try {
       read = plan.readBody(text);
@@ -222,6 +237,8 @@ async function answerMetered(
     errorEvent: plan.errorEvent,
     announce: early === null,
     heartbeatMs: services.config.STREAM_HEARTBEAT_MS,
+    deadline,
+    limitMs,
     onEnd: (reason, error) =>
       settle(() =>
         settlementFor(

@@ -197,3 +197,51 @@ describe('error text PostgreSQL cannot store as such', () => {
     }
   });
 });
+
+describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own limit, which would kill the function unsettled)', () => {
+  let limited: Gateway;
+  beforeAll(async () => {
+    limited = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, REQUEST_MAX_MS: '400' });
+  });
+  afterAll(async () => {
+    await limited.close();
+  });
+
+  it('a stream is ended with an error event in its API\'s shape, the upstream call aborted, what was delivered billed', async () => {
+    const upstreamModel = `chat-long-slow-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'chat-long', eventDelayMs: 50 });
+    const model = await createModel(price, { upstreamModel });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await fetch(`${limited.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Count' }], stream: true }),
+    });
+    const text = await response.text();
+    expect(text).toMatch(/data: \{"error":\{"message":"The answer did not finish within this gateway's limit of 400 ms; what was delivered is billed\.","type":"api_error","code":"upstream_timeout"/);
+    expect(text).toContain('"content"');
+    await limited.settled();
+    const event = await eventOf(response.headers.get('x-request-id'));
+    expect(event).toMatchObject({ status: 'failed', usage_source: 'tokenizer' });
+    expect(event.charged).toBeGreaterThan(0);
+    expect(fake.requests.find((request) => request.model === upstreamModel)?.clientClosed).toBe(true);
+  });
+
+  it('a non-streamed call is given up: 504 upstream_timeout, the hold released, nothing charged', async () => {
+    const upstreamModel = `chat-basic-slow-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'chat-basic', headerDelayMs: 2_000 });
+    const model = await createModel(price, { upstreamModel });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = await fetch(`${limited.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    expect(response.status).toBe(504);
+    expect(await response.json()).toMatchObject({ error: { code: 'upstream_timeout', message: expect.stringContaining('nothing was charged') } });
+    await limited.settled();
+    expect(await eventOf(response.headers.get('x-request-id'))).toEqual({ status: 'failed', usage_source: null, charged: 0 });
+    const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
+    expect(account).toEqual({ balance: 1_000_000, held: 0 });
+  });
+});
