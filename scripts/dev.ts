@@ -48,10 +48,10 @@ async function ensureDemo(stack: Awaited<ReturnType<typeof startLocalSupabase>>)
 /** The demo operator: a user whose app_metadata.role is admin, as the operator sets it on a project. */
 async function ensureOperator(stack: Awaited<ReturnType<typeof startLocalSupabase>>): Promise<string> {
   const email = 'operator@tollgate.local';
-  await stack.auth.magicLink(email, stack.supabaseUrl);
   const client = new pg.Client({ connectionString: stack.authAdminDatabaseUrl });
   await client.connect();
   try {
+    if (!(await client.query('select 1 from auth.users where email = $1', [email])).rowCount) await stack.createUser(email);
     await client.query(`update auth.users set raw_app_meta_data = raw_app_meta_data || '{"role":"admin"}' where email = $1`, [email]);
   } finally {
     await client.end();
@@ -66,6 +66,8 @@ async function main() {
     persistent: true,
     apiPort: Number(process.env.SUPABASE_API_PORT ?? 54321),
     databasePort: Number(process.env.SUPABASE_DB_PORT ?? 54322),
+    // The sign-in mail the local Auth stand-in "sends", its code and link, shown here.
+    log: (line) => void (line.startsWith('auth stand-in:') && console.log(line)),
   });
   const demo = await ensureDemo(stack);
   const demoUpstream = await startDemoUpstream();
@@ -125,9 +127,9 @@ async function main() {
   console.log(`Holds taken ahead   ${readyHoldsOn(config) ? 'on: a warm key\'s next request waits for no database round trip' : `off (READY_HOLDS=${config.READY_HOLDS}${config.UPSTASH_REDIS_REST_URL ? '' : ', no Redis'})`}`);
   const consoleUrl = `${gatewayUrl}/console/`;
   console.log(`Console             ${consoleUrl}`);
-  console.log(`  sign in as the demo customer:  ${await stack.auth.magicLink('demo@tollgate.local', consoleUrl)}`);
-  console.log(`  sign in as the demo operator:  ${await stack.auth.magicLink(await ensureOperator(stack), consoleUrl)}`);
-  console.log('  (links work once; sign-in mail the local Auth stand-in "sent" is at ' + `${stack.supabaseUrl}/auth/v1/local/outbox)`);
+  console.log(`  sign in there as the demo customer, demo@tollgate.local, or the demo operator, ${await ensureOperator(stack)}:`);
+  console.log('  ask for a code; the mail (its code, and a link that signs in the browser that asked) is printed here');
+  console.log(`  and kept at ${stack.supabaseUrl}/auth/v1/local/outbox`);
   console.log(`Demo user           ${demo.userId}`);
   console.log(`Demo API key        ${demo.apiKey}`);
   console.log('Everything above is in .local/dev.json. Press Ctrl-C to stop.\n');

@@ -28,6 +28,11 @@ const corsHeaders = {
 };
 
 function sendJson(response: ServerResponse, status: number, body: unknown): void {
+  if (status === 204) {
+    response.writeHead(status, corsHeaders);
+    response.end();
+    return;
+  }
   response.writeHead(status, { 'content-type': 'application/json', ...corsHeaders });
   response.end(JSON.stringify(body));
 }

@@ -35,10 +35,15 @@ describe.skipIf(!available)('vercel build', () => {
       await mkdir(join(work, '.vercel'));
       await writeFile(join(work, '.vercel/project.json'), JSON.stringify({ projectId: 'prj_tollgate_test', orgId: 'team_tollgate_test', settings: { framework: null } }));
 
+      // The edge build sees the project's Supabase URL, as a deployment's build does; the node build none.
+      const supabaseUrl = { edge: 'https://abcdefghijklmnopqrst.supabase.co', node: undefined } as const;
       for (const runtime of ['edge', 'node'] as const) {
         const output = join(work, '.vercel/output');
         await rm(output, { recursive: true, force: true });
-        await run(cli, ['build', '--yes'], { cwd: work, env: { ...process.env, VERCEL_TELEMETRY_DISABLED: '1', TOLLGATE_RUNTIME: runtime }, maxBuffer: 32 * 1024 * 1024 });
+        const env: NodeJS.ProcessEnv = { ...process.env, VERCEL_TELEMETRY_DISABLED: '1', TOLLGATE_RUNTIME: runtime, SUPABASE_URL: supabaseUrl[runtime] };
+        delete env.SUPABASE_PUBLIC_URL;
+        if (env.SUPABASE_URL === undefined) delete env.SUPABASE_URL;
+        await run(cli, ['build', '--yes'], { cwd: work, env, maxBuffer: 32 * 1024 * 1024 });
 
         const functions = (await filesUnder(join(output, 'functions'))).filter((file) => file.endsWith('.vc-config.json'));
         expect(functions).toEqual(['api/index.func/.vc-config.json', 'api/node.func/.vc-config.json']);
@@ -55,6 +60,29 @@ describe.skipIf(!available)('vercel build', () => {
         const config = JSON.parse(await readFile(join(output, 'config.json'), 'utf8'));
         expect(config.crons).toEqual([{ path: '/internal/settlements/drain', schedule: '* * * * *' }]);
         expect(config.routes).toContainEqual(expect.objectContaining({ src: '^(?:/(.*))$', dest: runtime === 'node' ? '/api/node' : '/api' }));
+
+        // The console's security headers, on every path under /console and no other.
+        const headed = (config.routes as Array<{ src?: string; headers?: Record<string, string>; continue?: boolean }>).filter((route) => route.headers);
+        expect(headed).toHaveLength(1);
+        const [consoleRoute] = headed;
+        expect(consoleRoute!.continue).toBe(true);
+        const matches = (path: string) => new RegExp(consoleRoute!.src!).test(path);
+        for (const path of ['/console', '/console/', '/console/index.html', '/console/app.js', '/console/app.css', '/console/config.json']) expect(matches(path), path).toBe(true);
+        for (const path of ['/', '/robots.txt', '/v1/models', '/consoles', '/api/console']) expect(matches(path), path).toBe(false);
+        const headers = Object.fromEntries(Object.entries(consoleRoute!.headers!).map(([name, value]) => [name.toLowerCase(), value]));
+        expect(headers).toMatchObject({ 'x-frame-options': 'DENY', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' });
+        const policy = Object.fromEntries(headers['content-security-policy']!.split(';').map((directive) => directive.trim().split(/\s+/)).map(([name, ...values]) => [name, values]));
+        expect(policy).toEqual({
+          'default-src': ["'none'"],
+          'script-src': ["'self'"],
+          'style-src': ["'self'", "'unsafe-inline'"],
+          'img-src': ["'self'", 'data:'],
+          // The project's Supabase origin when the build knows it; any https origin when it does not.
+          'connect-src': ["'self'", supabaseUrl[runtime] ?? 'https:'],
+          'base-uri': ["'none'"],
+          'form-action': ["'self'"],
+          'frame-ancestors': ["'none'"],
+        });
       }
 
       // A value that names neither stops the build, saying why.

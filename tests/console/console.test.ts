@@ -58,6 +58,49 @@ async function signIn(page: Page, email: string) {
   await page.waitForSelector('#signed-in-as');
 }
 
+/** The sign-in mail the (stand-in's) outbox holds last for `email`. */
+async function lastMail(email: string) {
+  const mail = (await (await fetch(`${stack.supabaseUrl}/auth/v1/local/outbox?email=${encodeURIComponent(email)}`)).json()) as Array<{ code: string; link: string }>;
+  return mail.at(-1)!;
+}
+
+/** Asks for a sign-in mail on the page, as a customer does, and returns it. */
+async function requestMail(page: Page, email: string) {
+  await page.goto(`${gateway.url}/console/`);
+  await page.fill('#email', email);
+  await page.click('#ask-code button');
+  await page.waitForSelector('#enter-code:not([hidden])');
+  return lastMail(email);
+}
+
+/** The session supabase-js keeps in the page's localStorage: whose, and its token. */
+async function storedSession(page: Page) {
+  return page.evaluate(() => {
+    const stored = Object.keys(localStorage).find((name) => name.startsWith('sb-') && name.endsWith('-auth-token'));
+    if (!stored) return null;
+    const session = JSON.parse(localStorage.getItem(stored)!) as { access_token: string; user: { id: string } };
+    return { userId: session.user.id, accessToken: session.access_token };
+  });
+}
+
+/** Waits until the page has dealt with a sign-in link it was opened with: the address clean, a page shown, nothing loading. */
+async function settle(page: Page) {
+  await page.waitForFunction(() => !/[?&#](code|access_token|error)=/.test(location.href));
+  await page.waitForSelector('#signed-in-as, #ask-code');
+  await page.waitForLoadState('networkidle');
+}
+
+/** Everything the page reports as an error, Content-Security-Policy violations included. */
+async function watchErrors(page: Page) {
+  const errors: string[] = [];
+  page.on('console', (message) => void (message.type() === 'error' && errors.push(message.text())));
+  page.on('pageerror', (error) => void errors.push(error.message));
+  await page.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (event) => console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || 'inline'}`));
+  });
+  return errors;
+}
+
 /** Screenshots of each page, kept as test artifacts in artifacts/console/ (not committed). */
 const artifacts = join(import.meta.dirname, '../../artifacts/console');
 async function screenshot(page: Page, name: string) {
@@ -370,5 +413,186 @@ describe.skipIf(!available)('organisations on the console', () => {
     }
     const { rows: audited } = await admin().query(`select action from public.audit_log where subject = $1 and action not like 'ledger\\_%' order by id`, [owner.accountId]);
     expect(audited.map((row) => row.action)).toEqual(['set_organisation_name', 'invite_member', 'invite_member', 'withdraw_invitation', 'accept_invitation', 'create_member_key', 'remove_member']);
+  });
+});
+
+describe.skipIf(!available)('sign-in links on the console', () => {
+  it('a link completes sign-in only in the browser that asked for it: forwarded to a signed-in customer it leaves them as they were, forwarded to a signed-out browser it signs nobody in; the emailed code still signs in', { timeout: 90_000 }, async () => {
+    const [owner, other] = await Promise.all([createCustomer({ balance: 1_000_000 }), createCustomer({ balance: 1_000_000 })]);
+    const ownerEmail = `${owner.userId}@example.test`;
+    const otherEmail = `${other.userId}@example.test`;
+    const [ownerContext, otherContext, signedOutContext] = await Promise.all([browser.newContext(), browser.newContext(), browser.newContext()]);
+    try {
+      const [ownerPage, otherPage, signedOutPage] = await Promise.all([ownerContext.newPage(), otherContext.newPage(), signedOutContext.newPage()]);
+      await signIn(otherPage, otherEmail);
+      const otherSession = await storedSession(otherPage);
+      expect(otherSession?.userId).toBe(other.userId);
+
+      // The owner asks for a link and forwards it to a customer who is signed in, who opens it (in a new tab, as from their mail).
+      const forwarded = await requestMail(ownerPage, ownerEmail);
+      const opened = await otherContext.newPage();
+      await opened.goto(forwarded.link);
+      await settle(opened);
+      expect(await storedSession(opened)).toEqual(otherSession);
+      expect(await opened.textContent('#signed-in-as')).toBe(otherEmail);
+      expect(await opened.textContent('#sign-in-notice')).toContain('asked for in another browser');
+      // The code is gone from the address (and no Referer carries it anywhere).
+      expect(new URL(opened.url()).searchParams.has('code')).toBe(false);
+      await otherPage.reload();
+      await otherPage.waitForSelector('#signed-in-as');
+      expect(await otherPage.textContent('#signed-in-as')).toBe(otherEmail);
+      expect(await storedSession(otherPage)).toEqual(otherSession);
+
+      // Forwarded to a browser signed in as nobody: it stays so.
+      const forwardedAgain = await requestMail(ownerPage, ownerEmail);
+      await signedOutPage.goto(forwardedAgain.link);
+      await settle(signedOutPage);
+      expect(await storedSession(signedOutPage)).toBeNull();
+      expect(await signedOutPage.textContent('#sign-in-message')).toContain('asked for in another browser');
+      expect(new URL(signedOutPage.url()).searchParams.has('code')).toBe(false);
+      expect(await signedOutPage.locator('#signed-in-as').count()).toBe(0);
+
+      // In the browser that asked for it, the link signs in: in the tab it opens in, and in the tab that asked, which follows.
+      const own = await requestMail(ownerPage, ownerEmail);
+      const ownTab = await ownerContext.newPage();
+      await ownTab.goto(own.link);
+      await settle(ownTab);
+      expect(await ownTab.textContent('#signed-in-as')).toBe(ownerEmail);
+      expect((await storedSession(ownTab))?.userId).toBe(owner.userId);
+      expect(new URL(ownTab.url()).searchParams.has('code')).toBe(false);
+      for (const tab of [ownTab, ownerPage]) {
+        await tab.waitForSelector('#signed-in-as');
+        expect(await tab.textContent('#signed-in-as')).toBe(ownerEmail);
+        // Read as the owner (a request sent without the session would fail or come back empty).
+        await expect.poll(() => figure(tab, 'balance')).toBe(1_000_000);
+        await tab.waitForSelector('#keys table');
+        expect(await tab.locator('#app .error').count()).toBe(0);
+      }
+
+      // The emailed code still signs in, in any browser (here the one the links did not sign in).
+      await signIn(signedOutPage, ownerEmail);
+      expect(await signedOutPage.textContent('#signed-in-as')).toBe(ownerEmail);
+      // And the other customer is still themselves.
+      await otherPage.reload();
+      await otherPage.waitForSelector('#signed-in-as');
+      expect(await otherPage.textContent('#signed-in-as')).toBe(otherEmail);
+    } finally {
+      await Promise.all([ownerContext.close(), otherContext.close(), signedOutContext.close()]);
+    }
+  });
+
+  it('a link carrying a session in its fragment (the implicit flow the console once took) switches nobody', { timeout: 60_000 }, async () => {
+    const [owner, other] = await Promise.all([createCustomer({ balance: 1_000_000 }), createCustomer({ balance: 1_000_000 })]);
+    const ownerEmail = `${owner.userId}@example.test`;
+    // The owner's own session, as they could copy it out of their browser.
+    const headers = { apikey: stack.anonKey, 'content-type': 'application/json' };
+    expect((await fetch(`${stack.supabaseUrl}/auth/v1/otp`, { method: 'POST', headers, body: JSON.stringify({ email: ownerEmail }) })).status).toBe(200);
+    const verified = await fetch(`${stack.supabaseUrl}/auth/v1/verify`, { method: 'POST', headers, body: JSON.stringify({ email: ownerEmail, token: (await lastMail(ownerEmail)).code, type: 'email' }) });
+    const session = (await verified.json()) as { access_token: string; refresh_token: string; expires_at: number };
+    const crafted = `${gateway.url}/console/#${new URLSearchParams({ access_token: session.access_token, expires_at: String(session.expires_at), expires_in: '3600', refresh_token: session.refresh_token, token_type: 'bearer', type: 'magiclink' })}`;
+
+    const [otherContext, signedOutContext] = await Promise.all([browser.newContext(), browser.newContext()]);
+    try {
+      const [otherPage, signedOutPage] = await Promise.all([otherContext.newPage(), signedOutContext.newPage()]);
+      await signIn(otherPage, `${other.userId}@example.test`);
+      const otherSession = await storedSession(otherPage);
+      const opened = await otherContext.newPage();
+      await opened.goto(crafted);
+      await settle(opened);
+      expect(await storedSession(opened)).toEqual(otherSession);
+      expect(await opened.textContent('#signed-in-as')).toBe(`${other.userId}@example.test`);
+      expect(await opened.textContent('#sign-in-notice')).toContain('asked for in another browser');
+      expect(new URL(opened.url()).hash).toBe('');
+
+      await signedOutPage.goto(crafted);
+      await settle(signedOutPage);
+      expect(await storedSession(signedOutPage)).toBeNull();
+      expect(await signedOutPage.textContent('#sign-in-message')).toContain('asked for in another browser');
+      expect(new URL(signedOutPage.url()).hash).toBe('');
+    } finally {
+      await Promise.all([otherContext.close(), signedOutContext.close()]);
+    }
+  });
+});
+
+describe.skipIf(!available)("the console's security headers", () => {
+  it('serves the console with a Content-Security-Policy and the other headers, and works under them with nothing reported', { timeout: 90_000 }, async () => {
+    const model = await createModel({ input: 1_000_000, output: 4_000_000 }, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 2_000_000 });
+    await gateway.openai(customer.apiKey).chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }] });
+    await gateway.settled();
+
+    const page = await browser.newPage();
+    try {
+      const errors = await watchErrors(page);
+      const response = (await page.goto(`${gateway.url}/console/`))!;
+      const policy = response.headers()['content-security-policy'];
+      expect(policy).toBeTruthy();
+      const directives = Object.fromEntries(policy!.split(';').map((directive) => directive.trim().split(/\s+/)).map(([name, ...values]) => [name, values]));
+      expect(directives['script-src']).toEqual(["'self'"]);
+      expect(directives['connect-src']).toEqual(["'self'", new URL(stack.supabaseUrl).origin]);
+      expect(directives['frame-ancestors']).toEqual(["'none'"]);
+      expect(directives['default-src']).toEqual(["'none'"]);
+      expect(response.headers()).toMatchObject({ 'x-frame-options': 'DENY', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' });
+      // The same on the console's other files.
+      for (const file of ['app.js', 'app.css']) {
+        const served = await fetch(`${gateway.url}/console/${file}`);
+        expect(served.headers.get('content-security-policy')).toBe(policy);
+        expect(served.headers.get('x-content-type-options')).toBe('nosniff');
+      }
+
+      // The customer's page, chart and organisation section (inline style attributes) included.
+      await signIn(page, `${customer.userId}@example.test`);
+      await page.waitForSelector('#usage-chart canvas');
+      await page.waitForSelector('[data-owned-organisation]');
+      await page.waitForSelector('#recent table');
+      await page.click('#refresh');
+      await page.waitForSelector('#usage-chart canvas');
+      expect(errors).toEqual([]);
+
+      // The operator's page, its charts included.
+      const email = `csp-operator-${crypto.randomUUID().slice(0, 8)}@example.test`;
+      const { createAuthUser } = await import('../../scripts/local-supabase/index.ts');
+      const operatorId = await createAuthUser(stack.authAdminDatabaseUrl, email);
+      await admin().query(`update auth.users set raw_app_meta_data = raw_app_meta_data || '{"role":"admin"}' where id = $1`, [operatorId]);
+      await page.click('#sign-out');
+      await page.waitForSelector('#ask-code');
+      await signIn(page, email);
+      await page.waitForSelector('#revenue canvas');
+      await page.waitForSelector('#audit');
+      expect(errors).toEqual([]);
+
+      // The policy is enforced, not only reported: a script put into the page does not run.
+      const ran = await page.evaluate(async () => {
+        const script = document.createElement('script');
+        script.textContent = 'window.injected = true';
+        document.body.append(script);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        return (window as unknown as { injected?: boolean }).injected ?? false;
+      });
+      expect(ran).toBe(false);
+      await expect.poll(() => errors.some((error) => error.includes('CSP violation: script-src'))).toBe(true);
+    } finally {
+      await page.close();
+    }
+  });
+
+  it('cannot be framed by a page of another origin', { timeout: 60_000 }, async () => {
+    const page = await browser.newPage();
+    try {
+      const consoleRequests: string[] = [];
+      page.on('request', (request) => void (request.url().startsWith(gateway.url) && consoleRequests.push(request.url())));
+      await page.route('http://framer.test/**', (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html><iframe id="console" src="${gateway.url}/console/"></iframe>` }));
+      await page.goto('http://framer.test/');
+      // Chromium refuses the framed document and shows its error page in the frame instead.
+      const frame = (await (await page.waitForSelector('#console')).contentFrame())!;
+      await expect.poll(() => frame.url()).toBe('chrome-error://chromewebdata/');
+      // Nothing the console would load was asked for: the document was answered, never run.
+      await page.waitForLoadState('networkidle');
+      expect(consoleRequests).toEqual([`${gateway.url}/console/`]);
+      expect(await frame.locator('#app').count()).toBe(0);
+    } finally {
+      await page.close();
+    }
   });
 });
