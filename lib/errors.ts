@@ -36,6 +36,7 @@ const anthropicTypes: Record<number, string> = {
   413: 'request_too_large',
   429: 'rate_limit_error',
   503: 'api_error',
+  504: 'timeout_error',
 };
 
 const googleStatuses: Record<number, string> = {
@@ -47,19 +48,26 @@ const googleStatuses: Record<number, string> = {
   409: 'ABORTED',
   413: 'INVALID_ARGUMENT',
   429: 'RESOURCE_EXHAUSTED',
+  504: 'DEADLINE_EXCEEDED',
 };
+
+/** Anthropic's error type for an HTTP status. */
+export const anthropicErrorType = (status: number): string => anthropicTypes[status] ?? 'api_error';
+
+/** Google's error status for an HTTP status. */
+export const googleErrorStatus = (status: number): string => googleStatuses[status] ?? 'UNAVAILABLE';
 
 /** The error body in the caller's API shape. */
 export function renderError(error: GatewayError, surface: ErrorSurface): unknown {
   if (surface === 'anthropic') {
     return {
       type: 'error',
-      error: { type: anthropicTypes[error.status] ?? 'api_error', message: error.message, code: error.code, ...error.options.extra },
+      error: { type: anthropicErrorType(error.status), message: error.message, code: error.code, ...error.options.extra },
     };
   }
   if (surface === 'google') {
     return {
-      error: { code: error.status, message: error.message, status: googleStatuses[error.status] ?? 'UNAVAILABLE', reason: error.code, ...error.options.extra },
+      error: { code: error.status, message: error.message, status: googleErrorStatus(error.status), reason: error.code, ...error.options.extra },
     };
   }
   return {

@@ -149,111 +149,121 @@ async function answerMetered(
   const limitMs = services.config.REQUEST_MAX_MS;
   const deadline = Date.now() + limitMs;
   let timedOut = false;
-
-  const upstream = started ?? sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
-
-  const headersFor = (result: UpstreamResult & { ok: true }) => {
-    const headers = forwardableHeaders(result.response.headers);
-    if (authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
-    for (const [name, value] of Object.entries(plan.headers ?? {})) headers.set(name, value);
-    return headers;
+  // Until the answer is ready (or a stream, which has a timer of its own, takes it over).
+  const limit = setTimeout(() => {
+    timedOut = true;
+    upstreamAbort.abort();
+  }, limitMs);
+  const overLimit = () => {
+    release('the answer did not finish within REQUEST_MAX_MS');
+    return timeLimitError(limitMs, false);
   };
+  try {
+    return await answerWithinLimit();
+  } finally {
+    clearTimeout(limit);
+  }
 
-  const errorResponse = async (result: UpstreamResult & { ok: true }) => {
-    const text = await result.response.text().catch(() => '');
-    release(`upstream HTTP ${result.response.status}`);
-    const headers = headersFor(result);
-    if (!plan.translateError) return new Response(text, { status: result.response.status, headers });
-    headers.set('content-type', 'application/json');
-    return new Response(plan.translateError(result.response.status, text), { status: result.response.status, headers });
-  };
+  async function answerWithinLimit(): Promise<Response> {
+    const upstream = started ?? sendWithFailover(plan.channels, plan.build, { fetch: services.fetch, signal: upstreamAbort.signal, log: services.log, requestId });
 
-  if (!plan.stream) {
-    const limit = setTimeout(() => {
-      timedOut = true;
-      upstreamAbort.abort();
-    }, limitMs);
-    let result: UpstreamResult;
-    let text = '';
-    try {
-      result = await upstream;
-      if (result.ok && result.response.ok) text = await result.response.text();
-    } catch (error) {
-      if (timedOut) {
-        release('the answer did not finish within REQUEST_MAX_MS');
-        throw timeLimitError(limitMs, false);
+    const headersFor = (result: UpstreamResult & { ok: true }) => {
+      const headers = forwardableHeaders(result.response.headers);
+      if (authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
+      for (const [name, value] of Object.entries(plan.headers ?? {})) headers.set(name, value);
+      return headers;
+    };
+
+    const errorResponse = async (result: UpstreamResult & { ok: true }) => {
+      const text = await result.response.text().catch(() => '');
+      if (timedOut) throw overLimit();
+      release(`upstream HTTP ${result.response.status}`);
+      const headers = headersFor(result);
+      if (!plan.translateError) return new Response(text, { status: result.response.status, headers });
+      headers.set('content-type', 'application/json');
+      return new Response(plan.translateError(result.response.status, text), { status: result.response.status, headers });
+    };
+
+    if (!plan.stream) {
+      let result: UpstreamResult;
+      let text = '';
+      try {
+        result = await upstream;
+        if (result.ok && result.response.ok) text = await result.response.text();
+      } catch (error) {
+        if (timedOut) throw overLimit();
+        release(`upstream body broke: ${String(error)}`);
+        throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
       }
-      release(`upstream body broke: ${String(error)}`);
-      throw new GatewayError(502, 'upstream_unavailable', 'The upstream connection broke before the answer was complete.');
-    } finally {
-      clearTimeout(limit);
+      if (!result.ok) {
+        if (timedOut) throw overLimit();
+        release(result.error.message);
+        throw result.error;
+      }
+      if (!result.response.ok) return errorResponse(result);
+      let read: BodyResult;
+      try {
+        read = plan.readBody(text);
+      } catch {
+        // A 2xx body of a shape we do not know: passed on as is; its text counts as delivered output.
+        read = { body: text, usage: null, delivered: [text] };
+      }
+      const headers = headersFor(result);
+      if (plan.translateError) headers.set('content-type', 'application/json');
+      const response = new Response(read.body, { status: result.response.status, headers });
+      // Charged once the answer is ready to go; a failure before this point releases the hold.
+      settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan, undefined, null, read.calls));
+      return response;
     }
-    if (!result.ok) {
-      release(timedOut ? 'the answer did not finish within REQUEST_MAX_MS' : result.error.message);
-      throw timedOut ? timeLimitError(limitMs, false) : result.error;
-    }
-    if (!result.response.ok) return errorResponse(result);
-    let read: BodyResult;
-    try {
-      read = plan.readBody(text);
-    } catch {
-      // A 2xx body of a shape we do not know: passed on as is; its text counts as delivered output.
-      read = { body: text, usage: null, delivered: [text] };
-    }
-    const headers = headersFor(result);
-    if (plan.translateError) headers.set('content-type', 'application/json');
-    const response = new Response(read.body, { status: result.response.status, headers });
-    // Charged once the answer is ready to go; a failure before this point releases the hold.
-    settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan, undefined, null, read.calls));
-    return response;
-  }
 
-  // Streams: wait briefly for the upstream's own headers; past that, answer at
-  // once with our own, so a slow upstream never hits the edge's first-byte deadline.
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const early = await Promise.race([
-    upstream,
-    new Promise<null>((resolve) => {
-      timer = setTimeout(() => resolve(null), services.config.STREAM_HEADER_WAIT_MS);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (early && !early.ok) {
-    release(early.error.message);
-    throw early.error;
-  }
-  if (early && !early.response.ok) return errorResponse(early);
+    // Streams: wait briefly for the upstream's own headers; past that, answer at
+    // once with our own, so a slow upstream never hits the edge's first-byte deadline.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const early = await Promise.race([
+      upstream,
+      new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), services.config.STREAM_HEADER_WAIT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (early && !early.ok) {
+      if (timedOut) throw overLimit();
+      release(early.error.message);
+      throw early.error;
+    }
+    if (early && !early.response.ok) return errorResponse(early);
 
-  const processor = plan.createStreamProcessor();
-  const headers = early ? headersFor(early) : new Headers(plan.headers);
-  if (!early && authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
-  headers.set('content-type', 'text/event-stream; charset=utf-8');
-  headers.set('cache-control', 'no-cache');
-  const body = createMeteredStream({
-    upstream,
-    upstreamAbort,
-    processEvent: processor.processEvent,
-    finish: processor.finish,
-    errorEvent: plan.errorEvent,
-    announce: early === null,
-    heartbeatMs: services.config.STREAM_HEARTBEAT_MS,
-    deadline,
-    limitMs,
-    onEnd: (reason, error) =>
-      settle(() =>
-        settlementFor(
-          requestId,
-          reason === 'completed' && processor.error() ? 'failed' : reason,
-          processor.usage(),
-          processor.delivered(),
-          plan,
-          error ?? processor.error() ?? undefined,
-          processor.inputUsage?.(),
-          processor.calls?.(),
+    const processor = plan.createStreamProcessor();
+    const headers = early ? headersFor(early) : new Headers(plan.headers);
+    if (!early && authorization.output_capped) headers.set('x-tollgate-max-tokens', String(authorization.max_output_tokens));
+    headers.set('content-type', 'text/event-stream; charset=utf-8');
+    headers.set('cache-control', 'no-cache');
+    const body = createMeteredStream({
+      upstream,
+      upstreamAbort,
+      processEvent: processor.processEvent,
+      finish: processor.finish,
+      errorEvent: plan.errorEvent,
+      announce: early === null,
+      heartbeatMs: services.config.STREAM_HEARTBEAT_MS,
+      deadline,
+      limitMs,
+      onEnd: (reason, error) =>
+        settle(() =>
+          settlementFor(
+            requestId,
+            reason === 'completed' && processor.error() ? 'failed' : reason,
+            processor.usage(),
+            processor.delivered(),
+            plan,
+            error ?? processor.error() ?? undefined,
+            processor.inputUsage?.(),
+            processor.calls?.(),
+          ),
         ),
-      ),
-  });
-  // From here the stream owns the hold and settles it when it ends.
-  hold.handOff();
-  return new Response(body, { status: 200, headers });
+    });
+    // From here the stream owns the hold and settles it when it ends.
+    hold.handOff();
+    return new Response(body, { status: 200, headers });
+  }
 }

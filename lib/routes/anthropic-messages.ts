@@ -2,7 +2,7 @@ import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
-import { GatewayError } from '../errors.ts';
+import { anthropicErrorType, GatewayError } from '../errors.ts';
 import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions, searchResultTokens, toolCallBound } from '../gateway/request-helpers.ts';
 import { remoteContentTokenBound } from '../metering/prompt-pieces.ts';
 import { anthropicErrorEvent, buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
@@ -63,7 +63,7 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
         }
         return { body: text, usage: parsed?.usage ? convertAnthropicUsage(parsed.usage) : null, delivered };
       },
-      errorEvent: (error) => anthropicErrorEvent(error.message),
+      errorEvent: (error) => anthropicErrorEvent(error.message, anthropicErrorType(error.status)),
       countPrompt: () => countMessagesInputTokens(request),
     }),
   );

@@ -1,6 +1,6 @@
 import type { Context } from 'hono';
 import type { AppEnv } from '../app-env.ts';
-import { GatewayError } from '../errors.ts';
+import { GatewayError, googleErrorStatus } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { geminiCountTokens } from './count-tokens.ts';
@@ -81,7 +81,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
             calls: searched ? { web_search: searched } : {},
           };
         },
-        errorEvent: (error) => geminiErrorEvent(error.status, error.message),
+        errorEvent: (error) => geminiErrorEvent(error.status, error.message, googleErrorStatus(error.status)),
         countPrompt: () => countGeminiInputTokens(request),
       };
     },

@@ -201,7 +201,7 @@ describe('error text PostgreSQL cannot store as such', () => {
 describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own limit, which would kill the function unsettled)', () => {
   let limited: Gateway;
   beforeAll(async () => {
-    limited = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, REQUEST_MAX_MS: '400' });
+    limited = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, ANTHROPIC_BASE_URL: fake.url, GEMINI_BASE_URL: fake.url, REQUEST_MAX_MS: '400' });
   });
   afterAll(async () => {
     await limited.close();
@@ -225,6 +225,58 @@ describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own
     expect(event).toMatchObject({ status: 'failed', usage_source: 'tokenizer' });
     expect(event.charged).toBeGreaterThan(0);
     expect(fake.requests.find((request) => request.model === upstreamModel)?.clientClosed).toBe(true);
+  });
+
+  it.each([
+    ['Anthropic', 'anthropic', 'messages-long', /^event: error\ndata: \{"type":"error","error":\{"type":"timeout_error","message":"The answer did not finish within this gateway's limit of 400 ms; what was delivered is billed\."\}\}/],
+    ['Gemini', 'google', 'generate-long', /^data: \{"error":\{"code":504,"message":"The answer did not finish within this gateway's limit of 400 ms; what was delivered is billed\.","status":"DEADLINE_EXCEEDED"\}\}/],
+  ])('%s: the error event names the timeout as the API does (timeout_error, DEADLINE_EXCEEDED)', async (_name, provider, fixture, expected) => {
+    const upstreamModel = `${fixture}-slow-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture, eventDelayMs: 60 });
+    const model = await createModel(price, { provider, upstreamModel, maxOutputTokens: 8192 });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const response = provider === 'anthropic'
+      ? await fetch(`${limited.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, max_tokens: 500, messages: [{ role: 'user', content: 'Count' }], stream: true }),
+      })
+      : await fetch(`${limited.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
+        method: 'POST',
+        headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ contents: [{ parts: [{ text: 'Count' }] }] }),
+      });
+    expect(splitEvents(await response.text()).at(-1)).toMatch(expected);
+    await limited.settled();
+    expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({ status: 'failed' });
+  });
+
+  it.each([false, true])('an upstream error answer whose body never ends (stream: %s) is given up too, its hold released', async (stream) => {
+    const encoder = new TextEncoder();
+    const stalled = await startGateway({ OPENAI_BASE_URL: 'http://upstream.invalid/v1', REQUEST_MAX_MS: '400' }, {
+      upstreamFetch: async (_input, init) => new Response(new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(encoder.encode('{"error":{"message":"Scripted'));
+          init?.signal?.addEventListener('abort', () => controller.error(new DOMException('aborted', 'AbortError')), { once: true });
+        },
+      }), { status: 400, headers: { 'content-type': 'application/json' } }),
+    });
+    try {
+      const model = await createModel(price);
+      const customer = await createCustomer({ balance: 1_000_000 });
+      const response = await fetch(`${stalled.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }], stream }),
+        signal: AbortSignal.timeout(4_000),
+      });
+      expect([response.status, ((await response.json()) as { error: { code: string } }).error.code]).toEqual([504, 'upstream_timeout']);
+      await stalled.settled();
+      const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
+      expect(account).toEqual({ balance: 1_000_000, held: 0 });
+    } finally {
+      await stalled.close();
+    }
   });
 
   it('a non-streamed call is given up: 504 upstream_timeout, the hold released, nothing charged', async () => {
