@@ -4,7 +4,7 @@ import type { Authorized } from '../billing/ledger.ts';
 import { readyHoldsOn } from '../env.ts';
 import { GatewayError } from '../errors.ts';
 import { proxyMetered, startUpstream, type ProxyPlan, type StartedUpstream } from './proxy.ts';
-import { authorize as authorizeKey, clientIp, type AuthorizeInput, type AuthorizeOptions } from './request-helpers.ts';
+import { authorize as authorizeKey, clientIp, coolKey, type AuthorizeInput, type AuthorizeOptions } from './request-helpers.ts';
 import { sameUpstreamRequest } from './warm-keys.ts';
 
 /**
@@ -38,7 +38,14 @@ export async function authorizeAndProxy(
   alongside?.catch(() => undefined);
   const authorize = async (...args: Parameters<typeof authorizeKey>) => {
     const authorization = await authorizeKey(...args);
-    await alongside;
+    try {
+      await alongside;
+    } catch (error) {
+      // Refused as a refused key is: cold on this instance, so the next such request starts
+      // no upstream call before it is checked, and no hold is taken ahead after this one.
+      coolKey(services, input.keyHash);
+      throw error;
+    }
     return authorization;
   };
   const { keyHash, ...rest } = input;

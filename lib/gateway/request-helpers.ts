@@ -115,7 +115,7 @@ export interface AuthorizeOptions {
 export type AuthorizeInput = Omit<AuthorizeRequestInput, 'requestId' | 'clientIp'>;
 
 /** A refused key, or one that crossed a limit, is cold on this instance: no speculation, no hold taken ahead. */
-function coolKey(services: Services, keyHash: string): void {
+export function coolKey(services: Services, keyHash: string): void {
   services.warmKeys.forget(keyHash);
   services.readyHolds.forget(keyHash);
 }

@@ -21,8 +21,12 @@ import { responsesErrorEvent } from '../providers/openai/responses-writer.ts';
 /** Hosted tools the upstream bills beyond tokens that this gateway does not price (per stored file, per container, per image). */
 const feeTools = new Set(['file_search', 'code_interpreter', 'image_generation']);
 
-/** OpenAI's hosted web search: priced per search (models.price_web_search). */
-const searchTools = new Set(['web_search', 'web_search_2025_08_26', 'web_search_preview', 'web_search_preview_2025_03_11']);
+/**
+ * OpenAI's hosted web search, priced per search (models.price_web_search): every
+ * version and spelling of it (web_search, web_search_preview, dated ones), as
+ * the translation to Claude and Gemini takes any of them for a search.
+ */
+const isSearchTool = (type: string) => type.startsWith('web_search');
 
 /** The client's own headers that matter upstream (Codex's session and client headers); nothing else of the client's is sent. */
 const forwardedClientHeader = /^(x-openai-[a-z0-9-]+|openai-beta|session_id|conversation_id|originator)$/;
@@ -59,7 +63,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const raw = request as Record<string, unknown>;
   const tools = offeredTools(raw).map((tool) => String((tool as { type?: unknown } | null)?.type));
   const feeTool = tools.find((type) => feeTools.has(type));
-  const searches = tools.some((type) => searchTools.has(type)) ? searchBound(raw) : 0;
+  const searches = tools.some(isSearchTool) ? searchBound(raw) : 0;
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
     [tools.includes('mcp'), 'tools', 'The hosted tool "mcp"', 'each call adds its result (and the server\'s tool list) to the input, and neither has a bound'],

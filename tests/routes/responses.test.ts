@@ -135,10 +135,12 @@ describe('POST /v1/responses with the openai SDK', () => {
     await expect(client.responses.create({ model, input: 'list files', tools: [{ type: 'mcp', server_label: 'fs', server_url: 'https://mcp.example.test' }] })).rejects.toMatchObject({
       status: 400, error: { code: 'unsupported_parameter', param: 'tools', message: expect.stringContaining('The hosted tool "mcp"') },
     });
-    // Web search is priced per search; this model has no such price.
-    await expect(client.responses.create({ model, input: 'news?', tools: [{ type: 'web_search' }] })).rejects.toMatchObject({
-      status: 400, error: { code: 'tool_not_priced', param: 'tools' },
-    });
+    // Web search is priced per search; this model has no such price. Any version or spelling of the tool.
+    for (const type of ['web_search', 'web_search_preview', 'web_search_2026_01_01']) {
+      await expect(client.responses.create({ model, input: 'news?', tools: [{ type } as never] })).rejects.toMatchObject({
+        status: 400, error: { code: 'tool_not_priced', param: 'tools' },
+      });
+    }
     const created = await client.responses.create({ model, input: 'Say hello' });
     await gateway.settled();
     const { rows: [before] } = await admin().query('select balance::int from public.accounts where id = $1', [customer.accountId]);
@@ -362,6 +364,12 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       const { rows: [after] } = await admin().query('select balance::int from public.accounts where id = $1', [stranger.accountId]);
       expect(after.balance).toBe(before.balance);
       expect(warm.logs).toContainEqual(expect.objectContaining({ event: 'ready_hold_refused', reason: 'previous_response_not_found' }));
+      // Refused, the key is cold on this instance: the next such request starts no upstream call
+      // before its check answers, and no hold is taken ahead for it.
+      for (let index = 0; index < 3; index++) {
+        const again = await send(stranger.apiKey, first.body.id);
+        expect([again.status, again.upstream, again.authorized]).toEqual([400, undefined, true]);
+      }
     } finally {
       await warm.close();
     }
