@@ -342,7 +342,8 @@ export async function settleEachIfRefused(ledger: Pick<Ledger, 'settleRequests'>
   try {
     return await ledger.settleRequests(inputs);
   } catch (error) {
-    if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500) || inputs.length < 2) throw error;
+    if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500)) throw error;
+    if (inputs.length === 1) return [{ request_id: inputs[0]!.requestId, ok: false, code: error.code, message: error.message }];
   }
   const results: BatchSettlement = [];
   for (const input of inputs) {

@@ -266,6 +266,10 @@ describe('settleEachIfRefused', () => {
     const results = await settleEachIfRefused(poisoned, [settlement('a'), settlement('unreadable'), settlement('b')]);
     expect(poisoned.calls).toEqual([['a', 'unreadable', 'b'], ['a'], ['unreadable'], ['b']]);
     expect(results.map((result) => [result.request_id, result.ok ? 'ok' : result.code])).toEqual([['a', 'PT404'], ['unreadable', 'PGRST102'], ['b', 'PT404']]);
+    // Alone, it is answered as refused at once: a page of one is not an outage.
+    const alone = database();
+    expect(await settleEachIfRefused(alone, [settlement('unreadable')])).toEqual([{ request_id: 'unreadable', ok: false, code: 'PGRST102', message: 'Empty or invalid json' }]);
+    expect(alone.calls).toEqual([['unreadable']]);
   });
 
   it('a database that does not answer fails the call: nothing is taken for refused', async () => {
