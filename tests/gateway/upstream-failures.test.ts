@@ -21,6 +21,15 @@ afterAll(async () => {
   await fake.close();
 });
 
+/** A chat completion sent to `gateway` with `apiKey`. */
+const postChat = (gateway: Gateway, apiKey: string, body: Record<string, unknown>, signal?: AbortSignal) =>
+  fetch(`${gateway.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    ...(signal ? { signal } : {}),
+  });
+
 async function eventOf(requestId: string | null) {
   const { rows: [event] } = await admin().query('select status, usage_source, charged::int from public.usage_events where request_id = $1', [requestId]);
   return event;
@@ -182,11 +191,7 @@ describe('error text PostgreSQL cannot store as such', () => {
     try {
       const model = await createModel(price);
       const customer = await createCustomer({ balance: 1_000_000 });
-      const response = await fetch(`${nul.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], stream: true }),
-      });
+      const response = await postChat(nul, customer.apiKey, { model, messages: [{ role: 'user', content: 'hi' }], stream: true });
       await response.text();
       await nul.settled();
       // 40 input × 1 + 20 output × 4 = 120.
@@ -212,11 +217,7 @@ describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own
     fake.scenarios.set(upstreamModel, { fixture: 'chat-long', eventDelayMs: 50 });
     const model = await createModel(price, { upstreamModel });
     const customer = await createCustomer({ balance: 1_000_000 });
-    const response = await fetch(`${limited.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Count' }], stream: true }),
-    });
+    const response = await postChat(limited, customer.apiKey, { model, messages: [{ role: 'user', content: 'Count' }], stream: true });
     const text = await response.text();
     expect(text).toMatch(/data: \{"error":\{"message":"The answer did not finish within this gateway's limit of 400 ms; what was delivered is billed\.","type":"api_error","code":"upstream_timeout"/);
     expect(text).toContain('"content"');
@@ -264,12 +265,7 @@ describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own
     try {
       const model = await createModel(price);
       const customer = await createCustomer({ balance: 1_000_000 });
-      const response = await fetch(`${stalled.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }], stream }),
-        signal: AbortSignal.timeout(4_000),
-      });
+      const response = await postChat(stalled, customer.apiKey, { model, messages: [{ role: 'user', content: 'Hi' }], stream }, AbortSignal.timeout(4_000));
       expect([response.status, ((await response.json()) as { error: { code: string } }).error.code]).toEqual([504, 'upstream_timeout']);
       await stalled.settled();
       const { rows: [account] } = await admin().query('select balance::int, held::int from public.accounts where id = $1', [customer.accountId]);
@@ -284,11 +280,7 @@ describe('an answer that runs past REQUEST_MAX_MS (set below the platform\'s own
     fake.scenarios.set(upstreamModel, { fixture: 'chat-basic', headerDelayMs: 2_000 });
     const model = await createModel(price, { upstreamModel });
     const customer = await createCustomer({ balance: 1_000_000 });
-    const response = await fetch(`${limited.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }] }),
-    });
+    const response = await postChat(limited, customer.apiKey, { model, messages: [{ role: 'user', content: 'Hi' }] });
     expect(response.status).toBe(504);
     expect(await response.json()).toMatchObject({ error: { code: 'upstream_timeout', message: expect.stringContaining('nothing was charged') } });
     await limited.settled();
