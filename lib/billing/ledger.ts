@@ -261,7 +261,6 @@ function authorizationItem(input: AuthorizeRequestInput) {
   };
 }
 
-/** A settlement as the database (and the outbox, and the replay log) writes it. */
 /**
  * Text as PostgreSQL stores it: no NUL (a text value cannot hold one: 22P05)
  * and no lone surrogate (PostgREST refuses the whole body as invalid JSON).
@@ -274,6 +273,7 @@ export function storableText(text: string): string {
 
 const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
+/** A settlement as the database (and the outbox, and the replay log) writes it. */
 export function settlementRow(input: SettleRequestInput) {
   return {
     request_id: input.requestId,
@@ -308,13 +308,18 @@ export function parseSettlementRow(value: unknown): SettleRequestInput | undefin
   };
 }
 
+/** The database answered and refused the call (a 4xx): it was reached, and sending the same again gets the same. */
+export function isDatabaseRefusal(error: unknown): error is LedgerError {
+  return error instanceof LedgerError && error.status >= 400 && error.status < 500;
+}
+
 /**
  * The database refused a call's input itself (SQLSTATE class 22, data exception:
  * a value it cannot take): the caller's error. Other refusals (a function
  * missing from the schema cache, a read-only standby, a permission) are ours.
  */
 export function isRefusedInput(error: unknown): error is LedgerError {
-  return error instanceof LedgerError && error.status >= 400 && error.status < 500 && error.code.startsWith('22');
+  return isDatabaseRefusal(error) && error.code.startsWith('22');
 }
 
 /**
@@ -339,21 +344,22 @@ export function isPermanentSettlementCode(code: string): boolean {
  * with the database's code. No answer (or a 5xx) still fails the call.
  */
 export async function settleEachIfRefused(ledger: Pick<Ledger, 'settleRequests'>, inputs: SettleRequestInput[]): Promise<BatchSettlement> {
+  const alone = async (input: SettleRequestInput): Promise<BatchSettlement> => {
+    try {
+      return await ledger.settleRequests([input]);
+    } catch (error) {
+      if (!isDatabaseRefusal(error)) throw error;
+      return [{ request_id: input.requestId, ok: false, code: error.code, message: error.message }];
+    }
+  };
+  if (inputs.length === 1) return alone(inputs[0]!);
   try {
     return await ledger.settleRequests(inputs);
   } catch (error) {
-    if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500)) throw error;
-    if (inputs.length === 1) return [{ request_id: inputs[0]!.requestId, ok: false, code: error.code, message: error.message }];
+    if (!isDatabaseRefusal(error)) throw error;
   }
   const results: BatchSettlement = [];
-  for (const input of inputs) {
-    try {
-      results.push(...(await ledger.settleRequests([input])));
-    } catch (error) {
-      if (!(error instanceof LedgerError && error.status >= 400 && error.status < 500)) throw error;
-      results.push({ request_id: input.requestId, ok: false, code: error.code, message: error.message });
-    }
-  }
+  for (const input of inputs) results.push(...(await alone(input)));
   return results;
 }
 

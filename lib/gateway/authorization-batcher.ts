@@ -1,4 +1,4 @@
-import { LedgerError, type Authorization, type AuthorizeRequestInput, type BatchAuthorization } from '../billing/ledger.ts';
+import { isDatabaseRefusal, LedgerError, type Authorization, type AuthorizeRequestInput, type BatchAuthorization } from '../billing/ledger.ts';
 
 export interface AuthorizationBatcherOptions {
   /** One authorization: authorize_request. */
@@ -63,7 +63,7 @@ export function createAuthorizationBatcher({ authorizeOne, authorizeMany, inFlig
       // schema, say) says nothing about any one request: each goes again alone and gets its
       // own answer. A timeout or a failure to reach the database fails them all, as it
       // would fail each of them alone.
-      if (error instanceof LedgerError && error.status >= 400 && error.status < 500) await Promise.all(batch.map(alone));
+      if (isDatabaseRefusal(error)) await Promise.all(batch.map(alone));
       else for (const item of batch) item.reject(error);
       return;
     }

@@ -1,5 +1,5 @@
 import type { BatchSettlement, SettleRequestInput } from '../billing/ledger.ts';
-import { isPermanentSettlementCode, LedgerError, settlementRow } from '../billing/ledger.ts';
+import { isDatabaseRefusal, isPermanentSettlementCode, settlementRow } from '../billing/ledger.ts';
 
 export type DeliveryOutcome = 'settled' | 'queued' | 'logged' | 'refused';
 
@@ -69,7 +69,7 @@ export function createSettlementBatcher({ settleMany, deliverOne, log, windowMs,
       // coming back from an outage meets the settlements of its absence in a few batches.
       // A call the database refused as a whole (a 4xx: settle_requests not deployed yet, say)
       // sends each settlement alone, as before.
-      const away = !(error instanceof LedgerError && error.status >= 400 && error.status < 500);
+      const away = !isDatabaseRefusal(error);
       const again: Waiting[] = [];
       let delay = 0;
       for (const item of batch) {
