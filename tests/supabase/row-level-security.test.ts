@@ -95,7 +95,8 @@ const tables: TableCase[] = [
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
   },
   {
-    table: 'alerts', columns: '*', match: () => ['account_id', alice.accountId],
+    // Column grants, and only the kinds meant for the customer (tests/supabase/internal-columns.test.ts).
+    table: 'alerts', columns: 'id,account_id,kind,message', match: () => ['account_id', alice.accountId],
     insert: () => ({ account_id: alice.accountId, kind: 'x', message: 'x' }),
     update: { delivery_status: 'delivered' },
     expected: { select: ownRows(1), insert: nobody, update: serviceOnly(1), delete: nobody },
@@ -137,13 +138,15 @@ const tables: TableCase[] = [
     },
   },
   {
-    table: 'stripe_payments', columns: '*', match: () => ['account_id', alice.accountId],
+    // Column grants: why a payment was not credited, and what was written off, stay the operator's.
+    table: 'stripe_payments', columns: 'id,account_id,status,credits', match: () => ['account_id', alice.accountId],
     insert: () => ({ checkout_session_id: 'cs_x', account_id: alice.accountId, status: 'credited', credits: 1_000_000_000 }),
     update: { credits: 1_000_000_000 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
   },
   {
-    table: 'stripe_invoices', columns: '*', match: () => ['account_id', alice.accountId],
+    // Column grants: the Stripe customer id and why an invoice was not credited stay the operator's.
+    table: 'stripe_invoices', columns: 'id,account_id,status,credits', match: () => ['account_id', alice.accountId],
     insert: () => ({ id: 'in_x', customer_id: 'cus_x', account_id: alice.accountId }),
     update: { credits: 1_000_000_000 },
     expected: { select: ownRows(1), insert: nobody, update: nobody, delete: nobody },
@@ -429,9 +432,23 @@ const readableColumns: Record<string, { anon: Readable; authenticated: Readable;
   usage_daily: { anon: 'none', authenticated: ['account_id', 'model_id', 'day', 'requests', ...tokenColumns, 'amount', 'charged'], service_role: 'all' },
   credit_packs: { anon: 'none', authenticated: 'all', service_role: 'all' },
   plans: { anon: 'none', authenticated: 'all', service_role: 'all' },
-  alerts: { anon: 'none', authenticated: 'all', service_role: 'all' },
-  stripe_payments: { anon: 'none', authenticated: 'all', service_role: 'all' },
-  stripe_invoices: { anon: 'none', authenticated: 'all', service_role: 'all' },
+  // Not the outbox's delivery, dedupe and resolution columns: the operator's (tests/supabase/internal-columns.test.ts).
+  alerts: { anon: 'none', authenticated: ['id', 'account_id', 'kind', 'message', 'details', 'created_at'], service_role: 'all' },
+  // Not problem or uncollected: the operator's.
+  stripe_payments: {
+    anon: 'none',
+    authenticated: [
+      'id', 'checkout_session_id', 'payment_intent_id', 'account_id', 'credit_pack_id', 'amount_total', 'currency', 'credits', 'status',
+      'refunded_amount', 'disputed_amount', 'debited', 'created_at', 'updated_at', 'quantity', 'amount_subtotal', 'amount_discount', 'amount_tax', 'invoice_id',
+    ],
+    service_role: 'all',
+  },
+  // Not customer_id (as accounts.stripe_customer_id) or problem: the operator's.
+  stripe_invoices: {
+    anon: 'none',
+    authenticated: ['id', 'subscription_id', 'price_id', 'account_id', 'plan_id', 'amount_paid', 'credits', 'status', 'created_at'],
+    service_role: 'all',
+  },
   stripe_events: { anon: 'none', authenticated: 'none', service_role: 'all' },
   billing_settings: { anon: 'none', authenticated: 'none', service_role: 'all' },
   cancelled_requests: { anon: 'none', authenticated: 'none', service_role: 'all' },
