@@ -4,10 +4,13 @@ import { dollars, el, section, table, when } from './format.ts';
 // Organisations on the customer's page: the invitations sent to the user
 // (accept or decline), the organisations they belong to, and, for each account
 // they own (their own, and any where a member was made owner), its name,
-// invitations by email, what is pending (withdraw) and the members (remove).
+// invitations by email, what is pending or expired (send again, withdraw) and
+// the members (remove).
 // Everything goes through the database's functions (set_member,
 // accept_invitation, decline_invitation, withdraw_invitation, remove_member,
-// set_organisation_name) and reads under row-level security, which decides.
+// set_organisation_name) and reads under row-level security, which decides:
+// the database expires invitations and refuses those past its limits (per
+// organisation, per inviting user), and the refusal's message is shown as it is.
 
 interface Invitation {
   id: string;
@@ -18,6 +21,16 @@ interface Invitation {
   role: string;
   monthly_budget: number | null;
   invited_at: string;
+  expires_at: string;
+}
+
+/** An invitation as its organisation's owners read it: expired ones stay until withdrawn or sent again. */
+interface SentInvitation {
+  email: string;
+  role: string;
+  monthly_budget: number | null;
+  invited_at: string;
+  expires_at: string;
 }
 
 interface Membership {
@@ -88,8 +101,11 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
         heading('h3', 'Invitations to you'),
         el('p', { class: 'note' }, 'Accepting lets you make keys that spend the organisation\'s credits, within your monthly budget.'),
         table(
-          [['Organisation'], ['Invited by'], ['Role'], ['Your monthly budget', true], ['Invited'], ['']],
-          invitations.map((invitation) => [organisationName(invitation), invitation.invited_by_email ?? '—', invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), answer(invitation)]),
+          [['Organisation'], ['Invited by'], ['Role'], ['Your monthly budget', true], ['Invited'], ['Expires'], ['']],
+          invitations.map((invitation) => [
+            organisationName(invitation), invitation.invited_by_email ?? '—', invitation.role, budget(invitation.monthly_budget),
+            when(invitation.invited_at), when(invitation.expires_at), answer(invitation),
+          ]),
           '',
         ),
       );
@@ -144,8 +160,8 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
 
   async function ownedOrganisation(accountId: string, isOwn: boolean, name: string | null): Promise<Node> {
     const [pending, members] = await Promise.all([
-      must<Array<{ email: string; role: string; monthly_budget: number | null; invited_at: string }>>(
-        supabase.from('member_invitations').select('email,role,monthly_budget,invited_at').eq('account_id', accountId).order('invited_at'),
+      must<SentInvitation[]>(
+        supabase.from('member_invitations').select('email,role,monthly_budget,invited_at,expires_at').eq('account_id', accountId).order('invited_at'),
       ),
       must<Array<{ user_id: string; invited_email: string | null; role: string; monthly_budget: number | null; added_at: string }>>(
         supabase.from('account_members').select('user_id,invited_email,role,monthly_budget,added_at').eq('account_id', accountId).order('added_at'),
@@ -183,6 +199,22 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
       button.addEventListener('click', () => void act(() => supabase.rpc('withdraw_invitation', { p_account_id: accountId, p_email: address }), () => `Withdrew the invitation of ${address}.`));
       return button;
     };
+    // Sending an invitation again (same role and budget) renews it; it counts against the same limits as a new one.
+    const sendAgain = (invitation: SentInvitation) => {
+      const button = el('button', { type: 'button', 'data-send-again': invitation.email }, 'Send again');
+      button.addEventListener('click', () => void act(
+        () => supabase.rpc('set_member', { p_account_id: accountId, p_email: invitation.email, p_role: invitation.role, p_monthly_budget: invitation.monthly_budget }),
+        () => `Sent the invitation of ${invitation.email} again.`,
+      ));
+      return button;
+    };
+    // The page's clock decides only how a row is shown; the database decides whether it can be accepted.
+    const loadedAt = Date.now();
+    const expired = (invitation: SentInvitation) => new Date(invitation.expires_at).getTime() <= loadedAt;
+    const expiry = (invitation: SentInvitation) =>
+      expired(invitation)
+        ? el('span', { class: 'error', 'data-expired': invitation.email }, `Expired ${when(invitation.expires_at)}`)
+        : el('span', {}, `Expires ${when(invitation.expires_at)}`);
     const remove = (member: { user_id: string; invited_email: string | null }) => {
       const button = el('button', { type: 'button', 'data-remove-member': member.user_id }, 'Remove');
       button.addEventListener('click', () => {
@@ -198,12 +230,20 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
       heading('h3', isOwn ? 'Your organisation' : name ?? accountId),
       nameForm,
       invite,
-      el('p', { class: 'note' }, 'A monthly budget left empty is none. An invitation grants nothing until it is accepted by whoever signs in with that address; it stays until accepted, declined or withdrawn.'),
-      heading('h4', 'Pending invitations'),
+      el(
+        'p',
+        { class: 'note' },
+        'A monthly budget left empty is none. An invitation grants nothing until it is accepted by whoever signs in with that address. '
+          + 'It expires if not accepted in time; inviting the address again renews it. An organisation has only so many invitations pending, and you send only so many a day.',
+      ),
+      heading('h4', 'Invitations sent'),
       table(
-        [['Email'], ['Role'], ['Monthly budget', true], ['Invited'], ['']],
-        pending.map((invitation) => [invitation.email, invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), withdraw(invitation.email)]),
-        'No pending invitations.',
+        [['Email'], ['Role'], ['Monthly budget', true], ['Invited'], ['Expiry'], ['']],
+        pending.map((invitation) => [
+          invitation.email, invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), expiry(invitation),
+          expired(invitation) ? el('span', {}, sendAgain(invitation), ' ', withdraw(invitation.email)) : withdraw(invitation.email),
+        ]),
+        'No invitations waiting for an answer.',
       ),
       heading('h4', 'Members'),
       table(
