@@ -421,14 +421,28 @@ export function createLedger(serviceClient: RpcClient) {
     },
 
     /** Remembers which account created a response stored upstream. */
-    recordStoredResponse(requestId: string, responseId: string): Promise<unknown> {
-      return callFunction(serviceClient, 'record_stored_response', { p_request_id: requestId, p_response_id: storableText(responseId) }, z.unknown());
+    /** Records the request's account as the stored response's owner, and of its output items (`itemIds`, added to those recorded before). */
+    recordStoredResponse(requestId: string, responseId: string, itemIds: string[] = []): Promise<unknown> {
+      return callFunction(
+        serviceClient,
+        'record_stored_response',
+        { p_request_id: requestId, p_response_id: storableText(responseId), p_item_ids: itemIds.map(storableText) },
+        z.unknown(),
+      );
     },
 
-    /** Is that stored response recorded as another account's than this key's? */
-    storedResponseElsewhere(keyHash: string, responseId: string): Promise<boolean> {
+    /**
+     * The first of the ids a request refers to (the stored response it continues,
+     * then its input items') recorded as another account's than this key's, or null.
+     */
+    storedElsewhere(keyHash: string, responseId: string | null, itemIds: string[]): Promise<string | null> {
       // An id with a NUL in it was never recorded: the id without it is not either.
-      return callFunction(serviceClient, 'stored_response_elsewhere', { p_key_hash: keyHash, p_response_id: storableText(responseId) }, z.boolean());
+      return callFunction(
+        serviceClient,
+        'stored_elsewhere',
+        { p_key_hash: keyHash, p_response_id: responseId === null ? null : storableText(responseId), p_item_ids: itemIds.map(storableText) },
+        z.string().nullable(),
+      );
     },
 
     /** May this key read that stored response (its account's, from an address the key allows)? */

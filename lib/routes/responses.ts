@@ -11,7 +11,7 @@ import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-inpu
 import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
 import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
-import { createResponsesStreamReader, responseDelivered, responseSearches } from '../providers/openai/responses-stream-reader.ts';
+import { createResponsesStreamReader, recordableItemId, responseDelivered, responseItemIds, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
 import { channelsFor, channelsOf, providerFormat } from '../providers/registry.ts';
 import { translateResponses, translatedResponsesPlan } from '../providers/responses-translation.ts';
@@ -51,6 +51,20 @@ function offeredTools(request: Record<string, unknown>): unknown[] {
 }
 
 /**
+ * The ids of stored items the input refers to: item_reference's, and those of the
+ * items that carry one (OpenAI looks a reasoning item up by its id).
+ */
+function referencedItemIds(input: unknown): string[] {
+  if (!Array.isArray(input)) return [];
+  const ids = new Set<string>();
+  for (const item of input as unknown[]) {
+    const id = (item as { id?: unknown } | null)?.id;
+    if (typeof item === 'object' && recordableItemId(id)) ids.add(id);
+  }
+  return [...ids];
+}
+
+/**
  * POST /v1/responses: OpenAI's Responses API (Codex CLI, the AI SDK's default
  * OpenAI provider, the Agents SDK), streamed and not. For models of
  * OpenAI-format providers, forwarded as sent and metered on response.completed;
@@ -67,21 +81,34 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
     [tools.includes('mcp'), 'tools', 'The hosted tool "mcp"', 'each call adds its result (and the server\'s tool list) to the input, and neither has a bound'],
+    // Conversations are created by POST /v1/conversations, which this gateway does not serve:
+    // under its one operator key, any conversation id is the operator's own, not a customer's.
+    [
+      raw.conversation !== undefined && raw.conversation !== null,
+      'conversation',
+      'A stored conversation',
+      'conversations are created by POST /v1/conversations, which this gateway does not serve; send the conversation in input, or continue a response with previous_response_id',
+    ],
     [raw.service_tier !== undefined && raw.service_tier !== null && !['auto', 'default'].includes(String(raw.service_tier)), 'service_tier', `service_tier "${String(raw.service_tier)}"`],
     // OpenAI answers a background request at once ("queued", no usage) and runs the model
     // afterwards; its result is fetched by GET /v1/responses/{id}, which is not metered.
     [raw.background === true, 'background', 'Background mode', 'the response runs upstream after this request has ended, where its usage cannot be metered'],
   ]);
   const { config } = c.var.services;
-  // One operator key stores every account's responses upstream: a response recorded as
-  // another account's is not continued (answered as OpenAI answers an unknown id). Asked
-  // beside the authorization, so it adds no round trip before the upstream call; an id
-  // recorded for no account passes, since a response is recorded after it is answered and
-  // the next turn may come first.
-  const previous = request.previous_response_id;
-  const ownPrevious = previous
-    ? c.var.services.ledger.storedResponseElsewhere(keyHash, previous).then((elsewhere) => {
-        if (elsewhere) throw new GatewayError(400, 'previous_response_not_found', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
+  // One operator key stores every account's responses upstream: a response or an item
+  // recorded as another account's is not referred to (answered as OpenAI answers an
+  // unknown id). Asked beside the authorization, so it adds no round trip before the
+  // upstream call; an id recorded for no account passes, since a response is recorded
+  // after it is answered and the next turn may come first.
+  const previous = request.previous_response_id || null;
+  const items = referencedItemIds(request.input);
+  const ownStored = previous || items.length
+    ? c.var.services.ledger.storedElsewhere(keyHash, previous, items).then((elsewhere) => {
+        if (elsewhere === null) return;
+        if (elsewhere === previous) {
+          throw new GatewayError(400, 'previous_response_not_found', `Previous response with id '${previous.slice(0, 200)}' not found.`, { param: 'previous_response_id' });
+        }
+        throw new GatewayError(400, 'item_not_found', `Item with id '${elsewhere}' not found.`, { param: 'input' });
       })
     : undefined;
   // Claude and Gemini models are reached by translation; OpenAI-format providers get the request as sent.
@@ -93,12 +120,13 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const extraHeaders = clientHeaders(c);
   // A response stored upstream is remembered as this account's, so only it may retrieve it.
   const { services } = c.var;
-  const remember = (responseId: string | null | undefined) => {
+  // With its output items' ids once they are known: a later request may refer to them.
+  const remember = (responseId: string | null | undefined, itemIds: string[] = []) => {
     if (!responseId || raw.store === false) return;
     // Read now: a request that adopted a hold taken ahead has that hold's id.
     const { requestId } = c.var;
     services.waitUntil(
-      services.ledger.recordStoredResponse(requestId, responseId).catch((error: unknown) => {
+      services.ledger.recordStoredResponse(requestId, responseId, itemIds).catch((error: unknown) => {
         services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
       }),
     );
@@ -122,16 +150,18 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
         return {
           ...processor,
           processEvent: (event) => {
-            const known = reader.responseId();
+            const [known, ended] = [reader.responseId(), reader.ended()];
             const forwarded = processor.processEvent(event);
+            // Recorded as it starts (it can be retrieved while it runs), and with its items as it ends.
             if (!known) remember(reader.responseId());
+            if (!ended && reader.ended() && reader.itemIds().length) remember(reader.responseId(), reader.itemIds());
             return forwarded;
           },
         };
       },
       readBody: (text) => {
         const response = parseJsonAs(responseObjectSchema, text);
-        remember(response?.id);
+        remember(response?.id, response ? responseItemIds(response) : []);
         return {
           body: text,
           usage: response?.usage ? convertResponsesUsage(response.usage) : null,
@@ -164,7 +194,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
         new GatewayError(400, 'unsupported_provider', `The model ${request.model} has no upstream channel configured.`, { param: 'model' }),
     },
     responsesPlan,
-    ownPrevious,
+    ownStored,
   );
 }
 

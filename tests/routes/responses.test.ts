@@ -40,7 +40,13 @@ describe('POST /v1/responses with the openai SDK', () => {
       .create({ model, input: 'Say hello', reasoning: { effort: 'medium' } })
       .withResponse();
     expect(response.output_text).toBe('Hello! How can I help you today?');
-    expect(response).toMatchObject({ ...JSON.parse(readFixture('responses-basic.json')), id: expect.stringMatching(/^resp_[0-9a-f]{48}$/) });
+    // As stored upstream, each response and each of its output items has an id of its own.
+    const fixture = JSON.parse(readFixture('responses-basic.json')) as { output: Array<{ id: string }> };
+    expect(response).toMatchObject({
+      ...fixture,
+      id: expect.stringMatching(/^resp_[0-9a-f]{48}$/),
+      output: fixture.output.map((item) => ({ ...item, id: expect.stringMatching(new RegExp(`^${item.id.split('_')[0]}_[0-9a-f]{32}$`)) })),
+    });
     // 20 input × 1.25 + 10 output × 10 + 64 reasoning × 10 = 25 + 100 + 640 = 765.
     expect(await eventOf(raw.headers.get('x-request-id'))).toEqual({
       status: 'completed', usage_source: 'provider', input_tokens: 20, cached_input_tokens: 0, output_tokens: 10, reasoning_tokens: 64, charged: 765,
@@ -266,13 +272,12 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     expect(served.status).toBe('completed');
   });
 
-  it('content stored upstream is held as content of unknown size: a continued response, a conversation, a stored prompt template', async () => {
+  it('content stored upstream is held as content of unknown size: a continued response, a stored item, a stored prompt template', async () => {
     const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
     const customer = await createCustomer({ balance: 10_000_000 });
     const stored = [
       { previous_response_id: 'resp_0123456789abcdef' },
-      { conversation: 'conv_689667905b048191b4740501625afd940c7533ace33a2dab' },
-      { conversation: { id: 'conv_689667905b048191b4740501625afd940c7533ace33a2dab' } },
+      { input: [{ type: 'item_reference', id: 'msg_0123456789abcdef' }] },
       { prompt: { id: 'pmpt_abc123', version: '2', variables: { city: 'Paris' } } },
     ];
     for (const content of stored) {
@@ -317,11 +322,80 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     await gateway.settled();
   });
 
+  it("a request refers only to its own account's stored items: by item_reference or by an item's id; one recorded for no account passes", async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const [owner, stranger] = [await createCustomer({ balance: 10_000_000 }), await createCustomer({ balance: 10_000_000 })];
+    // One answer streamed, one not: each stored response's output items are recorded as its account's.
+    const streamed = await post(owner.apiKey, { model, input: 'Remember: the code is 4711', stream: true });
+    const events = (await streamed.text()).split('\n').filter((line) => line.startsWith('data: ')).map((line) => JSON.parse(line.slice(6)) as { type: string; item?: { id: string } });
+    const streamedIds = events.filter((event) => event.type === 'response.output_item.added').map((event) => event.item!.id);
+    const whole = (await (await post(owner.apiKey, { model, input: 'And the other code?' })).json()) as { output: Array<{ id: string; type: string }> };
+    await gateway.settled();
+    expect(streamedIds).toHaveLength(2);
+    expect(new Set([...streamedIds, ...whole.output.map((item) => item.id)]).size).toBe(4);
+    const [reasoning, message] = whole.output;
+
+    const upstreamBefore = fake.requests.length;
+    const references = [
+      [{ type: 'item_reference', id: streamedIds[1] }],
+      [{ type: 'item_reference', id: message!.id }],
+      // A reasoning item sent back by its id, as clients do with stored responses.
+      [{ type: 'message', role: 'user', content: 'What was the code?' }, { type: 'reasoning', id: reasoning!.id, summary: [] }],
+      // Among ids of the stranger's own and unknown ones, the first of another account's is named.
+      [{ type: 'item_reference', id: 'msg_never_recorded' }, { type: 'item_reference', id: message!.id }, { type: 'item_reference', id: streamedIds[0] }],
+    ];
+    for (const input of references) {
+      const refused = await post(stranger.apiKey, { model, input, max_output_tokens: 20 });
+      const named = (input.find((item) => 'id' in item && item.id !== 'msg_never_recorded') as { id: string }).id;
+      expect([refused.status, await refused.json()]).toEqual([
+        400,
+        { error: expect.objectContaining({ type: 'invalid_request_error', code: 'item_not_found', param: 'input', message: `Item with id '${named}' not found.` }) },
+      ]);
+    }
+    expect(fake.requests.length).toBe(upstreamBefore);
+    // Streamed alike, and beside a previous response of its own: nothing streamed, the refusal is the answer.
+    const mine = (await (await post(stranger.apiKey, { model, input: 'Hi' })).json()) as { id: string };
+    await gateway.settled();
+    const streamedRefusal = await post(stranger.apiKey, { model, stream: true, previous_response_id: mine.id, input: [{ type: 'item_reference', id: message!.id }] });
+    expect([streamedRefusal.status, ((await streamedRefusal.json()) as { error: { code: string } }).error.code]).toEqual([400, 'item_not_found']);
+    await gateway.settled();
+    const { rows } = await admin().query(`select count(*)::int as refused, sum(charged)::int as charged from public.usage_events where account_id = $1 and status = 'failed'`, [stranger.accountId]);
+    expect(rows[0]).toEqual({ refused: references.length + 1, charged: 0 });
+
+    // The owner refers to its own; ids recorded for no account pass.
+    for (const input of [[{ type: 'item_reference', id: streamedIds[1] }, { type: 'item_reference', id: message!.id }], [{ type: 'item_reference', id: 'msg_never_recorded' }]]) {
+      const own = await post(owner.apiKey, { model, input, max_output_tokens: 20 });
+      expect(own.status).toBe(200);
+      await own.text();
+    }
+    const unknown = await post(stranger.apiKey, { model, input: [{ type: 'item_reference', id: `msg_${'0'.repeat(40)}` }, { type: 'reasoning', id: 'rs_\u0000x', summary: [] }], max_output_tokens: 20 });
+    expect(unknown.status).toBe(200);
+    await unknown.text();
+    await gateway.settled();
+  });
+
+  it('a stored conversation is refused: this gateway creates none, so any is the operator\'s own', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const upstreamBefore = fake.requests.length;
+    for (const conversation of ['conv_689667905b048191b4740501625afd940c7533ace33a2dab', { id: 'conv_689667905b048191b4740501625afd940c7533ace33a2dab' }]) {
+      for (const stream of [false, true]) {
+        const response = await post(customer.apiKey, { model, input: 'And then?', conversation, stream });
+        expect([response.status, await response.json()]).toEqual([
+          400,
+          { error: expect.objectContaining({ code: 'unsupported_parameter', param: 'conversation', message: expect.stringContaining('POST /v1/conversations') }) },
+        ]);
+      }
+    }
+    expect(fake.requests.length).toBe(upstreamBefore);
+    await nothingWritten(customer.accountId, 10_000_000);
+  });
+
   it('the ownership check of previous_response_id costs no round trip of its own: a warm key\'s upstream call starts while it runs, and the answer waits for it', async () => {
     // Every ownership check answers 300 ms late.
     const delay = 300;
     const slowCheck: typeof fetch = async (input, init) => {
-      if (String(input).endsWith('/rpc/stored_response_elsewhere')) await new Promise((resolve) => setTimeout(resolve, delay));
+      if (String(input).endsWith('/rpc/stored_elsewhere')) await new Promise((resolve) => setTimeout(resolve, delay));
       return fetch(input, init);
     };
     const warm = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, OPENAI_API_KEY: 'sk-upstream', READY_HOLDS: 'on', READY_HOLD_SECONDS: '5' }, { databaseFetch: slowCheck });
@@ -342,7 +416,7 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
         await warm.settled();
         const events = warm.events.slice(before);
         const at = (pattern: RegExp) => events.find((event) => pattern.test(event.url))?.at;
-        return { status: response.status, body, took, events, check: at(/\/rpc\/stored_response_elsewhere$/), upstream: at(/\/v1\/responses$/), authorized: events.some((event) => /\/rpc\/authorize_requests?$/.test(event.url)) };
+        return { status: response.status, body, took, events, check: at(/\/rpc\/stored_elsewhere$/), upstream: at(/\/v1\/responses$/), authorized: events.some((event) => /\/rpc\/authorize_requests?$/.test(event.url)) };
       };
       // Two continuations make a key warm for continuations: the third adopts a hold taken ahead.
       const first = await send(owner.apiKey);

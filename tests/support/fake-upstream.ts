@@ -122,8 +122,14 @@ export async function startFakeUpstream() {
       response.end(JSON.stringify(errorBodies[provider](scenario.status)));
       return;
     }
-    // Each response the Responses API stores has an id of its own.
-    const freshIds = (text: string) => (request.url?.startsWith('/v1/responses') ? text.replace(/resp_[0-9a-f]{48}/g, `resp_${randomHex(48)}`) : text);
+    // Each response the Responses API stores has an id of its own, and so has each of its output items.
+    const freshIds = (text: string) => {
+      if (!request.url?.startsWith('/v1/responses')) return text;
+      const items = new Map<string, string>();
+      return text
+        .replace(/resp_[0-9a-f]{48}/g, `resp_${randomHex(48)}`)
+        .replace(/\b(rs|msg|fc|ws)_[0-9a-f]{16,}/g, (id, prefix: string) => items.get(id) ?? items.set(id, `${prefix}_${randomHex(id.length - prefix.length - 1)}`).get(id)!);
+    };
     if (!streaming) {
       response.writeHead(200, { 'content-type': 'application/json', 'x-upstream-processing-ms': '42', ...scenario.headers });
       response.end(freshIds(readFixture(`${scenario.fixture}.json`, provider)));

@@ -42,6 +42,19 @@ export function responseDelivered(response: ResponseObject): string[] {
 }
 
 /**
+ * Ids a stored item can be recorded under and referred to by (the database takes 1 to
+ * 200 characters); any other is never recorded, so never another account's either.
+ */
+export function recordableItemId(id: unknown): id is string {
+  return typeof id === 'string' && id.length > 0 && id.length <= 200;
+}
+
+/** The ids of a finished response object's output items. */
+export function responseItemIds(response: ResponseObject): string[] {
+  return (response.output ?? []).map((item) => item.id).filter(recordableItemId);
+}
+
+/**
  * Reads a Responses API stream: the output deltas that reached the gateway, and
  * the final usage of response.completed (or .incomplete, or .failed). Usage is
  * final only there: a stream cut before it has none. Read by hand, not by
@@ -54,6 +67,8 @@ export function createResponsesStreamReader() {
   let searchesSeen = 0;
   let finalSearches: number | null = null;
   const delivered: string[] = [];
+  const itemIds = new Set<string>();
+  let ended = false;
 
   return {
     read(event: string): Record<string, unknown> | null {
@@ -67,14 +82,18 @@ export function createResponsesStreamReader() {
       }
       if (outputDeltas.has(type) && typeof json.delta === 'string' && json.delta) delivered.push(json.delta);
       else if (type === 'response.output_item.added') {
-        const name = (json.item as { name?: unknown } | null)?.name;
-        if (typeof name === 'string' && name) delivered.push(name);
+        const item = json.item as { name?: unknown; id?: unknown } | null;
+        if (typeof item?.name === 'string' && item.name) delivered.push(item.name);
+        if (recordableItemId(item?.id)) itemIds.add(item.id);
       } else if (type === 'response.output_item.done') {
         if ((json.item as { type?: unknown } | null)?.type === 'web_search_call') searchesSeen++;
       } else if (terminal.has(type)) {
+        ended = true;
         const response = json.response as { usage?: unknown; output?: unknown; error?: { message?: unknown } | null } | null;
         if (Array.isArray(response?.output)) {
-          finalSearches = (response.output as Array<{ type?: unknown } | null>).filter((item) => item?.type === 'web_search_call').length;
+          const output = response.output as Array<{ type?: unknown; id?: unknown } | null>;
+          finalSearches = output.filter((item) => item?.type === 'web_search_call').length;
+          for (const item of output) if (recordableItemId(item?.id)) itemIds.add(item.id);
         }
         const parsed = responsesUsageSchema.safeParse(response?.usage);
         if (parsed.success && response?.usage) usage = convertResponsesUsage(parsed.data);
@@ -89,6 +108,10 @@ export function createResponsesStreamReader() {
     error: () => error,
     /** The response's id, from response.created. */
     responseId: () => responseId,
+    /** The ids of the response's output items, as their events and the final response list them. */
+    itemIds: () => [...itemIds],
+    /** The response ended: response.completed, .incomplete or .failed was read. */
+    ended: () => ended,
     /** Hosted web searches: as response.completed lists them, else as far as they were seen. */
     calls: (): TokenUsage => {
       const searches = finalSearches ?? searchesSeen;

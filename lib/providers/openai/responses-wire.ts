@@ -38,6 +38,7 @@ const outputItemSchema = z.looseObject({
   type: z.string(),
   content: z.array(z.looseObject({ type: z.string(), text: z.string().nullish(), refusal: z.string().nullish() })).nullish(),
   summary: z.array(z.looseObject({ text: z.string().nullish() })).nullish(),
+  id: z.string().nullish(),
   name: z.string().nullish(),
   arguments: z.string().nullish(),
   input: z.string().nullish(),
