@@ -23,6 +23,7 @@ import { benchDatabase } from './bench/database.ts';
 import {
   benchOutboundFetch,
   cpuByComponent,
+  firstByteClient,
   pauseOf,
   runLoad,
   sampleInterleaved,
@@ -36,7 +37,7 @@ import {
   type LoadResult,
 } from './bench/load.ts';
 import { createBareProxy, createNodeProxy } from './bench/bare-proxy.ts';
-import { redisServerPath, startLocalUpstash } from './local-upstash.ts';
+import { redisServerPath } from './local-upstash.ts';
 import { Agent } from 'node:http';
 import pg from 'pg';
 
@@ -147,6 +148,15 @@ function knobs(): Record<string, string> {
   return Object.fromEntries(names.filter((name) => process.env[name]).map((name) => [name, process.env[name]!]));
 }
 
+/** The stand-in for Supabase's API gateway in front of the stack's PostgREST, in a process of its own. */
+function startRouterProcess(stack: Awaited<ReturnType<typeof startLocalSupabase>>) {
+  return startServiceProcess({
+    BENCH_SERVICE: 'router',
+    BENCH_POSTGREST_URL: stack.postgrestUrl,
+    BENCH_ROUTER_KEYS: JSON.stringify({ anonKey: stack.anonKey, serviceRoleKey: stack.serviceRoleKey, publishableKey: stack.publishableKey, secretKey: stack.secretKey }),
+  });
+}
+
 /**
  * Puts accounts on a plan whose rate limits are far above what the bench sends,
  * so the rate limiter runs on every request and never refuses.
@@ -168,14 +178,18 @@ async function main() {
   const stack = await startLocalSupabase({ dataDir, persistent: false });
   const fake = await startFakeUpstream();
   // Rate limits on a local Upstash endpoint, as deployed: with it, holds are taken ahead by default.
-  const upstash = redisServerPath() ? await startLocalUpstash() : undefined;
+  // Supabase's API gateway and Upstash are services of their own in production: the gateway in
+  // this process reaches each in a process of its own, so their work is not counted as its own.
+  const upstashToken = `bench-${crypto.randomUUID()}`;
+  const upstash = redisServerPath() ? await startServiceProcess({ BENCH_SERVICE: 'upstash', BENCH_UPSTASH_TOKEN: upstashToken }) : undefined;
+  const router = await startRouterProcess(stack);
   const pending = new Set<Promise<unknown>>();
   const gatewayEnvironment = {
-    SUPABASE_URL: stack.supabaseUrl,
+    SUPABASE_URL: router.url,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     OPENAI_BASE_URL: `${fake.url}/v1`,
     SPECULATIVE_UPSTREAM: process.env.SPECULATIVE_UPSTREAM ?? 'on',
-    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token } : {}),
+    ...(upstash ? { UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstashToken } : {}),
     ...knobs(),
   };
   // A gateway in this process: its settlements and holds taken ahead are kept in `pending`.
@@ -304,7 +318,7 @@ async function main() {
     // straight to PostgREST. A request that waits for the database waits at least this.
     {
       const nothing = await nothingCall(stack);
-      const viaRouter = summary(await time(() => nothing(`${stack.supabaseUrl}/rest/v1`), rounds));
+      const viaRouter = summary(await time(() => nothing(`${router.url}/rest/v1`), rounds));
       const straight = summary(await time(() => nothing(stack.postgrestUrl), rounds));
       console.log(`  a PostgREST call doing nothing    ${fmt(viaRouter.p50)}  ${fmt(viaRouter.p90)}  ${fmt(viaRouter.p99)}  ${fmt(viaRouter.mean)}   (select 1, through the router: the floor of any database answer here)`);
       console.log(`  the same, straight to PostgREST   ${fmt(straight.p50)}  ${fmt(straight.p90)}  ${fmt(straight.p99)}  ${fmt(straight.mean)}   (without the router standing in for Supabase's API gateway)`);
@@ -314,18 +328,20 @@ async function main() {
     }
 
     // Time to first byte in this process, the database 20 ms away: the same rows as the
-    // latency part's, without the hops between processes.
+    // latency part's, without the hops between processes. The client reads from a thread
+    // of its own (see firstByteClient): on the gateway's event loop it would count the
+    // hold taken ahead after a short answer as time before that answer's first byte.
     fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
     await admin.from('models').upsert({ id: 'bench-slow-start', provider: 'openai', upstream_model: 'chat-slow-start', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
-    const distant = await startDelayProxy(new URL(stack.supabaseUrl), 10);
+    const distant = await startDelayProxy(new URL(router.url), 10);
     try {
       const far = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url });
       const farOff = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url, READY_HOLDS: 'off' });
-      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      const client = firstByteClient();
       const samples = Math.min(rounds, 60);
       const slowBody = (model: string) => body(model, true);
       const firstByte = (url: string, model: string, headers: Record<string, string> = {}) => () =>
-        timeToFirstByte(agent, { url: `${url}/v1/chat/completions`, headers: { 'content-type': 'application/json', ...headers }, body: slowBody(model) });
+        client.timeToFirstByte({ url: `${url}/v1/chat/completions`, headers: { 'content-type': 'application/json', ...headers }, body: slowBody(model) });
       const auth = { authorization: `Bearer ${key}` };
       const taken = await sampleInterleaved(
         {
@@ -338,8 +354,8 @@ async function main() {
         { warm: 5, count: samples, pause: () => Promise.allSettled([...pending]), period: upstreamFirstByteMs + 25 },
       );
       const [base, reference, floor, warm, warmOff] = [summary(taken.base), summary(taken.reference), summary(taken.floor), summary(taken.warm), summary(taken.warmOff)];
-      agent.destroy();
-      console.log(`\nTime to first byte in this process, streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests, the rows taken in turns (ms)\n`);
+      await client.close();
+      console.log(`\nTime to first byte in this process (the client on a thread of its own), streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests, the rows taken in turns (ms)\n`);
       console.log('                                     p50      p99   added p50');
       console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
       console.log(`  node:http proxy                   ${fmt(floor.p50)}  ${fmt(floor.p99)}  ${fmt(floor.p50 - base.p50)}`);
@@ -392,6 +408,7 @@ async function main() {
     nodeProxy.close();
     await fake.close();
     await upstash?.stop();
+    await router.stop();
     await stack.stop();
     await rm(dataDir, { recursive: true, force: true });
   }
@@ -428,11 +445,7 @@ async function benchLoad(stack: Awaited<ReturnType<typeof startLocalSupabase>>, 
   // runs in a process of its own, apart from the load generator and the fake upstream.
   const upstashToken = `bench-${crypto.randomUUID()}`;
   const upstash = redisServerPath() ? await startServiceProcess({ BENCH_SERVICE: 'upstash', BENCH_UPSTASH_TOKEN: upstashToken }) : undefined;
-  const router = await startServiceProcess({
-    BENCH_SERVICE: 'router',
-    BENCH_POSTGREST_URL: stack.postgrestUrl,
-    BENCH_ROUTER_KEYS: JSON.stringify({ anonKey: stack.anonKey, serviceRoleKey: stack.serviceRoleKey, publishableKey: stack.publishableKey, secretKey: stack.secretKey }),
-  });
+  const router = await startRouterProcess(stack);
   const environment: Record<string, string> = {
     SUPABASE_URL: router.url,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
