@@ -53,6 +53,27 @@ describe('the AI SDK\'s default providers', () => {
     ]);
   });
 
+  it('openai(…) over several turns: earlier output goes back as item_reference, which only its own account may send', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const [owner, stranger] = [await createCustomer({ balance: 10_000_000 }), await createCustomer({ balance: 10_000_000 })];
+    const first = await generateText({ model: createOpenAI({ apiKey: owner.apiKey, baseURL: `${gateway.url}/v1` })(model), prompt: 'Remember: the code is 4711' });
+    await gateway.settled();
+    const conversation = [{ role: 'user' as const, content: 'Remember: the code is 4711' }, ...first.response.messages, { role: 'user' as const, content: 'What was the code?' }];
+    const second = await generateText({ model: createOpenAI({ apiKey: owner.apiKey, baseURL: `${gateway.url}/v1` })(model), messages: conversation });
+    expect(second.text).toBe('Hello! How can I help you today?');
+    // The SDK sent the first answer's items by reference (responses are stored by default), and the gateway passed them on.
+    const sent = fake.requests.at(-1)!.body.input as Array<{ type?: string; id?: string }>;
+    const referenced = sent.filter((item) => item.type === 'item_reference').map((item) => item.id);
+    expect(referenced.length).toBeGreaterThan(0);
+    expect((first.response.body as { output: Array<{ id: string }> }).output.map((item) => item.id)).toEqual(expect.arrayContaining(referenced));
+    // The same messages from another account's key: refused before the upstream is asked.
+    const upstreamBefore = fake.requests.length;
+    const refused = generateText({ model: createOpenAI({ apiKey: stranger.apiKey, baseURL: `${gateway.url}/v1` })(model), messages: conversation, maxRetries: 0 });
+    await expect(refused).rejects.toMatchObject({ statusCode: 400, responseBody: expect.stringContaining('item_not_found') });
+    expect(fake.requests.length).toBe(upstreamBefore);
+    expect(await bills(stranger.accountId)).toEqual([{ status: 'failed', usage_source: null, charged: 0 }]);
+  });
+
   it('openai(…) with a Claude or a Gemini model: the Responses API, translated, generateText and streamText', async () => {
     const claude = await createModel(price, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });
     const gemini = await createModel(price, { provider: 'google', upstreamModel: 'generate-cached-thoughts', maxOutputTokens: 65_536 });
