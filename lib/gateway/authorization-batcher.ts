@@ -33,7 +33,9 @@ export interface AuthorizationBatcher {
  *
  * An authorization waits for a call at most `maxWaitMs` (the database
  * deadline): when every call in flight has stalled, it fails unsent, so a
- * request never waits longer than two deadlines for its authorization.
+ * request waits at most two deadlines for its authorization (three when its
+ * batch's answer sends it again alone, below; those calls go at once, beside
+ * the calls in flight, since the database has just answered).
  * A call that fails or misses its deadline rejects every authorization it
  * carried, as a single call would (the caller gives the holds back); one the
  * database refuses as a whole (4xx) sends each again alone. An item the batch reports as
