@@ -126,7 +126,8 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     // Read now: a request that adopted a hold taken ahead has that hold's id.
     const { requestId } = c.var;
     services.waitUntil(
-      services.ledger.recordStoredResponse(requestId, responseId, itemIds).catch((error: unknown) => {
+      // The database records at most 1,000 (any beyond are recorded for no account, so they pass).
+      services.ledger.recordStoredResponse(requestId, responseId, itemIds.slice(0, 1000)).catch((error: unknown) => {
         services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
       }),
     );

@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
@@ -372,6 +374,39 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     expect(unknown.status).toBe(200);
     await unknown.text();
     await gateway.settled();
+  });
+
+  it('an answer whose output item has an id that is not a string (an OpenAI-compatible upstream) is billed from its usage all the same', async () => {
+    const upstream = createServer((request, response) => {
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(JSON.stringify({
+          id: 'resp_compatible', object: 'response', status: 'completed', model: 'compatible',
+          output: [{ id: 7, type: 'message', role: 'assistant', status: 'completed', content: [{ type: 'output_text', text: 'Hello there.', annotations: [] }] }],
+          usage: { input_tokens: 1000, input_tokens_details: { cached_tokens: 0 }, output_tokens: 1000, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: 2000 },
+        }));
+      });
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    const compatible = await startGateway({ OPENAI_BASE_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}/v1`, OPENAI_API_KEY: 'sk-upstream' });
+    try {
+      const model = await createModel(price, { upstreamModel: 'compatible', maxOutputTokens: 4096 });
+      const customer = await createCustomer({ balance: 100_000_000 });
+      const response = await fetch(`${compatible.url}/v1/responses`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, input: 'Hi', max_output_tokens: 2000 }),
+      });
+      expect(response.status).toBe(200);
+      await response.text();
+      await compatible.settled();
+      // 1000 × 1.25 + 1000 × 10 = 11,250.
+      expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({ status: 'completed', usage_source: 'provider', input_tokens: 1000, output_tokens: 1000, charged: 11_250 });
+    } finally {
+      await compatible.close();
+      await new Promise((resolve) => upstream.close(resolve));
+    }
   });
 
   it('a stored conversation is refused: this gateway creates none, so any is the operator\'s own', async () => {

@@ -38,7 +38,8 @@ const outputItemSchema = z.looseObject({
   type: z.string(),
   content: z.array(z.looseObject({ type: z.string(), text: z.string().nullish(), refusal: z.string().nullish() })).nullish(),
   summary: z.array(z.looseObject({ text: z.string().nullish() })).nullish(),
-  id: z.string().nullish(),
+  // Read only as an id to record (a string); anything else is not one, and the answer is billed all the same.
+  id: z.unknown().optional(),
   name: z.string().nullish(),
   arguments: z.string().nullish(),
   input: z.string().nullish(),
