@@ -11,8 +11,12 @@ export const imageTokenEstimate = 765;
 
 /**
  * Upper bound, for holds, of content the upstream fetches or keeps itself (a
- * file id, a document or video URL, a cache it holds by name): its size is
- * unknown here, and a long PDF or video can fill a context window.
+ * file id, a document or video URL, a cache it holds by name, a stored
+ * response or item): its size is unknown here, and a long PDF or video can
+ * fill a context window. Held once however many pieces a prompt has: together
+ * they fill at most the context window too (1M tokens for the largest models
+ * served), and a conversation that sends back each earlier answer by reference
+ * would otherwise hold a million tokens more with every turn.
  */
 export const remoteContentTokenBound = 1_000_000;
 
@@ -28,7 +32,7 @@ export interface PromptPieces {
 export function boundPromptTokens(pieces: PromptPieces, framingTokens: number): number {
   let bytes = pieces.opaqueBytes;
   for (const text of pieces.texts) bytes += utf8Bytes(text);
-  return bytes + pieces.images * imageTokenBound + (pieces.remote ?? 0) * remoteContentTokenBound + framingTokens;
+  return bytes + pieces.images * imageTokenBound + Math.min(pieces.remote ?? 0, 1) * remoteContentTokenBound + framingTokens;
 }
 
 /** The prompt's tokens by the tokenizer; `estimated` when images or other parts had to be guessed. */

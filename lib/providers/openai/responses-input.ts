@@ -40,9 +40,11 @@ function promptPieces(request: ResponsesRequest): PromptPieces {
       if (item && (item.type === 'message' || (item.type === undefined && 'role' in item))) {
         if (typeof item.role === 'string') pieces.texts.push(item.role);
         contentPieces(item.content, pieces);
-      } else if (item && item.type === 'item_reference') {
-        // A stored item, fetched upstream.
+      } else if (item && (item.type === 'item_reference' || (item.type === 'reasoning' && typeof item.id === 'string' && !item.encrypted_content))) {
+        // A stored item, fetched upstream: by reference, or a reasoning item sent back by its
+        // id alone (OpenAI puts the stored reasoning in the prompt).
         pieces.remote = (pieces.remote ?? 0) + 1;
+        if (item.type === 'reasoning') pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
       } else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
     }
   } else if (request.input !== undefined && request.input !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.input) ?? '');
