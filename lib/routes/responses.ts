@@ -148,6 +148,11 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       createStreamProcessor: () => {
         const reader = createResponsesStreamReader();
         const processor = forwardAsIs(reader);
+        // A stream cut before its last event (the client left, the time limit, an upstream
+        // error): the items it began are recorded as its account's all the same.
+        c.var.hold?.whenClosed(() => {
+          if (!reader.ended() && reader.itemIds().length) remember(reader.responseId(), reader.itemIds());
+        });
         return {
           ...processor,
           processEvent: (event) => {

@@ -129,6 +129,12 @@ describe('POST /v1/responses with the openai SDK', () => {
     expect(await eventOf(response.headers.get('x-request-id'))).toMatchObject({
       status: 'failed', usage_source: 'tokenizer', output_tokens: await countTokens(['Hello', '!', ' How', ' can']),
     });
+    // The items it began are recorded as this account's, though no final event listed them.
+    const begun = text.split('\n').filter((line) => line.startsWith('data: ')).map((line) => JSON.parse(line.slice(6)) as { type: string; item?: { id: string } })
+      .filter((event) => event.type === 'response.output_item.added').map((event) => event.item!.id);
+    expect(begun).toHaveLength(2);
+    const { rows: [stored] } = await admin().query('select account_id, item_ids from public.stored_responses where request_id = $1', [response.headers.get('x-request-id')]);
+    expect(stored).toEqual({ account_id: customer.accountId, item_ids: [...begun].sort() });
   });
 
   it('hosted tools with fees are refused before any hold; a stored response is retrievable only by its own account, free', async () => {
