@@ -4,7 +4,7 @@ import WebSocket from 'ws';
 import { signUserJwt } from '../../scripts/local-supabase/jwt.ts';
 import { createAuthUser } from '../../scripts/local-supabase/index.ts';
 import { charge, checkoutSession, dispute, invoice, invoicePayment, stripeEvent } from '../support/stripe-events.ts';
-import { findInvariantViolations } from '../support/invariants.ts';
+import { booksBalanced } from '../support/books.ts';
 import { admin, createCustomer, createModel, ledger, serviceClient, stack, type Customer } from '../support/supabase.ts';
 
 // Every credit is a grant; spending draws promotional before paid, then higher
@@ -309,16 +309,6 @@ describe('a dispute won gives back what the dispute took, each part on the terms
       [customer.accountId],
     )).rows;
 
-  /** The suite's invariants hold, and the books check (reconcile_books) finds nothing wrong with the account. */
-  async function booksBalanced(customer: Customer) {
-    expect(await findInvariantViolations()).toEqual([]);
-    await admin().query('select public.reconcile_books(now())');
-    const { rows } = await admin().query(
-      `select kind, details from public.alerts where account_id = $1 and kind in ('ledger_mismatch', 'holds_mismatch', 'stripe_mismatch')`,
-      [customer.accountId],
-    );
-    expect(rows).toEqual([]);
-  }
 
   /** A pack of 50 credits and a 5-credit bonus at $50, bought: its payment intent and checkout session. */
   async function boughtWithBonus(customer: Customer) {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { findInvariantViolations } from '../support/invariants.ts';
+import { booksBalanced, stripeLedger } from '../support/books.ts';
 import { checkoutSession, dispute, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, ledger, type Customer } from '../support/supabase.ts';
 
@@ -153,26 +153,7 @@ async function paymentOf(paymentIntent: string) {
   return rows[0] as { disputed_amount: number; debited: number; uncollected: number };
 }
 
-/** The account's ledger rows from Stripe events, as [reason, amount], in order. */
-async function stripeLedger(customer: Customer) {
-  const { rows } = await admin().query(
-    `select reason, amount::bigint from public.credit_ledger
-      where account_id = $1 and reason in ('purchase', 'refund', 'dispute', 'dispute_won') order by id`,
-    [customer.accountId],
-  );
-  return rows.map((row) => [row.reason, Number(row.amount)]);
-}
 
-/** The suite's invariants hold, and the books check (reconcile_books) finds nothing wrong with the account. */
-async function booksBalanced(customer: Customer) {
-  expect(await findInvariantViolations()).toEqual([]);
-  await admin().query('select public.reconcile_books(now())');
-  const { rows } = await admin().query(
-    `select kind, details from public.alerts where account_id = $1 and kind in ('ledger_mismatch', 'holds_mismatch', 'stripe_mismatch')`,
-    [customer.accountId],
-  );
-  expect(rows).toEqual([]);
-}
 
 /** Two disputes of parts of the payment ($20 and $30), opened before 20261129003500: taken back as the larger alone. */
 async function twoPartialDisputesBefore20261129003500(paymentIntent: string) {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
-import { findInvariantViolations } from '../support/invariants.ts';
+import { booksBalanced, stripeLedger } from '../support/books.ts';
 import { charge, checkoutSession, dispute, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, ledger, type Customer } from '../support/supabase.ts';
 
@@ -79,26 +79,7 @@ async function flagOf(customer: Customer): Promise<string | null> {
   return rows[0].flagged_reason;
 }
 
-/** The account's ledger rows from Stripe events, as [reason, amount], in order. */
-async function stripeLedger(customer: Customer) {
-  const { rows } = await admin().query(
-    `select reason, amount::bigint from public.credit_ledger
-      where account_id = $1 and reason in ('purchase', 'refund', 'dispute', 'dispute_won') order by id`,
-    [customer.accountId],
-  );
-  return rows.map((row) => [row.reason, Number(row.amount)]);
-}
 
-/** The suite's invariants hold, and the books check (reconcile_books) finds nothing wrong with the account. */
-async function booksBalanced(customer: Customer) {
-  expect(await findInvariantViolations()).toEqual([]);
-  await admin().query('select public.reconcile_books(now())');
-  const { rows } = await admin().query(
-    `select kind, details from public.alerts where account_id = $1 and kind in ('ledger_mismatch', 'holds_mismatch', 'stripe_mismatch')`,
-    [customer.accountId],
-  );
-  expect(rows).toEqual([]);
-}
 
 describe('a payment disputed again after a dispute lost', () => {
   it.each(['won', 'warning_closed'] as const)('the second dispute %s gives back nothing of what the first, lost, took for good', async (outcome) => {
