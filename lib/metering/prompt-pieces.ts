@@ -14,11 +14,12 @@ export const imageTokenEstimate = 765;
  * file id, a document or video URL, a cache it holds by name, a stored
  * response or item): its size is unknown here, and a long PDF or video can
  * fill a context window. Held once however many pieces a prompt has: together
- * they fill at most the context window too (1M tokens for the largest models
- * served), and a conversation that sends back each earlier answer by reference
- * would otherwise hold a million tokens more with every turn.
+ * they fill at most the context window too, the largest of the models served
+ * being 1,048,576 tokens (Gemini 2.5 Pro; GPT-4.1 1,047,576), and a
+ * conversation that sends back each earlier answer by reference would
+ * otherwise hold a million tokens more with every turn.
  */
-export const remoteContentTokenBound = 1_000_000;
+export const remoteContentTokenBound = 1_048_576;
 
 /** A prompt taken apart: its text, its images (never read as text), remote content, and the bytes of parts of other kinds. */
 export interface PromptPieces {

@@ -2,6 +2,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { getEncoding } from 'js-tiktoken';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
+import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
@@ -206,7 +207,7 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     const fetchTool = { type: 'web_fetch_20250910', name: 'web_fetch', max_uses: 2 };
     expect(within(await held({ tools: [{ ...fetchTool, max_content_tokens: 50_000 }] }), 2 * 50_000)).toEqual(between(2 * 50_000));
     // Without max_content_tokens a fetch is content of unknown size (a PDF can fill the context window).
-    expect(within(await held({ tools: [fetchTool] }), 2 * 1_000_000)).toEqual(between(2 * 1_000_000));
+    expect(within(await held({ tools: [fetchTool] }), 2 * remoteContentTokenBound)).toEqual(between(2 * remoteContentTokenBound));
     expect(within(await held({ tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 3 }] }), 3 * 10_000)).toEqual(between(3 * 10_000));
     expect(within(await held({ tools: [{ type: 'web_search_20250305', name: 'web_search' }] }), 10 * 10_000)).toEqual(between(10 * 10_000));
 

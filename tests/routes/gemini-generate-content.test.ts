@@ -1,6 +1,7 @@
 import { GoogleGenAI } from '@google/genai';
 import { getEncoding } from 'js-tiktoken';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
@@ -356,7 +357,7 @@ describe('field names in snake_case, which Google takes as well as camelCase', (
   });
 });
 
-describe('content of unknown size is held at 1,000,000 tokens', () => {
+describe('content of unknown size is held at the largest context window served', () => {
   const post = (model: string, apiKey: string, body: unknown) =>
     fetch(`${gateway.url}/v1beta/models/${model}:generateContent`, {
       method: 'POST',
@@ -378,8 +379,8 @@ describe('content of unknown size is held at 1,000,000 tokens', () => {
       const response = await post(model, customer.apiKey, { contents: [{ role: 'user', parts: [part, { text: 'Summarize.' }] }], generationConfig: { maxOutputTokens: 50 } });
       expect(response.status).toBe(200);
     }
-    // 1,000,000 + 10 bytes of text + 16 of framing.
-    expect(await maxInputTokens(customer.accountId)).toEqual([1_000_026, 1_000_026]);
+    // The bound of unknown content + 10 bytes of text + 16 of framing.
+    expect(await maxInputTokens(customer.accountId)).toEqual([remoteContentTokenBound + 26, remoteContentTokenBound + 26]);
   });
 
   it('cachedContent, kept by Google and added to the prompt there, in either spelling', async () => {
@@ -389,7 +390,7 @@ describe('content of unknown size is held at 1,000,000 tokens', () => {
       const response = await post(model, customer.apiKey, { ...cache, contents: [{ role: 'user', parts: [{ text: 'Summarize.' }] }], generationConfig: { maxOutputTokens: 50 } });
       expect(response.status).toBe(200);
     }
-    expect(await maxInputTokens(customer.accountId)).toEqual([1_000_026, 1_000_026]);
+    expect(await maxInputTokens(customer.accountId)).toEqual([remoteContentTokenBound + 26, remoteContentTokenBound + 26]);
     expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ cachedContent: 'cachedContents/abc123' });
   });
 
@@ -402,7 +403,7 @@ describe('content of unknown size is held at 1,000,000 tokens', () => {
       expect(response.status).toBe(200);
     }
     const held = await maxInputTokens(customer.accountId);
-    expect(held.map((tokens: number) => tokens >= 1_000_000 && tokens < 1_000_200)).toEqual([true, true]);
+    expect(held.map((tokens: number) => tokens >= remoteContentTokenBound && tokens < remoteContentTokenBound + 200)).toEqual([true, true]);
     expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body.tools).toEqual([{ urlContext: {} }]);
   });
 });

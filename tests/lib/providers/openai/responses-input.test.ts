@@ -18,6 +18,8 @@ describe('boundResponsesInputTokens', () => {
     expect(bound({ previous_response_id: 'resp_1', input: references.slice(0, 1) })).toBe(remoteContentTokenBound + framing(1));
     // Nothing stored upstream: no such bound.
     expect(bound({ input: 'Hello' })).toBe(5 + framing(1));
+    // At least the largest context window served, which stored content can fill: GPT-4.1's 1,047,576, Gemini 2.5 Pro's 1,048,576.
+    expect(bound({ previous_response_id: 'resp_1', input: references })).toBeGreaterThanOrEqual(1_048_576);
   });
 
   it('holds a reasoning item sent back by its id alone as stored content (the stored reasoning goes into the prompt), one with its encrypted content by its bytes', () => {
