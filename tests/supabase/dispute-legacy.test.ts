@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { booksBalanced, stripeLedger } from '../support/books.ts';
-import { checkoutSession, dispute, signature, stripeEvent } from '../support/stripe-events.ts';
+import { checkoutSession, dispute, invoice, invoicePayment, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, ledger, type Customer } from '../support/supabase.ts';
 
 // Payments disputed before migration 20261129003500, each dispute event applied by
@@ -12,8 +12,11 @@ import { admin, createCustomer, ledger, type Customer } from '../support/supabas
 //   today's functions, which make what its disputes keep taken back whole; or
 // - its events all came before 20261129003700 (applied by 20261129003500's
 //   functions), and that migration's correction, run as it is written there,
-//   puts it right.
-// Both migrations' statements are run for this file's payments alone: the
+//   puts it right;
+// - a payment the old functions took back twice (a dispute's created event
+//   after it was won) gets back, from 20261129003900's correction, what none of
+//   its disputes keeps.
+// The migrations' statements are run for this file's payments alone: the
 // database is shared with the other test files.
 //
 // Every amount is for a $50 pack of 50 credits and a 5-credit bonus: 55M.
@@ -62,9 +65,9 @@ function backfillStatements() {
   });
 }
 
-/** 20261129003700's correction (its closing `do` block), as written there, for one payment. */
-function correctionOf(paymentIntent: string) {
-  const text = migration('20261129003700_dispute_takes_reconciled.sql');
+/** A migration's correction (its closing `do` block), as written there, for one payment. */
+function correctionOf(file: string, paymentIntent: string) {
+  const text = migration(file);
   const block = text.slice(text.lastIndexOf('\ndo $$'));
   const payments = 'where exists (select 1 from private.stripe_disputes d where d.payment_id = p.id)';
   expect(block.split(payments)).toHaveLength(2);
@@ -118,7 +121,12 @@ async function backfill(paymentIntent: string) {
 
 /** 20261129003700 is applied: its correction, for this payment. */
 async function correct(paymentIntent: string) {
-  await admin().query(correctionOf(paymentIntent));
+  await admin().query(correctionOf('20261129003700_dispute_takes_reconciled.sql', paymentIntent));
+}
+
+/** 20261129003900 is applied: its correction, for this payment. */
+async function giveBack(paymentIntent: string) {
+  await admin().query(correctionOf('20261129003900_dispute_over_takes_given_back.sql', paymentIntent));
 }
 
 /** A new account that bought the pack: its payment intent. */
@@ -167,6 +175,42 @@ async function twoPartialDisputesBefore20261129003500(paymentIntent: string) {
   );
   expect(rows).toEqual([{ id: small, amount: 2000, status: 'open' }, { id: large, amount: 3000, status: 'open' }]);
   return { small, large };
+}
+
+/** What is left of the account's grants not expired, per category (the signup credits, used up, left out). */
+async function grantsLeftOf(customer: Customer) {
+  const { rows } = await admin().query(
+    `select category, sum(remaining)::int as remaining from public.credit_grants
+      where account_id = $1 and expired_at is null and remaining > 0 group by category order by category`,
+    [customer.accountId],
+  );
+  return Object.fromEntries(rows.map((row) => [row.category as string, row.remaining as number]));
+}
+
+/** A dispute created and won, then its created event again under a new event id, before 20261129003500: the pack taken back twice. */
+async function wonThenCreatedAgainBefore20261129003500(customer: Customer, paymentIntent: string, options: { spentBetween?: number } = {}) {
+  const id = disputeId();
+  await appliedUntil('20261129003500', created(paymentIntent, 5000, id));
+  await appliedUntil('20261129003500', closed(paymentIntent, 5000, id, 'won'));
+  if (options.spentBetween) {
+    await ledger.grantCredits({ accountId: customer.accountId, amount: -options.spentBetween, reason: 'adjustment', note: 'spent' });
+  }
+  await appliedUntil('20261129003500', created(paymentIntent, 5000, id));
+  await backfill(paymentIntent);
+  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
+  expect(rows).toEqual([{ status: 'won' }]);
+  return id;
+}
+
+/** A dispute closed as won before its created event, both before 20261129003500: the created event took the pack back. */
+async function wonBeforeCreatedBefore20261129003500(paymentIntent: string) {
+  const id = disputeId();
+  await appliedUntil('20261129003500', closed(paymentIntent, 5000, id, 'won'));
+  await appliedUntil('20261129003500', created(paymentIntent, 5000, id));
+  await backfill(paymentIntent);
+  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
+  expect(rows).toEqual([{ status: 'won' }]);
+  return id;
 }
 
 /** A dispute closed as lost before its created event, both before 20261129003500: it took nothing. */
@@ -313,5 +357,150 @@ describe('20261129003700 puts right the payments whose dispute events all came b
     await correct(paymentIntent);
     expect({ ledger: await stripeLedger(customer), payment: await paymentOf(paymentIntent) }).toEqual(before);
     await booksBalanced(customer);
+  });
+});
+
+describe('20261129003900 gives back what a payment taken back twice keeps no more', () => {
+  it('a dispute won, then its created event again under a new event id: the 55M taken again come back as they were taken, once', async () => {
+    const { customer, paymentIntent } = await bought();
+    const id = await wonThenCreatedAgainBefore20261129003500(customer, paymentIntent);
+    await correct(paymentIntent);
+    // Left by 20261129003700: its one dispute won, yet the pack taken back.
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) })
+      .toEqual({ balance: 0, payment: { disputed_amount: 0, debited: pack, uncollected: 0 }, flag: expect.stringContaining(paymentIntent) });
+    await booksBalanced(customer);
+
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) })
+      .toEqual({ balance: pack, payment: { disputed_amount: 0, debited: 0, uncollected: 0 }, flag: null });
+    // As the dispute won gave them back: the bonus as bonus, the paid credits as paid.
+    expect(await grantsLeftOf(customer)).toEqual({ paid: 50_000_000, promotional: 5_000_000 });
+    const given = [['purchase', pack], ['dispute', -pack], ['dispute_won', 50_000_000], ['dispute_won', 5_000_000],
+                   ['dispute', -pack], ['dispute_won', 50_000_000], ['dispute_won', 5_000_000]];
+    expect(await stripeLedger(customer)).toEqual(given);
+    const { rows } = await admin().query(
+      `select reference from public.credit_ledger where account_id = $1 and reference like 'dispute_won:reconciled:%' order by id`,
+      [customer.accountId],
+    );
+    expect(rows).toEqual([{ reference: `dispute_won:reconciled:${paymentIntent}` }, { reference: `dispute_won:reconciled:${paymentIntent}:2` }]);
+    await booksBalanced(customer);
+
+    // Run again, or the dispute's events again: nothing more.
+    await giveBack(paymentIntent);
+    await deliver(created(paymentIntent, 5000, id));
+    await deliver(closed(paymentIntent, 5000, id, 'won'));
+    expect({ balance: await balanceOf(customer), ledger: await stripeLedger(customer), flag: await flagOf(customer) })
+      .toEqual({ balance: pack, ledger: given, flag: null });
+    await booksBalanced(customer);
+  });
+
+  it('spent in between: what was recorded uncollected is forgiven, what was taken comes back, no more', async () => {
+    const { customer, paymentIntent } = await bought();
+    await wonThenCreatedAgainBefore20261129003500(customer, paymentIntent, { spentBetween: 40_000_000 });
+    await correct(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent) })
+      .toEqual({ balance: 0, payment: { disputed_amount: 0, debited: 15_000_000, uncollected: 40_000_000 } });
+
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), grants: await grantsLeftOf(customer) })
+      .toEqual({ balance: 15_000_000, payment: { disputed_amount: 0, debited: 0, uncollected: 0 }, grants: { paid: 15_000_000 } });
+    await booksBalanced(customer);
+    await giveBack(paymentIntent);
+    expect(await balanceOf(customer)).toBe(15_000_000);
+    await booksBalanced(customer);
+  });
+
+  it('a dispute closed as won before its created event: the 55M come back and the flag is cleared; its won close again changes nothing', async () => {
+    const { customer, paymentIntent } = await bought();
+    const id = await wonBeforeCreatedBefore20261129003500(paymentIntent);
+    await correct(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) })
+      .toEqual({ balance: 0, payment: { disputed_amount: 0, debited: pack, uncollected: 0 }, flag: expect.stringContaining(paymentIntent) });
+    await booksBalanced(customer);
+
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) })
+      .toEqual({ balance: pack, payment: { disputed_amount: 0, debited: 0, uncollected: 0 }, flag: null });
+    await booksBalanced(customer);
+
+    expect(await deliver(closed(paymentIntent, 5000, id, 'won'))).toMatchObject({ status: 'already_won' });
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) })
+      .toEqual({ balance: pack, payment: { disputed_amount: 0, debited: 0, uncollected: 0 }, flag: null });
+    expect(await stripeLedger(customer)).toEqual([['purchase', pack], ['dispute', -pack], ['dispute_won', 50_000_000], ['dispute_won', 5_000_000]]);
+    await booksBalanced(customer);
+  });
+
+  it('the won close again, on its own, clears the flag and gives nothing back: a dispute event never gives back, the correction does', async () => {
+    // In a deploy the correction runs before any later event; here the event comes first, to see what it does alone.
+    const { customer, paymentIntent } = await bought();
+    const id = await wonBeforeCreatedBefore20261129003500(paymentIntent);
+    await correct(paymentIntent);
+    expect(await deliver(closed(paymentIntent, 5000, id, 'won'))).toMatchObject({ status: 'already_won' });
+    expect({ balance: await balanceOf(customer), flag: await flagOf(customer) }).toEqual({ balance: 0, flag: null });
+    await booksBalanced(customer);
+
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent) })
+      .toEqual({ balance: pack, payment: { disputed_amount: 0, debited: 0, uncollected: 0 } });
+    await booksBalanced(customer);
+  });
+
+  it('the flag stays while a dispute of another of the account\'s payments is lost', async () => {
+    const { customer, paymentIntent: other } = await bought();
+    const lost = disputeId();
+    await deliver(created(other, 2000, lost));
+    await deliver(closed(other, 2000, lost, 'lost'));
+    const { paymentIntent } = await bought(customer);
+    await wonThenCreatedAgainBefore20261129003500(customer, paymentIntent);
+    await correct(paymentIntent);
+    // The flag names the payment taken back twice, whose one dispute was won.
+    expect(await flagOf(customer)).toContain(paymentIntent);
+
+    await giveBack(paymentIntent);
+    expect({ balance: await balanceOf(customer), payment: await paymentOf(paymentIntent) })
+      .toEqual({ balance: 2 * pack - 22_000_000, payment: { disputed_amount: 0, debited: 0, uncollected: 0 } });
+    expect(await flagOf(customer)).toMatch(/^payment pi_\w+ disputed/);
+    await booksBalanced(customer);
+  });
+
+  it('a payment whose disputes came under today\'s functions is left as it is: one lost and one won, or lost and its month expired since', async () => {
+    const { customer, paymentIntent } = await bought();
+    const [lost, won] = [disputeId(), disputeId()];
+    await deliver(created(paymentIntent, 2000, lost));
+    await deliver(created(paymentIntent, 3000, won));
+    await deliver(closed(paymentIntent, 3000, won, 'won'));
+    await deliver(closed(paymentIntent, 2000, lost, 'lost'));
+    const before = { ledger: await stripeLedger(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) };
+    expect(before.payment).toEqual({ disputed_amount: 2000, debited: 22_000_000, uncollected: 0 });
+    expect(before.flag).toContain(paymentIntent);
+    await giveBack(paymentIntent);
+    expect({ ledger: await stripeLedger(customer), payment: await paymentOf(paymentIntent), flag: await flagOf(customer) }).toEqual(before);
+    await booksBalanced(customer);
+
+    // A month's allowance (20M for $20), half disputed and lost, the other half then expired unused:
+    // the claw-back's count (its share less what expired) would make the 10M taken look too much.
+    const subscriber = await createCustomer({ balance: 0 });
+    const plan = `legacy${crypto.randomUUID().slice(0, 8)}`;
+    const [price, planLink, customerId] = [`price_test_${plan}`, `plink_test_${plan}`, `cus_test_${plan}`];
+    await admin().query(
+      `insert into public.plans (id, name, monthly_credits, stripe_price_id, stripe_payment_link_id) values ($1, 'Plan', 20000000, $2, $3)`,
+      [plan, price, planLink],
+    );
+    await deliver(stripeEvent('checkout.session.completed',
+      checkoutSession({ clientReferenceId: subscriber.accountId, paymentLink: planLink, amount: 2000, mode: 'subscription', customer: customerId })));
+    const paid = invoice({ customer: customerId, price, amount: 2000 });
+    await deliver(stripeEvent('invoice.paid', paid));
+    const monthly = `pi_test_${crypto.randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    await deliver(stripeEvent('invoice_payment.paid', invoicePayment({ invoice: paid.id, paymentIntent: monthly, amount: 2000 })));
+    const half = disputeId();
+    await deliver(created(monthly, 1000, half));
+    await deliver(closed(monthly, 1000, half, 'lost'));
+    await admin().query('select public.expire_grants($1)', [new Date(paid.lines.data[0]!.period.end * 1000 + 1000).toISOString()]);
+    const month = { ledger: await stripeLedger(subscriber), payment: await paymentOf(monthly), balance: await balanceOf(subscriber) };
+    expect(month).toMatchObject({ payment: { disputed_amount: 1000, debited: 10_000_000, uncollected: 0 }, balance: 0 });
+    await giveBack(monthly);
+    expect({ ledger: await stripeLedger(subscriber), payment: await paymentOf(monthly), balance: await balanceOf(subscriber) }).toEqual(month);
+    await booksBalanced(subscriber);
   });
 });
