@@ -420,7 +420,6 @@ export function createLedger(serviceClient: RpcClient) {
       );
     },
 
-    /** Remembers which account created a response stored upstream. */
     /** Records the request's account as the stored response's owner, and of its output items (`itemIds`, added to those recorded before). */
     recordStoredResponse(requestId: string, responseId: string, itemIds: string[] = []): Promise<unknown> {
       return callFunction(

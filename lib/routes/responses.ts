@@ -148,19 +148,18 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       createStreamProcessor: () => {
         const reader = createResponsesStreamReader();
         const processor = forwardAsIs(reader);
-        // A stream cut before its last event (the client left, the time limit, an upstream
-        // error): the items it began are recorded as its account's all the same.
+        // Recorded as it starts (it can be retrieved while it runs), and with its items once
+        // the stream is over: those its final event lists, or, for a stream cut before it
+        // (the client left, the time limit, an upstream error), those it began.
         c.var.hold?.whenClosed(() => {
-          if (!reader.ended() && reader.itemIds().length) remember(reader.responseId(), reader.itemIds());
+          if (reader.itemIds().length) remember(reader.responseId(), reader.itemIds());
         });
         return {
           ...processor,
           processEvent: (event) => {
-            const [known, ended] = [reader.responseId(), reader.ended()];
+            const known = reader.responseId();
             const forwarded = processor.processEvent(event);
-            // Recorded as it starts (it can be retrieved while it runs), and with its items as it ends.
             if (!known) remember(reader.responseId());
-            if (!ended && reader.ended() && reader.itemIds().length) remember(reader.responseId(), reader.itemIds());
             return forwarded;
           },
         };

@@ -34,6 +34,16 @@ async function eventOf(requestId: string | null) {
   return event;
 }
 
+/** The ids of the output items a Responses stream began (response.output_item.added), in order. */
+function itemsBegun(stream: string): string[] {
+  return stream
+    .split('\n')
+    .filter((line) => line.startsWith('data: '))
+    .map((line) => JSON.parse(line.slice(6)) as { type: string; item?: { id: string } })
+    .filter((event) => event.type === 'response.output_item.added')
+    .map((event) => event.item!.id);
+}
+
 describe('POST /v1/responses with the openai SDK', () => {
   it('non-streaming: the upstream answer as is, billed from its usage', async () => {
     const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
@@ -130,8 +140,7 @@ describe('POST /v1/responses with the openai SDK', () => {
       status: 'failed', usage_source: 'tokenizer', output_tokens: await countTokens(['Hello', '!', ' How', ' can']),
     });
     // The items it began are recorded as this account's, though no final event listed them.
-    const begun = text.split('\n').filter((line) => line.startsWith('data: ')).map((line) => JSON.parse(line.slice(6)) as { type: string; item?: { id: string } })
-      .filter((event) => event.type === 'response.output_item.added').map((event) => event.item!.id);
+    const begun = itemsBegun(text);
     expect(begun).toHaveLength(2);
     const { rows: [stored] } = await admin().query('select account_id, item_ids from public.stored_responses where request_id = $1', [response.headers.get('x-request-id')]);
     expect(stored).toEqual({ account_id: customer.accountId, item_ids: [...begun].sort() });
@@ -335,8 +344,7 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     const [owner, stranger] = [await createCustomer({ balance: 10_000_000 }), await createCustomer({ balance: 10_000_000 })];
     // One answer streamed, one not: each stored response's output items are recorded as its account's.
     const streamed = await post(owner.apiKey, { model, input: 'Remember: the code is 4711', stream: true });
-    const events = (await streamed.text()).split('\n').filter((line) => line.startsWith('data: ')).map((line) => JSON.parse(line.slice(6)) as { type: string; item?: { id: string } });
-    const streamedIds = events.filter((event) => event.type === 'response.output_item.added').map((event) => event.item!.id);
+    const streamedIds = itemsBegun(await streamed.text());
     const whole = (await (await post(owner.apiKey, { model, input: 'And the other code?' })).json()) as { output: Array<{ id: string; type: string }> };
     await gateway.settled();
     expect(streamedIds).toHaveLength(2);

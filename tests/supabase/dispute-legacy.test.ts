@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { booksBalanced, stripeLedger } from '../support/books.ts';
-import { checkoutSession, dispute, invoice, invoicePayment, signature, stripeEvent } from '../support/stripe-events.ts';
+import { checkoutSession, dispute, invoice, invoicePayment, stripeEvent, webhookDeliverer } from '../support/stripe-events.ts';
 import { admin, createCustomer, ledger, type Customer } from '../support/supabase.ts';
 
 // Payments disputed before migration 20261129003500, each dispute event applied by
@@ -94,17 +94,13 @@ afterAll(async () => {
   await gateway.close();
 });
 
-/** Delivers a signed event to today's functions; every one of these must be answered 2xx. */
-async function deliver(event: ReturnType<typeof stripeEvent>) {
-  const body = JSON.stringify(event);
-  const response = await fetch(`${gateway.url}/webhooks/stripe`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'stripe-signature': signature(body, secret) },
-    body,
-  });
-  const answer = (await response.json()) as Record<string, unknown>;
-  expect({ type: event.type, status: response.status, answer }).toMatchObject({ status: 200 });
-  return answer;
+/** Delivers a signed event through the webhook route to today's functions; every one of these must be answered 2xx. */
+const deliver = webhookDeliverer(() => gateway.url, secret);
+
+/** The dispute is recorded in private.stripe_disputes with that status. */
+async function recordedAs(id: string, status: string) {
+  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
+  expect(rows).toEqual([{ status }]);
 }
 
 /** Applies an event with the function as it was until the migration named (what the webhook route called then). */
@@ -197,8 +193,7 @@ async function wonThenCreatedAgainBefore20261129003500(customer: Customer, payme
   }
   await appliedUntil('20261129003500', created(paymentIntent, 5000, id));
   await backfill(paymentIntent);
-  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
-  expect(rows).toEqual([{ status: 'won' }]);
+  await recordedAs(id, 'won');
   return id;
 }
 
@@ -208,8 +203,7 @@ async function wonBeforeCreatedBefore20261129003500(paymentIntent: string) {
   await appliedUntil('20261129003500', closed(paymentIntent, 5000, id, 'won'));
   await appliedUntil('20261129003500', created(paymentIntent, 5000, id));
   await backfill(paymentIntent);
-  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
-  expect(rows).toEqual([{ status: 'won' }]);
+  await recordedAs(id, 'won');
   return id;
 }
 
@@ -218,8 +212,7 @@ async function lostBeforeCreatedBefore20261129003500(paymentIntent: string) {
   const id = disputeId();
   await appliedUntil('20261129003500', closed(paymentIntent, 5000, id, 'lost'));
   await backfill(paymentIntent);
-  const { rows } = await admin().query('select status from private.stripe_disputes where id = $1', [id]);
-  expect(rows).toEqual([{ status: 'lost' }]);
+  await recordedAs(id, 'lost');
   return id;
 }
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { booksBalanced, stripeLedger } from '../support/books.ts';
-import { charge, checkoutSession, dispute, signature, stripeEvent } from '../support/stripe-events.ts';
+import { charge, checkoutSession, dispute, signature, stripeEvent, webhookDeliverer } from '../support/stripe-events.ts';
 import { admin, createCustomer, ledger, type Customer } from '../support/supabase.ts';
 
 // Sequences of disputes of one payment, delivered through the webhook route as
@@ -32,18 +32,8 @@ afterAll(async () => {
   await gateway.close();
 });
 
-/** Delivers a signed event; every one of these must be answered 2xx. */
-async function deliver(event: ReturnType<typeof stripeEvent>) {
-  const body = JSON.stringify(event);
-  const response = await fetch(`${gateway.url}/webhooks/stripe`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'stripe-signature': signature(body, secret) },
-    body,
-  });
-  const answer = (await response.json()) as Record<string, unknown>;
-  expect({ type: event.type, status: response.status, answer }).toMatchObject({ status: 200 });
-  return answer;
-}
+/** Delivers a signed event through the webhook route; every one of these must be answered 2xx. */
+const deliver = webhookDeliverer(() => gateway.url, secret);
 
 /** A new account that bought the pack: its payment intent. */
 async function bought(customer?: Customer) {

@@ -1,3 +1,4 @@
+import { expect } from 'vitest';
 import Stripe from 'stripe';
 
 // Event payloads shaped like Stripe's for the API version the SDK pins.
@@ -215,4 +216,22 @@ export function invoicePayment(options: { invoice: string; paymentIntent: string
 /** A Stripe-Signature header made with the SDK's own test helper. */
 export function signature(payload: string, secret: string, timestamp?: number): string {
   return stripe.webhooks.generateTestHeaderString({ payload, secret, ...(timestamp ? { timestamp } : {}) });
+}
+
+/**
+ * Delivers signed events to a gateway's Stripe webhook (its URL read when called, so it may
+ * be started later); every one must be answered 2xx. Returns the answer's body.
+ */
+export function webhookDeliverer(gatewayUrl: () => string, secret: string) {
+  return async (event: ReturnType<typeof stripeEvent>): Promise<Record<string, unknown>> => {
+    const body = JSON.stringify(event);
+    const response = await fetch(`${gatewayUrl()}/webhooks/stripe`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'stripe-signature': signature(body, secret) },
+      body,
+    });
+    const answer = (await response.json()) as Record<string, unknown>;
+    expect({ type: event.type, status: response.status, answer }).toMatchObject({ status: 200 });
+    return answer;
+  };
 }

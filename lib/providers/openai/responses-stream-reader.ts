@@ -68,7 +68,6 @@ export function createResponsesStreamReader() {
   let finalSearches: number | null = null;
   const delivered: string[] = [];
   const itemIds = new Set<string>();
-  let ended = false;
 
   return {
     read(event: string): Record<string, unknown> | null {
@@ -88,7 +87,6 @@ export function createResponsesStreamReader() {
       } else if (type === 'response.output_item.done') {
         if ((json.item as { type?: unknown } | null)?.type === 'web_search_call') searchesSeen++;
       } else if (terminal.has(type)) {
-        ended = true;
         const response = json.response as { usage?: unknown; output?: unknown; error?: { message?: unknown } | null } | null;
         if (Array.isArray(response?.output)) {
           const output = response.output as Array<{ type?: unknown; id?: unknown } | null>;
@@ -110,8 +108,6 @@ export function createResponsesStreamReader() {
     responseId: () => responseId,
     /** The ids of the response's output items, as their events and the final response list them. */
     itemIds: () => [...itemIds],
-    /** The response ended: response.completed, .incomplete or .failed was read. */
-    ended: () => ended,
     /** Hosted web searches: as response.completed lists them, else as far as they were seen. */
     calls: (): TokenUsage => {
       const searches = finalSearches ?? searchesSeen;
