@@ -23,7 +23,6 @@ import { benchDatabase } from './bench/database.ts';
 import {
   benchOutboundFetch,
   cpuByComponent,
-  firstByteClient,
   pauseOf,
   runLoad,
   sampleInterleaved,
@@ -31,6 +30,7 @@ import {
   startDelayProxy,
   startGatewayProcess,
   startServiceProcess,
+  threadClient,
   timeToFirstByte,
   timeWhole,
   type LoadRequest,
@@ -220,6 +220,7 @@ async function main() {
   await new Promise((resolve) => nodeProxy.once('listening', resolve));
   const nodeProxyUrl = `http://127.0.0.1:${(nodeProxy.address() as AddressInfo).port}`;
 
+  const client = threadClient();
   try {
     if (sections.has('database')) await benchDatabase({ stack, clusterDir: join(dataDir, 'postgres'), seconds: databaseSeconds });
     if (sections.has('load') || sections.has('latency')) await benchLoad(stack, fake);
@@ -235,18 +236,17 @@ async function main() {
     await admin.from('models').upsert({ id: 'bench', provider: 'openai', upstream_model: 'chat-basic', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
 
     const body = (model: string, stream: boolean) => JSON.stringify({ model, messages: [{ role: 'user', content: 'Say hello' }], stream, max_tokens: 50 });
-    // An answer that is not a success stops the bench: a refusal timed as an answer would flatter the figures.
-    const post = (url: string, payload: string, headers: Record<string, string> = {}) =>
-      fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: payload }).then(async (response) => {
-        const text = await response.text();
-        if (!response.ok) throw new Error(`${url} answered HTTP ${response.status}: ${text.slice(0, 200)}`);
-        return text;
-      });
-    const direct = (stream: boolean) => () => post(`${fake.url}/v1/chat/completions`, body('chat-basic', stream));
-    const viaGateway = (stream: boolean) => () => post(`${gatewayUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
-    const viaBareProxy = (stream: boolean) => () => post(`${bareUrl}/v1/chat/completions`, body('chat-basic', stream));
-    const viaNodeProxy = (stream: boolean) => () => post(`${nodeProxyUrl}/v1/chat/completions`, body('chat-basic', stream));
-    const viaOff = (stream: boolean) => () => post(`${offUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
+    // Every row's client reads on a thread of its own (see threadClient): on the gateway's
+    // event loop it would count the work that follows an answer (settling it, taking the
+    // next hold ahead) as time before the answer. An answer that is not a success stops
+    // the bench: a refusal timed as an answer would flatter the figures.
+    const post = (url: string, payload: string, headers: Record<string, string> = {}) => () =>
+      client.timeWhole({ url, headers: { 'content-type': 'application/json', ...headers }, body: payload });
+    const direct = (stream: boolean) => post(`${fake.url}/v1/chat/completions`, body('chat-basic', stream));
+    const viaGateway = (stream: boolean) => post(`${gatewayUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
+    const viaBareProxy = (stream: boolean) => post(`${bareUrl}/v1/chat/completions`, body('chat-basic', stream));
+    const viaNodeProxy = (stream: boolean) => post(`${nodeProxyUrl}/v1/chat/completions`, body('chat-basic', stream));
+    const viaOff = (stream: boolean) => post(`${offUrl}/v1/chat/completions`, body('bench', stream), { authorization: `Bearer ${key}` });
     const keyHash = await hashApiKey(key);
     const opened: string[] = [];
     const authorizeOnly = async () => {
@@ -261,10 +261,9 @@ async function main() {
     const rows: Array<[string, number[]]> = [];
     for (const stream of [false, true]) {
       const label = stream ? 'stream' : 'json  ';
-      const taken = await timeInTurns(
+      const taken = await sampleInterleaved(
         { baseline: direct(stream), reference: viaBareProxy(stream), floor: viaNodeProxy(stream), gateway: viaGateway(stream), off: viaOff(stream) },
-        rounds,
-        () => Promise.allSettled([...pending]),
+        { warm: 20, count: rounds, pause: () => Promise.allSettled([...pending]), period: sequentialPeriodMs },
       );
       await Promise.allSettled([...pending]);
       const { baseline, gateway } = taken;
@@ -291,16 +290,14 @@ async function main() {
       const period = modelLikeUpstreamMs + sequentialPeriodMs;
       const settled = () => Promise.allSettled([...pending]);
       const auth = { authorization: `Bearer ${key}` };
-      const taken = await timeInTurns(
+      const taken = await sampleInterleaved(
         {
-          base: () => post(`${fake.url}/v1/chat/completions`, body('chat-model-like', false)),
-          reference: () => post(`${bareUrl}/v1/chat/completions`, body('chat-model-like', false)),
-          gateway: () => post(`${gatewayUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
-          off: () => post(`${offUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
+          base: post(`${fake.url}/v1/chat/completions`, body('chat-model-like', false)),
+          reference: post(`${bareUrl}/v1/chat/completions`, body('chat-model-like', false)),
+          gateway: post(`${gatewayUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
+          off: post(`${offUrl}/v1/chat/completions`, body('bench-model-like', false), auth),
         },
-        count,
-        settled,
-        period,
+        { warm: 20, count, pause: settled, period },
       );
       await settled();
       const [base, reference, gateway, off] = [summary(taken.base), summary(taken.reference), summary(taken.gateway), summary(taken.off)];
@@ -329,7 +326,7 @@ async function main() {
 
     // Time to first byte in this process, the database 20 ms away: the same rows as the
     // latency part's, without the hops between processes. The client reads from a thread
-    // of its own (see firstByteClient): on the gateway's event loop it would count the
+    // of its own (see threadClient): on the gateway's event loop it would count the
     // hold taken ahead after a short answer as time before that answer's first byte.
     fake.scenarios.set('chat-slow-start', { fixture: 'chat-basic', headerDelayMs: upstreamFirstByteMs });
     await admin.from('models').upsert({ id: 'bench-slow-start', provider: 'openai', upstream_model: 'chat-slow-start', max_output_tokens: 1000, price_input: 1_000_000, price_output: 1_000_000 }).throwOnError();
@@ -337,7 +334,6 @@ async function main() {
     try {
       const far = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url });
       const farOff = await inProcessGateway({ ...gatewayEnvironment, SUPABASE_URL: distant.url, READY_HOLDS: 'off' });
-      const client = firstByteClient();
       const samples = Math.min(rounds, 60);
       const slowBody = (model: string) => body(model, true);
       const firstByte = (url: string, model: string, headers: Record<string, string> = {}) => () =>
@@ -354,7 +350,6 @@ async function main() {
         { warm: 5, count: samples, pause: () => Promise.allSettled([...pending]), period: upstreamFirstByteMs + 25 },
       );
       const [base, reference, floor, warm, warmOff] = [summary(taken.base), summary(taken.reference), summary(taken.floor), summary(taken.warm), summary(taken.warmOff)];
-      await client.close();
       console.log(`\nTime to first byte in this process (the client on a thread of its own), streamed, database 20 ms away, upstream first byte after ${upstreamFirstByteMs} ms, ${samples} sequential requests, the rows taken in turns (ms)\n`);
       console.log('                                     p50      p99   added p50');
       console.log(`  upstream direct                   ${fmt(base.p50)}  ${fmt(base.p99)}`);
@@ -403,6 +398,7 @@ async function main() {
     const heapAfter = process.memoryUsage().heapUsed;
     console.log(`Heap after 500 more streamed requests: ${((heapAfter - heapBefore) / 1e6).toFixed(1)} MB change (without forced GC)`);
   } finally {
+    await client.close();
     for (const server of servers) server.close();
     bare.close();
     nodeProxy.close();

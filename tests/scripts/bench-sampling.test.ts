@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { firstByteClient, sampleInterleaved } from '../../scripts/bench/load.ts';
+import { sampleInterleaved, threadClient } from '../../scripts/bench/load.ts';
 
 describe('the bench taking rows in turns', () => {
   it('runs one call of each row per round, rotating the order, and keeps only the timed rounds', async () => {
@@ -21,8 +21,8 @@ describe('the bench taking rows in turns', () => {
   });
 });
 
-describe("the bench's first-byte client on a thread of its own", () => {
-  it('times the first byte even while the event loop it was started from is busy, and refuses an answer that is not a success', async () => {
+describe("the bench's client on a thread of its own", () => {
+  it('times the first byte even while the event loop it was started from is busy, and the last, and refuses an answer that is not a success', async () => {
     // The first byte 30 ms in, the end 100 ms later; this thread blocks for 200 ms once the headers are out.
     const server = createServer((request, response) => {
       const status = request.url === '/refused' ? 402 : 200;
@@ -38,11 +38,14 @@ describe("the bench's first-byte client on a thread of its own", () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    const client = firstByteClient();
+    const client = threadClient();
     try {
       const time = await client.timeToFirstByte({ url: `${url}/`, headers: {}, body: '{}' });
       expect(time).toBeGreaterThanOrEqual(29);
       expect(time).toBeLessThan(150);
+      // The last byte comes 100 ms after the first, at the earliest.
+      expect(await client.timeWhole({ url: `${url}/`, headers: {}, body: '{}' })).toBeGreaterThanOrEqual(129);
+      await expect(client.timeWhole({ url: `${url}/refused`, headers: {}, body: '{}' })).rejects.toThrow('HTTP 402');
       await expect(client.timeToFirstByte({ url: `${url}/refused`, headers: {}, body: '{}' })).rejects.toThrow('HTTP 402');
     } finally {
       await client.close();
