@@ -271,7 +271,7 @@ export function toolCallBound(value: unknown): number | undefined {
 }
 
 /**
- * Input tokens held per hosted web search (Anthropic's web_search, OpenAI's) for
+ * Input tokens held per hosted web search (Anthropic's web_search, OpenAI's, Gemini's googleSearch) for
  * the results the provider adds to the prompt and bills as input. No provider
  * bounds them: a search is reported at about 6,000 to 13,000 input tokens, and
  * OpenAI bills some models a flat 8,000. An estimate, not a bound: more is

@@ -4,7 +4,7 @@ import { GatewayError, googleErrorStatus } from '../errors.ts';
 import { parseJsonAs } from '../parse-json-as.ts';
 import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { geminiCountTokens } from './count-tokens.ts';
-import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions } from '../gateway/request-helpers.ts';
+import { channelsSpeaking, defaultSearchBound, providersSpeaking, readJsonBody, readKeyHash, refuseUnbilledOptions, searchResultTokens } from '../gateway/request-helpers.ts';
 import { buildGeminiRequest, geminiErrorEvent } from '../providers/google/gemini-adaptor.ts';
 import { boundGeminiInputTokens, countGeminiInputTokens } from '../providers/google/gemini-input.ts';
 import { createGeminiStreamMeter, geminiDelivered, geminiSearches } from '../providers/google/gemini-stream-reader.ts';
@@ -48,13 +48,16 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   const searches = toolNames.includes('googleSearch') ? defaultSearchBound : 0;
   // URL context reads the pages the prompt names into the input: content of unknown size.
   const fetched = toolNames.includes('urlContext') ? remoteContentTokenBound : 0;
+  // Search results come back into the prompt (toolUsePromptTokenCount, billed as input),
+  // held as the other formats hold theirs: searchResultTokens a search.
+  const searchResults = searches * searchResultTokens;
   const requestedCap = request.generationConfig?.maxOutputTokens ?? undefined;
   return authorizeAndProxy(
     c,
     {
       keyHash,
       model,
-      maxInputTokens: boundGeminiInputTokens(request) + fetched,
+      maxInputTokens: boundGeminiInputTokens(request) + fetched + searchResults,
       maxOutputTokens: requestedCap,
       choices: request.generationConfig?.candidateCount ?? 1,
       capOutput: requestedCap === undefined,

@@ -211,6 +211,23 @@ describe('Google Search grounding', () => {
     expect(await searchEvent(customer.accountId)).toEqual({ status: 'completed', usage_source: 'provider', input_tokens: 1110, web_searches: 2, charged });
   });
 
+  it("holds each search's results as input, as the other formats do: the 1,098 tool-use prompt tokens are within the hold", async () => {
+    const model = await grounded();
+    const customer = await createCustomer({ balance: 1_000_000 });
+    await genai(customer.apiKey).models.generateContent({
+      model, contents: 'When was PostgreSQL 18 released?', config: { tools: [{ googleSearch: {} }], maxOutputTokens: 200 },
+    });
+    await gateway.settled();
+    const { rows: [event] } = await admin().query(
+      'select max_input_tokens::int, input_tokens::int, hold::int, charged::int from public.usage_events where account_id = $1',
+      [customer.accountId],
+    );
+    // Ten searches held (no bound of the request's own), with 10,000 input tokens for the results of each.
+    expect(event.max_input_tokens).toBeGreaterThanOrEqual(100_000);
+    expect(event.input_tokens).toBe(1110);
+    expect(event.hold).toBeGreaterThanOrEqual(event.charged);
+  });
+
   it('streaming: the searches the last chunk reports are billed once', async () => {
     const model = await grounded();
     const customer = await createCustomer({ balance: 1_000_000 });
