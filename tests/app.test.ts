@@ -160,6 +160,27 @@ describe('insufficient credits', () => {
     // The upstream reported 19 + 9 tokens: 28 micro-units.
     expect(await writes(poor.accountId)).toMatchObject({ balance: '72', held: '0' });
   });
+
+  it('adds no cap beside a prediction, which OpenAI refuses max_completion_tokens with: the whole output bound is held, or the request refused', async () => {
+    const prediction = { type: 'content', content: 'Hello! How can I help you today?' };
+    const poor = await createCustomer({ balance: 100 });
+    const sent = fake.requestsFor('chat-basic').length;
+    const before = await writes(poor.accountId);
+    const refused = await post({ model, messages, prediction }, { authorization: `Bearer ${poor.apiKey}` });
+    expect(refused.status).toBe(402);
+    expect(await refused.json()).toMatchObject({ error: { code: 'insufficient_credits' } });
+    expect(fake.requestsFor('chat-basic').length).toBe(sent);
+    expect(await writes(poor.accountId)).toEqual(before);
+
+    const rich = await createCustomer({ balance: 100_000_000 });
+    const served = await post({ model, messages, prediction }, { authorization: `Bearer ${rich.apiKey}` });
+    expect(served.status).toBe(200);
+    expect(served.headers.get('x-tollgate-max-tokens')).toBeNull();
+    const body = fake.requestsFor('chat-basic').at(-1)!.body;
+    expect(body.prediction).toEqual(prediction);
+    expect(body).not.toHaveProperty('max_completion_tokens');
+    expect(body).not.toHaveProperty('max_tokens');
+  });
 });
 
 describe('the request path', () => {
