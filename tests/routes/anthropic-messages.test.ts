@@ -232,6 +232,36 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(after.rows[0].n).toBe(before.rows[0].n);
   });
 
+  it("Anthropic's own client tools are held at the input their definitions are billed as, which the request's bytes do not show", async () => {
+    const customer = await createCustomer({ balance: 100_000_000 });
+    const model = await claude('messages-cache');
+    const held = async (tools: object[]) => {
+      const response = await fetch(`${gateway.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': customer.apiKey, 'content-type': 'application/json', 'anthropic-beta': 'computer-use-2025-01-24' },
+        body: JSON.stringify({ model, max_tokens: 10, messages: [{ role: 'user', content: 'x' }], tools }),
+      });
+      expect(response.status).toBe(200);
+      await response.text();
+      await gateway.settled();
+      const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
+      return event.max_input_tokens as number;
+    };
+    const computer = { type: 'computer_20250124', name: 'computer', display_width_px: 1024, display_height_px: 768 };
+    const editor = { type: 'text_editor_20250124', name: 'str_replace_editor' };
+    const bash = { type: 'bash_20250124', name: 'bash' };
+    const custom = { name: 'lookup', description: 'Looks a word up.', input_schema: { type: 'object', properties: {} } };
+    const base = await held([custom]);
+    // Computer use 735 and its system prompt up to 499, the text editor 700, bash 245: beside each one's bytes.
+    expect((await held([custom, computer])) - base).toBeGreaterThanOrEqual(735 + 499);
+    expect((await held([custom, editor])) - base).toBeGreaterThanOrEqual(700);
+    expect((await held([custom, bash])) - base).toBeGreaterThanOrEqual(245);
+    // A first computer-use turn is billed about 20 + 346 + 499 + 735 + 700 + 245 = 2,545 input tokens.
+    expect(await held([computer, editor, bash])).toBeGreaterThanOrEqual(2_545);
+    // A type not known here is held at the largest of them.
+    expect((await held([custom, { type: 'memory_20250818', name: 'memory' }])) - base).toBeGreaterThanOrEqual(735 + 499);
+  });
+
   it('what Claude Code sends by default passes: a system message inside messages, unknown blocks, the 1M-context beta', async () => {
     const customer = await createCustomer({ balance: 10_000_000 });
     const model = await claude('messages-cache');

@@ -58,11 +58,40 @@ const messageOverhead = 8;
  */
 export const toolUseSystemPromptTokens = 530;
 
+/**
+ * Tools Anthropic defines (a versioned `type` rather than a schema of the client's):
+ * their definitions are billed as input and sent nowhere in the request, so the
+ * request's bytes do not bound them. Documented counts per tool: computer use 735,
+ * with its system prompt of up to 499 more; the text editor 700; bash 245
+ * (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/computer-use-tool,
+ * …/text-editor-tool, …/bash-tool). A type not listed is held at the largest of them;
+ * the server tools the route holds by rules of their own (web search and fetch by what
+ * they add, code execution and MCP refused) are left to those.
+ */
+const definedToolTokens: Array<[RegExp, number]> = [
+  [/^computer_/, 735 + 499],
+  [/^text_editor_/, 700],
+  [/^bash_/, 245],
+];
+const largestDefinedTool = Math.max(...definedToolTokens.map(([, tokens]) => tokens));
+const heldByTheRoute = /^(web_search_|web_fetch_|code_execution_|mcp_toolset$)/;
+
+/** What the tools Anthropic defines add to the input beyond their bytes in the request. */
+function definedToolsTokens(request: MessagesRequest): number {
+  let total = 0;
+  for (const tool of (request.tools ?? []) as unknown[]) {
+    const type = tool && typeof tool === 'object' ? (tool as { type?: unknown }).type : undefined;
+    if (typeof type !== 'string' || type === 'custom' || heldByTheRoute.test(type)) continue;
+    total += definedToolTokens.find(([pattern]) => pattern.test(type))?.[1] ?? largestDefinedTool;
+  }
+  return total;
+}
+
 const framing = (request: MessagesRequest) => (request.messages.length + 1) * messageOverhead;
 
-/** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image; the tool-use system prompt). */
+/** A strict upper bound on the input tokens (UTF-8 bytes of the text; a fixed bound per image; the tool-use system prompt and the definitions of Anthropic's own tools). */
 export function boundMessagesInputTokens(request: MessagesRequest): number {
-  const toolPrompt = request.tools?.length ? toolUseSystemPromptTokens : 0;
+  const toolPrompt = request.tools?.length ? toolUseSystemPromptTokens + definedToolsTokens(request) : 0;
   return boundPromptTokens(promptPieces(request), framing(request) + toolPrompt);
 }
 
