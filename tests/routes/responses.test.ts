@@ -1,5 +1,8 @@
+import { createOpenAI } from '@ai-sdk/openai';
+import { generateText } from 'ai';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
@@ -509,5 +512,97 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     }
     expect(fake.requests.length).toBe(upstreamBefore);
     await nothingWritten(customer.accountId, 1_000_000);
+  });
+});
+
+describe('tool results with images and files: held as the same content in a message would be', () => {
+  // A function's output as a list of content parts, as the AI SDK sends a tool result of type
+  // "content": OpenAI puts each image and file in the prompt and bills it as input.
+  async function heldAndBilled(accountId: string) {
+    await gateway.settled();
+    const { rows } = await admin().query(
+      'select max_input_tokens::int, input_tokens::int, hold::int, amount::int, charged::int from public.usage_events where account_id = $1 order by created_at',
+      [accountId],
+    );
+    return rows as Array<{ max_input_tokens: number; input_tokens: number; hold: number; amount: number; charged: number }>;
+  }
+
+  const covered = (event: { max_input_tokens: number; input_tokens: number; hold: number; amount: number; charged: number }) => ({
+    inputBound: event.max_input_tokens >= event.input_tokens,
+    holdCoversCost: event.hold >= event.amount,
+    chargedInFull: event.charged === event.amount,
+  });
+  const coveredInFull = { inputBound: true, holdCoversCost: true, chargedInFull: true };
+
+  it('the AI SDK: a PDF by file id and an image by URL returned by a tool are held as content of unknown size and as an image', async () => {
+    const model = await createModel(price, { upstreamModel: 'responses-tool-output-file', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const openai = createOpenAI({ apiKey: customer.apiKey, baseURL: `${gateway.url}/v1` });
+    const toolResult = (value: Array<{ type: 'file-id'; fileId: string } | { type: 'image-url'; url: string }>) => [
+      { role: 'user' as const, content: 'Summarise the quarterly report.' },
+      { role: 'assistant' as const, content: [{ type: 'tool-call' as const, toolCallId: 'call_1', toolName: 'fetch_report', input: {} }] },
+      { role: 'tool' as const, content: [{ type: 'tool-result' as const, toolCallId: 'call_1', toolName: 'fetch_report', output: { type: 'content' as const, value } }] },
+    ];
+    const file = await generateText({ model: openai(model), maxOutputTokens: 100, messages: toolResult([{ type: 'file-id', fileId: 'file-8Kq3vYzR2pX7mN4wLbT9aE' }]) });
+    expect(file.text).toBe('The quarterly report says revenue grew 12%.');
+    // The AI SDK sends the file as a content part of the function's output.
+    expect(fake.requestsFor('responses-tool-output-file').at(-1)!.body.input).toContainEqual({
+      type: 'function_call_output', call_id: 'call_1', output: [{ type: 'input_file', file_id: 'file-8Kq3vYzR2pX7mN4wLbT9aE' }],
+    });
+    fake.scenarios.set(`${model}-image`, { fixture: 'responses-tool-output-image' });
+    const imageModel = await createModel(price, { upstreamModel: `${model}-image`, maxOutputTokens: 128_000 });
+    const image = await generateText({ model: openai(imageModel), maxOutputTokens: 100, messages: toolResult([{ type: 'image-url', url: 'https://example.com/chart.png' }]) });
+    expect(image.text).toBe('The chart shows sales rising through the year.');
+    const [fileEvent, imageEvent] = await heldAndBilled(customer.accountId);
+    // 60,000 input tokens for a 40-page PDF (its text and an image of each page); 48,200 for a 2048×768 high-detail image on gpt-4o-mini.
+    expect([fileEvent!.input_tokens, imageEvent!.input_tokens]).toEqual([60_000, 48_200]);
+    expect([covered(fileEvent!), covered(imageEvent!)]).toEqual([coveredInFull, coveredInFull]);
+  });
+
+  it('the openai SDK: images and files in the output of a function, a custom tool and a computer call are each held', async () => {
+    const imageModel = `responses-tool-output-image-${crypto.randomUUID()}`;
+    fake.scenarios.set(imageModel, { fixture: 'responses-tool-output-image' });
+    const fileModel = `responses-tool-output-file-${crypto.randomUUID()}`;
+    fake.scenarios.set(fileModel, { fixture: 'responses-tool-output-file' });
+    const models = { image: await createModel(price, { upstreamModel: imageModel, maxOutputTokens: 128_000 }), file: await createModel(price, { upstreamModel: fileModel, maxOutputTokens: 128_000 }) };
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const client = gateway.openai(customer.apiKey);
+    const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==';
+    const results: Array<[keyof typeof models, OpenAI.Responses.ResponseInputItem[]]> = [
+      ['image', [
+        { type: 'function_call', call_id: 'call_1', name: 'screenshot', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_1', output: [{ type: 'input_image', image_url: 'https://example.com/chart.png', detail: 'high' }] },
+      ]],
+      ['image', [
+        { type: 'function_call', call_id: 'call_2', name: 'screenshot', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_2', output: [{ type: 'input_text', text: 'The chart:' }, { type: 'input_image', image_url: `data:image/png;base64,${png}` }] },
+      ]],
+      ['image', [
+        { type: 'custom_tool_call', call_id: 'call_3', name: 'render', input: 'chart' },
+        { type: 'custom_tool_call_output', call_id: 'call_3', output: [{ type: 'input_image', image_url: 'https://example.com/chart.png', detail: 'high' }] },
+      ]],
+      ['image', [
+        { type: 'computer_call', id: 'cu_1', call_id: 'call_4', action: { type: 'screenshot' }, pending_safety_checks: [], status: 'completed' },
+        { type: 'computer_call_output', call_id: 'call_4', output: { type: 'computer_screenshot', image_url: `data:image/png;base64,${png}` } },
+      ]],
+      ['image', [
+        { type: 'computer_call', id: 'cu_2', call_id: 'call_5', action: { type: 'screenshot' }, pending_safety_checks: [], status: 'completed' },
+        { type: 'computer_call_output', call_id: 'call_5', output: { type: 'computer_screenshot', file_id: 'file-Screenshot5' } },
+      ]],
+      ['file', [
+        { type: 'function_call', call_id: 'call_6', name: 'fetch_report', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_6', output: [{ type: 'input_file', file_url: 'https://example.com/report.pdf' }] },
+      ]],
+      ['file', [
+        { type: 'function_call', call_id: 'call_7', name: 'fetch_report', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_7', output: [{ type: 'input_image', file_id: 'file-Chart7' }, { type: 'input_file', file_id: 'file-Report7' }] },
+      ]],
+    ];
+    for (const [kind, items] of results) {
+      await client.responses.create({ model: models[kind], max_output_tokens: 100, input: [{ role: 'user', content: 'What does it show?' }, ...items] });
+    }
+    const events = await heldAndBilled(customer.accountId);
+    expect(events.map((event) => event.input_tokens)).toEqual(results.map(([kind]) => (kind === 'image' ? 48_200 : 60_000)));
+    expect(events.map(covered)).toEqual(results.map(() => coveredInFull));
   });
 });

@@ -7,6 +7,18 @@ type Item = Record<string, unknown>;
 /** Per-item framing, as for chat messages. */
 const itemOverhead = 3;
 
+/** One content part: text by its bytes, an image at the image bound, content fetched upstream as remote, anything else by its JSON. */
+function partPieces(element: unknown, pieces: PromptPieces): void {
+  const part = element as Item | null;
+  if (part && (part.type === 'input_text' || part.type === 'output_text' || part.type === 'text') && typeof part.text === 'string') pieces.texts.push(part.text);
+  else if (part && (part.type === 'input_image' || part.type === 'computer_screenshot')) {
+    // An image by URL or inline data; a file id is fetched upstream, its size unknown here.
+    if (typeof part.file_id === 'string' && !part.image_url) pieces.remote = (pieces.remote ?? 0) + 1;
+    else pieces.images += 1;
+  } else if (part && part.type === 'input_file' && !part.file_data) pieces.remote = (pieces.remote ?? 0) + 1;
+  else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+}
+
 function contentPieces(content: unknown, pieces: PromptPieces): void {
   if (content === undefined || content === null) return;
   if (typeof content === 'string') {
@@ -17,17 +29,16 @@ function contentPieces(content: unknown, pieces: PromptPieces): void {
     pieces.opaqueBytes += utf8Bytes(JSON.stringify(content) ?? '');
     return;
   }
-  for (const element of content as unknown[]) {
-    const part = element as Item | null;
-    if (part && (part.type === 'input_text' || part.type === 'output_text' || part.type === 'text') && typeof part.text === 'string') pieces.texts.push(part.text);
-    else if (part && part.type === 'input_image') {
-      // An image by URL or inline data; a file id is fetched upstream, its size unknown here.
-      if (typeof part.file_id === 'string' && !part.image_url) pieces.remote = (pieces.remote ?? 0) + 1;
-      else pieces.images += 1;
-    } else if (part && part.type === 'input_file' && !part.file_data) pieces.remote = (pieces.remote ?? 0) + 1;
-    else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
-  }
+  for (const element of content as unknown[]) partPieces(element, pieces);
 }
+
+/**
+ * Tool results whose output may be content parts rather than text: a function's or a custom
+ * tool's list of input_text / input_image / input_file parts (the AI SDK sends a tool result
+ * of type "content" so), a computer call's screenshot. OpenAI puts each image and file in
+ * the prompt, as it does a message's.
+ */
+const toolOutputs = new Set<unknown>(['function_call_output', 'custom_tool_call_output', 'computer_call_output']);
 
 /** The input's pieces: text by its bytes, images and remote content by their bounds, anything else by its JSON. */
 function promptPieces(request: ResponsesRequest): PromptPieces {
@@ -45,6 +56,12 @@ function promptPieces(request: ResponsesRequest): PromptPieces {
         // id alone (OpenAI puts the stored reasoning in the prompt).
         pieces.remote = (pieces.remote ?? 0) + 1;
         if (item.type === 'reasoning') pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+      } else if (item && toolOutputs.has(item.type) && item.output !== null && typeof item.output === 'object') {
+        // Its parts as a message's content; the item's other fields by their JSON.
+        const { output, ...rest } = item;
+        pieces.opaqueBytes += utf8Bytes(JSON.stringify(rest));
+        if (Array.isArray(output)) contentPieces(output, pieces);
+        else partPieces(output, pieces);
       } else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
     }
   } else if (request.input !== undefined && request.input !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.input) ?? '');
