@@ -1,3 +1,5 @@
+import { createOpenAI } from '@ai-sdk/openai';
+import { generateText, jsonSchema, tool } from 'ai';
 import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
@@ -291,5 +293,135 @@ describe('POST /v1/responses for a Gemini model', () => {
     await gateway.settled();
     const { rows } = await admin().query('select charged::int from public.usage_events where account_id = $1 order by created_at', [customer.accountId]);
     expect(rows.map((row) => row.charged)).toEqual([159, 159]);
+  });
+});
+
+describe('a tool\'s output of images and files, translated: carried to the model, or refused, never dropped', () => {
+  // A function_call_output whose output is content parts, as the AI SDK sends a tool result of
+  // type "content" and Codex an image a tool returned. Anthropic wants a user turn's tool_result
+  // blocks first and takes images and documents after them; Gemini takes inline data beside a
+  // functionResponse. Each output's attachments follow the tool results under its call id.
+  const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==';
+  const screenshotTool = { type: 'function' as const, name: 'screenshot', parameters: { type: 'object', properties: {} }, strict: false };
+  const reportTool = { type: 'function' as const, name: 'fetch_report', parameters: { type: 'object', properties: {} }, strict: false };
+  const pointer = (callId: string) => `[See "Attachments of call ${callId}" below.]`;
+  const label = (callId: string) => ({ type: 'text', text: `Attachments of call ${callId}:` });
+
+  it('Claude: images and files a tool returned go after the tool results, each under its call id; the hold counts them', async () => {
+    const upstreamModel = `messages-tool-output-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-cache' });
+    const model = await claude(upstreamModel);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const { response: raw } = await gateway.openai(customer.apiKey).responses.create({
+      model, max_output_tokens: 200, tools: [screenshotTool, reportTool],
+      input: [
+        { role: 'user', content: 'What is on my screen, and what does the report say?' },
+        { type: 'function_call', call_id: 'call_1', name: 'screenshot', arguments: '{}' },
+        { type: 'function_call', call_id: 'call_2', name: 'fetch_report', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_1', output: [{ type: 'input_text', text: 'The desktop:' }, { type: 'input_image', image_url: `data:image/png;base64,${png}`, detail: 'auto' }] },
+        { type: 'function_call_output', call_id: 'call_2', output: [{ type: 'input_file', file_url: 'https://example.com/report.pdf', filename: 'report.pdf' }] },
+      ],
+    }).withResponse();
+    expect(fake.requestsFor(upstreamModel).at(-1)!.body.messages).toEqual([
+      { role: 'user', content: [{ type: 'text', text: 'What is on my screen, and what does the report say?' }] },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'call_1', name: 'screenshot', input: {} }, { type: 'tool_use', id: 'call_2', name: 'fetch_report', input: {} }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'tool_result', tool_use_id: 'call_1', content: `The desktop:\n\n${pointer('call_1')}` },
+          { type: 'tool_result', tool_use_id: 'call_2', content: pointer('call_2') },
+          label('call_1'),
+          { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } },
+          label('call_2'),
+          { type: 'document', source: { type: 'url', url: 'https://example.com/report.pdf' }, title: 'report.pdf' },
+        ],
+      },
+    ]);
+    await gateway.settled();
+    const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [raw.headers.get('x-request-id')]);
+    // An image, and a file by URL (content of unknown size).
+    expect(event.max_input_tokens).toBeGreaterThan(50_000 + 1_048_576);
+  });
+
+  it('Claude, with the AI SDK as client: a tool result of type content with an image reaches the model', async () => {
+    const upstreamModel = `messages-tool-output-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'messages-cache' });
+    const model = await claude(upstreamModel);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const openai = createOpenAI({ apiKey: customer.apiKey, baseURL: `${gateway.url}/v1` });
+    const result = await generateText({
+      model: openai(model),
+      maxOutputTokens: 200,
+      // Anthropic takes tool_use and tool_result blocks only in a request that defines tools.
+      tools: { screenshot: tool({ description: 'A screenshot of the desktop.', inputSchema: jsonSchema({ type: 'object', properties: {} }) }) },
+      messages: [
+        { role: 'user', content: 'What is on my screen?' },
+        { role: 'assistant', content: [{ type: 'tool-call', toolCallId: 'call_1', toolName: 'screenshot', input: {} }] },
+        { role: 'tool', content: [{ type: 'tool-result', toolCallId: 'call_1', toolName: 'screenshot', output: { type: 'content', value: [{ type: 'image-data', data: png, mediaType: 'image/png' }] } }] },
+      ],
+    });
+    expect(result.text).toBe('Hello! The cached context says hi.');
+    expect(fake.requestsFor(upstreamModel).at(-1)!.body.messages).toEqual([
+      { role: 'user', content: [{ type: 'text', text: 'What is on my screen?' }] },
+      { role: 'assistant', content: [{ type: 'tool_use', id: 'call_1', name: 'screenshot', input: {} }] },
+      {
+        role: 'user',
+        content: [
+          { type: 'tool_result', tool_use_id: 'call_1', content: pointer('call_1') },
+          label('call_1'),
+          { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } },
+        ],
+      },
+    ]);
+  });
+
+  it('Gemini: an image a tool returned goes as inline data beside the functionResponse, under its call id', async () => {
+    const upstreamModel = `generate-tool-output-${crypto.randomUUID()}`;
+    fake.scenarios.set(upstreamModel, { fixture: 'generate-function-call' });
+    const model = await gemini(upstreamModel);
+    const customer = await createCustomer({ balance: 10_000_000 });
+    await gateway.openai(customer.apiKey).responses.create({
+      model, max_output_tokens: 200, tools: [screenshotTool],
+      input: [
+        { role: 'user', content: 'What is on my screen?' },
+        { type: 'function_call', call_id: 'call_1', name: 'screenshot', arguments: '{}' },
+        { type: 'function_call_output', call_id: 'call_1', output: [{ type: 'input_image', image_url: `data:image/png;base64,${png}`, detail: 'auto' }] },
+      ],
+    });
+    expect(fake.requestsFor(upstreamModel).at(-1)!.body.contents).toEqual([
+      { role: 'user', parts: [{ text: 'What is on my screen?' }] },
+      { role: 'model', parts: [{ functionCall: { name: 'screenshot', args: {} } }] },
+      { role: 'user', parts: [{ functionResponse: { name: 'screenshot', response: { content: pointer('call_1') } } }, { text: label('call_1').text }, { inlineData: { mimeType: 'image/png', data: png } }] },
+    ]);
+  });
+
+  it('what a translation cannot carry in a tool\'s output is a 400 in OpenAI\'s shape before any hold, naming the item: nothing sent, nothing written', async () => {
+    const [claudeModel, geminiModel] = [await claude('messages-cache'), await gemini('generate-function-call')];
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const client = gateway.openai(customer.apiKey);
+    const before = fake.requests.length;
+    const withOutput = (output: unknown, type = 'function_call_output') => [
+      { role: 'user', content: 'Look.' },
+      { type: type === 'function_call_output' ? 'function_call' : 'custom_tool_call', call_id: 'call_9', name: 'screenshot', ...(type === 'function_call_output' ? { arguments: '{}' } : { input: '' }) },
+      { type, call_id: 'call_9', output },
+    ] as OpenAI.Responses.ResponseInputItem[];
+    const refusals: Array<[string, unknown, string, RegExp]> = [
+      // Stored with OpenAI: no other provider can read it.
+      [claudeModel, [{ type: 'input_image', file_id: 'file-abc' }], 'function_call_output', /function_call_output call_9.*file_id/],
+      [claudeModel, [{ type: 'input_file', file_id: 'file-abc' }], 'custom_tool_call_output', /custom_tool_call_output call_9.*file_id/],
+      // A part of a type the translation does not know.
+      [claudeModel, [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }], 'function_call_output', /function_call_output call_9.*'input_audio'/],
+      // Gemini reads no image by URL but from its own Files API.
+      [geminiModel, [{ type: 'input_image', image_url: 'https://example.com/chart.png' }], 'function_call_output', /data: URLs/],
+    ];
+    for (const [model, output, type, message] of refusals) {
+      await expect(client.responses.create({ model, max_output_tokens: 100, input: withOutput(output, type) })).rejects.toMatchObject({
+        status: 400, error: { code: 'invalid_request', param: 'input', message: expect.stringMatching(message) },
+      });
+    }
+    expect(fake.requests.length).toBe(before);
+    await gateway.settled();
+    const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows[0].n).toBe(0);
   });
 });

@@ -84,9 +84,11 @@ function text(value: unknown): string {
   return typeof value === 'string' ? value : '';
 }
 
-function userParts(content: unknown): UserPart[] {
+/** Content parts as user parts; `item` names where they come from in a refusal (a tool's output, say). */
+function userParts(content: unknown, item?: string): UserPart[] {
   if (typeof content === 'string') return [{ type: 'text', text: content }];
   if (!Array.isArray(content)) return [];
+  const refusePart = (message: string) => refuse(item ? `${item}: ${message}` : message);
   return (content as Item[]).map((part): UserPart => {
     switch (part?.type) {
       case 'input_text':
@@ -94,20 +96,20 @@ function userParts(content: unknown): UserPart[] {
       case 'text':
         return { type: 'text', text: text(part.text) };
       case 'input_image': {
-        if (typeof part.file_id === 'string' && !part.image_url) throw refuse('Images by file_id are stored with OpenAI; send this model the image by URL or as a data: URL.');
+        if (typeof part.file_id === 'string' && !part.image_url) throw refusePart('Images by file_id are stored with OpenAI; send this model the image by URL or as a data: URL.');
         const url = typeof part.image_url === 'string' ? part.image_url : '';
         const inline = parseDataUrl(url);
         return { type: 'image', inline, url: inline ? null : url };
       }
       case 'input_file': {
-        if (typeof part.file_id === 'string' && !part.file_data) throw refuse('Files by file_id are stored with OpenAI; send this model the file as file_data or file_url.');
+        if (typeof part.file_id === 'string' && !part.file_data) throw refusePart('Files by file_id are stored with OpenAI; send this model the file as file_data or file_url.');
         const inline = typeof part.file_data === 'string' ? parseDataUrl(part.file_data) : null;
         const url = typeof part.file_url === 'string' ? part.file_url : null;
-        if (!inline && !url) throw refuse('An input_file needs file_data (a data: URL) or file_url for this model.');
+        if (!inline && !url) throw refusePart('An input_file needs file_data (a data: URL) or file_url for this model.');
         return { type: 'file', inline, url: inline ? null : url, filename: typeof part.filename === 'string' ? part.filename : null };
       }
       default:
-        throw refuse(`Content parts of type '${String(part?.type)}' cannot be sent to this model.`);
+        throw refusePart(`Content parts of type '${String(part?.type)}' cannot be sent to this model.`);
     }
   });
 }
@@ -118,11 +120,31 @@ function contentText(content: unknown): string {
   return (content as Item[]).map((part) => (typeof part?.text === 'string' ? part.text : typeof part?.refusal === 'string' ? part.refusal : '')).join('');
 }
 
-/** A function_call_output's output: a string, or content parts (their text). */
+/** A tool's output that is no list of parts: a string, or anything else as its JSON. */
 function outputText(output: unknown): string {
   if (typeof output === 'string') return output;
-  if (Array.isArray(output)) return contentText(output);
   return output === undefined || output === null ? '' : JSON.stringify(output);
+}
+
+/**
+ * A function's or custom tool's output: its text, and the images and files it
+ * holds as content parts (the AI SDK sends a tool result of type "content" so).
+ * Those go to the model in a user turn after the tool results (Anthropic wants a
+ * turn's tool_result blocks first; Gemini takes inline data beside a
+ * functionResponse), under a label naming the call, and the result's text points
+ * to them.
+ */
+function toolOutput(item: Item, callId: string): { output: string; attachments: UserPart[] } {
+  if (!Array.isArray(item.output)) return { output: outputText(item.output), attachments: [] };
+  const parts = userParts(item.output, `${String(item.type)} ${callId}`);
+  const said = parts.flatMap((part) => (part.type === 'text' ? [part.text] : [])).join('');
+  const media = parts.filter((part) => part.type !== 'text');
+  if (!media.length) return { output: said, attachments: [] };
+  const label = `Attachments of call ${callId}`;
+  return {
+    output: [said, `[See "${label}" below.]`].filter(Boolean).join('\n\n'),
+    attachments: [{ type: 'text', text: `${label}:` }, ...media],
+  };
 }
 
 function parseInput(value: unknown): unknown {
@@ -194,8 +216,14 @@ export function readConversation(request: ResponsesRequest): Conversation {
 
   const items: Item[] = typeof request.input === 'string' ? [{ type: 'message', role: 'user', content: request.input }] : ((request.input as Item[] | undefined) ?? []);
   if (!Array.isArray(items)) throw refuse('input must be a string or a list of items.');
+  // The images and files of tool outputs in a row, sent after the last of them.
+  let attachments: UserPart[] = [];
   for (const item of items) {
     const type = item?.type ?? (item && 'role' in item ? 'message' : undefined);
+    if (attachments.length && type !== 'function_call_output' && type !== 'custom_tool_call_output') {
+      turns.push({ kind: 'user', parts: attachments });
+      attachments = [];
+    }
     switch (type) {
       case 'message': {
         const role = item.role;
@@ -223,9 +251,13 @@ export function readConversation(request: ResponsesRequest): Conversation {
         break;
       }
       case 'function_call_output':
-      case 'custom_tool_call_output':
-        turns.push({ kind: 'result', callId: text(item.call_id), output: outputText(item.output) });
+      case 'custom_tool_call_output': {
+        const callId = text(item.call_id);
+        const result = toolOutput(item, callId);
+        turns.push({ kind: 'result', callId, output: result.output });
+        attachments.push(...result.attachments);
         break;
+      }
       case 'additional_tools':
         toolSpecs((Array.isArray(item.tools) ? item.tools : []) as Item[], null, tools, search);
         break;
@@ -238,6 +270,7 @@ export function readConversation(request: ResponsesRequest): Conversation {
         throw refuse(`Input items of type '${String(type)}' cannot be sent to this model.`);
     }
   }
+  if (attachments.length) turns.push({ kind: 'user', parts: attachments });
   toolSpecs((request.tools ?? []) as Item[], null, tools, search);
 
   const choice = raw.tool_choice;
