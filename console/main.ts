@@ -101,15 +101,27 @@ function clearSignInLink(): { codeLeft: boolean } {
 
 const foreignLink = 'This sign-in link was asked for in another browser, so it does not sign anyone in here.';
 
-/** What to tell someone who opened a sign-in link that did not sign them in. */
+/** Where a sign-in link's error code (from the address, or from Auth when the code is exchanged) is found. */
+function linkErrorCode(error: AuthError): string | undefined {
+  const details = (error as AuthError & { details?: { code?: unknown } | null }).details;
+  return typeof details?.code === 'string' ? details.code : error.code;
+}
+
+/**
+ * What to tell someone who opened a sign-in link that did not sign them in:
+ * always one of a few fixed sentences, chosen by the error's code. Never the
+ * error's own words: anyone can craft a link to the console whose address
+ * carries an `error_description` of their choosing, and the page must not
+ * put it in front of whoever opens it.
+ */
 function linkNotice(error: AuthError | null, codeLeft: boolean): string | undefined {
   // Not this browser's: a code without a verifier here, one that does not match it, or a session in the fragment (implicit flow).
   if ((!error && codeLeft) || error?.code === 'bad_code_verifier' || error?.name === 'AuthPKCEGrantCodeExchangeError') return foreignLink;
   if (!error) return undefined;
-  if (['flow_state_not_found', 'flow_state_expired', 'otp_expired'].includes(error.code ?? '') || /expired/i.test(error.message)) {
+  if (['flow_state_not_found', 'flow_state_expired', 'otp_expired'].includes(linkErrorCode(error) ?? '')) {
     return 'That sign-in link has expired or was already used.';
   }
-  return `That sign-in link did not work: ${error.message}`;
+  return 'That sign-in link did not work.';
 }
 
 async function main() {

@@ -273,14 +273,48 @@ export function operatorView(supabase: SupabaseClient): HTMLElement[] {
   }, 'stripe-payments');
   sections.push(payments);
 
+  // The audit log, newest first, a page at a time (operator_audit_log): the
+  // operators' own actions apart from customers', so however many entries
+  // customers write, an operator's stay in reach; "Show more" pages back.
+  let auditScope: 'operator' | 'all' = 'operator';
+  const auditPage = 50;
   const audit = section('Audit log', async () => {
-    const { data, error } = await supabase.from('audit_log').select('at,actor_email,action,subject,details').order('id', { ascending: false }).limit(50);
-    if (error) throw new Error(error.message);
-    return table(
-      [['When'], ['Who'], ['Action'], ['Subject'], ['Details']],
-      (data as Row[]).map((row) => [when(row.at as string), String(row.actor_email ?? '—'), String(row.action), String(row.subject ?? ''), JSON.stringify(row.details)]),
-      'Nothing yet.',
-    );
+    const scope = el('select', { id: 'audit-scope', 'aria-label': 'Which entries' },
+      el('option', { value: 'operator' }, 'Operator actions'),
+      el('option', { value: 'all' }, 'All entries')) as HTMLSelectElement;
+    scope.value = auditScope;
+    scope.addEventListener('change', () => {
+      auditScope = scope.value === 'all' ? 'all' : 'operator';
+      void audit.reload();
+    });
+    const body = el('tbody');
+    const list = el('table', {}, el('thead', {}, el('tr', {}, ...['When', 'Who', 'Action', 'Subject', 'Details'].map((label) => el('th', {}, label)))), body);
+    const empty = el('p', { class: 'note' }, auditScope === 'operator' ? 'No operator actions yet.' : 'Nothing yet.');
+    const more = el('button', { type: 'button', id: 'audit-more', hidden: '' }, 'Show more');
+    let oldest: number | null = null;
+    const load = async () => {
+      const rows = await call<Row[]>(supabase, 'operator_audit_log', { p_scope: auditScope, p_before_id: oldest, p_limit: auditPage });
+      for (const row of rows) {
+        body.append(el('tr', { 'data-audit-id': String(row.id) }, ...[
+          when(row.at as string), String(row.actor_email ?? '—'), String(row.action), String(row.subject ?? ''), JSON.stringify(row.details),
+        ].map((cell) => el('td', {}, cell))));
+      }
+      if (rows.length) oldest = Number(rows.at(-1)!.id);
+      more.hidden = rows.length < auditPage;
+      list.hidden = body.childElementCount === 0;
+      empty.hidden = body.childElementCount > 0;
+    };
+    more.addEventListener('click', async () => {
+      more.setAttribute('disabled', '');
+      try {
+        await load();
+      } catch (error) {
+        alert(`Could not load more: ${(error as Error).message}`);
+      }
+      more.removeAttribute('disabled');
+    });
+    await load();
+    return el('div', {}, el('p', {}, scope), list, empty, more);
   }, 'audit');
   sections.push(audit);
 

@@ -5,7 +5,8 @@ import { dollars, el, section, table, when } from './format.ts';
 // (accept or decline), the organisations they belong to, and, for each account
 // they own (their own, and any where a member was made owner), its name,
 // invitations by email, what is pending or expired (send again, withdraw) and
-// the members (remove).
+// the members (remove). A member's own keys of an organisation are listed with
+// a button that revokes one, through the gateway as the customer's own keys are.
 // Everything goes through the database's functions (set_member,
 // accept_invitation, decline_invitation, withdraw_invitation, remove_member,
 // set_organisation_name) and reads under row-level security, which decides:
@@ -27,6 +28,7 @@ interface Invitation {
 /** An invitation as its organisation's owners read it: expired ones stay until withdrawn or sent again. */
 interface SentInvitation {
   email: string;
+  invited_by: string | null;
   role: string;
   monthly_budget: number | null;
   invited_at: string;
@@ -37,6 +39,15 @@ interface Membership {
   account_id: string;
   role: string;
   monthly_budget: number | null;
+}
+
+interface MemberKey {
+  id: string;
+  account_id: string;
+  name: string;
+  prefix: string;
+  created_at: string;
+  revoked_at: string | null;
 }
 
 interface OrganisationAccount {
@@ -79,9 +90,10 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
   };
 
   const organisations = section('Organisations', async () => {
-    const [invitations, memberships] = await Promise.all([
+    const [invitations, memberships, memberKeys] = await Promise.all([
       must<Invitation[]>(supabase.rpc('my_invitations')),
       must<Membership[]>(supabase.from('account_members').select('account_id,role,monthly_budget').eq('user_id', userId)),
+      must<MemberKey[]>(supabase.from('api_keys').select('id,account_id,name,prefix,created_at,revoked_at').eq('member_user_id', userId).order('created_at', { ascending: false })),
     ]);
     const accounts = await must<OrganisationAccount[]>(supabase.from('accounts').select('id,user_id,name,balance,held,credit_limit'));
     const own = accounts.find((account) => account.user_id === userId);
@@ -123,6 +135,8 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
           await organisations.reload();
           return;
         }
+        said = { text: '', className: 'note' };
+        await organisations.reload();
         // Shown once: the database keeps only its hash.
         document.querySelector('#organisations .created')?.replaceChildren(
           el('p', {}, 'Your new key on the organisation (copy it now; it is not shown again):'),
@@ -152,16 +166,54 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
       );
     }
 
+    // This user's keys of organisations (they spend its credits): each revocable by them.
+    const revokeMemberKey = (key: MemberKey) => {
+      const button = el('button', { type: 'button', 'data-revoke-member-key': key.id }, 'Revoke');
+      button.addEventListener('click', async () => {
+        if (!confirm('Revoke this key? Requests with it will be refused.')) return;
+        // Through the gateway, which revokes it as this user and then tells every instance.
+        const { data: { session } } = await supabase.auth.getSession();
+        const response = await fetch(`/console/keys/${encodeURIComponent(key.id)}/revoke`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${session?.access_token ?? ''}` },
+        });
+        const answer = (await response.json().catch(() => ({}))) as { error?: { message?: string }; note?: string };
+        said = response.ok
+          ? { text: `Revoked ${key.name}.${answer.note ? ` ${answer.note}` : ''}`, className: 'note' }
+          : { text: `Not revoked: ${answer.error?.message ?? `HTTP ${response.status}`}`, className: 'error' };
+        await organisations.reload();
+      });
+      return button;
+    };
+    if (memberKeys.length) {
+      parts.push(
+        heading('h3', 'Your keys on organisations'),
+        table(
+          [['Organisation'], ['Name'], ['Key'], ['Created'], ['State'], ['']],
+          memberKeys.map((key) => [
+            byId.get(key.account_id)?.name ?? key.account_id,
+            key.name,
+            `${key.prefix}…`,
+            when(key.created_at),
+            key.revoked_at ? `revoked ${when(key.revoked_at)}` : 'active',
+            key.revoked_at ? '' : revokeMemberKey(key),
+          ]),
+          '',
+        ),
+      );
+    }
+
     // The accounts this user owns: their own first, then those where they were made owner.
     const owned = [...(own ? [own.id] : []), ...memberships.filter((membership) => membership.role === 'owner').map((membership) => membership.account_id)];
-    for (const accountId of owned) parts.push(await ownedOrganisation(accountId, accountId === own?.id, byId.get(accountId)?.name ?? null));
+    for (const accountId of owned) parts.push(await ownedOrganisation(accountId, accountId === own?.id, byId.get(accountId)));
     return el('div', {}, ...parts);
   }, 'organisations');
 
-  async function ownedOrganisation(accountId: string, isOwn: boolean, name: string | null): Promise<Node> {
+  async function ownedOrganisation(accountId: string, isOwn: boolean, account: OrganisationAccount | undefined): Promise<Node> {
+    const name = account?.name ?? null;
     const [pending, members] = await Promise.all([
       must<SentInvitation[]>(
-        supabase.from('member_invitations').select('email,role,monthly_budget,invited_at,expires_at').eq('account_id', accountId).order('invited_at'),
+        supabase.from('member_invitations').select('email,role,monthly_budget,invited_by,invited_at,expires_at').eq('account_id', accountId).order('invited_at'),
       ),
       must<Array<{ user_id: string; invited_email: string | null; role: string; monthly_budget: number | null; added_at: string }>>(
         supabase.from('account_members').select('user_id,invited_email,role,monthly_budget,added_at').eq('account_id', accountId).order('added_at'),
@@ -215,6 +267,14 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
       expired(invitation)
         ? el('span', { class: 'error', 'data-expired': invitation.email }, `Expired ${when(invitation.expires_at)}`)
         : el('span', {}, `Expires ${when(invitation.expires_at)}`);
+    // Who sent an invitation: this user, the account's user, or a member made owner (by the address they were invited at).
+    const sender = (invitation: SentInvitation) => {
+      if (invitation.invited_by === null) return '—';
+      if (invitation.invited_by === userId) return 'you';
+      const member = members.find((row) => row.user_id === invitation.invited_by);
+      if (member) return member.invited_email ?? member.user_id;
+      return invitation.invited_by === account?.user_id ? 'the account\'s owner' : invitation.invited_by;
+    };
     const remove = (member: { user_id: string; invited_email: string | null }) => {
       const button = el('button', { type: 'button', 'data-remove-member': member.user_id }, 'Remove');
       button.addEventListener('click', () => {
@@ -238,9 +298,9 @@ export function organisationsSection(supabase: SupabaseClient, userId: string): 
       ),
       heading('h4', 'Invitations sent'),
       table(
-        [['Email'], ['Role'], ['Monthly budget', true], ['Invited'], ['Expiry'], ['']],
+        [['Email'], ['Sent by'], ['Role'], ['Monthly budget', true], ['Invited'], ['Expiry'], ['']],
         pending.map((invitation) => [
-          invitation.email, invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), expiry(invitation),
+          invitation.email, el('span', { 'data-sent-by': invitation.email }, sender(invitation)), invitation.role, budget(invitation.monthly_budget), when(invitation.invited_at), expiry(invitation),
           expired(invitation) ? el('span', {}, sendAgain(invitation), ' ', withdraw(invitation.email)) : withdraw(invitation.email),
         ]),
         'No invitations waiting for an answer.',

@@ -10,7 +10,7 @@ const uuidFormat = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 /**
  * POST /console/keys/{id}/revoke, with the signed-in user's access token as
  * the bearer: revokes the key in the database as that user (revoke_api_key:
- * only the owner of the key's account may), then marks it revoked in Redis,
+ * the account's user, an owner of it, or the member whose key it is), then marks it revoked in Redis,
  * where every instance's next request adopting a hold taken ahead for that key
  * finds the mark and is refused. The answer says whether the revocation is
  * refused everywhere from now on (`refused_at_once`); when the mark could not
@@ -23,7 +23,7 @@ export async function revokeKey(c: Context<AppEnv>): Promise<Response> {
   if (!uuidFormat.test(id)) throw new GatewayError(400, 'invalid_request', 'The key id must be a UUID.', { param: 'id' });
   const token = /^Bearer\s+(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1];
   if (!token) {
-    throw new GatewayError(401, 'missing_session', "Sign in first: revoking a key takes the session of its account's owner (Authorization: Bearer <access token>).");
+    throw new GatewayError(401, 'missing_session', "Sign in first: revoking a key takes the session of its account's user, an owner of it, or the member whose key it is (Authorization: Bearer <access token>).");
   }
   if (!config.SUPABASE_ANON_KEY) throw new GatewayError(503, 'console_not_configured', 'SUPABASE_ANON_KEY is not set: keys cannot be revoked through the gateway.');
   let revoked: { id: string; account_id: string; revoked_at: string };
