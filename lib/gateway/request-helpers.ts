@@ -155,6 +155,10 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
       // No answer in time, or a failure: a hold may still be taken when the database
       // comes back, so it is given back (that finds nothing if it never was).
       openRequestHold(services, requestId).release('authorization failed or did not answer in time');
+      // And the key's next requests start no upstream call before they hold: while the
+      // database is away, each would be answered upstream and paid for by nobody. Its
+      // holds taken ahead stay: they are paid for, and serve it through the outage.
+      services.warmKeys.forget(input.keyHash);
       throw error;
     }),
     known ? rateLimiter!.check(known, estimate) : undefined,

@@ -294,4 +294,36 @@ describe('a stalled database', () => {
     );
     expect(usage).toEqual({ held: 0, open: 0, charged: 0 });
   });
+
+  it("a warm key whose authorization fails is cold: while the database is away its requests reach the upstream only on holds taken ahead, and one more", { timeout: 90_000 }, async () => {
+    const model = await privateStack.createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await privateStack.createCustomer(100_000_000);
+    const ask = () =>
+      fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 20 }),
+      }).then(async (response) => (await response.text(), response.status));
+    // Warm on this instance: authorized, with headroom.
+    for (let i = 0; i < 3; i++) expect(await ask()).toBe(200);
+    await gateway.settled();
+    const before = fake.requests.length;
+    const statuses: number[] = [];
+    privateStack.stack.processes.pausePostgres();
+    try {
+      for (let i = 0; i < 6; i++) statuses.push(await ask());
+      // Cold by now: however many come at once, none is sent before its hold.
+      const sentBeforeBurst = fake.requests.length;
+      statuses.push(...(await Promise.all(Array.from({ length: 16 }, ask))));
+      expect(fake.requests.length).toBe(sentBeforeBurst);
+    } finally {
+      privateStack.stack.processes.resumePostgres();
+    }
+    await gateway.settled();
+    // Served: requests that adopted a hold taken ahead (paid for by it); the rest 503.
+    const served = statuses.filter((status) => status === 200).length;
+    expect(statuses.filter((status) => status !== 200).every((status) => status === 503)).toBe(true);
+    // The first request refused after the key's last success had started its call early; no other did.
+    expect(fake.requests.length - before).toBeLessThanOrEqual(served + 1);
+  });
 });
