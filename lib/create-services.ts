@@ -9,7 +9,11 @@ import { batchRetryDelay, deliverSettlement } from './gateway/settle-in-backgrou
 import { createSettlementBatcher } from './gateway/settlement-batcher.ts';
 import { createAuthorizationBatcher } from './gateway/authorization-batcher.ts';
 import { createWarmKeys } from './gateway/warm-keys.ts';
+import { drainSettlementOutbox } from './gateway/drain-settlement-outbox.ts';
 import { createReadyHolds } from './gateway/ready-holds.ts';
+
+/** How long the drain an instance starts when the database is back may run (the scheduled one: 20 s). */
+const catchUpBudgetMs = 10_000;
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
@@ -43,14 +47,49 @@ export function createServices(config: Config, options: ServiceOptions): Service
   const outbound = options.outboundFetch ?? ((input, init) => fetch(input, init));
   const restUrl = new URL('rest/v1', config.SUPABASE_URL.replace(/\/?$/, '/')).toString();
   // Every database call has a deadline: a stalled database is an error, never a hang.
-  const databaseFetch = fetchWithDeadline(options.databaseFetch ?? outbound, config.DATABASE_TIMEOUT_MS);
+  const deadlined = fetchWithDeadline(options.databaseFetch ?? outbound, config.DATABASE_TIMEOUT_MS);
+  // Settlements this instance left in the outbox (the database away longer than the
+  // retries) are drained as soon as the database answers this instance again, not at the
+  // next scheduled drain: until then their holds still count (a key with max_concurrent
+  // is refused as busy with nothing in flight, the balance is short by the holds' excess).
+  let outboxBacklog = false;
+  const catchUp = () => {
+    outboxBacklog = false;
+    options.waitUntil(
+      drainSettlementOutbox(services, { budgetMs: catchUpBudgetMs }).then(
+        (report) => {
+          // Cut short by its budget: the next answer goes on with it (entries kept for a
+          // passing failure are left to the scheduled drain).
+          if (report.pending > report.kept) outboxBacklog = true;
+          log({ level: 'info', event: 'settlement_outbox_caught_up', ...report });
+        },
+        (error: unknown) => {
+          outboxBacklog = true;
+          log({ level: 'warn', event: 'settlement_outbox_not_caught_up', error: (error as Error).message });
+        },
+      ),
+    );
+  };
+  const databaseFetch: typeof fetch = async (input, init) => {
+    const response = await deadlined(input, init);
+    // Any answer of the database's own (not a gateway's 5xx) means it is back.
+    if (outboxBacklog && response.status < 500) catchUp();
+    return response;
+  };
   const database = new PostgrestClient(restUrl, { headers: { apikey: key, authorization: `Bearer ${key}` }, fetch: databaseFetch });
   const log = options.log ?? ((entry: Record<string, unknown>) => console.error(JSON.stringify(entry)));
   const upstash =
     config.UPSTASH_REDIS_REST_URL && config.UPSTASH_REDIS_REST_TOKEN
       ? { url: config.UPSTASH_REDIS_REST_URL, token: config.UPSTASH_REDIS_REST_TOKEN }
       : undefined;
-  const outbox = upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined;
+  const queue = upstash ? createSettlementOutbox({ ...upstash, timeoutMs: config.OUTBOX_TIMEOUT_MS }) : undefined;
+  const outbox = queue && {
+    ...queue,
+    put: async (...entry: Parameters<typeof queue.put>) => {
+      await queue.put(...entry);
+      outboxBacklog = true;
+    },
+  };
   const ledger = createLedger(database);
   // Holds taken ahead go to the database together too, apart from the requests waiting for theirs.
   const aheadAuthorizations = createAuthorizationBatcher({

@@ -147,6 +147,50 @@ describe('no bill is lost to an outage', () => {
     expect(ledger).toEqual([-event.amount]);
   });
 
+  it('what the outbox keeps is settled as soon as the database answers the instance again, without waiting for the scheduled drain', { timeout: 90_000 }, async () => {
+    // Retries give up after 3 s here, so the settlements reach the outbox quickly.
+    const quick = await startGateway(
+      { OPENAI_BASE_URL: `${fake.url}/v1`, UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token, DATABASE_TIMEOUT_MS: '1000', SETTLE_RETRY_WINDOW_MS: '3000' },
+      { supabase: privateStack.stack },
+    );
+    try {
+      const model = await privateStack.createModel(price, { upstreamModel: 'chat-long' });
+      const short = await privateStack.createModel(price, { upstreamModel: 'chat-basic' });
+      const customer = await privateStack.createCustomer(10_000_000);
+      // A key that may have two requests in flight: its queued settlements' holds would count as two.
+      await privateStack.admin.query('update public.api_keys set max_concurrent = 2 where id = $1', [customer.apiKeyId]);
+      const ask = (stream: boolean) =>
+        fetch(`${quick.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ model: stream ? model : short, messages: [{ role: 'user', content: 'Count' }], stream }),
+        }).then(async (response) => ({ status: response.status, requestId: response.headers.get('x-request-id')!, text: await response.text() }));
+      const streams = [ask(true), ask(true)];
+      await sleep(300);
+      await privateStack.stack.processes.killPostgrest();
+      const served = await Promise.all(streams);
+      await quick.settled();
+      expect(served.map((answer) => answer.status)).toEqual([200, 200]);
+      expect(quick.logs.filter((entry) => entry.event === 'settlement_queued')).toHaveLength(2);
+
+      await privateStack.stack.processes.startPostgrest();
+      await waitForPostgrest();
+      // The first answer from the database starts the drain; nothing else calls it.
+      await ask(false);
+      await quick.settled();
+      expect(quick.logs.filter((entry) => entry.event === 'settlement_outbox_caught_up')).toEqual([expect.objectContaining({ status: 'drained', settled: 2, pending: 0 })]);
+      for (const { requestId } of served) {
+        const { event, ledger } = await bill(requestId);
+        expect(event).toMatchObject({ status: 'completed', usage_source: 'provider' });
+        expect(ledger).toEqual([-event.amount]);
+      }
+      // Nothing in flight counts against the key any more.
+      expect((await ask(false)).status).toBe(200);
+    } finally {
+      await quick.close();
+    }
+  });
+
   it('PostgreSQL restarted during a streamed request: charged once', async () => {
     const model = await privateStack.createModel(price, { upstreamModel: 'chat-long' });
     const customer = await privateStack.createCustomer(10_000_000);
