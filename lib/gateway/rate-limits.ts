@@ -18,6 +18,12 @@ export interface RateLimitDecision {
   revoked?: boolean;
   /** Redis did not answer (in time, or sensibly): allowed unchecked, revocation mark unknown. */
   unavailable?: boolean;
+  /**
+   * Allowed and counted: takes back what this check counted (the request, the
+   * tokens asked), for a request refused after all by what was checked beside
+   * it (the database). Never rejects; a failure is logged.
+   */
+  giveBack?: () => Promise<void>;
 }
 
 export interface RateLimitOptions {
@@ -103,6 +109,19 @@ if tokenLimit > 0 and tokens > 0 then
   spent = spent + tokens
 end
 return {0, requests, spent}
+`;
+
+/**
+ * Takes back what one check counted, in the windows it counted it in: KEYS the
+ * key's request counter and the account's token counter; ARGV requests, tokens.
+ * A counter gone (its window long past) is left alone rather than made negative.
+ */
+const giveBackScript = `
+local requests = tonumber(ARGV[1])
+local tokens = tonumber(ARGV[2])
+if requests > 0 and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECRBY', KEYS[1], requests) end
+if tokens > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], tokens) end
+return 1
 `;
 
 /** Accounts owing tokens, and keys refused for their request rate, remembered at once. */
@@ -370,7 +389,19 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       }
       if (outcome === 2) return refusal('tokens', resetMs, headers);
       const ample = (!requestLimit || requestLimit - requests >= requestLimit / 10) && (!tokenLimit || tokenLimit - spent >= tokenLimit / 10);
-      return { allowed: true, headers, ample };
+      const counted = [requestLimit ? 1 : 0, tokenLimit ? asked : 0] as const;
+      if (!counted[0] && !counted[1]) return { allowed: true, headers, ample };
+      const giveBack = async () => {
+        const { controller, timer } = deadline();
+        try {
+          await redis.call(['eval', giveBackScript, 2, keys[0]!, keys[2]!, counted[0], counted[1]], controller.signal);
+        } catch (error) {
+          log({ level: 'warn', event: 'rate_limit_not_given_back', keyId: subject.keyId, error: controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message });
+        } finally {
+          clearTimeout(timer);
+        }
+      };
+      return { allowed: true, headers, ample, giveBack };
     },
     async markRevoked({ keyId, accountId }, ttlMs) {
       const { controller, timer } = deadline();

@@ -145,8 +145,15 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   const { ready } = options;
   if (ready) c.set('requestId', ready.requestId);
   const { requestId } = c.var;
+  // Checked beside the database when the key's limits are known: counted at once, so a
+  // request the database then refuses (or does not answer) gives back what it counted.
+  const earlyCheck = !ready && known ? rateLimiter!.check(known, estimate) : undefined;
+  const giveBackEarly = () => {
+    if (earlyCheck) services.waitUntil(earlyCheck.then((decision) => decision.giveBack?.()));
+  };
   const [result, early] = ready ? [ready.authorization, undefined] : await Promise.all([
     services.authorizations.authorize({ ...input, requestId, clientIp: ip }).catch((error: unknown) => {
+      giveBackEarly();
       // The database refusing the input itself is the client's error; any other refusal
       // (a function missing from the schema, a read-only standby) is ours: a 503.
       if (isRefusedInput(error)) {
@@ -161,9 +168,10 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
       services.warmKeys.forget(input.keyHash);
       throw error;
     }),
-    known ? rateLimiter!.check(known, estimate) : undefined,
+    earlyCheck,
   ]);
   if (result.status === 'refused') {
+    giveBackEarly();
     coolKey(services, input.keyHash);
     if (result.code === 'unsupported_provider' && result.provider && options.unsupportedProvider) throw options.unsupportedProvider(result.provider);
     throw refusalError(result, services.config.TOPUP_URL);

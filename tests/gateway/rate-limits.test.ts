@@ -190,6 +190,36 @@ describe('one Upstash round trip per request', () => {
   });
 });
 
+describe('a request the database refuses', () => {
+  it('counts against neither limit: what its check counted beside authorize is given back', async () => {
+    const gateway = await gatewayWith();
+    const otherModel = await createModel({ input: 1, output: 1 }, { upstreamModel: 'chat-basic' });
+    const customer = await limitedCustomer({ requests_per_minute: 3, tokens_per_minute: 5_000 });
+    await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, { requests_per_minute: 3, tokens_per_minute: 5_000, allowed_models: [chatModel] });
+    const ask = async (model: string, maxTokens = 100) => {
+      const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: maxTokens }),
+      });
+      const body = (await response.json()) as { error?: { code?: string } };
+      await gateway.settled();
+      return [response.status, body.error?.code, response.headers.get('x-ratelimit-remaining-requests'), response.headers.get('x-ratelimit-remaining-tokens')] as const;
+    };
+    await startOfWindow(2000);
+    // Served: the key's limits are known on this instance from now on, so its next
+    // checks run beside authorize and count before the database has answered.
+    const [status, , requestsLeft, tokensLeft] = await ask(chatModel);
+    expect([status, requestsLeft]).toEqual([200, '2']);
+    // Refused by the database (a model the key may not use), three times: more than the limit.
+    for (let i = 0; i < 3; i++) expect((await ask(otherModel, 4_000)).slice(0, 2)).toEqual([403, 'model_not_allowed']);
+    // Still the second request of the window, and the refused ones' 4,000-token caps are not spent.
+    const [again, , requestsAfter, tokensAfter] = await ask(chatModel);
+    expect([again, requestsAfter]).toEqual([200, '1']);
+    expect(Number(tokensLeft) - Number(tokensAfter)).toBeLessThan(200);
+  });
+});
+
 describe('tokens per minute per account', () => {
   it('counts the hold\'s token estimate', async () => {
     const gateway = await gatewayWith();
