@@ -81,7 +81,8 @@ export function renderError(error: GatewayError, surface: ErrorSurface): unknown
   };
 }
 
-const refusalStatus: Record<string, number> = {
+/** The HTTP status of each refusal the database gives (`private.refusal` codes); `tests/lib/errors.test.ts` checks that none is left out. */
+export const refusalStatus: Record<string, number> = {
   invalid_api_key: 401,
   api_key_revoked: 401,
   api_key_expired: 401,
@@ -96,6 +97,8 @@ const refusalStatus: Record<string, number> = {
   too_many_concurrent_requests: 429,
   key_spend_limit_reached: 403,
   key_monthly_limit_reached: 403,
+  member_budget_reached: 403,
+  not_a_member: 401,
   unsupported_provider: 400,
   request_cancelled: 409,
   response_not_found: 404,
