@@ -99,6 +99,13 @@ export function clientIp(c: Context<AppEnv>): string | undefined {
 /** The shape the database accepts for model ids; anything else cannot be a model. */
 const modelIdFormat = /^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$/;
 
+/** Refuses, before the database is asked, a model id no model can have (a lone surrogate would make the whole call's JSON unreadable to it). */
+export function requireModelIdFormat(model: string): void {
+  if (!modelIdFormat.test(model)) {
+    throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(model.slice(0, 130))} does not exist.`, { param: 'model' });
+  }
+}
+
 export interface AuthorizeOptions {
   /** The refusal for a model whose provider the route cannot serve (the route named `providers`). */
   unsupportedProvider?: (provider: string) => GatewayError;
@@ -137,9 +144,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
   const choices = input.choices ?? 1;
   const estimate = input.maxInputTokens + (input.maxOutputTokens ?? options.guess?.max_output_tokens ?? 0) * choices;
-  if (!modelIdFormat.test(input.model)) {
-    throw new GatewayError(404, 'model_not_found', `The model ${JSON.stringify(input.model.slice(0, 130))} does not exist.`, { param: 'model' });
-  }
+  requireModelIdFormat(input.model);
   const ip = clientIp(c);
   // A hold taken ahead for this key and shape: the request becomes that hold's request.
   const { ready } = options;

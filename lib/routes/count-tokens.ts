@@ -4,7 +4,7 @@ import type { AppEnv } from '../app-env.ts';
 import { isRefusedInput } from '../billing/ledger.ts';
 import type { ChannelConfig } from '../env.ts';
 import { GatewayError, refusalError } from '../errors.ts';
-import { clientIp, providersSpeaking, readJsonBody, readKeyHash } from '../gateway/request-helpers.ts';
+import { clientIp, providersSpeaking, readJsonBody, readKeyHash, requireModelIdFormat } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover, type UpstreamRequest } from '../gateway/send-upstream.ts';
 import { buildAnthropicRequest } from '../providers/anthropic/anthropic-adaptor.ts';
 import { buildGeminiRequest } from '../providers/google/gemini-adaptor.ts';
@@ -20,6 +20,7 @@ const namedModel = z.looseObject({ model: z.string().min(1).max(128) });
 async function forwardUncharged(c: Context<AppEnv>, model: string, format: WireFormat, build: (channel: ChannelConfig, upstreamModel: string) => UpstreamRequest) {
   const { services, requestId } = c.var;
   const keyHash = await readKeyHash(c);
+  requireModelIdFormat(model);
   const result = await services.ledger.authorizeUnchargedCall({ keyHash, model, clientIp: clientIp(c), providers: providersSpeaking(c, format) }).catch((error: unknown) => {
     if (isRefusedInput(error)) {
       throw new GatewayError(400, 'invalid_request', `The request could not be authorized: ${error.message}`);
