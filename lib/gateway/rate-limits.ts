@@ -184,6 +184,8 @@ const pipelineMax = 100;
  * let them through unchecked) behind the two already under way.
  */
 const callsUnderWayInBurst = 8;
+/** The longest a check waits for a call under way before it goes anyway (see `next`). */
+const maxQueueWaitMs = 50;
 
 /**
  * Runs `script` on Upstash by its SHA-1 (EVALSHA, Upstash's REST protocol),
@@ -200,7 +202,7 @@ const callsUnderWayInBurst = 8;
  * still waiting (it is not sent) or its pipeline is under way (which is aborted
  * once every command in it has been).
  */
-function createScriptRunner(url: string, token: string, script: string, send: typeof fetch) {
+function createScriptRunner(url: string, token: string, script: string, send: typeof fetch, maxQueueWaitMs: number) {
   const endpoint = url.replace(/\/?$/, '/');
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   let sha: Promise<string> | undefined;
@@ -245,9 +247,11 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
     }
   };
 
-  const next = () => {
+  let waited: ReturnType<typeof setTimeout> | undefined;
+  /** `late`: the oldest waiting has waited maxQueueWaitMs: what waits goes now, up to the burst's calls under way. */
+  const next = (late = false) => {
     queue = queue.filter((item) => !item.signal.aborted);
-    while (queue.length && (underWay < callsUnderWay || (queue.length >= pipelineMax && underWay < callsUnderWayInBurst))) {
+    while (queue.length && (underWay < callsUnderWay || ((late || queue.length >= pipelineMax) && underWay < callsUnderWayInBurst))) {
       const batch = queue.splice(0, pipelineMax);
       underWay++;
       const sent = batch.length === 1 ? call(batch[0]!.command, batch[0]!.signal).then(batch[0]!.resolve, batch[0]!.reject) : pipeline(batch);
@@ -255,6 +259,18 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
         underWay--;
         next();
       });
+    }
+    // A check waits for a call under way to be answered at most maxQueueWaitMs: behind slow
+    // answers (Redis well within the deadline, but slow) it would otherwise miss its own
+    // deadline waiting, and be let through unchecked.
+    if (queue.length && waited === undefined) {
+      waited = setTimeout(() => {
+        waited = undefined;
+        next(true);
+      }, maxQueueWaitMs);
+    } else if (!queue.length && waited !== undefined) {
+      clearTimeout(waited);
+      waited = undefined;
     }
   };
 
@@ -298,7 +314,8 @@ function createScriptRunner(url: string, token: string, script: string, send: ty
  * the database instead.
  */
 export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, fetch: send = (input, init) => fetch(input, init) }: RateLimiterOptions): RateLimiter {
-  const redis = createScriptRunner(url, token, slidingWindowScript, send);
+  // A tenth of the deadline, and never long when Redis answers in a few milliseconds.
+  const redis = createScriptRunner(url, token, slidingWindowScript, send, Math.min(maxQueueWaitMs, timeoutMs / 10));
   /** Aborts after the timeout; the caller clears the timer. */
   const deadline = () => {
     const controller = new AbortController();

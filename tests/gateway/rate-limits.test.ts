@@ -294,6 +294,17 @@ const tokenSubject = (tokensPerMinute: number) => ({ keyId: crypto.randomUUID(),
 const remainingTokens = (decision: { headers: Record<string, string> }) => Number(decision.headers['x-ratelimit-remaining-tokens']);
 
 describe('many requests at once on one instance', () => {
+  it('Redis slow but within the deadline: checks waiting behind calls under way go within 50 ms, so none misses its deadline and the limit holds exactly', async () => {
+    // Each call answered after 300 ms, the deadline 500 ms: a check that waited for one of
+    // the two calls under way to come back was sent at 300 ms and let through unchecked at 500.
+    const { limiter, logs } = limiterWithCalls({ delayMs: 300, timeoutMs: 500 });
+    const key = subject(10);
+    const decisions = await Promise.all(Array.from({ length: 64 }, () => limiter.check(key, 0)));
+    expect(decisions.filter((decision) => decision.unavailable)).toEqual([]);
+    expect(logs.filter((entry) => entry.event === 'rate_limit_unavailable')).toEqual([]);
+    expect(decisions.filter((decision) => decision.allowed)).toHaveLength(10);
+  });
+
   it('checks go together in pipelines while calls are under way: the limit holds exactly, in far fewer calls than checks', async () => {
     const { limiter, paths } = limiterWithCalls();
     const key = subject(10);
