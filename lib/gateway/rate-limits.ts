@@ -435,21 +435,36 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
   };
 }
 
-/** What the gateway knows of a key's limits from its last authorization, kept briefly in memory. */
+/** Models per key whose last output bound is remembered. */
+const outputsPerKey = 8;
+
+/**
+ * What the gateway knows of a key's limits from its last authorization, kept
+ * briefly in memory, with the output bound its last authorization of each model
+ * had: the estimate a check beside authorize counts for a request that sets none.
+ */
 export function createLimitsCache(ttlMs = 60_000, maxEntries = 10_000) {
-  const entries = new Map<string, { subject: RateLimitSubject; expires: number }>();
+  const entries = new Map<string, { subject: RateLimitSubject; outputs: Map<string, number>; expires: number }>();
+  const live = (keyHash: string) => {
+    const entry = entries.get(keyHash);
+    if (entry && entry.expires < Date.now()) {
+      entries.delete(keyHash);
+      return undefined;
+    }
+    return entry;
+  };
   return {
     get(keyHash: string): RateLimitSubject | undefined {
-      const entry = entries.get(keyHash);
-      if (!entry) return undefined;
-      if (entry.expires < Date.now()) {
-        entries.delete(keyHash);
-        return undefined;
-      }
-      return entry.subject;
+      return live(keyHash)?.subject;
     },
-    set(keyHash: string, subject: RateLimitSubject): void {
-      setBounded(entries, keyHash, { subject, expires: Date.now() + ttlMs }, maxEntries);
+    /** The output bound (per choice) of the key's last authorization of `model`, if remembered. */
+    output(keyHash: string, model: string): number | undefined {
+      return live(keyHash)?.outputs.get(model);
+    },
+    set(keyHash: string, subject: RateLimitSubject, model?: string, outputTokens?: number): void {
+      const outputs = live(keyHash)?.outputs ?? new Map<string, number>();
+      if (model !== undefined && outputTokens !== undefined) setBounded(outputs, model, outputTokens, outputsPerKey);
+      setBounded(entries, keyHash, { subject, outputs, expires: Date.now() + ttlMs }, maxEntries);
     },
   };
 }

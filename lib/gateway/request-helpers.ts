@@ -143,7 +143,10 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
   const { rateLimiter, limitsCache } = services;
   const known = rateLimiter ? limitsCache.get(input.keyHash) : undefined;
   const choices = input.choices ?? 1;
-  const estimate = input.maxInputTokens + (input.maxOutputTokens ?? options.guess?.max_output_tokens ?? 0) * choices;
+  // The output bound: the request's own, else the last one this key was authorized with for
+  // the model (so a burst of requests that set none is not counted at their input alone).
+  const outputGuess = input.maxOutputTokens ?? options.guess?.max_output_tokens ?? (known ? limitsCache.output(input.keyHash, input.model) : undefined) ?? 0;
+  const estimate = input.maxInputTokens + outputGuess * choices;
   requireModelIdFormat(input.model);
   const ip = clientIp(c);
   // A hold taken ahead for this key and shape: the request becomes that hold's request.
@@ -191,7 +194,7 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
       requestsPerMinute: result.limits.requests_per_minute,
       tokensPerMinute: result.limits.tokens_per_minute,
     };
-    limitsCache.set(input.keyHash, subject);
+    limitsCache.set(input.keyHash, subject, input.model, result.max_output_tokens);
     const heldTokens = result.max_input_tokens + result.max_output_tokens * result.choices;
     // A hold taken ahead: its limits and the key's revocation mark are checked now (beside
     // the upstream call, see metered-request.ts), counted at this request's own bound, not

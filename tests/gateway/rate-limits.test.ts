@@ -236,6 +236,34 @@ describe('tokens per minute per account', () => {
   });
 });
 
+describe('tokens per minute, requests that set no output cap', () => {
+  it("a burst is counted at the output bound the key's last request of the model had, not at its input alone", async () => {
+    const gateway = await gatewayWith({ RATE_LIMIT_WINDOW_SECONDS: '10' });
+    // No max_tokens: each hold takes the model's 4,000 output tokens, about 4,012 in all.
+    const capped = await createModel({ input: 1, output: 1 }, { upstreamModel: 'chat-basic', maxOutputTokens: 4000 });
+    const customer = await limitedCustomer({ tokens_per_minute: 20_000 });
+    const ask = () =>
+      fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: capped, messages: [{ role: 'user', content: 'Hi' }] }),
+      }).then(async (response) => (await response.text(), response.status));
+    await startOfWindow(10_000);
+    expect(await ask()).toBe(200);
+    await gateway.settled();
+    // Counted at their input alone, the burst's checks all went before any hold's output was
+    // owed: 13 holds, 52,156 tokens, were served against a limit of 20,000.
+    const statuses = await Promise.all(Array.from({ length: 32 }, ask));
+    await gateway.settled();
+    const { rows: [held] } = await admin().query(
+      `select count(*)::int as served, sum(max_input_tokens + max_output_tokens * choices)::int as tokens from public.usage_events where api_key_id = $1 and status = 'completed'`,
+      [customer.apiKeyId],
+    );
+    expect(statuses.filter((status) => status === 200).length + 1).toBe(held.served);
+    expect(held.tokens).toBeLessThanOrEqual(20_000);
+  });
+});
+
 describe('when Redis does not answer', () => {
   it('allows the request and logs the failure: Redis down', async () => {
     const own = await startLocalUpstash();
