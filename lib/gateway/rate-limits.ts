@@ -21,9 +21,11 @@ export interface RateLimitDecision {
   /**
    * Allowed and counted: takes back what this check counted (the request, the
    * tokens asked), for a request refused after all by what was checked beside
-   * it (the database). Never rejects; a failure is logged.
+   * it (the database); or, given `tokens`, only that many of the tokens (a
+   * hold that came back smaller than the estimate counted). Never rejects; a
+   * failure is logged.
    */
-  giveBack?: () => Promise<void>;
+  giveBack?: (tokens?: number) => Promise<void>;
 }
 
 export interface RateLimitOptions {
@@ -408,10 +410,12 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       const ample = (!requestLimit || requestLimit - requests >= requestLimit / 10) && (!tokenLimit || tokenLimit - spent >= tokenLimit / 10);
       const counted = [requestLimit ? 1 : 0, tokenLimit ? asked : 0] as const;
       if (!counted[0] && !counted[1]) return { allowed: true, headers, ample };
-      const giveBack = async () => {
+      const giveBack = async (tokens?: number) => {
+        const back = tokens === undefined ? counted : ([0, Math.min(counted[1], Math.max(0, Math.floor(tokens)))] as const);
+        if (!back[0] && !back[1]) return;
         const { controller, timer } = deadline();
         try {
-          await redis.call(['eval', giveBackScript, 2, keys[0]!, keys[2]!, counted[0], counted[1]], controller.signal);
+          await redis.call(['eval', giveBackScript, 2, keys[0]!, keys[2]!, back[0], back[1]], controller.signal);
         } catch (error) {
           log({ level: 'warn', event: 'rate_limit_not_given_back', keyId: subject.keyId, error: controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message });
         } finally {

@@ -203,7 +203,13 @@ export async function authorize(c: Context<AppEnv>, input: AuthorizeInput, optio
     const decision = ready
       ? await rateLimiter.check(subject, input.maxInputTokens + result.max_output_tokens * result.choices, { revocationCheck: true })
       : (early ?? (await rateLimiter.check(subject, heldTokens)));
-    if (early && decision.allowed) rateLimiter.owe(subject, heldTokens - estimate);
+    // The check beside authorize counted the estimate: what the hold took beyond it is owed;
+    // what it took less (an output bound lowered to what the balance affords, below the one
+    // remembered) is given back, or a balance running low would be refused as rate limited.
+    if (early && decision.allowed) {
+      if (heldTokens >= estimate) rateLimiter.owe(subject, heldTokens - estimate);
+      else if (early.giveBack) services.waitUntil(early.giveBack(estimate - heldTokens));
+    }
     c.set('rateLimitHeaders', decision.headers);
     if (decision.revoked) {
       coolKey(services, input.keyHash);

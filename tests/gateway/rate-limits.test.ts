@@ -6,7 +6,7 @@ import { createApiKeyManager } from '../../lib/billing/ledger.ts';
 import { createRateLimiter } from '../../lib/gateway/rate-limits.ts';
 import { startLocalUpstash } from '../../scripts/local-upstash.ts';
 import type { Gateway } from '../support/gateway.ts';
-import { admin, createCustomer, createModel } from '../support/supabase.ts';
+import { admin, createCustomer, createModel, ledger } from '../support/supabase.ts';
 import { upstashGateways } from '../support/upstash-gateways.ts';
 
 const setup = upstashGateways(() => ({ ANTHROPIC_BASE_URL: setup.fake.url, RATE_LIMIT_WINDOW_SECONDS: '2' }));
@@ -261,6 +261,37 @@ describe('tokens per minute, requests that set no output cap', () => {
     );
     expect(statuses.filter((status) => status === 200).length + 1).toBe(held.served);
     expect(held.tokens).toBeLessThanOrEqual(20_000);
+  });
+});
+
+describe('tokens per minute, a hold smaller than the estimate counted', () => {
+  it('gives the difference back: a balance that caps the output below the bound remembered is not refused as rate limited', async () => {
+    const gateway = await gatewayWith();
+    // 1 micro-unit per token; the model's output bound 4,000.
+    const capped = await createModel({ input: 1_000_000, output: 1_000_000 }, { upstreamModel: 'chat-basic', maxOutputTokens: 4000 });
+    const customer = await createCustomer({ balance: 5_000 });
+    await createApiKeyManager(customer.client).updateApiKeyPolicy(customer.apiKeyId, { tokens_per_minute: 5_000 });
+    const ask = async () => {
+      const response = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: capped, messages: [{ role: 'user', content: 'Hi' }] }),
+      });
+      await response.text();
+      await gateway.settled();
+      return response.status;
+    };
+    // The whole 4,000 output tokens held: the bound remembered for the key and model.
+    expect(await ask()).toBe(200);
+    const { rows: [account] } = await admin().query('select balance from public.accounts where id = $1', [customer.accountId]);
+    await ledger.grantCredits({ accountId: customer.accountId, amount: 400 - Number(account.balance), reason: 'adjustment' });
+    // A fresh window, past the weight of the one before.
+    await new Promise((resolve) => setTimeout(resolve, 4_100 - (Date.now() % 2000)));
+    // Each hold a few hundred tokens now (the output capped at what 400 affords), five about
+    // 1,800 in all: counted at 4,012 each and never given back, the fourth was refused.
+    const statuses = [];
+    for (let i = 0; i < 5; i++) statuses.push(await ask());
+    expect(statuses).toEqual([200, 200, 200, 200, 200]);
   });
 });
 
