@@ -14,6 +14,8 @@ import { createReadyHolds } from './gateway/ready-holds.ts';
 
 /** How long the drain an instance starts when the database is back may run (the scheduled one: 20 s). */
 const catchUpBudgetMs = 10_000;
+/** How soon a catch-up that met another drain, or failed, may go again. */
+const catchUpRetryMs = 1_000;
 
 export interface ServiceOptions {
   waitUntil: (promise: Promise<unknown>) => void;
@@ -53,18 +55,25 @@ export function createServices(config: Config, options: ServiceOptions): Service
   // next scheduled drain: until then their holds still count (a key with max_concurrent
   // is refused as busy with nothing in flight, the balance is short by the holds' excess).
   let outboxBacklog = false;
+  /** Not again before this: a drain that found another under way, or failed, is retried a second later at the soonest. */
+  let catchUpAfter = 0;
   const catchUp = () => {
     outboxBacklog = false;
+    const again = () => {
+      outboxBacklog = true;
+      catchUpAfter = Date.now() + catchUpRetryMs;
+    };
     options.waitUntil(
       drainSettlementOutbox(services, { budgetMs: catchUpBudgetMs }).then(
         (report) => {
-          // Cut short by its budget: the next answer goes on with it (entries kept for a
-          // passing failure are left to the scheduled drain).
-          if (report.pending > report.kept) outboxBacklog = true;
+          // Another drain under way (the scheduled one) may have scanned before this
+          // instance's entries came: tried again. Cut short by its budget: the next answer
+          // goes on with it (entries kept for a passing failure are left to the scheduled drain).
+          if (report.status === 'busy' || report.pending > report.kept) again();
           log({ level: 'info', event: 'settlement_outbox_caught_up', ...report });
         },
         (error: unknown) => {
-          outboxBacklog = true;
+          again();
           log({ level: 'warn', event: 'settlement_outbox_not_caught_up', error: (error as Error).message });
         },
       ),
@@ -73,7 +82,7 @@ export function createServices(config: Config, options: ServiceOptions): Service
   const databaseFetch: typeof fetch = async (input, init) => {
     const response = await deadlined(input, init);
     // Any answer of the database's own (not a gateway's 5xx) means it is back.
-    if (outboxBacklog && response.status < 500) catchUp();
+    if (outboxBacklog && response.status < 500 && Date.now() >= catchUpAfter) catchUp();
     return response;
   };
   const database = new PostgrestClient(restUrl, { headers: { apikey: key, authorization: `Bearer ${key}` }, fetch: databaseFetch });

@@ -82,6 +82,37 @@ describe('/internal/settlements/drain', () => {
     ]);
   });
 
+  it('an instance that left settlements in the outbox drains them when the database answers it again, and tries again when another drain was under way', async () => {
+    const instance = await startGateway({ UPSTASH_REDIS_REST_URL: upstash.url, UPSTASH_REDIS_REST_TOKEN: upstash.token, CRON_SECRET: secret });
+    try {
+      const { outbox } = instance.services;
+      const model = await createModel({ input: 1_000_000, output: 1_000_000 });
+      const customer = await createCustomer({ balance: 1_000_000 });
+      const requestId = crypto.randomUUID();
+      await ledger.authorizeRequest({ requestId, keyHash: customer.keyHash, model, maxInputTokens: 100, maxOutputTokens: 100 });
+      // The scheduled drain is under way, and has read the outbox already.
+      const scheduled = await outbox!.lock(60_000);
+      expect(scheduled).not.toBeNull();
+      // This instance puts a settlement there (the database was away).
+      await outbox!.put({ requestId, outcome: 'completed', usage: { input: 40, output: 20 }, usageSource: 'provider' }, 'database away');
+      // The database answers it again: its drain finds the other one under way.
+      await instance.services.listModels();
+      await instance.settled();
+      await outbox!.unlock(scheduled!);
+      expect((await outbox!.size()).pending).toBe(1);
+      // A second later, the next answer drains it: before, nothing did until the next scheduled drain.
+      await new Promise((resolve) => setTimeout(resolve, 1_100));
+      await instance.services.listModels();
+      await instance.settled();
+      expect(instance.logs.filter((entry) => entry.event === 'settlement_outbox_caught_up').map((entry) => entry.status)).toEqual(['busy', 'drained']);
+      expect((await outbox!.size()).pending).toBe(0);
+      const { rows } = await admin().query(`select amount::int from public.credit_ledger where reason = 'usage' and reference = $1`, [requestId]);
+      expect(rows).toEqual([{ amount: -60 }]);
+    } finally {
+      await instance.close();
+    }
+  });
+
   it('answers 503 with Retry-After while Redis (the outbox) does not answer, not a 500', async () => {
     const own = await startLocalUpstash();
     const redisGone = await startGateway({ UPSTASH_REDIS_REST_URL: own.url, UPSTASH_REDIS_REST_TOKEN: own.token, CRON_SECRET: secret });
