@@ -161,16 +161,15 @@ describe('insufficient credits', () => {
     expect(await writes(poor.accountId)).toMatchObject({ balance: '72', held: '0' });
   });
 
-  it('adds no cap beside a prediction, which OpenAI refuses max_completion_tokens with: the whole output bound is held, or the request refused', async () => {
+  it('a cap it adds goes without a prediction, which OpenAI refuses max_completion_tokens beside: the request is served; a prediction with no cap added passes as sent', async () => {
     const prediction = { type: 'content', content: 'Hello! How can I help you today?' };
     const poor = await createCustomer({ balance: 100 });
-    const sent = fake.requestsFor('chat-basic').length;
-    const before = await writes(poor.accountId);
-    const refused = await post({ model, messages, prediction }, { authorization: `Bearer ${poor.apiKey}` });
-    expect(refused.status).toBe(402);
-    expect(await refused.json()).toMatchObject({ error: { code: 'insufficient_credits' } });
-    expect(fake.requestsFor('chat-basic').length).toBe(sent);
-    expect(await writes(poor.accountId)).toEqual(before);
+    const capped = await post({ model, messages, prediction }, { authorization: `Bearer ${poor.apiKey}` });
+    expect(capped.status).toBe(200);
+    expect(capped.headers.get('x-tollgate-max-tokens')).toBe('88');
+    const sent = fake.requestsFor('chat-basic').at(-1)!.body;
+    expect(sent.max_completion_tokens).toBe(88);
+    expect(sent).not.toHaveProperty('prediction');
 
     const rich = await createCustomer({ balance: 100_000_000 });
     const served = await post({ model, messages, prediction }, { authorization: `Bearer ${rich.apiKey}` });

@@ -33,9 +33,7 @@ export async function chatCompletions(c: Context<AppEnv>): Promise<Response> {
       maxInputTokens: boundChatInputTokens(request) + toolPrompt,
       maxOutputTokens: requestedCap,
       choices: request.n ?? 1,
-      // OpenAI refuses max_completion_tokens beside a prediction (Predicted Outputs): no cap
-      // can be added, so the hold takes the whole output bound, or the request is refused.
-      capOutput: requestedCap === undefined && (raw.prediction === undefined || raw.prediction === null),
+      capOutput: requestedCap === undefined,
       providers: providersForChat(config, translations),
     },
     {

@@ -37,7 +37,13 @@ export function openAIChatPlan(request: ChatCompletionRequest, authorization: Au
     build: (channel) => {
       const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
       if (stream) body.stream_options = { ...(request.stream_options ?? {}), include_usage: true };
-      if (authorization.output_capped) body[outputCapField(channel)] = authorization.max_output_tokens;
+      if (authorization.output_capped) {
+        body[outputCapField(channel)] = authorization.max_output_tokens;
+        // OpenAI refuses a prediction (Predicted Outputs) beside max_completion_tokens. The cap
+        // is the gateway's, for a balance that affords less than the model's bound: the
+        // prediction, which only makes the answer come sooner, is what goes.
+        delete body.prediction;
+      }
       return buildOpenAIRequest(channel, '/chat/completions', body, stream);
     },
     createStreamProcessor: (): StreamProcessor => {
