@@ -26,6 +26,7 @@ import {
   pauseOf,
   runLoad,
   sampleInterleaved,
+  sampleSequentially,
   startBareProxyProcess,
   startDelayProxy,
   startGatewayProcess,
@@ -61,20 +62,16 @@ function summary(samples: number[]) {
  */
 const sequentialPeriodMs = 25;
 
-/** Sequential timings of several rows, taken in turns (see sampleInterleaved); `between` runs untimed after each (letting settlements finish, so they do not compete). */
-function timeInTurns<Name extends string>(rows: Record<Name, () => Promise<unknown>>, count: number, between?: () => Promise<unknown>, period = sequentialPeriodMs) {
-  const timed = (run: () => Promise<unknown>) => async () => {
-    const started = performance.now();
-    await run();
-    return performance.now() - started;
-  };
-  const entries = Object.entries(rows) as Array<[Name, () => Promise<unknown>]>;
-  return sampleInterleaved(Object.fromEntries(entries.map(([name, run]) => [name, timed(run)])) as Record<Name, () => Promise<number>>, { warm: 20, count, pause: between, period });
-}
-
-/** The same for one row. */
-const time = async (run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>, period = sequentialPeriodMs) =>
-  (await timeInTurns({ row: run }, count, between, period)).row;
+/** Sequential timings of one call (see sampleSequentially); `between` runs untimed after each (letting settlements finish, so they do not compete). */
+const time = (run: () => Promise<unknown>, count: number, between?: () => Promise<unknown>, period = sequentialPeriodMs) =>
+  sampleSequentially(
+    async () => {
+      const started = performance.now();
+      await run();
+      return performance.now() - started;
+    },
+    { warm: 20, count, pause: between, period },
+  );
 
 /**
  * The fake upstream answers at once, faster than the authorize round trip, so a

@@ -324,6 +324,15 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
     const timer = setTimeout(() => controller.abort(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
     return { controller, timer };
   };
+  /** One plain command, within the deadline. */
+  const callWithin = async (command: Array<string | number>) => {
+    const { controller, timer } = deadline();
+    try {
+      return await redis.call(command, controller.signal);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   const windowMs = windowSeconds * 1000;
   /** Keys refused for their request rate: refused from memory until `recheckAt`; their window turns at `resetAt`. */
   const blocked = new Map<string, { recheckAt: number; resetAt: number }>();
@@ -413,24 +422,15 @@ export function createRateLimiter({ url, token, timeoutMs, windowSeconds, log, f
       const giveBack = async (tokens?: number) => {
         const back = tokens === undefined ? counted : ([0, Math.min(counted[1], Math.max(0, Math.floor(tokens)))] as const);
         if (!back[0] && !back[1]) return;
-        const { controller, timer } = deadline();
-        try {
-          await redis.call(['eval', giveBackScript, 2, keys[0]!, keys[2]!, back[0], back[1]], controller.signal);
-        } catch (error) {
-          log({ level: 'warn', event: 'rate_limit_not_given_back', keyId: subject.keyId, error: controller.signal.aborted ? `no answer within ${timeoutMs} ms` : (error as Error).message });
-        } finally {
-          clearTimeout(timer);
-        }
+        await callWithin(['eval', giveBackScript, 2, keys[0]!, keys[2]!, back[0], back[1]]).catch((error: unknown) => {
+          // At the deadline the call is aborted with "no answer within … ms".
+          log({ level: 'warn', event: 'rate_limit_not_given_back', keyId: subject.keyId, error: (error as Error).message });
+        });
       };
       return { allowed: true, headers, ample, giveBack };
     },
     async markRevoked({ keyId, accountId }, ttlMs) {
-      const { controller, timer } = deadline();
-      try {
-        await redis.call(['set', revocationMark(keyId, accountId), '1', 'px', Math.max(1, Math.round(ttlMs))], controller.signal);
-      } finally {
-        clearTimeout(timer);
-      }
+      await callWithin(['set', revocationMark(keyId, accountId), '1', 'px', Math.max(1, Math.round(ttlMs))]);
     },
     owe(subject, tokens) {
       if (!subject.tokensPerMinute || tokens <= 0) return;
