@@ -1,4 +1,5 @@
 import { countTokens, utf8Bytes } from './count-tokens.ts';
+import { decodeBase64, pdfPageBound } from './pdf-pages.ts';
 
 /**
  * Upper bound of an image's input tokens, for holds only. The dearest OpenAI
@@ -21,19 +22,72 @@ export const imageTokenEstimate = 765;
  */
 export const remoteContentTokenBound = 1_048_576;
 
-/** A prompt taken apart: its text, its images (never read as text), remote content, and the bytes of parts of other kinds. */
+/**
+ * Upper bound, for holds, of one page of a PDF sent inline, beside the PDF's bytes.
+ * Each provider bills a page as an image of it and its text (Anthropic: about
+ * 1,600 for the image and 1,500 to 3,000 for the text of a page; OpenAI: the page's
+ * image at the model's image rate and its text; Google: 258 a page, 560 on Gemini 3).
+ * The image bound covers the dearest image (gpt-4o-mini's 25,501 for a 1024×1024
+ * page at high detail) with the text of a page twice as dense as any printed one.
+ */
+export const pdfPageTokenBound = imageTokenBound;
+
+/** A file sent inline, base64: a PDF among them is held by its pages too. */
+export interface InlineFile {
+  data: string;
+  mediaType?: string;
+}
+
+/** A prompt taken apart: its text, its images (never read as text), remote content, inline files, and the bytes of parts of other kinds (an inline file's among them). */
 export interface PromptPieces {
   texts: string[];
   images: number;
   remote?: number;
+  files?: InlineFile[];
   opaqueBytes: number;
 }
 
-/** A strict upper bound on the prompt's tokens with no tokenizer: UTF-8 bytes of the text, a fixed bound per image. */
+/** A data URL's media type and base64 data; anything else as base64 data with no type. */
+export function inlineFileOf(value: string): InlineFile {
+  const dataUrl = /^data:([^;,]*)(?:;[^,]*)?;base64,/i.exec(value);
+  return dataUrl ? { data: value.slice(dataUrl[0].length), mediaType: dataUrl[1]!.toLowerCase() } : { data: value };
+}
+
+/**
+ * What the inline PDFs add beyond their bytes: their pages at the page bound, and
+ * whether any could not be counted (content of unknown size). A file that is not a
+ * PDF (by its declared type, or by the header a PDF reader looks for in its first
+ * 1,024 bytes) adds nothing: its bytes bound it.
+ */
+function pdfPages(files: InlineFile[]): { pages: number; uncounted: boolean } {
+  let pages = 0;
+  let uncounted = false;
+  for (const file of files) {
+    const binary = decodeBase64(file.data);
+    const declared = file.mediaType === 'application/pdf';
+    if (binary === null || !(declared || binary.slice(0, 1024).includes('%PDF-'))) {
+      uncounted ||= declared;
+      continue;
+    }
+    const counted = pdfPageBound(binary);
+    if (counted === null) uncounted = true;
+    else pages += counted;
+  }
+  return { pages, uncounted };
+}
+
+/**
+ * A strict upper bound on the prompt's tokens with no tokenizer: UTF-8 bytes of the
+ * text, a fixed bound per image, and per page of an inline PDF. Remote content, a PDF
+ * whose pages cannot be counted, and the pages of the others together fill at most a
+ * context window.
+ */
 export function boundPromptTokens(pieces: PromptPieces, framingTokens: number): number {
   let bytes = pieces.opaqueBytes;
   for (const text of pieces.texts) bytes += utf8Bytes(text);
-  return bytes + pieces.images * imageTokenBound + Math.min(pieces.remote ?? 0, 1) * remoteContentTokenBound + framingTokens;
+  const pdfs = pieces.files?.length ? pdfPages(pieces.files) : { pages: 0, uncounted: false };
+  const unknown = (pieces.remote ?? 0) > 0 || pdfs.uncounted ? remoteContentTokenBound : 0;
+  return bytes + pieces.images * imageTokenBound + Math.min(unknown + pdfs.pages * pdfPageTokenBound, remoteContentTokenBound) + framingTokens;
 }
 
 /** The prompt's tokens by the tokenizer; `estimated` when images or other parts had to be guessed. */

@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildEdgeBundle, buildEdgeChunks } from '../../scripts/build-edge.ts';
+import { pdfPageTokenBound } from '../../lib/metering/prompt-pieces.ts';
 import { startLocalUpstash, type LocalUpstash } from '../../scripts/local-upstash.ts';
 import { startEdgeRuntime } from '../support/edge-runtime.ts';
+import { buildPdf } from '../support/pdf.ts';
 import { readFixture, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
 import { checkoutSession, signature, stripeEvent } from '../support/stripe-events.ts';
 import { admin, createCustomer, createModel, stack } from '../support/supabase.ts';
@@ -68,6 +70,19 @@ describe('the edge entry', () => {
     await expect
       .poll(async () => (await admin().query('select status, charged from public.usage_events where request_id = $1', [requestId])).rows[0], { timeout: 10_000 })
       .toEqual({ status: 'completed', charged: '55' });
+
+    // A PDF sent inline is held by its pages: its object stream inflated in there, with no DecompressionStream (the edge runtime has none).
+    const pdf = buildPdf({ pages: 5, objectStreams: true }).toString('base64');
+    const withPdf = await runtime.dispatchFetch('https://gateway.example/v1/chat/completions', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: [{ type: 'file', file: { filename: 'a.pdf', file_data: `data:application/pdf;base64,${pdf}` } }] }] }),
+    });
+    expect(withPdf.status).toBe(200);
+    await withPdf.text();
+    await withPdf.waitUntil();
+    const { rows: [pdfEvent] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [withPdf.headers.get('x-request-id')]);
+    expect(pdfEvent.max_input_tokens).toBeGreaterThanOrEqual(5 * pdfPageTokenBound);
 
     // A Stripe webhook verified with SubtleCrypto inside the edge runtime.
     const link = `plink_test_edge_${crypto.randomUUID().slice(0, 8)}`;

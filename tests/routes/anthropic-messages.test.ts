@@ -2,9 +2,10 @@ import Anthropic from '@anthropic-ai/sdk';
 import { getEncoding } from 'js-tiktoken';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
-import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
+import { pdfPageTokenBound, remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
+import { buildPdf } from '../support/pdf.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
 
 let fake: FakeUpstream;
@@ -260,6 +261,24 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(await held([computer, editor, bash])).toBeGreaterThanOrEqual(2_545);
     // A type not known here is held at the largest of them.
     expect((await held([custom, { type: 'memory_20250818', name: 'memory' }])) - base).toBeGreaterThanOrEqual(735 + 499);
+  });
+
+  it('a PDF sent inline is held by its pages, which its bytes do not show: a balance that cannot hold them is refused before the upstream is called', async () => {
+    const model = await claude('messages-cache');
+    const pdf = (pages: number) => buildPdf({ pages, objectStreams: true }).toString('base64');
+    const ask = (apiKey: string, data: string) =>
+      anthropic(apiKey).messages.create({ model, max_tokens: 10, messages: [{ role: 'user', content: [{ type: 'document', source: { type: 'base64', media_type: 'application/pdf', data } }, { type: 'text', text: 'Summarize.' }] }] }).withResponse();
+    const rich = await createCustomer({ balance: 100_000_000 });
+    const five = await ask(rich.apiKey, pdf(5));
+    // 5 pages under 1 KB of base64: held at 5 × 50,000 beside it.
+    expect(Number((await eventOf(five.response.headers.get('x-request-id'))).max_input_tokens)).toBeGreaterThanOrEqual(5 * pdfPageTokenBound);
+    const hundred = await ask(rich.apiKey, pdf(100));
+    expect(Number((await eventOf(hundred.response.headers.get('x-request-id'))).max_input_tokens)).toBeGreaterThanOrEqual(remoteContentTokenBound);
+    // $1 holds about 330,000 input tokens at $3 a million: enough for the 100-page PDF's bytes, not for its pages.
+    const poor = await createCustomer({ balance: 1_000_000 });
+    const calls = fake.requests.length;
+    await expect(ask(poor.apiKey, pdf(100))).rejects.toMatchObject({ status: 402 });
+    expect(fake.requests.length).toBe(calls);
   });
 
   it('what Claude Code sends by default passes: a system message inside messages, unknown blocks, the 1M-context beta', async () => {

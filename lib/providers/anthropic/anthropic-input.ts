@@ -1,14 +1,21 @@
 import { utf8Bytes } from '../../metering/count-tokens.ts';
-import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { boundPromptTokens, countPromptTokens, type InlineFile, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { MessagesRequest } from './anthropic-wire.ts';
 
 type Block = Record<string, unknown> & { type: string };
+type Counts = { images: number; remote: number; opaque: number; files: InlineFile[] };
 
-function blockPieces(block: Block, texts: string[], counts: { images: number; remote: number; opaque: number }) {
+function blockPieces(block: Block, texts: string[], counts: Counts) {
   const sourceType = (block.source as { type?: unknown } | undefined)?.type;
   if (block.type === 'text' && typeof block.text === 'string') texts.push(block.text);
   else if (block.type === 'image') counts.images += 1;
   else if (block.type === 'document' && (sourceType === 'url' || sourceType === 'file')) counts.remote += 1;
+  else if (block.type === 'document' && sourceType === 'base64') {
+    // A PDF (the one type Anthropic takes in base64): its bytes, and its pages.
+    const source = block.source as { data?: unknown; media_type?: unknown };
+    if (typeof source.data === 'string') counts.files.push({ data: source.data, mediaType: typeof source.media_type === 'string' ? source.media_type : 'application/pdf' });
+    counts.opaque += utf8Bytes(JSON.stringify(block));
+  }
   else if (block.type === 'tool_use') texts.push(String(block.name ?? ''), JSON.stringify(block.input ?? {}));
   else if (block.type === 'tool_result') {
     if (typeof block.content === 'string') texts.push(block.content);
@@ -23,7 +30,7 @@ function blockPieces(block: Block, texts: string[], counts: { images: number; re
 }
 
 /** Text, a list of blocks, or anything else (whose JSON bytes bound its tokens). */
-function contentPieces(content: unknown, texts: string[], counts: { images: number; remote: number; opaque: number }) {
+function contentPieces(content: unknown, texts: string[], counts: Counts) {
   if (content === undefined || content === null) return;
   if (typeof content === 'string') texts.push(content);
   else if (Array.isArray(content)) {
@@ -36,7 +43,7 @@ function contentPieces(content: unknown, texts: string[], counts: { images: numb
 
 function promptPieces(request: MessagesRequest): PromptPieces {
   const texts: string[] = [];
-  const counts = { images: 0, remote: 0, opaque: 0 };
+  const counts: Counts = { images: 0, remote: 0, opaque: 0, files: [] };
   contentPieces(request.system, texts, counts);
   for (const message of request.messages) {
     if (typeof message.role === 'string') texts.push(message.role);
@@ -44,7 +51,7 @@ function promptPieces(request: MessagesRequest): PromptPieces {
     contentPieces(message.content, texts, counts);
   }
   if (request.tools) texts.push(JSON.stringify(request.tools));
-  return { texts, images: counts.images, remote: counts.remote, opaqueBytes: counts.opaque };
+  return { texts, images: counts.images, remote: counts.remote, files: counts.files, opaqueBytes: counts.opaque };
 }
 
 /** Per-message framing, a generous allowance for Anthropic's chat template. */

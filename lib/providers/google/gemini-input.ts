@@ -1,5 +1,5 @@
 import { utf8Bytes } from '../../metering/count-tokens.ts';
-import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { boundPromptTokens, countPromptTokens, type InlineFile, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { GenerateContentRequest } from './gemini-wire.ts';
 
 type Part = GenerateContentRequest['contents'][number]['parts'][number];
@@ -10,11 +10,16 @@ function promptPieces(request: GenerateContentRequest): PromptPieces {
   let images = 0;
   let remote = 0;
   let opaque = 0;
+  const files: InlineFile[] = [];
   // Each field a part holds is counted, so a part that holds more than one is never held short.
   const visitMedia = (media: Media): boolean => {
     if (media.inlineData) {
       if (media.inlineData.mimeType?.startsWith('image/')) images += 1;
-      else opaque += utf8Bytes(media.inlineData.data ?? '');
+      else {
+        // Its bytes, and its pages if it is a PDF.
+        if (typeof media.inlineData.data === 'string') files.push({ data: media.inlineData.data, mediaType: media.inlineData.mimeType?.toLowerCase() });
+        opaque += utf8Bytes(media.inlineData.data ?? '');
+      }
     }
     // Google fetches a fileData URI itself (a Files API upload, a YouTube video): its size is unknown here.
     if (media.fileData) remote += 1;
@@ -42,7 +47,7 @@ function promptPieces(request: GenerateContentRequest): PromptPieces {
   if (request.tools) texts.push(JSON.stringify(request.tools));
   // Content cached at Google (cachedContents/…) is added to the prompt there, at a size unknown here.
   if (request.cachedContent) remote += 1;
-  return { texts, images, remote, opaqueBytes: opaque };
+  return { texts, images, remote, files, opaqueBytes: opaque };
 }
 
 const turnOverhead = 8;

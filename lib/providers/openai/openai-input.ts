@@ -1,5 +1,5 @@
 import { utf8Bytes } from '../../metering/count-tokens.ts';
-import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { boundPromptTokens, countPromptTokens, inlineFileOf, type InlineFile, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { ChatCompletionRequest, EmbeddingRequest } from './openai-wire.ts';
 
 /** Per-message framing tokens (role and separators), as OpenAI's cookbook counts them. */
@@ -23,6 +23,7 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
   let images = 0;
   let remote = 0;
   let opaque = 0;
+  const files: InlineFile[] = [];
   const visit = (message: Message) => {
     texts.push(message.role);
     if (message.name) texts.push(message.name);
@@ -38,7 +39,12 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
         if (text !== null) texts.push(text);
         else if (isImagePart(part)) images += 1;
         else if (part.type === 'file' && !(part as { file?: { file_data?: unknown } }).file?.file_data) remote += 1;
-        else opaque += utf8Bytes(JSON.stringify(part));
+        else {
+          // A file sent inline (a data URL): its bytes, and its pages if it is a PDF.
+          const data = part.type === 'file' ? (part as { file?: { file_data?: unknown } }).file?.file_data : undefined;
+          if (typeof data === 'string') files.push(inlineFileOf(data));
+          opaque += utf8Bytes(JSON.stringify(part));
+        }
       }
     } else if (message.content !== undefined && message.content !== null) opaque += utf8Bytes(JSON.stringify(message.content) ?? '');
     const toolCalls = (message as { tool_calls?: unknown }).tool_calls;
@@ -48,7 +54,7 @@ function promptPieces(request: ChatCompletionRequest): PromptPieces {
   if (request.tools) texts.push(JSON.stringify(request.tools));
   const responseFormat = (request as { response_format?: unknown }).response_format;
   if (responseFormat) texts.push(JSON.stringify(responseFormat));
-  return { texts, images, remote, opaqueBytes: opaque };
+  return { texts, images, remote, files, opaqueBytes: opaque };
 }
 
 const framing = (request: ChatCompletionRequest) => request.messages.length * messageOverhead + replyPriming;

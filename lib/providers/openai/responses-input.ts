@@ -1,5 +1,5 @@
 import { utf8Bytes } from '../../metering/count-tokens.ts';
-import { boundPromptTokens, countPromptTokens, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { boundPromptTokens, countPromptTokens, inlineFileOf, type PromptPieces } from '../../metering/prompt-pieces.ts';
 import type { ResponsesRequest } from './responses-wire.ts';
 
 type Item = Record<string, unknown>;
@@ -16,7 +16,11 @@ function partPieces(element: unknown, pieces: PromptPieces): void {
     if (typeof part.file_id === 'string' && !part.image_url) pieces.remote = (pieces.remote ?? 0) + 1;
     else pieces.images += 1;
   } else if (part && part.type === 'input_file' && !part.file_data) pieces.remote = (pieces.remote ?? 0) + 1;
-  else pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+  else {
+    // A file sent inline: its bytes, and its pages if it is a PDF.
+    if (part && part.type === 'input_file' && typeof part.file_data === 'string') (pieces.files ??= []).push(inlineFileOf(part.file_data));
+    pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
+  }
 }
 
 function contentPieces(content: unknown, pieces: PromptPieces): void {

@@ -1,0 +1,57 @@
+import { describe, expect, it } from 'vitest';
+import { pdfPageTokenBound, remoteContentTokenBound } from '../../../lib/metering/prompt-pieces.ts';
+import { boundMessagesInputTokens } from '../../../lib/providers/anthropic/anthropic-input.ts';
+import { boundGeminiInputTokens } from '../../../lib/providers/google/gemini-input.ts';
+import { generateContentRequestSchema } from '../../../lib/providers/google/gemini-wire.ts';
+import { boundChatInputTokens } from '../../../lib/providers/openai/openai-input.ts';
+import { boundResponsesInputTokens } from '../../../lib/providers/openai/responses-input.ts';
+import { responsesRequestSchema } from '../../../lib/providers/openai/responses-wire.ts';
+import { buildPdf } from '../../support/pdf.ts';
+
+// A request of each format with one file inline, as each SDK sends a PDF.
+const formats = {
+  'Chat Completions (file_data, a data URL)': (data: string, type: string) =>
+    boundChatInputTokens({ model: 'm', messages: [{ role: 'user', content: [{ type: 'text', text: 'Summarize.' }, { type: 'file', file: { filename: 'a.pdf', file_data: `data:${type};base64,${data}` } }] }] } as never),
+  'Responses (input_file, a data URL)': (data: string, type: string) =>
+    boundResponsesInputTokens(responsesRequestSchema.parse({ model: 'm', input: [{ role: 'user', content: [{ type: 'input_text', text: 'Summarize.' }, { type: 'input_file', filename: 'a.pdf', file_data: `data:${type};base64,${data}` }] }] })),
+  'Messages (a base64 document)': (data: string, type: string) =>
+    boundMessagesInputTokens({ model: 'm', max_tokens: 10, messages: [{ role: 'user', content: [{ type: 'document', source: { type: 'base64', media_type: type, data } }, { type: 'text', text: 'Summarize.' }] }] } as never),
+  'generateContent (inlineData)': (data: string, type: string) =>
+    boundGeminiInputTokens(generateContentRequestSchema.parse({ contents: [{ parts: [{ inlineData: { mimeType: type, data } }, { text: 'Summarize.' }] }] })),
+};
+
+const base64 = (bytes: Buffer) => bytes.toString('base64');
+// Bytes of the same length that are no PDF, under a type as long: what the request is held at without the pages.
+const filler = (data: string) => 'A'.repeat(data.length);
+const notPdf = (type: string) => `text/${'x'.repeat(type.length - 5)}`;
+
+describe.each(Object.entries(formats))('an inline PDF in %s', (_, bound) => {
+  it('is held by its pages beside its bytes, though a hundred pages take under 2 KB', () => {
+    const five = base64(buildPdf({ pages: 5, objectStreams: true }));
+    expect((bound(five, 'application/pdf')) - (bound(filler(five), notPdf('application/pdf')))).toBe(5 * pdfPageTokenBound);
+    // A PDF declared as something else is known by its header.
+    expect((bound(five, 'application/octet-stream')) - (bound(filler(five), notPdf('application/octet-stream')))).toBe(5 * pdfPageTokenBound);
+    // Its pages fill at most a context window.
+    const hundred = base64(buildPdf({ pages: 100, objectStreams: true }));
+    expect(hundred.length).toBeLessThan(2_700);
+    expect((bound(hundred, 'application/pdf')) - (bound(filler(hundred), notPdf('application/pdf')))).toBe(remoteContentTokenBound);
+  });
+
+  it('is content of unknown size when its pages cannot be counted', () => {
+    const encrypted = base64(buildPdf({ pages: 5, trailerExtra: '/Encrypt 9 0 R' }));
+    expect((bound(encrypted, 'application/pdf')) - (bound(filler(encrypted), notPdf('application/pdf')))).toBe(remoteContentTokenBound);
+    // Declared a PDF, not base64.
+    expect((bound('%%%not base64%%%', 'application/pdf')) - (bound('%%%not base64%%%', notPdf('application/pdf')))).toBe(remoteContentTokenBound);
+  });
+});
+
+describe('inline PDFs and content stored upstream', () => {
+  it('fill one context window together', () => {
+    const five = base64(buildPdf({ pages: 5 }));
+    const file = { type: 'input_file', filename: 'a.pdf', file_data: `data:application/pdf;base64,${five}` };
+    const request = (content: object[], more: object = {}) => boundResponsesInputTokens(responsesRequestSchema.parse({ model: 'm', input: [{ role: 'user', content }], ...more }));
+    const plain = request([{ ...file, file_data: `data:${notPdf('application/pdf')};base64,${filler(five)}` }, { ...file, file_data: `data:${notPdf('application/pdf')};base64,${filler(five)}` }]);
+    expect((request([file, file])) - plain).toBe(10 * pdfPageTokenBound);
+    expect((request([file, file], { previous_response_id: 'resp_1' })) - plain).toBe(remoteContentTokenBound);
+  });
+});
