@@ -8,7 +8,7 @@ import { authorizeAndProxy } from '../gateway/metered-request.ts';
 import { channelsSpeaking, clientIp, readJsonBody, readKeyHash, refuseUnbilledOptions, searchResultTokens } from '../gateway/request-helpers.ts';
 import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gateway/send-upstream.ts';
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
-import { buildOpenAIRequest } from '../providers/openai/openai-adaptor.ts';
+import { buildOpenAIRequest, withStandardTier } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
 import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
 import { createResponsesStreamReader, recordableItemId, responseDelivered, responseItemIds, responseSearches } from '../providers/openai/responses-stream-reader.ts';
@@ -141,7 +141,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       build: (channel) => {
         const body: Record<string, unknown> = { ...request, model: authorization.model.upstream_model };
         if (authorization.output_capped) body.max_output_tokens = authorization.max_output_tokens;
-        const built = buildOpenAIRequest(channel, '/responses', body, stream);
+        const built = buildOpenAIRequest(channel, '/responses', withStandardTier(channel, body), stream);
         built.init.headers = { ...extraHeaders, ...(built.init.headers as Record<string, string>) };
         return built;
       },

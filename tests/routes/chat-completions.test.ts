@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type OpenAI from 'openai';
 import { getEncoding } from 'js-tiktoken';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { readFixture, splitEvents, startFakeUpstream, withoutUsage, type FakeUpstream } from '../support/fake-upstream.ts';
@@ -54,6 +55,42 @@ describe('POST /v1/chat/completions with the openai SDK', () => {
       status: 'completed', usage_source: 'provider', input_tokens: '19', output_tokens: '9', amount: '55', charged: '55',
     });
     expect(await balanceOf(customer.accountId)).toEqual({ balance: 1_000_000 - 55, held: 0 });
+  });
+
+  it('asks OpenAI for the standard tier by name: a request with no tier, or auto, is not served at a dearer project default (Priority) while billed at standard prices', async () => {
+    const model = await createModel(price, { upstreamModel: 'chat-basic' });
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const tierSent = async (client: OpenAI, tier: 'auto' | 'default' | undefined, upstream: FakeUpstream) => {
+      await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Say hello' }], ...(tier ? { service_tier: tier } : {}) });
+      return upstream.requestsFor('chat-basic').at(-1)!.body.service_tier;
+    };
+    const client = gateway.openai(customer.apiKey);
+    expect([await tierSent(client, undefined, fake), await tierSent(client, 'auto', fake), await tierSent(client, 'default', fake)]).toEqual(['default', 'default', 'default']);
+    const responses = async (tier?: string) => {
+      const response = await fetch(`${gateway.url}/v1/responses`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${customer.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, input: 'Say hello', ...(tier ? { service_tier: tier } : {}) }),
+      });
+      expect(response.status).toBe(200);
+      await response.text();
+      return fake.requests.at(-1)!.body.service_tier;
+    };
+    fake.scenarios.set('chat-basic', { fixture: 'responses-basic' });
+    try {
+      expect([await responses(), await responses('auto')]).toEqual(['default', 'default']);
+    } finally {
+      fake.scenarios.delete('chat-basic');
+    }
+    // An OpenAI-compatible upstream gets the request as sent: its tiers, where it has any, are named otherwise.
+    const compatible = await startGateway({ OPENAI_BASE_URL: `http://127.0.0.1:1/v1`, UPSTREAM_CHANNELS: JSON.stringify([{ provider: 'openai', kind: 'openai-compatible', baseUrl: `${fake.url}/v1`, priority: 1 }]) });
+    try {
+      const other = compatible.openai(customer.apiKey);
+      expect([await tierSent(other, undefined, fake), await tierSent(other, 'auto', fake)]).toEqual([undefined, 'auto']);
+    } finally {
+      await compatible.close();
+    }
+    await gateway.settled();
   });
 
   it('streaming: the client gets the upstream events, and the bill matches the final usage chunk', async () => {

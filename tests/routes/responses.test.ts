@@ -117,7 +117,8 @@ describe('POST /v1/responses with the openai SDK', () => {
     expect(await response.text()).toContain('"name":"shell"');
     const upstream = fake.requests.at(-1)!;
     expect(upstream.path).toBe('/v1/responses');
-    expect(upstream.body).toEqual({ ...body, model: 'responses-function-call' });
+    // Untouched but for the model and the tier asked for by name (OpenAI's own channel: see "What the price sheet cannot price" in the README).
+    expect(upstream.body).toEqual({ ...body, model: 'responses-function-call', service_tier: 'default' });
     expect(upstream.headers).toMatchObject({ originator: 'codex_cli_rs', session_id: 'session-123', 'x-openai-subagent': 'review', authorization: 'Bearer sk-upstream' });
     expect(upstream.headers['x-unrelated']).toBeUndefined();
     // 28 uncached input × 1.25 + 384 cached × 0.125 + 20 output × 10 + 32 reasoning × 10 = 35 + 48 + 200 + 320 = 603.

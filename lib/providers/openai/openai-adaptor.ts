@@ -23,6 +23,18 @@ export function outputCapField(channel: ChannelConfig): 'max_completion_tokens' 
   return channel.kind === 'openai' ? 'max_completion_tokens' : 'max_tokens';
 }
 
+/**
+ * OpenAI serves a request that names no tier, or `auto`, at its project's default
+ * tier, which the operator can set to Priority (dearer than the standard prices billed
+ * here) or to Scale Tier. The gateway asks OpenAI's own channels for the standard tier
+ * by name (`default`); an OpenAI-compatible upstream, whose tiers (where it has any)
+ * are named otherwise, gets the request as sent. Other tiers are refused before this.
+ */
+export function withStandardTier(channel: ChannelConfig, body: Record<string, unknown>): Record<string, unknown> {
+  if (channel.kind === 'openai' && (body.service_tier === undefined || body.service_tier === null || body.service_tier === 'auto')) body.service_tier = 'default';
+  return body;
+}
+
 /** An error in OpenAI's streaming shape, for failures after the response has started. */
 export function openAIErrorEvent(message: string, code: string): string {
   return `data: ${JSON.stringify({ error: { message, type: 'api_error', code, param: null } })}\n\n`;

@@ -3,7 +3,7 @@ import { parseJsonAs } from '../../parse-json-as.ts';
 import type { ChannelConfig } from '../../env.ts';
 import type { ProxyPlan, StreamProcessor } from '../../gateway/proxy.ts';
 import { convertOpenAIUsage } from './convert-openai-usage.ts';
-import { buildOpenAIRequest, openAIErrorEvent, outputCapField } from './openai-adaptor.ts';
+import { buildOpenAIRequest, openAIErrorEvent, outputCapField, withStandardTier } from './openai-adaptor.ts';
 import { createOpenAIChatMeter } from './openai-chat-meter.ts';
 import { countChatInputTokens } from './openai-input.ts';
 import { chatCompletionSchema, type ChatCompletionRequest } from './openai-wire.ts';
@@ -44,7 +44,7 @@ export function openAIChatPlan(request: ChatCompletionRequest, authorization: Au
         // prediction, which only makes the answer come sooner, is what goes.
         delete body.prediction;
       }
-      return buildOpenAIRequest(channel, '/chat/completions', body, stream);
+      return buildOpenAIRequest(channel, '/chat/completions', withStandardTier(channel, body), stream);
     },
     createStreamProcessor: (): StreamProcessor => {
       const meter = createOpenAIChatMeter({ clientWantsUsage: request.stream_options?.include_usage === true });
