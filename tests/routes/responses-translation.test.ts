@@ -298,16 +298,16 @@ describe('POST /v1/responses for a Gemini model', () => {
 
 describe('a tool\'s output of images and files, translated: carried to the model, or refused, never dropped', () => {
   // A function_call_output whose output is content parts, as the AI SDK sends a tool result of
-  // type "content" and Codex an image a tool returned. Anthropic wants a user turn's tool_result
-  // blocks first and takes images and documents after them; Gemini takes inline data beside a
-  // functionResponse. Each output's attachments follow the tool results under its call id.
+  // type "content" and Codex an image a tool returned. Anthropic takes images and documents inside
+  // a tool_result; Gemini takes inline data beside a functionResponse, so there each output's
+  // attachments follow the tool results under its call id.
   const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==';
   const screenshotTool = { type: 'function' as const, name: 'screenshot', parameters: { type: 'object', properties: {} }, strict: false };
   const reportTool = { type: 'function' as const, name: 'fetch_report', parameters: { type: 'object', properties: {} }, strict: false };
   const pointer = (callId: string) => `[See "Attachments of call ${callId}" below.]`;
   const label = (callId: string) => ({ type: 'text', text: `Attachments of call ${callId}:` });
 
-  it('Claude: images and files a tool returned go after the tool results, each under its call id; the hold counts them', async () => {
+  it('Claude: images and files a tool returned go inside its tool_result, after its text; the hold counts them', async () => {
     const upstreamModel = `messages-tool-output-${crypto.randomUUID()}`;
     fake.scenarios.set(upstreamModel, { fixture: 'messages-cache' });
     const model = await claude(upstreamModel);
@@ -328,12 +328,8 @@ describe('a tool\'s output of images and files, translated: carried to the model
       {
         role: 'user',
         content: [
-          { type: 'tool_result', tool_use_id: 'call_1', content: `The desktop:\n\n${pointer('call_1')}` },
-          { type: 'tool_result', tool_use_id: 'call_2', content: pointer('call_2') },
-          label('call_1'),
-          { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } },
-          label('call_2'),
-          { type: 'document', source: { type: 'url', url: 'https://example.com/report.pdf' }, title: 'report.pdf' },
+          { type: 'tool_result', tool_use_id: 'call_1', content: [{ type: 'text', text: 'The desktop:' }, { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } }] },
+          { type: 'tool_result', tool_use_id: 'call_2', content: [{ type: 'document', source: { type: 'url', url: 'https://example.com/report.pdf' }, title: 'report.pdf' }] },
         ],
       },
     ]);
@@ -367,9 +363,7 @@ describe('a tool\'s output of images and files, translated: carried to the model
       {
         role: 'user',
         content: [
-          { type: 'tool_result', tool_use_id: 'call_1', content: pointer('call_1') },
-          label('call_1'),
-          { type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } },
+          { type: 'tool_result', tool_use_id: 'call_1', content: [{ type: 'image', source: { type: 'base64', media_type: 'image/png', data: png } }] },
         ],
       },
     ]);

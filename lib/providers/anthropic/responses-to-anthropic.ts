@@ -84,7 +84,12 @@ export function responsesToAnthropic(conversation: Conversation, maxTokens: numb
         push('assistant', [{ type: 'tool_use', id: turn.callId, name: turn.tool, input: turn.input ?? {} }]);
         break;
       case 'result':
-        push('user', [{ type: 'tool_result', tool_use_id: turn.callId, content: turn.output }]);
+        // Images and documents a tool returned go inside its tool_result, after its text.
+        push('user', [{
+          type: 'tool_result',
+          tool_use_id: turn.callId,
+          content: turn.media.length ? [...(turn.output ? [{ type: 'text', text: turn.output }] : []), ...turn.media.map(userBlock)] : turn.output,
+        }]);
         break;
     }
   }

@@ -41,7 +41,14 @@ export function responsesToGemini(conversation: Conversation): Record<string, un
     else contents.push({ role, parts });
   };
 
+  // Attachments of tool results in a row, sent after the last of them.
+  let attachments: Part[] = [];
+  const flushAttachments = () => {
+    push('user', attachments);
+    attachments = [];
+  };
   for (const turn of conversation.turns) {
+    if (turn.kind !== 'result') flushAttachments();
     switch (turn.kind) {
       case 'system':
         if (turn.text) system.push(turn.text);
@@ -62,11 +69,20 @@ export function responsesToGemini(conversation: Conversation): Record<string, un
       case 'result': {
         const name = toolOfCall.get(turn.callId);
         if (!name) throw invalid(`A function_call_output answers no function_call in input (call_id ${turn.callId}).`);
-        push('user', [{ functionResponse: { name, response: { content: turn.output } } }]);
+        if (!turn.media.length) {
+          push('user', [{ functionResponse: { name, response: { content: turn.output } } }]);
+          break;
+        }
+        // The images and files a tool returned go as inline data after the turn's function
+        // responses, under a line naming the call, and the response's text points to them.
+        const label = `Attachments of call ${turn.callId}`;
+        push('user', [{ functionResponse: { name, response: { content: [turn.output, `[See "${label}" below.]`].filter(Boolean).join('\n\n') } } }]);
+        attachments.push({ text: `${label}:` }, ...turn.media.map(userPart));
         break;
       }
     }
   }
+  flushAttachments();
   if (!contents.length) contents.push({ role: 'user', parts: [{ text: '.' }] });
 
   const generationConfig: Record<string, unknown> = {};

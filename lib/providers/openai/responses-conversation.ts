@@ -25,7 +25,8 @@ export type Turn =
   | { kind: 'assistant'; text: string }
   | { kind: 'reasoning'; text: string; state: ReasoningState | null }
   | { kind: 'call'; callId: string; tool: string; input: unknown; custom: boolean }
-  | { kind: 'result'; callId: string; output: string };
+  /** A tool's result: its text, and the images and files it returned (content parts). */
+  | { kind: 'result'; callId: string; output: string; media: UserPart[] };
 
 /** A tool as the model sees it: a flat name (a namespace's tools are `<namespace>__<name>`) and a JSON schema. */
 export interface ToolSpec {
@@ -129,21 +130,13 @@ function outputText(output: unknown): string {
 /**
  * A function's or custom tool's output: its text, and the images and files it
  * holds as content parts (the AI SDK sends a tool result of type "content" so).
- * Those go to the model in a user turn after the tool results (Anthropic wants a
- * turn's tool_result blocks first; Gemini takes inline data beside a
- * functionResponse), under a label naming the call, and the result's text points
- * to them.
  */
-function toolOutput(item: Item, callId: string): { output: string; attachments: UserPart[] } {
-  if (!Array.isArray(item.output)) return { output: outputText(item.output), attachments: [] };
+function toolOutput(item: Item, callId: string): { output: string; media: UserPart[] } {
+  if (!Array.isArray(item.output)) return { output: outputText(item.output), media: [] };
   const parts = userParts(item.output, `${String(item.type)} ${callId}`);
-  const said = parts.flatMap((part) => (part.type === 'text' ? [part.text] : [])).join('');
-  const media = parts.filter((part) => part.type !== 'text');
-  if (!media.length) return { output: said, attachments: [] };
-  const label = `Attachments of call ${callId}`;
   return {
-    output: [said, `[See "${label}" below.]`].filter(Boolean).join('\n\n'),
-    attachments: [{ type: 'text', text: `${label}:` }, ...media],
+    output: parts.flatMap((part) => (part.type === 'text' ? [part.text] : [])).join(''),
+    media: parts.filter((part) => part.type !== 'text'),
   };
 }
 
@@ -216,14 +209,8 @@ export function readConversation(request: ResponsesRequest): Conversation {
 
   const items: Item[] = typeof request.input === 'string' ? [{ type: 'message', role: 'user', content: request.input }] : ((request.input as Item[] | undefined) ?? []);
   if (!Array.isArray(items)) throw refuse('input must be a string or a list of items.');
-  // The images and files of tool outputs in a row, sent after the last of them.
-  let attachments: UserPart[] = [];
   for (const item of items) {
     const type = item?.type ?? (item && 'role' in item ? 'message' : undefined);
-    if (attachments.length && type !== 'function_call_output' && type !== 'custom_tool_call_output') {
-      turns.push({ kind: 'user', parts: attachments });
-      attachments = [];
-    }
     switch (type) {
       case 'message': {
         const role = item.role;
@@ -253,9 +240,7 @@ export function readConversation(request: ResponsesRequest): Conversation {
       case 'function_call_output':
       case 'custom_tool_call_output': {
         const callId = text(item.call_id);
-        const result = toolOutput(item, callId);
-        turns.push({ kind: 'result', callId, output: result.output });
-        attachments.push(...result.attachments);
+        turns.push({ kind: 'result', callId, ...toolOutput(item, callId) });
         break;
       }
       case 'additional_tools':
@@ -270,7 +255,6 @@ export function readConversation(request: ResponsesRequest): Conversation {
         throw refuse(`Input items of type '${String(type)}' cannot be sent to this model.`);
     }
   }
-  if (attachments.length) turns.push({ kind: 'user', parts: attachments });
   toolSpecs((request.tools ?? []) as Item[], null, tools, search);
 
   const choice = raw.tool_choice;
