@@ -6,88 +6,115 @@ import { inflate, InflateError } from './inflate.ts';
  * count a page), and a PDF's bytes say little about them: pages that share their
  * resources, in compressed object streams, take a few dozen bytes each.
  *
- * The file is read as a PDF reader reads its syntax (strings, comments and escaped
- * names as such; stream data skipped; object streams inflated and read in turn), and
- * the bound is the number of entries in the `/Kids` arrays of its page tree (pages
- * and the nodes above them, in every revision the file keeps) or the number of
- * dictionaries typed `/Page`, whichever is more: a reader that finds pages by either
- * finds no more than that. When the page tree cannot be read so (an encrypted
- * file, an object stream compressed otherwise than by Flate alone, a `/Kids` that is
- * not an array written out, no page tree at all, zlib data that is not, more than
- * `inflatedByteLimit` bytes inflated), the answer is null, and the caller holds the
- * PDF as content of unknown size.
+ * A reader finds the pages by the cross-reference table, from wherever the objects
+ * are, so the count here does not trust the file's syntax to show them all. It is
+ * the largest of, over the file's bytes and the inside of every object stream (found
+ * by its dictionary's words, wherever it is, and inflated):
+ * - the entries of all `/Kids` arrays, but for those of dictionaries read here as
+ *   nodes of another tree (destinations, page labels, form fields: keys a page-tree
+ *   node never has, and no `/Count`);
+ * - the `/Type /Page` names;
+ * - the `/Count` values, but for those read here as an outline's;
+ * - a linearized file's page count (`/N`).
+ * Names are matched escaped (`/K#69ds`) or not, with comments and any whitespace
+ * between tokens. The answer is null, for the caller to hold the PDF as content of
+ * unknown size, when the file is encrypted, holds a `/Kids` that is not an array
+ * written out or that lists a node twice, an object stream that cannot be inflated,
+ * more than `inflatedByteLimit` inflated bytes, syntax nested or long past any real
+ * file's, or no page at all.
+ *
+ * What it does not see: a node of the page tree listed in two different `/Kids`
+ * arrays (a reader expands it twice), and a node with neither `/Type /Pages` nor
+ * `/Count` that carries another tree's keys.
  */
 
-/** The most bytes inflated from one PDF's object streams: beyond it, a compression bomb or not, the pages are not counted. */
-export const inflatedByteLimit = 16 * 1024 * 1024;
+/**
+ * The most bytes inflated from one PDF's object streams: beyond it, a compression
+ * bomb or not, the pages are not counted. Files that need more have thousands of
+ * pages, past the most a hold distinguishes (a context window's worth).
+ */
+export const inflatedByteLimit = 4 * 1024 * 1024;
 
-type Name = { name: string };
-type Value = number | Name | Value[] | Dictionary | { ref: true } | { other: true };
-type Dictionary = Map<string, Value>;
-
-const isName = (value: Value | undefined): value is Name => typeof value === 'object' && value !== null && 'name' in value;
-const isWhite = (code: number) => code === 0 || code === 9 || code === 10 || code === 12 || code === 13 || code === 32;
-// ( ) < > [ ] { } / %
-const isDelimiter = (code: number) => code === 40 || code === 41 || code === 60 || code === 62 || code === 91 || code === 93 || code === 123 || code === 125 || code === 47 || code === 37;
+/** Nesting past this, or more values than `valueLimit` in one stretch, is no real file: the pages are not counted. */
+const depthLimit = 256;
+const valueLimit = 1_000_000;
 
 class Unreadable extends Error {}
 
-/**
- * Whether a dictionary with `/Kids` can be a node of the page tree. Name and number
- * trees (destinations, page labels) and form fields have kids too, by the hundred in
- * a typical file, each marked by keys a page-tree node never has. A node typed
- * `/Pages` counts whatever else it holds.
- */
+/** A name as a pattern matching it written plainly or with any of its characters `#`-escaped. */
+function namePattern(name: string): string {
+  return [...name].map((char) => `(?:${char.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}|#${char.charCodeAt(0).toString(16).padStart(2, '0')})`).join('').replace(/#([0-9a-f]{2})/g, (_, hex: string) => `#(?:${hex[0]}|${hex[0]!.toUpperCase()})(?:${hex[1]}|${hex[1]!.toUpperCase()})`);
+}
+
+// Whitespace (NUL, tab, LF, FF, CR, space) and comments, as a reader skips them between tokens.
+// A comment runs to its line's end, so that a run of % is read one way only.
+const gap = String.raw`(?:[\0\t\n\f\r ]|%[^\r\n]*(?:[\r\n]|$))*`;
+// What ends a name: whitespace, a delimiter, or the end.
+const nameEnd = String.raw`(?=[\0\t\n\f\r ()<>\[\]{}/%]|$)`;
+const word = (name: string) => `/${namePattern(name)}${nameEnd}`;
+const patterns = {
+  kids: new RegExp(`${word('Kids')}${gap}`, 'g'),
+  page: new RegExp(`${word('Type')}${gap}${word('Page')}`, 'g'),
+  count: new RegExp(`${word('Count')}${gap}(\\d+)`, 'g'),
+  linearized: new RegExp(`${word('Linearized')}`, 'g'),
+  pageCount: new RegExp(`${word('N')}${gap}(\\d+)`),
+  encrypt: new RegExp(word('Encrypt')),
+  objectStream: new RegExp(`${word('ObjStm')}|${word('First')}`),
+  filter: new RegExp(`${word('Filter')}|${word('F')}`),
+  flate: new RegExp(`^${gap}(?:${word('FlateDecode')}|${word('Fl')}|\\[${gap}(?:${word('FlateDecode')}|${word('Fl')})${gap}\\])`),
+  decodeParms: new RegExp(`${word('DecodeParms')}|${word('DP')}`),
+  stream: /(?<!end)stream(?:\r\n|\n|\r)/g,
+};
+
+/** Whitespace and delimiters, by byte: what ends a token. */
+const ends = new Uint8Array(256);
+for (const char of '\0\t\n\f\r ()<>[]{}/%') ends[char.charCodeAt(0)] = 1;
+
+/** Keys of the nodes of name and number trees (destinations, page labels) and of form fields, which a page-tree node never has. */
 const otherTreeKeys = ['Limits', 'Names', 'Nums', 'FT', 'T', 'Subtype', 'Fields'];
-function isPageTreeNode(dictionary: Dictionary): boolean {
-  const type = dictionary.get('Type');
-  if (isName(type) && type.name === 'Pages') return true;
-  if (type !== undefined) return false;
-  return !otherTreeKeys.some((key) => dictionary.has(key));
-}
 
-interface Tally {
-  kids: number;
-  typed: number;
-  objectStreams: string[];
-}
-
-/** Reads one stretch of PDF syntax (a file, or the inside of an object stream), counting into `tally`. */
-function read(text: string, tally: Tally): void {
-  // Open containers: each a list of values read so far, and whether it is a dictionary.
+/**
+ * Where, in one stretch of PDF syntax, the words of other trees are: the `/Kids`
+ * of a dictionary that is no page-tree node, and the `/Count` of one that has no
+ * kids (an outline's). Read token by token; a stretch it cannot read to its end
+ * only leaves more for the count to take.
+ */
+function otherTrees(text: string): Set<number> {
+  const other = new Set<number>();
+  type Name = { name: string; at: number };
+  type Value = Name | { dictionary: Map<string, Name> } | number | 'other';
   const open: { values: Value[]; dictionary: boolean }[] = [];
-  let last: Value | undefined;
+  let values = 0;
   const push = (value: Value) => {
-    const top = open.at(-1);
-    if (top) top.values.push(value);
-    last = value;
+    if (++values > valueLimit) throw new Unreadable();
+    open.at(-1)?.values.push(value);
   };
-  const closeDictionary = (values: Value[]): Dictionary => {
-    const dictionary: Dictionary = new Map();
-    for (let index = 0; index + 1 < values.length; index += 2) {
-      const key = values[index];
-      if (isName(key)) dictionary.set(key.name, values[index + 1]!);
+  const isName = (value: Value | undefined): value is Name => typeof value === 'object' && 'name' in value;
+  const close = (items: Value[]) => {
+    const keys = new Map<string, Name>();
+    const entries = new Map<string, Value>();
+    for (let index = 0; index + 1 < items.length; index += 2) {
+      const key = items[index];
+      if (!isName(key)) return;
+      keys.set(key.name, key);
+      entries.set(key.name, items[index + 1]!);
     }
-    if (dictionary.has('Encrypt')) throw new Unreadable();
-    const type = dictionary.get('Type');
-    if (isName(type) && type.name === 'Page') tally.typed += 1;
-    if (dictionary.has('Kids') && isPageTreeNode(dictionary)) {
-      const kids = dictionary.get('Kids');
-      if (!Array.isArray(kids)) throw new Unreadable();
-      tally.kids += kids.length;
-    }
-    return dictionary;
+    const type = entries.get('Type');
+    const typeName = isName(type) ? type.name : undefined;
+    const kids = keys.get('Kids');
+    const count = keys.get('Count');
+    // Another tree's node: a key of its own, no /Count, not typed /Pages.
+    const otherTree = typeName !== 'Pages' && !entries.has('Count') && otherTreeKeys.some((key) => entries.has(key));
+    if (kids && otherTree) other.add(kids.at);
+    if (count && !kids) other.add(count.at);
   };
   let index = 0;
   while (index < text.length) {
     const code = text.charCodeAt(index);
-    if (isWhite(code)) {
-      index += 1;
-    } else if (code === 37) {
-      // A comment, to the end of its line.
+    if (code === 0 || code === 9 || code === 10 || code === 12 || code === 13 || code === 32 || code === 41 || code === 123 || code === 125) index += 1;
+    else if (code === 37) {
       while (index < text.length && text[index] !== '\n' && text[index] !== '\r') index += 1;
     } else if (code === 40) {
-      // A literal string: balanced parentheses, a backslash escaping the next byte.
       let depth = 0;
       for (; index < text.length; index += 1) {
         const char = text[index];
@@ -96,70 +123,105 @@ function read(text: string, tally: Tally): void {
         else if (char === ')' && --depth === 0) break;
       }
       index += 1;
-      push({ other: true });
+      push('other');
     } else if (code === 60 && text[index + 1] === '<') {
-      open.push({ values: [], dictionary: true });
+      if (open.push({ values: [], dictionary: true }) > depthLimit) throw new Unreadable();
       index += 2;
     } else if (code === 62 && text[index + 1] === '>') {
       const top = open.pop();
       index += 2;
-      if (top?.dictionary) push(closeDictionary(top.values));
+      if (top?.dictionary) close(top.values);
+      push('other');
     } else if (code === 60) {
-      // A hex string.
       const end = text.indexOf('>', index);
       index = end < 0 ? text.length : end + 1;
-      push({ other: true });
+      push('other');
     } else if (code === 91) {
-      open.push({ values: [], dictionary: false });
+      if (open.push({ values: [], dictionary: false }) > depthLimit) throw new Unreadable();
       index += 1;
     } else if (code === 93) {
-      const top = open.pop();
+      open.pop();
       index += 1;
-      if (top && !top.dictionary) push(top.values);
-    } else if (code === 47) {
-      let end = index + 1;
-      while (end < text.length && !isWhite(text.charCodeAt(end)) && !isDelimiter(text.charCodeAt(end))) end += 1;
-      // #xx in a name stands for the byte xx.
-      const name = text.slice(index + 1, end).replace(/#([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
-      push({ name });
-      index = end;
+      push('other');
     } else {
       let end = index + 1;
-      while (end < text.length && !isWhite(text.charCodeAt(end)) && !isDelimiter(text.charCodeAt(end))) end += 1;
+      while (end < text.length && !ends[text.charCodeAt(end) & 0xff]) end += 1;
       const token = text.slice(index, end);
-      index = end;
-      if (token === 'R') {
-        // An indirect reference takes the place of the two numbers before it.
-        const values = open.at(-1)?.values;
-        if (values && typeof values.at(-1) === 'number' && typeof values.at(-2) === 'number') values.splice(-2, 2);
-        push({ ref: true });
+      if (code === 47) {
+        const raw = token.slice(1);
+        push({ name: raw.length > 127 ? raw : raw.replace(/#([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))), at: index });
+      } else if (token === 'R') {
+        const top = open.at(-1)?.values;
+        if (top && typeof top.at(-1) === 'number' && typeof top.at(-2) === 'number') top.splice(-2, 2);
+        push('other');
       } else if (token === 'stream') {
-        const dictionary = last instanceof Map ? last : undefined;
-        index = skipStream(text, index, dictionary, tally);
-      } else if (/^[+-]?(\d+\.?\d*|\.\d+)$/.test(token)) push(Number(token));
-      else push({ other: true });
+        // Stream data: skipped to its end (what hides in it is counted all the same).
+        const end = text.indexOf('endstream', index);
+        index = end < 0 ? text.length : end + 'endstream'.length;
+        continue;
+      } else push(/^[+-]?\d+$/.test(token) ? Number(token) : 'other');
+      index = end;
     }
   }
+  return other;
 }
 
-/** Skips a stream's data, keeping an object stream's for reading; the index after `endstream`. */
-function skipStream(text: string, index: number, dictionary: Dictionary | undefined, tally: Tally): number {
-  if (text[index] === '\r') index += 1;
-  if (text[index] === '\n') index += 1;
-  const length = dictionary?.get('Length');
-  let end = -1;
-  // The data's length when it is written in the dictionary and the data ends there; else up to the next `endstream`.
-  if (typeof length === 'number' && Number.isInteger(length) && length >= 0 && /^[\r\n]*endstream/.test(text.slice(index + length, index + length + 12))) end = index + length;
-  else end = text.indexOf('endstream', index);
-  if (end < 0) end = text.length;
-  const type = dictionary?.get('Type');
-  if (dictionary && ((isName(type) && type.name === 'ObjStm') || (dictionary.has('N') && dictionary.has('First')))) {
-    const filter = dictionary.get('Filter') ?? dictionary.get('F');
-    const filters = filter === undefined ? [] : Array.isArray(filter) ? filter : [filter];
-    if (filters.length > 1 || filters.some((one) => !isName(one) || (one.name !== 'FlateDecode' && one.name !== 'Fl')) || dictionary.has('DecodeParms') || dictionary.has('DP')) throw new Unreadable();
-    tally.objectStreams.push(filters.length ? `deflate:${text.slice(index, end)}` : `plain:${text.slice(index, end)}`);
+/** The characters from `start` to the array's closing bracket, comments and strings skipped; null when it never closes. */
+function arrayAt(text: string, start: number): string | null {
+  let inside = '';
+  for (let index = start; index < text.length; index += 1) {
+    const char = text[index]!;
+    if (char === ']') return inside;
+    if (char === '%') {
+      while (index < text.length && text[index] !== '\n' && text[index] !== '\r') index += 1;
+      inside += ' ';
+    } else if (char === '(') {
+      let depth = 0;
+      for (; index < text.length; index += 1) {
+        if (text[index] === '\\') index += 1;
+        else if (text[index] === '(') depth += 1;
+        else if (text[index] === ')' && --depth === 0) break;
+      }
+      inside += ' ';
+    } else if (char === '[') return null;
+    else inside += char;
   }
-  return end + 'endstream'.length;
+  return null;
+}
+
+interface Tally {
+  pages: number;
+}
+
+/** Counts one stretch (the file, or an object stream's inside) into `tally`; `other`, where the words of other trees are in it. */
+function count(text: string, tally: Tally, other: Set<number>): void {
+  let kids = 0;
+  for (const match of text.matchAll(patterns.kids)) {
+    if (other.has(match.index)) continue;
+    const start = match.index + match[0].length;
+    if (text[start] !== '[') throw new Unreadable();
+    const inside = arrayAt(text, start + 1);
+    if (inside === null) throw new Unreadable();
+    const listed = new Set<string>();
+    const references = /(\d+)[\0\t\n\f\r ]+(\d+)[\0\t\n\f\r ]+R/g;
+    for (const reference of inside.matchAll(references)) {
+      const key = `${Number(reference[1])} ${Number(reference[2])}`;
+      // A node listed twice is expanded twice by a reader: its pages cannot be told from here.
+      if (listed.has(key)) throw new Unreadable();
+      listed.add(key);
+    }
+    kids += listed.size + (inside.match(/<</g)?.length ?? 0);
+  }
+  let typed = 0;
+  for (const _ of text.matchAll(patterns.page)) typed += 1;
+  let counted = 0;
+  for (const match of text.matchAll(patterns.count)) if (!other.has(match.index)) counted = Math.max(counted, Number(match[1]));
+  let linearized = 0;
+  for (const match of text.matchAll(patterns.linearized)) {
+    const pages = patterns.pageCount.exec(text.slice(match.index, match.index + 1024));
+    if (pages) linearized = Math.max(linearized, Number(pages[1]));
+  }
+  tally.pages = Math.max(tally.pages, kids, typed, counted, linearized);
 }
 
 /** The bytes of a binary string (one character a byte, as atob gives). */
@@ -177,29 +239,66 @@ function binaryOf(bytes: Uint8Array): string {
 }
 
 /**
- * An upper bound on the pages of a PDF given as a binary string (one character a
- * byte), or null when its page tree cannot be read here (see above).
+ * The file's object streams: every `stream` keyword, wherever it is (in another
+ * stream's data too), whose dictionary before it names `/ObjStm` or `/First`. One
+ * with no filter is in the file as it is (`at`); a Flate one is inflated when read,
+ * within what `budget` has left.
  */
-export function pdfPageBound(binary: string): number | null {
-  const tally: Tally = { kids: 0, typed: 0, objectStreams: [] };
-  let left = inflatedByteLimit;
-  try {
-    read(binary, tally);
-    // Object streams hold objects, never streams: what they hold adds no more of them.
-    for (const stream of tally.objectStreams.splice(0)) {
-      if (stream.startsWith('plain:')) read(stream.slice('plain:'.length), tally);
-      else {
-        const inside = inflate(bytesOf(stream.slice('deflate:'.length)), left);
-        left -= inside.length;
-        read(binaryOf(inside), tally);
-      }
+function objectStreams(binary: string, budget: { left: number }): { at?: number; text: () => string }[] {
+  const found: { at?: number; text: () => string }[] = [];
+  for (const match of binary.matchAll(patterns.stream)) {
+    const windowStart = Math.max(0, match.index - 2048, binary.lastIndexOf('endobj', match.index), binary.lastIndexOf('endstream', match.index));
+    const dictionary = binary.slice(windowStart, match.index);
+    if (!patterns.objectStream.test(dictionary)) continue;
+    const start = match.index + match[0].length;
+    const filter = patterns.filter.exec(dictionary);
+    if (filter) {
+      const rest = dictionary.slice(filter.index + filter[0].length);
+      if (!patterns.flate.test(rest) || patterns.decodeParms.test(dictionary)) throw new Unreadable();
+      found.push({
+        text: () => {
+          // The inflater stops at the end of its data: no length or `endstream` needed.
+          const inside = inflate(bytesOf(binary.slice(start, start + Math.min(binary.length - start, budget.left + 1024 * 1024))), budget.left);
+          budget.left -= inside.length;
+          return binaryOf(inside);
+        },
+      });
+    } else {
+      const end = binary.indexOf('endstream', start);
+      const text = binary.slice(start, end < 0 ? binary.length : end);
+      found.push({ at: start, text: () => text });
     }
+  }
+  return found;
+}
+
+/**
+ * An upper bound on the pages of a PDF given as a binary string (one character a
+ * byte), or null when it cannot be told here (see above). Counting stops once it
+ * reaches `enough` (the most pages a hold distinguishes), answering at least that.
+ */
+export function pdfPageBound(binary: string, enough = Infinity): number | null {
+  try {
+    if (patterns.encrypt.test(binary)) return null;
+    const tally: Tally = { pages: 0 };
+    const streams = objectStreams(binary, { left: inflatedByteLimit });
+    // The words of other trees in the file: read in it, and in the object streams it holds uncompressed.
+    const other = otherTrees(binary);
+    for (const stream of streams) {
+      if (stream.at === undefined) continue;
+      for (const at of otherTrees(stream.text())) other.add(stream.at + at);
+    }
+    count(binary, tally, other);
+    for (const stream of streams) {
+      if (tally.pages >= enough) break;
+      const text = stream.text();
+      count(text, tally, otherTrees(text));
+    }
+    return tally.pages > 0 ? tally.pages : null;
   } catch (error) {
     if (error instanceof Unreadable || error instanceof InflateError) return null;
     throw error;
   }
-  const pages = Math.max(tally.kids, tally.typed);
-  return pages > 0 ? pages : null;
 }
 
 /** The binary string of base64 data (whitespace ignored), or null when it is not base64. */

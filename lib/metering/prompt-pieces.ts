@@ -69,7 +69,7 @@ function pdfPages(files: InlineFile[]): { pages: number; uncounted: boolean } {
       uncounted ||= declared;
       continue;
     }
-    const counted = pdfPageBound(binary);
+    const counted = pdfPageBound(binary, Math.ceil(remoteContentTokenBound / pdfPageTokenBound));
     if (counted === null) uncounted = true;
     else pages += counted;
   }

@@ -45,6 +45,40 @@ describe('pdfPageBound', () => {
     expect(pdfPageBound(Buffer.concat([first, update]).toString('latin1'))).toBe(7);
   });
 
+  it('does not trust the syntax to show every object: readers find them by the cross-reference table, wherever they are', () => {
+    const tree = (pages: number, first = 3) => [
+      `1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj`,
+      `2 0 obj << /Type /Pages /Kids [${Array.from({ length: pages }, (_, index) => `${first + index} 0 R`).join(' ')}] /Count ${pages} >> endobj`,
+      ...Array.from({ length: pages }, (_, index) => `${first + index} 0 obj << /Type /Page /Parent 2 0 R >> endobj`),
+    ].join('\n');
+    // The page tree inside the data of a stream nothing uses (the table points into it).
+    const hidden = tree(20);
+    expect(pdfPageBound(`%PDF-1.7\n90 0 obj << /Length ${hidden.length} >> stream\n${hidden}\nendstream endobj\n`)).toBe(20);
+    // A stream whose data says "endstream" and opens a string: read as syntax, the rest of the file is in that string.
+    expect(pdfPageBound(`%PDF-1.7\n80 0 obj << /Length 81 0 R >> stream\nq % endstream (\nQ\nendstream endobj\n${tree(20)}`)).toBe(20);
+    // A stray token in an object stream's dictionary, which readers skip.
+    expect(bound({ pages: 20, objectStreams: true, objectStreamDictionary: '0 /Type /ObjStm /N 22 /First 10 /Filter /FlateDecode' })).toBe(20);
+    // A node of the page tree that carries another tree's key: its /Count tells it apart.
+    expect(pdfPageBound(tree(20).replace('/Type /Pages', '/T (Pages)'))).toBe(20);
+    // Counts that some readers take at their word (pdfinfo and pdftoppm render that many pages).
+    expect(pdfPageBound(tree(1).replace('/Count 1', '/Count 50'))).toBe(50);
+    expect(pdfPageBound(`%PDF-1.7\n4 0 obj << /Linearized 1 /L 900 /N 500 /T 800 >> endobj\n${tree(1, 5)}`)).toBe(500);
+  });
+
+  it('answers null when a node is listed twice in one /Kids array: a reader expands it each time', () => {
+    const node = `5 0 obj << /Type /Pages /Parent 2 0 R /Kids [${Array.from({ length: 10 }, (_, index) => `${10 + index} 0 R`).join(' ')}] /Count 10 >> endobj`;
+    const pages = Array.from({ length: 10 }, (_, index) => `${10 + index} 0 obj << /Type /Page /Parent 5 0 R >> endobj`);
+    const file = ['%PDF-1.7', '2 0 obj << /Type /Pages /Kids [5 0 R 5 0 R] /Count 20 >> endobj', node, ...pages].join('\n');
+    expect(pdfPageBound(file)).toBeNull();
+  });
+
+  it('answers null for syntax nested past any real file, and stops counting once it has enough', () => {
+    expect(pdfPageBound(`%PDF-1.7\n1 0 obj ${'['.repeat(100_000)} endobj`)).toBeNull();
+    const thousand = buildPdf({ pages: 1_000, objectStreams: true }).toString('latin1');
+    expect(pdfPageBound(thousand)).toBe(1_000);
+    expect(pdfPageBound(thousand, 21)).toBeGreaterThanOrEqual(21);
+  });
+
   it('answers null (content of unknown size) when the page tree cannot be read here', () => {
     // Encrypted.
     expect(bound({ pages: 3, trailerExtra: '/Encrypt 9 0 R' })).toBeNull();
