@@ -6,297 +6,410 @@ import { inflate, InflateError } from './inflate.ts';
  * count a page), and a PDF's bytes say little about them: pages that share their
  * resources, in compressed object streams, take a few dozen bytes each.
  *
- * A reader finds the pages by the cross-reference table, from wherever the objects
- * are, so the count here does not trust the file's syntax to show them all. It is
- * the largest of, over the file's bytes and the inside of every object stream (found
- * by its dictionary's words, wherever it is, and inflated):
- * - the entries of all `/Kids` arrays, but for those of dictionaries read here as
- *   nodes of another tree (destinations, page labels, form fields: keys a page-tree
- *   node never has, and no `/Count`);
- * - the `/Type /Page` names;
- * - the `/Count` values, but for those read here as an outline's;
- * - a linearized file's page count (`/N`).
- * Names are matched escaped (`/K#69ds`) or not, with comments and any whitespace
- * between tokens. The answer is null, for the caller to hold the PDF as content of
- * unknown size, when the file is encrypted, holds a `/Kids` that is not an array
- * written out or that lists a node twice, an object stream that cannot be inflated,
- * more than `inflatedByteLimit` inflated bytes, syntax nested or long past any real
- * file's, or no page at all.
+ * The pages are counted as a reader finds them: the objects through the file's
+ * cross-reference table or stream (and every earlier revision's, by /Prev), the
+ * catalog's page tree walked leaf by leaf, a node listed twice counted twice, as
+ * readers expand it. Scanning the file's words instead is fooled by objects a reader
+ * finds where the syntax hides them (in another stream's data, after a stray
+ * parenthesis, behind a dictionary that is not what it looks like). The bound is
+ * at least every node's /Count and a linearized file's page count (/N) too, which
+ * some readers take at their word.
  *
- * What it does not see: a node of the page tree listed in two different `/Kids`
- * arrays (a reader expands it twice), and a node with neither `/Type /Pages` nor
- * `/Count` that carries another tree's keys.
+ * Strict, for what a reader would have to repair or guess at, the answer is null and
+ * the caller holds the PDF as content of unknown size: an encrypted file, a table
+ * that points elsewhere than at its objects, a key given twice, a filter other than
+ * Flate (with a PNG predictor at most), a loop in the tree, more than `nodeLimit`
+ * nodes, more than `inflatedByteLimit` inflated bytes, or no page at all.
  */
 
 /**
- * The most bytes inflated from one PDF's object streams: beyond it, a compression
- * bomb or not, the pages are not counted. Files that need more have thousands of
- * pages, past the most a hold distinguishes (a context window's worth).
+ * The most bytes inflated from one PDF's streams: beyond it, a compression bomb or
+ * not, the pages are not counted. Files that need more have thousands of pages,
+ * past the most a hold distinguishes (a context window's worth).
  */
 export const inflatedByteLimit = 4 * 1024 * 1024;
 
-/** Nesting past this, or more values than `valueLimit` in one stretch, is no real file: the pages are not counted. */
-const depthLimit = 256;
-const valueLimit = 1_000_000;
-
 class Unreadable extends Error {}
 
-/** A name as a pattern matching it written plainly or with any of its characters `#`-escaped. */
-function namePattern(name: string): string {
-  return [...name].map((char) => `(?:${char.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}|#${char.charCodeAt(0).toString(16).padStart(2, '0')})`).join('').replace(/#([0-9a-f]{2})/g, (_, hex: string) => `#(?:${hex[0]}|${hex[0]!.toUpperCase()})(?:${hex[1]}|${hex[1]!.toUpperCase()})`);
-}
+type Value = number | boolean | null | Name | Ref | Value[] | Dict | Text;
+type Name = { name: string };
+type Ref = { ref: number; generation: number };
+type Text = { text: true };
+type Dict = Map<string, Value> & { streamAt?: number };
 
-// Whitespace (NUL, tab, LF, FF, CR, space) and comments, as a reader skips them between tokens.
-// A comment runs to its line's end, so that a run of % is read one way only.
-const gap = String.raw`(?:[\0\t\n\f\r ]|%[^\r\n]*(?:[\r\n]|$))*`;
-// What ends a name: whitespace, a delimiter, or the end.
-const nameEnd = String.raw`(?=[\0\t\n\f\r ()<>\[\]{}/%]|$)`;
-const word = (name: string) => `/${namePattern(name)}${nameEnd}`;
-const patterns = {
-  kids: new RegExp(`${word('Kids')}${gap}`, 'g'),
-  page: new RegExp(`${word('Type')}${gap}${word('Page')}`, 'g'),
-  count: new RegExp(`${word('Count')}${gap}(\\d+)`, 'g'),
-  linearized: new RegExp(`${word('Linearized')}`, 'g'),
-  pageCount: new RegExp(`${word('N')}${gap}(\\d+)`),
-  encrypt: new RegExp(word('Encrypt')),
-  objectStream: new RegExp(`${word('ObjStm')}|${word('First')}`),
-  filter: new RegExp(`${word('Filter')}|${word('F')}`),
-  flate: new RegExp(`^${gap}(?:${word('FlateDecode')}|${word('Fl')}|\\[${gap}(?:${word('FlateDecode')}|${word('Fl')})${gap}\\])`),
-  decodeParms: new RegExp(`${word('DecodeParms')}|${word('DP')}`),
-  stream: /(?<!end)stream(?:\r\n|\n|\r)/g,
-};
-
-/** Whitespace and delimiters, by byte: what ends a token. */
+const nodeLimit = 100_000;
+const isWhite = (code: number) => code === 0 || code === 9 || code === 10 || code === 12 || code === 13 || code === 32;
 const ends = new Uint8Array(256);
 for (const char of '\0\t\n\f\r ()<>[]{}/%') ends[char.charCodeAt(0)] = 1;
+const isName = (value: Value | undefined): value is Name => typeof value === 'object' && value !== null && 'name' in value;
+const isRef = (value: Value | undefined): value is Ref => typeof value === 'object' && value !== null && 'ref' in value;
+const isDict = (value: Value | undefined): value is Dict => value instanceof Map;
 
-/** Keys of the nodes of name and number trees (destinations, page labels) and of form fields, which a page-tree node never has. */
-const otherTreeKeys = ['Limits', 'Names', 'Nums', 'FT', 'T', 'Subtype', 'Fields'];
+/** A reader of PDF values in one stretch of text (the file, or an object stream's inside). */
+class Lexer {
+  constructor(private readonly text: string, public at = 0) {}
 
-/**
- * Where, in one stretch of PDF syntax, the words of other trees are: the `/Kids`
- * of a dictionary that is no page-tree node, and the `/Count` of one that has no
- * kids (an outline's). Read token by token; a stretch it cannot read to its end
- * only leaves more for the count to take.
- */
-function otherTrees(text: string): Set<number> {
-  const other = new Set<number>();
-  type Name = { name: string; at: number };
-  type Value = Name | { dictionary: Map<string, Name> } | number | 'other';
-  const open: { values: Value[]; dictionary: boolean }[] = [];
-  let values = 0;
-  const push = (value: Value) => {
-    if (++values > valueLimit) throw new Unreadable();
-    open.at(-1)?.values.push(value);
-  };
-  const isName = (value: Value | undefined): value is Name => typeof value === 'object' && 'name' in value;
-  const close = (items: Value[]) => {
-    const keys = new Map<string, Name>();
-    const entries = new Map<string, Value>();
-    for (let index = 0; index + 1 < items.length; index += 2) {
-      const key = items[index];
-      if (!isName(key)) return;
-      keys.set(key.name, key);
-      entries.set(key.name, items[index + 1]!);
+  private skip(): void {
+    const { text } = this;
+    while (this.at < text.length) {
+      const code = text.charCodeAt(this.at);
+      if (isWhite(code)) this.at += 1;
+      else if (code === 37) while (this.at < text.length && text[this.at] !== '\n' && text[this.at] !== '\r') this.at += 1;
+      else break;
     }
-    const type = entries.get('Type');
-    const typeName = isName(type) ? type.name : undefined;
-    const kids = keys.get('Kids');
-    const count = keys.get('Count');
-    // Another tree's node: a key of its own, no /Count, not typed /Pages.
-    const otherTree = typeName !== 'Pages' && !entries.has('Count') && otherTreeKeys.some((key) => entries.has(key));
-    if (kids && otherTree) other.add(kids.at);
-    if (count && !kids) other.add(count.at);
-  };
-  let index = 0;
-  while (index < text.length) {
-    const code = text.charCodeAt(index);
-    if (code === 0 || code === 9 || code === 10 || code === 12 || code === 13 || code === 32 || code === 41 || code === 123 || code === 125) index += 1;
-    else if (code === 37) {
-      while (index < text.length && text[index] !== '\n' && text[index] !== '\r') index += 1;
-    } else if (code === 40) {
-      let depth = 0;
-      for (; index < text.length; index += 1) {
-        const char = text[index];
-        if (char === '\\') index += 1;
-        else if (char === '(') depth += 1;
-        else if (char === ')' && --depth === 0) break;
+  }
+
+  /** The next token without its value: a delimiter, or a run of regular characters. */
+  token(): string {
+    this.skip();
+    const { text } = this;
+    if (this.at >= text.length) throw new Unreadable();
+    const char = text[this.at]!;
+    if ((char === '<' || char === '>') && text[this.at + 1] === char) {
+      this.at += 2;
+      return char + char;
+    }
+    if (ends[text.charCodeAt(this.at)]) {
+      this.at += 1;
+      return char;
+    }
+    const start = this.at;
+    while (this.at < text.length && !ends[text.charCodeAt(this.at) & 0xff]) this.at += 1;
+    return text.slice(start, this.at);
+  }
+
+  value(depth = 0): Value {
+    if (depth > 64) throw new Unreadable();
+    const token = this.token();
+    const { text } = this;
+    if (token === '/') {
+      const start = this.at;
+      while (this.at < text.length && !ends[text.charCodeAt(this.at) & 0xff]) this.at += 1;
+      return { name: text.slice(start, this.at).replace(/#([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))) };
+    }
+    if (token === '<<') {
+      const dict: Dict = new Map();
+      for (;;) {
+        const mark = this.at;
+        if (this.token() === '>>') break;
+        this.at = mark;
+        const key = this.value(depth + 1);
+        if (!isName(key)) throw new Unreadable();
+        const value = this.value(depth + 1);
+        // A key given twice: readers differ on which counts.
+        if (dict.has(key.name)) throw new Unreadable();
+        dict.set(key.name, value);
       }
-      index += 1;
-      push('other');
-    } else if (code === 60 && text[index + 1] === '<') {
-      if (open.push({ values: [], dictionary: true }) > depthLimit) throw new Unreadable();
-      index += 2;
-    } else if (code === 62 && text[index + 1] === '>') {
-      const top = open.pop();
-      index += 2;
-      if (top?.dictionary) close(top.values);
-      push('other');
-    } else if (code === 60) {
-      const end = text.indexOf('>', index);
-      index = end < 0 ? text.length : end + 1;
-      push('other');
-    } else if (code === 91) {
-      if (open.push({ values: [], dictionary: false }) > depthLimit) throw new Unreadable();
-      index += 1;
-    } else if (code === 93) {
-      open.pop();
-      index += 1;
-      push('other');
-    } else {
-      let end = index + 1;
-      while (end < text.length && !ends[text.charCodeAt(end) & 0xff]) end += 1;
-      const token = text.slice(index, end);
-      if (code === 47) {
-        const raw = token.slice(1);
-        push({ name: raw.length > 127 ? raw : raw.replace(/#([0-9A-Fa-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))), at: index });
-      } else if (token === 'R') {
-        const top = open.at(-1)?.values;
-        if (top && typeof top.at(-1) === 'number' && typeof top.at(-2) === 'number') top.splice(-2, 2);
-        push('other');
-      } else if (token === 'stream') {
-        // Stream data: skipped to its end (what hides in it is counted all the same).
-        const end = text.indexOf('endstream', index);
-        index = end < 0 ? text.length : end + 'endstream'.length;
-        continue;
-      } else push(/^[+-]?\d+$/.test(token) ? Number(token) : 'other');
-      index = end;
+      return dict;
     }
-  }
-  return other;
-}
-
-/** The characters from `start` to the array's closing bracket, comments and strings skipped; null when it never closes. */
-function arrayAt(text: string, start: number): string | null {
-  let inside = '';
-  for (let index = start; index < text.length; index += 1) {
-    const char = text[index]!;
-    if (char === ']') return inside;
-    if (char === '%') {
-      while (index < text.length && text[index] !== '\n' && text[index] !== '\r') index += 1;
-      inside += ' ';
-    } else if (char === '(') {
-      let depth = 0;
-      for (; index < text.length; index += 1) {
-        if (text[index] === '\\') index += 1;
-        else if (text[index] === '(') depth += 1;
-        else if (text[index] === ')' && --depth === 0) break;
+    if (token === '[') {
+      const array: Value[] = [];
+      for (;;) {
+        const mark = this.at;
+        if (this.token() === ']') break;
+        this.at = mark;
+        array.push(this.value(depth + 1));
       }
-      inside += ' ';
-    } else if (char === '[') return null;
-    else inside += char;
-  }
-  return null;
-}
-
-interface Tally {
-  pages: number;
-}
-
-/** Counts one stretch (the file, or an object stream's inside) into `tally`; `other`, where the words of other trees are in it. */
-function count(text: string, tally: Tally, other: Set<number>): void {
-  let kids = 0;
-  for (const match of text.matchAll(patterns.kids)) {
-    if (other.has(match.index)) continue;
-    const start = match.index + match[0].length;
-    if (text[start] !== '[') throw new Unreadable();
-    const inside = arrayAt(text, start + 1);
-    if (inside === null) throw new Unreadable();
-    const listed = new Set<string>();
-    const references = /(\d+)[\0\t\n\f\r ]+(\d+)[\0\t\n\f\r ]+R/g;
-    for (const reference of inside.matchAll(references)) {
-      const key = `${Number(reference[1])} ${Number(reference[2])}`;
-      // A node listed twice is expanded twice by a reader: its pages cannot be told from here.
-      if (listed.has(key)) throw new Unreadable();
-      listed.add(key);
+      return array;
     }
-    kids += listed.size + (inside.match(/<</g)?.length ?? 0);
+    if (token === '(') {
+      let level = 1;
+      for (; this.at < text.length && level > 0; this.at += 1) {
+        const char = text[this.at];
+        if (char === '\\') this.at += 1;
+        else if (char === '(') level += 1;
+        else if (char === ')') level -= 1;
+      }
+      if (level > 0) throw new Unreadable();
+      return { text: true };
+    }
+    if (token === '<') {
+      const end = text.indexOf('>', this.at);
+      if (end < 0) throw new Unreadable();
+      this.at = end + 1;
+      return { text: true };
+    }
+    if (token === 'true' || token === 'false') return token === 'true';
+    if (token === 'null') return null;
+    if (/^[+-]?(\d+\.?\d*|\.\d+)$/.test(token)) {
+      // A reference: two whole numbers and R.
+      if (/^\d+$/.test(token)) {
+        const mark = this.at;
+        try {
+          const generation = this.token();
+          if (/^\d+$/.test(generation) && this.token() === 'R') return { ref: Number(token), generation: Number(generation) };
+        } catch (error) {
+          if (!(error instanceof Unreadable)) throw error;
+        }
+        this.at = mark;
+      }
+      return Number(token);
+    }
+    throw new Unreadable();
   }
-  let typed = 0;
-  for (const _ of text.matchAll(patterns.page)) typed += 1;
-  let counted = 0;
-  for (const match of text.matchAll(patterns.count)) if (!other.has(match.index)) counted = Math.max(counted, Number(match[1]));
-  let linearized = 0;
-  for (const match of text.matchAll(patterns.linearized)) {
-    const pages = patterns.pageCount.exec(text.slice(match.index, match.index + 1024));
-    if (pages) linearized = Math.max(linearized, Number(pages[1]));
-  }
-  tally.pages = Math.max(tally.pages, kids, typed, counted, linearized);
 }
 
-/** The bytes of a binary string (one character a byte, as atob gives). */
+type Entry = { offset: number } | { stream: number; index: number };
+
+/** Bytes of a binary string. */
 function bytesOf(binary: string): Uint8Array {
   const bytes = new Uint8Array(binary.length);
   for (let index = 0; index < binary.length; index += 1) bytes[index] = binary.charCodeAt(index);
   return bytes;
 }
 
-/** Bytes as a binary string. */
-function binaryOf(bytes: Uint8Array): string {
-  const parts: string[] = [];
-  for (let index = 0; index < bytes.length; index += 8192) parts.push(String.fromCharCode(...bytes.subarray(index, index + 8192)));
-  return parts.join('');
-}
-
-/**
- * The file's object streams: every `stream` keyword, wherever it is (in another
- * stream's data too), whose dictionary before it names `/ObjStm` or `/First`. One
- * with no filter is in the file as it is (`at`); a Flate one is inflated when read,
- * within what `budget` has left.
- */
-function objectStreams(binary: string, budget: { left: number }): { at?: number; text: () => string }[] {
-  const found: { at?: number; text: () => string }[] = [];
-  for (const match of binary.matchAll(patterns.stream)) {
-    const windowStart = Math.max(0, match.index - 2048, binary.lastIndexOf('endobj', match.index), binary.lastIndexOf('endstream', match.index));
-    const dictionary = binary.slice(windowStart, match.index);
-    if (!patterns.objectStream.test(dictionary)) continue;
-    const start = match.index + match[0].length;
-    const filter = patterns.filter.exec(dictionary);
-    if (filter) {
-      const rest = dictionary.slice(filter.index + filter[0].length);
-      if (!patterns.flate.test(rest) || patterns.decodeParms.test(dictionary)) throw new Unreadable();
-      found.push({
-        text: () => {
-          // The inflater stops at the end of its data: no length or `endstream` needed.
-          const inside = inflate(bytesOf(binary.slice(start, start + Math.min(binary.length - start, budget.left + 1024 * 1024))), budget.left);
-          budget.left -= inside.length;
-          return binaryOf(inside);
-        },
-      });
-    } else {
-      const end = binary.indexOf('endstream', start);
-      const text = binary.slice(start, end < 0 ? binary.length : end);
-      found.push({ at: start, text: () => text });
+/** Undoes a PNG predictor (Predictor 10 to 15) on rows of `columns` bytes. */
+function unpredict(data: Uint8Array, columns: number): Uint8Array {
+  const row = columns + 1;
+  if (columns <= 0 || data.length % row !== 0) throw new Unreadable();
+  const out = new Uint8Array((data.length / row) * columns);
+  for (let line = 0; line * row < data.length; line += 1) {
+    const filter = data[line * row]!;
+    for (let column = 0; column < columns; column += 1) {
+      const raw = data[line * row + 1 + column]!;
+      const left = column > 0 ? out[line * columns + column - 1]! : 0;
+      const up = line > 0 ? out[(line - 1) * columns + column]! : 0;
+      const upLeft = line > 0 && column > 0 ? out[(line - 1) * columns + column - 1]! : 0;
+      let predicted = 0;
+      if (filter === 1) predicted = left;
+      else if (filter === 2) predicted = up;
+      else if (filter === 3) predicted = (left + up) >> 1;
+      else if (filter === 4) {
+        const estimate = left + up - upLeft;
+        const [a, b, c] = [Math.abs(estimate - left), Math.abs(estimate - up), Math.abs(estimate - upLeft)];
+        predicted = a <= b && a <= c ? left : b <= c ? up : upLeft;
+      } else if (filter !== 0) throw new Unreadable();
+      out[line * columns + column] = (raw + predicted) & 0xff;
     }
   }
-  return found;
+  return out;
+}
+
+/** Reads a PDF's objects through its cross-reference sections. */
+class PdfFile {
+  private readonly entries = new Map<number, Entry>();
+  private readonly objectStreams = new Map<number, { text: string; offsets: Map<number, number> }>();
+  trailer: Dict | undefined;
+
+  constructor(private readonly binary: string, private budget: number) {
+    const at = binary.lastIndexOf('startxref');
+    if (at < 0) throw new Unreadable();
+    const lexer = new Lexer(binary, at + 'startxref'.length);
+    const offset = lexer.value();
+    if (typeof offset !== 'number') throw new Unreadable();
+    const seen = new Set<number>();
+    let next: number | undefined = offset;
+    while (next !== undefined) {
+      if (seen.has(next) || seen.size > 1_000) throw new Unreadable();
+      seen.add(next);
+      next = this.section(next);
+    }
+    if (!this.trailer) throw new Unreadable();
+  }
+
+  /** One cross-reference section: its entries (the newer ones already read win), and the offset of the one before. */
+  private section(offset: number): number | undefined {
+    const lexer = new Lexer(this.binary, offset);
+    const mark = lexer.at;
+    let trailer: Dict;
+    if (lexer.token() === 'xref') {
+      for (;;) {
+        const before = lexer.at;
+        const first = lexer.token();
+        if (first === 'trailer') break;
+        lexer.at = before;
+        const start = lexer.value();
+        const count = lexer.value();
+        if (typeof start !== 'number' || typeof count !== 'number' || count < 0 || count > 10_000_000) throw new Unreadable();
+        for (let index = 0; index < count; index += 1) {
+          const position = lexer.value();
+          lexer.value();
+          const kind = lexer.token();
+          if (typeof position !== 'number' || (kind !== 'n' && kind !== 'f')) throw new Unreadable();
+          if (kind === 'n' && !this.entries.has(start + index)) this.entries.set(start + index, { offset: position });
+        }
+      }
+      const value = lexer.value();
+      if (!isDict(value)) throw new Unreadable();
+      trailer = value;
+      this.trailer ??= trailer;
+      // A hybrid file's cross-reference stream, after the table it completes.
+      const stream = trailer.get('XRefStm');
+      if (typeof stream === 'number') this.section(stream);
+    } else {
+      lexer.at = mark;
+      const { dict, data } = this.streamAt(offset);
+      if (!isName(dict.get('Type')) || (dict.get('Type') as Name).name !== 'XRef') throw new Unreadable();
+      trailer = dict;
+      this.streamEntries(dict, data);
+    }
+    this.trailer ??= trailer;
+    const previous = trailer.get('Prev');
+    return typeof previous === 'number' ? previous : undefined;
+  }
+
+  private streamEntries(dict: Dict, data: Uint8Array): void {
+    const widths = dict.get('W');
+    if (!Array.isArray(widths) || widths.length !== 3 || !widths.every((width) => typeof width === 'number' && width >= 0 && width <= 8)) throw new Unreadable();
+    const [typeWidth, secondWidth, thirdWidth] = widths as number[];
+    const size = dict.get('Size');
+    const index = dict.get('Index') ?? [0, size ?? 0];
+    if (!Array.isArray(index) || index.length % 2 !== 0) throw new Unreadable();
+    const row = typeWidth! + secondWidth! + thirdWidth!;
+    const field = (at: number, width: number) => {
+      let value = 0;
+      for (let byte = 0; byte < width; byte += 1) value = value * 256 + data[at + byte]!;
+      return value;
+    };
+    let at = 0;
+    for (let section = 0; section < index.length; section += 2) {
+      const [start, count] = [index[section], index[section + 1]];
+      if (typeof start !== 'number' || typeof count !== 'number') throw new Unreadable();
+      for (let entry = 0; entry < count; entry += 1, at += row) {
+        if (at + row > data.length) throw new Unreadable();
+        const type = typeWidth ? field(at, typeWidth) : 1;
+        const second = field(at + typeWidth!, secondWidth!);
+        const third = field(at + typeWidth! + secondWidth!, thirdWidth!);
+        if (this.entries.has(start + entry)) continue;
+        if (type === 1) this.entries.set(start + entry, { offset: second });
+        else if (type === 2) this.entries.set(start + entry, { stream: second, index: third });
+      }
+    }
+  }
+
+  /** The object (`number generation obj value`) at an offset. */
+  private objectAt(offset: number, number?: number): { value: Value; lexer: Lexer } {
+    const lexer = new Lexer(this.binary, offset);
+    const found = lexer.token();
+    lexer.token();
+    if (lexer.token() !== 'obj' || (number !== undefined && Number(found) !== number)) throw new Unreadable();
+    return { value: lexer.value(), lexer };
+  }
+
+  /** A stream object at an offset: its dictionary, and its data decoded (Flate, with a PNG predictor at most). */
+  private streamAt(offset: number, number?: number): { dict: Dict; data: Uint8Array } {
+    const { value, lexer } = this.objectAt(offset, number);
+    if (!isDict(value) || lexer.token() !== 'stream') throw new Unreadable();
+    let start = lexer.at;
+    if (this.binary[start] === '\r') start += 1;
+    if (this.binary[start] === '\n') start += 1;
+    const length = this.resolve(value.get('Length'));
+    if (typeof length !== 'number' || length < 0 || start + length > this.binary.length) throw new Unreadable();
+    const raw = bytesOf(this.binary.slice(start, start + length));
+    const filter = value.get('Filter');
+    const filters = filter === undefined ? [] : Array.isArray(filter) ? filter : [filter];
+    if (filters.length > 1 || filters.some((one) => !isName(one) || one.name !== 'FlateDecode')) throw new Unreadable();
+    let data = raw;
+    if (filters.length) {
+      data = inflate(raw, this.budget);
+      this.budget -= data.length;
+    }
+    const parms = value.get('DecodeParms');
+    if (parms !== undefined && parms !== null) {
+      if (!isDict(parms)) throw new Unreadable();
+      const predictor = parms.get('Predictor') ?? 1;
+      const colors = parms.get('Colors') ?? 1;
+      const bits = parms.get('BitsPerComponent') ?? 8;
+      const columns = parms.get('Columns') ?? 1;
+      if (predictor !== 1) {
+        if (typeof predictor !== 'number' || predictor < 10 || predictor > 15 || colors !== 1 || bits !== 8 || typeof columns !== 'number') throw new Unreadable();
+        data = unpredict(data, columns);
+      }
+    }
+    return { dict: value, data };
+  }
+
+  private readonly resolved = new Map<number, Value | undefined>();
+
+  /** A value with its reference followed, once; each object is read once. */
+  resolve(value: Value | undefined): Value | undefined {
+    if (!isRef(value)) return value;
+    if (!this.resolved.has(value.ref)) this.resolved.set(value.ref, this.read(value));
+    return this.resolved.get(value.ref);
+  }
+
+  private read(value: Ref): Value | undefined {
+    const entry = this.entries.get(value.ref);
+    if (!entry) return null;
+    if ('offset' in entry) return this.objectAt(entry.offset, value.ref).value;
+    let stream = this.objectStreams.get(entry.stream);
+    if (!stream) {
+      const location = this.entries.get(entry.stream);
+      if (!location || !('offset' in location)) throw new Unreadable();
+      const { dict, data } = this.streamAt(location.offset, entry.stream);
+      let text = '';
+      for (let index = 0; index < data.length; index += 8192) text += String.fromCharCode(...data.subarray(index, index + 8192));
+      const count = dict.get('N');
+      const first = dict.get('First');
+      if (typeof count !== 'number' || typeof first !== 'number') throw new Unreadable();
+      const header = new Lexer(text);
+      const offsets = new Map<number, number>();
+      for (let index = 0; index < count; index += 1) {
+        const number = header.value();
+        const at = header.value();
+        if (typeof number !== 'number' || typeof at !== 'number') throw new Unreadable();
+        offsets.set(number, first + at);
+      }
+      stream = { text, offsets };
+      this.objectStreams.set(entry.stream, stream);
+    }
+    const at = stream.offsets.get(value.ref);
+    if (at === undefined) throw new Unreadable();
+    return new Lexer(stream.text, at).value();
+  }
 }
 
 /**
  * An upper bound on the pages of a PDF given as a binary string (one character a
- * byte), or null when it cannot be told here (see above). Counting stops once it
+ * byte), or null when it cannot be told here (see above). The walk stops once it
  * reaches `enough` (the most pages a hold distinguishes), answering at least that.
  */
 export function pdfPageBound(binary: string, enough = Infinity): number | null {
   try {
-    if (patterns.encrypt.test(binary)) return null;
-    const tally: Tally = { pages: 0 };
-    const streams = objectStreams(binary, { left: inflatedByteLimit });
-    // The words of other trees in the file: read in it, and in the object streams it holds uncompressed.
-    const other = otherTrees(binary);
-    for (const stream of streams) {
-      if (stream.at === undefined) continue;
-      for (const at of otherTrees(stream.text())) other.add(stream.at + at);
+    const file = new PdfFile(binary, inflatedByteLimit);
+    if (file.trailer!.has('Encrypt')) return null;
+    const catalog = file.resolve(file.trailer!.get('Root'));
+    if (!isDict(catalog)) return null;
+    let pages = 0;
+    let counted = 0;
+    // A linearized file's first object says how many pages it has.
+    const header = binary.indexOf('%PDF-');
+    const first = /\d+[\0\t\n\f\r ]+\d+[\0\t\n\f\r ]+obj/.exec(binary.slice(Math.max(header, 0), Math.max(header, 0) + 1024));
+    if (first) {
+      try {
+        const lexer = new Lexer(binary, Math.max(header, 0) + first.index + first[0].length);
+        const linearization = lexer.value();
+        if (isDict(linearization) && linearization.has('Linearized') && typeof linearization.get('N') === 'number') counted = linearization.get('N') as number;
+      } catch (error) {
+        if (!(error instanceof Unreadable)) throw error;
+      }
     }
-    count(binary, tally, other);
-    for (const stream of streams) {
-      if (tally.pages >= enough) break;
-      const text = stream.text();
-      count(text, tally, otherTrees(text));
-    }
-    return tally.pages > 0 ? tally.pages : null;
+    let nodes = 0;
+    const path = new Set<number>();
+    const walk = (reference: Value | undefined): void => {
+      if (pages >= enough) return;
+      if (++nodes > nodeLimit) throw new Unreadable();
+      const number = isRef(reference) ? reference.ref : undefined;
+      if (number !== undefined && path.has(number)) throw new Unreadable();
+      const node = file.resolve(reference);
+      if (!isDict(node)) throw new Unreadable();
+      const kids = file.resolve(node.get('Kids'));
+      if (kids === undefined) {
+        pages += 1;
+        return;
+      }
+      if (!Array.isArray(kids)) throw new Unreadable();
+      const count = file.resolve(node.get('Count'));
+      if (typeof count === 'number') counted = Math.max(counted, count);
+      if (number !== undefined) path.add(number);
+      for (const kid of kids) walk(kid);
+      if (number !== undefined) path.delete(number);
+    };
+    walk(catalog.get('Pages'));
+    const bound = Math.max(pages, counted);
+    return bound > 0 ? bound : null;
   } catch (error) {
-    if (error instanceof Unreadable || error instanceof InflateError) return null;
+    if (error instanceof Unreadable || error instanceof InflateError || error instanceof RangeError) return null;
     throw error;
   }
 }
