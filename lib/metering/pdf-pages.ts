@@ -17,9 +17,11 @@ import { inflate, InflateError } from './inflate.ts';
  *
  * Strict, for what a reader would have to repair or guess at, the answer is null and
  * the caller holds the PDF as content of unknown size: an encrypted file, a table
- * that points elsewhere than at its objects, a key given twice, a filter other than
- * Flate (with a PNG predictor at most), a loop in the tree, more than `nodeLimit`
- * nodes, more than `inflatedByteLimit` inflated bytes, or no page at all.
+ * that points elsewhere than at its objects, a reference to another generation than
+ * the table's, an object number listed twice in an object stream, a key given twice,
+ * a page with kids, a filter other than Flate (with a PNG predictor at most), a loop
+ * in the tree, more than `nodeLimit` nodes, more than `inflatedByteLimit` inflated
+ * bytes, or no page at all: readers differ on each.
  */
 
 /**
@@ -149,7 +151,7 @@ class Lexer {
   }
 }
 
-type Entry = { offset: number } | { stream: number; index: number };
+type Entry = { offset: number; generation: number } | { stream: number; index: number; generation: 0 };
 
 /** Bytes of a binary string. */
 function bytesOf(binary: string): Uint8Array {
@@ -188,7 +190,7 @@ function unpredict(data: Uint8Array, columns: number): Uint8Array {
 /** Reads a PDF's objects through its cross-reference sections. */
 class PdfFile {
   private readonly entries = new Map<number, Entry>();
-  private readonly objectStreams = new Map<number, { text: string; offsets: Map<number, number> }>();
+  private readonly objectStreams = new Map<number, { text: string; objects: { number: number; at: number; end: number }[] }>();
   trailer: Dict | undefined;
 
   constructor(private readonly binary: string, private budget: number) {
@@ -223,10 +225,10 @@ class PdfFile {
         if (typeof start !== 'number' || typeof count !== 'number' || count < 0 || count > 10_000_000) throw new Unreadable();
         for (let index = 0; index < count; index += 1) {
           const position = lexer.value();
-          lexer.value();
+          const generation = lexer.value();
           const kind = lexer.token();
-          if (typeof position !== 'number' || (kind !== 'n' && kind !== 'f')) throw new Unreadable();
-          if (kind === 'n' && !this.entries.has(start + index)) this.entries.set(start + index, { offset: position });
+          if (typeof position !== 'number' || typeof generation !== 'number' || (kind !== 'n' && kind !== 'f')) throw new Unreadable();
+          if (kind === 'n' && !this.entries.has(start + index)) this.entries.set(start + index, { offset: position, generation });
         }
       }
       const value = lexer.value();
@@ -256,6 +258,8 @@ class PdfFile {
     const index = dict.get('Index') ?? [0, size ?? 0];
     if (!Array.isArray(index) || index.length % 2 !== 0) throw new Unreadable();
     const row = typeWidth! + secondWidth! + thirdWidth!;
+    // Rows of no bytes would let /Index claim any number of entries.
+    if (row === 0) throw new Unreadable();
     const field = (at: number, width: number) => {
       let value = 0;
       for (let byte = 0; byte < width; byte += 1) value = value * 256 + data[at + byte]!;
@@ -271,18 +275,18 @@ class PdfFile {
         const second = field(at + typeWidth!, secondWidth!);
         const third = field(at + typeWidth! + secondWidth!, thirdWidth!);
         if (this.entries.has(start + entry)) continue;
-        if (type === 1) this.entries.set(start + entry, { offset: second });
-        else if (type === 2) this.entries.set(start + entry, { stream: second, index: third });
+        if (type === 1) this.entries.set(start + entry, { offset: second, generation: thirdWidth ? third : 0 });
+        else if (type === 2) this.entries.set(start + entry, { stream: second, index: third, generation: 0 });
       }
     }
   }
 
-  /** The object (`number generation obj value`) at an offset. */
-  private objectAt(offset: number, number?: number): { value: Value; lexer: Lexer } {
+  /** The object (`number generation obj value`) at an offset: the one expected there, or none. */
+  private objectAt(offset: number, number?: number, generation?: number): { value: Value; lexer: Lexer } {
     const lexer = new Lexer(this.binary, offset);
     const found = lexer.token();
-    lexer.token();
-    if (lexer.token() !== 'obj' || (number !== undefined && Number(found) !== number)) throw new Unreadable();
+    const foundGeneration = lexer.token();
+    if (lexer.token() !== 'obj' || (number !== undefined && Number(found) !== number) || (generation !== undefined && Number(foundGeneration) !== generation)) throw new Unreadable();
     return { value: lexer.value(), lexer };
   }
 
@@ -324,6 +328,9 @@ class PdfFile {
   /** A value with its reference followed, once; each object is read once. */
   resolve(value: Value | undefined): Value | undefined {
     if (!isRef(value)) return value;
+    // A reference to another generation than the table's: readers that key objects by both find an older one.
+    const entry = this.entries.get(value.ref);
+    if (entry && entry.generation !== value.generation) throw new Unreadable();
     if (!this.resolved.has(value.ref)) this.resolved.set(value.ref, this.read(value));
     return this.resolved.get(value.ref);
   }
@@ -331,7 +338,7 @@ class PdfFile {
   private read(value: Ref): Value | undefined {
     const entry = this.entries.get(value.ref);
     if (!entry) return null;
-    if ('offset' in entry) return this.objectAt(entry.offset, value.ref).value;
+    if ('offset' in entry) return this.objectAt(entry.offset, value.ref, value.generation).value;
     let stream = this.objectStreams.get(entry.stream);
     if (!stream) {
       const location = this.entries.get(entry.stream);
@@ -343,19 +350,26 @@ class PdfFile {
       const first = dict.get('First');
       if (typeof count !== 'number' || typeof first !== 'number') throw new Unreadable();
       const header = new Lexer(text);
-      const offsets = new Map<number, number>();
+      const objects: { number: number; at: number; end: number }[] = [];
+      const numbers = new Set<number>();
       for (let index = 0; index < count; index += 1) {
         const number = header.value();
         const at = header.value();
-        if (typeof number !== 'number' || typeof at !== 'number') throw new Unreadable();
-        offsets.set(number, first + at);
+        // A number listed twice: readers differ on which copy counts.
+        if (typeof number !== 'number' || typeof at !== 'number' || numbers.has(number)) throw new Unreadable();
+        numbers.add(number);
+        objects.push({ number, at: first + at, end: text.length });
       }
-      stream = { text, offsets };
+      // Each object ends where the next begins: read past it, "7" then "0 R" would be a reference.
+      const starts = objects.map((object) => object.at).sort((a, b) => a - b);
+      for (const object of objects) object.end = starts.find((start) => start > object.at) ?? text.length;
+      stream = { text, objects };
       this.objectStreams.set(entry.stream, stream);
     }
-    const at = stream.offsets.get(value.ref);
-    if (at === undefined) throw new Unreadable();
-    return new Lexer(stream.text, at).value();
+    // The object at the index the table gives, which must be the one referred to.
+    const object = stream.objects[entry.index];
+    if (!object || object.number !== value.ref) throw new Unreadable();
+    return new Lexer(stream.text.slice(0, object.end), object.at).value();
   }
 }
 
@@ -394,6 +408,9 @@ export function pdfPageBound(binary: string, enough = Infinity): number | null {
       const node = file.resolve(reference);
       if (!isDict(node)) throw new Unreadable();
       const kids = file.resolve(node.get('Kids'));
+      const type = node.get('Type');
+      // A page with kids: readers differ on whether it is a page or a node.
+      if (kids !== undefined && isName(type) && type.name === 'Page') throw new Unreadable();
       if (kids === undefined) {
         pages += 1;
         return;

@@ -81,6 +81,10 @@ describe('pdfPageBound', () => {
     expect(pdfPageBound(buildPdf({ pages: 3 }).toString('latin1').replace(/startxref\n(\d+)/, (_, at: string) => `startxref\n${Number(at) + 7}`))).toBeNull();
     // A key given twice: readers differ on which counts.
     expect(pdfPageBound(withTable(tree(2).join('\n').replace('/Count 2', '/Count 2 /Kids [3 0 R]'), numbers(2)))).toBeNull();
+    // A reference to another generation than the table's (readers that key objects by both find an older object).
+    expect(pdfPageBound(withTable(tree(2).join('\n').replace('/Pages 2 0 R', '/Pages 2 1 R'), numbers(2)))).toBeNull();
+    // A page with kids: readers differ on whether it is a page or a node.
+    expect(pdfPageBound(withTable(tree(2).join('\n').replace('3 0 obj << /Type /Page /Parent 2 0 R', '3 0 obj << /Type /Page /Parent 2 0 R /Kids []'), numbers(2)))).toBeNull();
     // A loop in the tree.
     expect(pdfPageBound(withTable(tree(2).join('\n').replace('/Kids [3 0 R 4 0 R]', '/Kids [3 0 R 2 0 R]'), numbers(2)))).toBeNull();
     // An object stream compressed otherwise than by Flate, or with a predictor other than PNG's.
