@@ -18,10 +18,12 @@ import { inflate, InflateError } from './inflate.ts';
  * Strict, for what a reader would have to repair or guess at, the answer is null and
  * the caller holds the PDF as content of unknown size: an encrypted file, a table
  * that points elsewhere than at its objects, a reference to another generation than
- * the table's, an object number listed twice in an object stream, a key given twice,
- * a page with kids, a filter other than Flate (with a PNG predictor at most), a loop
- * in the tree, more than `nodeLimit` nodes, more than `inflatedByteLimit` inflated
- * bytes, or no page at all: readers differ on each.
+ * the table's or to a free entry, an object number listed twice in an object
+ * stream, a number written otherwise than in whole digits, a key given twice, a page
+ * with kids, stream data not on the line after its keyword, a filter other than
+ * Flate (with a PNG predictor at most), an unknown kind of cross-reference row, a
+ * loop in the tree, more than `nodeLimit` nodes, more than `inflatedByteLimit`
+ * inflated bytes, or no page at all: readers differ on each.
  */
 
 /**
@@ -151,7 +153,7 @@ class Lexer {
   }
 }
 
-type Entry = { offset: number; generation: number } | { stream: number; index: number; generation: 0 };
+type Entry = { offset: number; generation: number } | { stream: number; index: number; generation: 0 } | { free: true; generation: number };
 
 /** Bytes of a binary string. */
 function bytesOf(binary: string): Uint8Array {
@@ -199,18 +201,18 @@ class PdfFile {
     const lexer = new Lexer(binary, at + 'startxref'.length);
     const offset = lexer.value();
     if (typeof offset !== 'number') throw new Unreadable();
-    const seen = new Set<number>();
     let next: number | undefined = offset;
-    while (next !== undefined) {
-      if (seen.has(next) || seen.size > 1_000) throw new Unreadable();
-      seen.add(next);
-      next = this.section(next);
-    }
+    while (next !== undefined) next = this.section(next);
     if (!this.trailer) throw new Unreadable();
   }
 
-  /** One cross-reference section: its entries (the newer ones already read win), and the offset of the one before. */
+  /** Sections read: each once (a loop of /Prev, or many tables naming one stream, is refused). */
+  private readonly sections = new Set<number>();
+
+  /** One cross-reference section: its entries (the newer ones already read win, free ones too), and the offset of the one before. */
   private section(offset: number): number | undefined {
+    if (this.sections.has(offset) || this.sections.size > 1_000) throw new Unreadable();
+    this.sections.add(offset);
     const lexer = new Lexer(this.binary, offset);
     const mark = lexer.at;
     let trailer: Dict;
@@ -228,7 +230,7 @@ class PdfFile {
           const generation = lexer.value();
           const kind = lexer.token();
           if (typeof position !== 'number' || typeof generation !== 'number' || (kind !== 'n' && kind !== 'f')) throw new Unreadable();
-          if (kind === 'n' && !this.entries.has(start + index)) this.entries.set(start + index, { offset: position, generation });
+          if (!this.entries.has(start + index)) this.entries.set(start + index, kind === 'n' ? { offset: position, generation } : { free: true, generation });
         }
       }
       const value = lexer.value();
@@ -274,9 +276,11 @@ class PdfFile {
         const type = typeWidth ? field(at, typeWidth) : 1;
         const second = field(at + typeWidth!, secondWidth!);
         const third = field(at + typeWidth! + secondWidth!, thirdWidth!);
+        if (type > 2) throw new Unreadable();
         if (this.entries.has(start + entry)) continue;
-        if (type === 1) this.entries.set(start + entry, { offset: second, generation: thirdWidth ? third : 0 });
-        else if (type === 2) this.entries.set(start + entry, { stream: second, index: third, generation: 0 });
+        if (type === 0) this.entries.set(start + entry, { free: true, generation: third });
+        else if (type === 1) this.entries.set(start + entry, { offset: second, generation: thirdWidth ? third : 0 });
+        else this.entries.set(start + entry, { stream: second, index: third, generation: 0 });
       }
     }
   }
@@ -286,7 +290,9 @@ class PdfFile {
     const lexer = new Lexer(this.binary, offset);
     const found = lexer.token();
     const foundGeneration = lexer.token();
-    if (lexer.token() !== 'obj' || (number !== undefined && Number(found) !== number) || (generation !== undefined && Number(foundGeneration) !== generation)) throw new Unreadable();
+    // Whole digits only: readers take "0x2" or "2." for no object number, and look for the object elsewhere.
+    if (!/^\d+$/.test(found) || !/^\d+$/.test(foundGeneration) || lexer.token() !== 'obj') throw new Unreadable();
+    if ((number !== undefined && Number(found) !== number) || (generation !== undefined && Number(foundGeneration) !== generation)) throw new Unreadable();
     return { value: lexer.value(), lexer };
   }
 
@@ -294,9 +300,9 @@ class PdfFile {
   private streamAt(offset: number, number?: number): { dict: Dict; data: Uint8Array } {
     const { value, lexer } = this.objectAt(offset, number);
     if (!isDict(value) || lexer.token() !== 'stream') throw new Unreadable();
-    let start = lexer.at;
-    if (this.binary[start] === '\r') start += 1;
-    if (this.binary[start] === '\n') start += 1;
+    // The data starts after the keyword's line end; readers skip spaces before it too, so anything else is refused.
+    const start = this.binary.startsWith('\r\n', lexer.at) ? lexer.at + 2 : this.binary[lexer.at] === '\n' ? lexer.at + 1 : -1;
+    if (start < 0) throw new Unreadable();
     const length = this.resolve(value.get('Length'));
     if (typeof length !== 'number' || length < 0 || start + length > this.binary.length) throw new Unreadable();
     const raw = bytesOf(this.binary.slice(start, start + length));
@@ -338,11 +344,12 @@ class PdfFile {
   private read(value: Ref): Value | undefined {
     const entry = this.entries.get(value.ref);
     if (!entry) return null;
+    if ('free' in entry) throw new Unreadable();
     if ('offset' in entry) return this.objectAt(entry.offset, value.ref, value.generation).value;
     let stream = this.objectStreams.get(entry.stream);
     if (!stream) {
       const location = this.entries.get(entry.stream);
-      if (!location || !('offset' in location)) throw new Unreadable();
+      if (!location || !('offset' in location) || location.generation !== 0) throw new Unreadable();
       const { dict, data } = this.streamAt(location.offset, entry.stream);
       let text = '';
       for (let index = 0; index < data.length; index += 8192) text += String.fromCharCode(...data.subarray(index, index + 8192));
@@ -361,8 +368,13 @@ class PdfFile {
         objects.push({ number, at: first + at, end: text.length });
       }
       // Each object ends where the next begins: read past it, "7" then "0 R" would be a reference.
-      const starts = objects.map((object) => object.at).sort((a, b) => a - b);
-      for (const object of objects) object.end = starts.find((start) => start > object.at) ?? text.length;
+      const sorted = [...objects].sort((a, b) => a.at - b.at);
+      let nextStart = text.length;
+      for (let index = sorted.length - 1; index >= 0; ) {
+        const at = sorted[index]!.at;
+        for (; index >= 0 && sorted[index]!.at === at; index -= 1) sorted[index]!.end = nextStart;
+        nextStart = at;
+      }
       stream = { text, objects };
       this.objectStreams.set(entry.stream, stream);
     }
@@ -371,6 +383,13 @@ class PdfFile {
     if (!object || object.number !== value.ref) throw new Unreadable();
     return new Lexer(stream.text.slice(0, object.end), object.at).value();
   }
+}
+
+/** A page count given as a number, whole; one past any real file's is refused. */
+function countOf(value: Value | undefined): number {
+  if (typeof value !== 'number') return 0;
+  if (!Number.isFinite(value) || value > 1e9) throw new Unreadable();
+  return Math.max(0, Math.ceil(value));
 }
 
 /**
@@ -393,7 +412,7 @@ export function pdfPageBound(binary: string, enough = Infinity): number | null {
       try {
         const lexer = new Lexer(binary, Math.max(header, 0) + first.index + first[0].length);
         const linearization = lexer.value();
-        if (isDict(linearization) && linearization.has('Linearized') && typeof linearization.get('N') === 'number') counted = linearization.get('N') as number;
+        if (isDict(linearization) && linearization.has('Linearized')) counted = countOf(linearization.get('N'));
       } catch (error) {
         if (!(error instanceof Unreadable)) throw error;
       }
@@ -417,7 +436,7 @@ export function pdfPageBound(binary: string, enough = Infinity): number | null {
       }
       if (!Array.isArray(kids)) throw new Unreadable();
       const count = file.resolve(node.get('Count'));
-      if (typeof count === 'number') counted = Math.max(counted, count);
+      counted = Math.max(counted, countOf(count));
       if (number !== undefined) path.add(number);
       for (const kid of kids) walk(kid);
       if (number !== undefined) path.delete(number);

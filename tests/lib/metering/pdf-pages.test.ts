@@ -63,6 +63,9 @@ describe('pdfPageBound', () => {
     expect(pdfPageBound(withTable(shared.join('\n'), [1, 2, 5, ...Array.from({ length: 10 }, (_, index) => 10 + index)]))).toBe(20);
     // Some readers (pdfinfo, pdftoppm) report and render as many pages as the root's /Count or a linearized file's /N says.
     expect(pdfPageBound(withTable(tree(1).join('\n').replace('/Count 1', '/Count 50'), numbers(1)))).toBe(50);
+    // A count is a whole number of pages, and one past any real file's is refused.
+    expect(pdfPageBound(withTable(tree(1).join('\n').replace('/Count 1', '/Count 20.5'), numbers(1)))).toBe(21);
+    expect(pdfPageBound(withTable(tree(1).join('\n').replace('/Count 1', `/Count 1${'0'.repeat(400)}`), numbers(1)))).toBeNull();
     expect(pdfPageBound(withTable(`9 0 obj << /Linearized 1 /L 900 /N 500 /T 800 >> endobj\n${tree(1).join('\n')}`, [...numbers(1), 9]))).toBe(500);
   });
 
