@@ -21,8 +21,9 @@ import { inflate, InflateError } from './inflate.ts';
  * the table's or to a free entry, an object number listed twice in an object
  * stream, a number written otherwise than in whole digits, a key given twice, a page
  * with kids, stream data not on the line after its keyword, a filter other than
- * Flate (with a PNG predictor at most), an unknown kind of cross-reference row, a
- * loop in the tree, more than `nodeLimit` nodes, more than `inflatedByteLimit`
+ * Flate (with a PNG predictor at most), an unknown kind of cross-reference row, an
+ * object defined again later in the file than the table says (readers that rebuild
+ * the table take the last), startxref outside the last kilobyte, a loop in the tree, more than `nodeLimit` nodes, more than `inflatedByteLimit`
  * inflated bytes, or no page at all: readers differ on each.
  */
 
@@ -196,14 +197,32 @@ class PdfFile {
   trailer: Dict | undefined;
 
   constructor(private readonly binary: string, private budget: number) {
+    // Readers look for startxref in the file's last kilobyte; past it, they rebuild the table.
     const at = binary.lastIndexOf('startxref');
-    if (at < 0) throw new Unreadable();
+    if (at < 0 || binary.length - at > 1024) throw new Unreadable();
     const lexer = new Lexer(binary, at + 'startxref'.length);
     const offset = lexer.value();
     if (typeof offset !== 'number') throw new Unreadable();
     let next: number | undefined = offset;
     while (next !== undefined) next = this.section(next);
     if (!this.trailer) throw new Unreadable();
+    this.refuseLaterDefinitions();
+  }
+
+  /**
+   * A reader that finds the table broken (and readers differ on what is broken: a
+   * comment in it, rows not padded, junk after the end) rebuilds it by scanning the
+   * file, and takes each object's last definition. A definition later in the file
+   * than the one the table gives (or than the object stream holding it) is refused:
+   * readers differ on which is the object.
+   */
+  private refuseLaterDefinitions(): void {
+    for (const match of this.binary.matchAll(/(?<![0-9])(\d+)[\0\t\n\f\r ]+\d+[\0\t\n\f\r ]+obj(?![^\0\t\n\f\r ()<>[\]{}/%])/g)) {
+      const entry = this.entries.get(Number(match[1]));
+      if (!entry || 'free' in entry) continue;
+      const location = 'offset' in entry ? entry : this.entries.get(entry.stream);
+      if (location && 'offset' in location && match.index > location.offset) throw new Unreadable();
+    }
   }
 
   /** Sections read: each once (a loop of /Prev, or many tables naming one stream, is refused). */
@@ -225,6 +244,8 @@ class PdfFile {
         const start = lexer.value();
         const count = lexer.value();
         if (typeof start !== 'number' || typeof count !== 'number' || count < 0 || count > 10_000_000) throw new Unreadable();
+        // A table numbered from 1 that starts with the head of the free list (65535): some readers number it from 0.
+        if (start === 1 && /^[\0\t\n\f\r ]*\d{10} 65535 f/.test(this.binary.slice(lexer.at, lexer.at + 64))) throw new Unreadable();
         for (let index = 0; index < count; index += 1) {
           const position = lexer.value();
           const generation = lexer.value();

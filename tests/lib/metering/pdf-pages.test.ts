@@ -82,6 +82,11 @@ describe('pdfPageBound', () => {
     // No cross-reference table, or one that points elsewhere than at the objects.
     expect(pdfPageBound(`%PDF-1.7\n${tree(3).join('\n')}\n%%EOF`)).toBeNull();
     expect(pdfPageBound(buildPdf({ pages: 3 }).toString('latin1').replace(/startxref\n(\d+)/, (_, at: string) => `startxref\n${Number(at) + 7}`))).toBeNull();
+    // An object defined again later than the table says: readers that rebuild a table they find broken take the last.
+    const later = `${tree(1).join('\n')}\n2 0 obj << /Type /Pages /Kids [${Array.from({ length: 20 }, (_, index) => `${30 + index} 0 R`).join(' ')}] /Count 20 >> endobj`;
+    expect(pdfPageBound(withTable(later, numbers(1)))).toBeNull();
+    // startxref outside the last kilobyte, where some readers do not look for it.
+    expect(pdfPageBound(`${withTable(tree(1).join('\n'), numbers(1))}${' '.repeat(2048)}`)).toBeNull();
     // A key given twice: readers differ on which counts.
     expect(pdfPageBound(withTable(tree(2).join('\n').replace('/Count 2', '/Count 2 /Kids [3 0 R]'), numbers(2)))).toBeNull();
     // A reference to another generation than the table's (readers that key objects by both find an older object).
