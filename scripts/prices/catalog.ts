@@ -28,7 +28,8 @@ export const catalog: CatalogEntry[] = [
   { id: 'o4-mini', provider: 'openai', displayName: 'o4-mini', maxOutputTokens: 100_000 },
   { id: 'text-embedding-3-small', provider: 'openai', displayName: 'text-embedding-3-small', maxOutputTokens: 1, outputless: true },
   { id: 'text-embedding-3-large', provider: 'openai', displayName: 'text-embedding-3-large', maxOutputTokens: 1, outputless: true },
-  // Anthropic: Claude Code's default is claude-opus-4-8.
+  // Anthropic: Claude Code's default is claude-opus-5-5 (before 2.1.332 or so, claude-opus-4-8).
+  { id: 'claude-opus-5-5', provider: 'anthropic', displayName: 'Claude Opus 5.5', maxOutputTokens: 128_000 },
   { id: 'claude-opus-4-8', provider: 'anthropic', displayName: 'Claude Opus 4.8', maxOutputTokens: 64_000 },
   { id: 'claude-sonnet-4-6', provider: 'anthropic', displayName: 'Claude Sonnet 4.6', maxOutputTokens: 64_000 },
   { id: 'claude-haiku-4-5', provider: 'anthropic', displayName: 'Claude Haiku 4.5', maxOutputTokens: 64_000 },

@@ -26,7 +26,12 @@ let gateway: Gateway;
 interface Price { input: number; cached_input?: number; cache_write?: number; cache_write_1h?: number; output: number; web_search?: number }
 
 /** The agents' default models today, priced for the test; each answered by a fixture. */
-const models: Array<{ id: string; provider: string; fixture: string; price: Price; longContext?: Price }> = [
+const models: Array<{ id: string; provider: string; fixture: string; price: Price; longContext?: Price; maxOutput?: number }> = [
+  {
+    // Claude Code asks for the model's whole output limit (128,000) as max_tokens.
+    id: 'claude-opus-5-5', provider: 'anthropic', fixture: 'messages-cache', maxOutput: 128_000,
+    price: { input: 4_000_000, cached_input: 200_000, cache_write: 5_000_000, cache_write_1h: 8_000_000, output: 20_000_000, web_search: 10_000 },
+  },
   {
     id: 'claude-opus-4-8', provider: 'anthropic', fixture: 'messages-cache',
     price: { input: 5_000_000, cached_input: 500_000, cache_write: 6_250_000, cache_write_1h: 10_000_000, output: 25_000_000, web_search: 10_000 },
@@ -46,7 +51,7 @@ beforeAll(async () => {
     await admin().query(
       `insert into public.models (id, provider, upstream_model, max_output_tokens, price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output,
                                   long_context_threshold, long_context_price, price_web_search)
-       values ($1, $2, $1, 64000, $3, $4, $5, $6, $7, $8, $9, $10)
+       values ($1, $2, $1, $11, $3, $4, $5, $6, $7, $8, $9, $10)
        on conflict (id) do update set provider = excluded.provider, upstream_model = excluded.upstream_model, enabled = true,
          max_output_tokens = excluded.max_output_tokens, price_input = excluded.price_input, price_cached_input = excluded.price_cached_input,
          price_cache_write = excluded.price_cache_write, price_cache_write_1h = excluded.price_cache_write_1h, price_output = excluded.price_output,
@@ -55,7 +60,7 @@ beforeAll(async () => {
       [
         model.id, model.provider, model.price.input, model.price.cached_input ?? null, model.price.cache_write ?? null,
         model.price.cache_write_1h ?? null, model.price.output, model.longContext ? 200_000 : null, model.longContext ?? null,
-        model.price.web_search ?? null,
+        model.price.web_search ?? null, model.maxOutput ?? 64_000,
       ],
     );
   }
@@ -127,7 +132,7 @@ function codexConfig(): string {
 }
 
 describe.skipIf(!available)('the coding agents, headless, in their default configuration', () => {
-  it('Claude Code: claude-opus-4-8 with its default betas (the 1M context among them), billed from the stream\'s usage', async () => {
+  it('Claude Code: claude-opus-5-5 with its default betas, billed from the stream\'s usage', async () => {
     const customer = await createCustomer({ balance: 100_000_000 });
     const result = await runAgent('claude', ['-p', 'Say hello'], {
       ANTHROPIC_BASE_URL: gateway.url,
@@ -138,12 +143,13 @@ describe.skipIf(!available)('the coding agents, headless, in their default confi
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
     });
     expect(result.stdout, result.stderr).toContain('Hello! The cached context says hi.');
-    const request = fake.requestsFor('claude-opus-4-8').at(-1)!;
-    expect(String(request.headers['anthropic-beta'])).toMatch(/context-1m-.*mid-conversation-system-/);
+    const request = fake.requestsFor('claude-opus-5-5').at(-1)!;
+    // Its betas go through as sent (the 1M context is this model's own, with no beta).
+    expect(String(request.headers['anthropic-beta'])).toMatch(/^claude-code-\d+,.*mid-conversation-tool-changes-.*thinking-token-count-/);
     const [row, ...rest] = await billed(customer.accountId);
     expect(rest).toEqual([]);
     // messages-cache: 25 input, 3000 cache reads, 1000 5-minute and 200 1-hour cache writes, 14 output.
-    expectBill(row!, 'claude-opus-4-8', { input: 25, cached_input: 3000, cache_write: 1000, cache_write_1h: 200, output: 14 });
+    expectBill(row!, 'claude-opus-5-5', { input: 25, cached_input: 3000, cache_write: 1000, cache_write_1h: 200, output: 14 });
   });
 
   it('Codex CLI: gpt-6.2-sol over the Responses API, billed from response.completed', async () => {

@@ -63,9 +63,9 @@ describe('the seed', () => {
     const { rows } = await admin().query(
       `select id, price_source, price_input::int, price_output::int, cost_input::int, price_version_id is not null as versioned
          from public.models where id = any ($1) order by id`,
-      [['claude-opus-4-8', 'gemini-3.1-pro-preview', 'gemini-3.5-flash-lite', 'gemini-3.8-flash', 'gpt-6-sol']],
+      [['claude-opus-4-8', 'claude-opus-5-5', 'gemini-3.1-pro-preview', 'gemini-3.5-flash-lite', 'gemini-3.8-flash', 'gpt-6-sol']],
     );
-    expect(rows.map((row) => row.id)).toEqual(['claude-opus-4-8', 'gemini-3.1-pro-preview', 'gemini-3.5-flash-lite', 'gemini-3.8-flash', 'gpt-6-sol']);
+    expect(rows.map((row) => row.id)).toEqual(['claude-opus-4-8', 'claude-opus-5-5', 'gemini-3.1-pro-preview', 'gemini-3.5-flash-lite', 'gemini-3.8-flash', 'gpt-6-sol']);
     for (const row of rows) {
       expect(row).toMatchObject({ price_source: 'dataset', versioned: true });
       // cost + 20%, rounded up.
