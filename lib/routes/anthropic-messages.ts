@@ -26,9 +26,20 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   const uses = (tool: { max_uses?: unknown } | null | undefined) => toolCallBound(tool?.max_uses);
   const feeTool = ofType(/^code_execution_/);
   const fetchTool = ofType(/^web_fetch_/);
+  const advisor = ofType(/^advisor_/);
   const raw = request as Record<string, unknown>;
   const mcp = (Array.isArray(raw.mcp_servers) && raw.mcp_servers.length > 0) || ofType(/^mcp_toolset$/) !== undefined;
+  // Options that make Anthropic bill other rates than the model's: fast mode (a multiple of
+  // them), inference kept in one geography (1.1× on Claude 4.6 and later), and other models
+  // answering for it (server-side fallbacks on a refusal, an advisor it consults), each
+  // billed at that model's prices. What is sent as the default passes.
+  const notDefault = (value: unknown, standard: string) => value !== undefined && value !== null && value !== standard;
+  const fallbacks = raw.fallbacks !== undefined && raw.fallbacks !== null && !(Array.isArray(raw.fallbacks) && raw.fallbacks.length === 0);
   refuseUnbilledOptions([
+    [notDefault(raw.speed, 'standard'), 'speed', `speed "${String(raw.speed)}" (fast mode)`, 'Anthropic bills it at a multiple of the model\'s token prices'],
+    [notDefault(raw.inference_geo, 'global'), 'inference_geo', `inference_geo "${String(raw.inference_geo)}"`, 'Anthropic bills inference kept in one geography above the model\'s token prices'],
+    [fallbacks, 'fallbacks', 'Server-side fallback to other models', 'another model would answer, billed at its own prices, not at those of the model authorized'],
+    [advisor !== undefined, 'tools', `The server tool "${String(advisor?.type)}"`, 'the advisor is another model, billed at its own prices, not at those of the model authorized'],
     [feeTool !== undefined, 'tools', `The server tool "${String(feeTool?.type)}"`],
     [fetchTool !== undefined && uses(fetchTool) === undefined, 'tools', `The server tool "${String(fetchTool?.type)}" without max_uses`, 'each fetch adds the fetched content to the input, and without max_uses there is no bound on how many'],
     [mcp, 'mcp_servers', 'The MCP connector', 'each tool call adds its result to the input, and neither their number nor their size has a bound'],

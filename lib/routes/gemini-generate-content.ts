@@ -41,7 +41,11 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   // Image and audio output are billed at their own rates, which the price sheet has no bucket for.
   const modalities = (request.generationConfig as { responseModalities?: unknown } | null | undefined)?.responseModalities;
   const unpricedOutput = Array.isArray(modalities) ? modalities.map((each) => String(each).toUpperCase()).find((each) => each === 'IMAGE' || each === 'AUDIO') : undefined;
+  // A service tier other than standard is billed at other rates (Priority above them, Flex below).
+  const tier = (request as { serviceTier?: unknown }).serviceTier;
+  const tierName = tier === undefined || tier === null ? 'standard' : String(tier).toLowerCase().replace(/^service_tier_/, '');
   refuseUnbilledOptions([
+    [tierName !== 'standard' && tierName !== 'unspecified', 'serviceTier', `serviceTier "${String(tier)}"`, 'Google bills it at other rates than the model\'s token prices'],
     [feeTool !== undefined, 'tools', `The ${feeTool} tool`],
     [unpricedOutput !== undefined, 'generationConfig.responseModalities', `${unpricedOutput === 'IMAGE' ? 'Image' : 'Audio'} output`],
   ]);

@@ -185,6 +185,38 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(rows[0].n).toBe(0);
   });
 
+  it('refuses options Anthropic bills at other rates than the model\'s (fast mode, one geography, other models answering), sent through the SDK; their defaults pass as sent', async () => {
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const model = await claude('messages-cache');
+    const client = anthropic(customer.apiKey);
+    const messages = [{ role: 'user' as const, content: 'Hi' }];
+    const sent = fake.requestsFor('messages-cache').length;
+    const refusals: Array<[string, () => Promise<unknown>, string]> = [
+      ['fast mode', () => client.messages.create({ model, max_tokens: 10, messages, speed: 'fast' }), 'speed'],
+      ['fast mode, on the beta route', () => client.beta.messages.create({ model, max_tokens: 10, messages, speed: 'fast', betas: ['fast-mode-2026-02-01'] }), 'speed'],
+      ['US-only inference', () => client.messages.create({ model, max_tokens: 10, messages, inference_geo: 'us' }), 'inference_geo'],
+      ['server-side fallback to a named model', () => client.beta.messages.create({ model, max_tokens: 10, messages, fallbacks: [{ model: 'claude-fable-5-1' }] }), 'fallback'],
+      ['server-side fallback to the default ones', () => client.beta.messages.create({ model, max_tokens: 10, messages, fallbacks: 'default' }), 'fallback'],
+      ['an advisor model', () => client.beta.messages.create({ model, max_tokens: 10, messages, tools: [{ type: 'advisor_20260301', name: 'advisor', model: 'claude-opus-5-5' }] }), 'advisor_20260301'],
+    ];
+    for (const [what, send, named] of refusals) {
+      const error = await send().then(() => null, (caught: unknown) => caught);
+      expect(error, what).toBeInstanceOf(Anthropic.BadRequestError);
+      const { error: body } = (error as InstanceType<typeof Anthropic.BadRequestError>).error as { error: { type: string; code: string; message: string } };
+      expect(body, what).toMatchObject({ type: 'invalid_request_error', code: 'unsupported_parameter', message: expect.stringMatching(new RegExp(`${named}.* is not available through this gateway`)) });
+    }
+    expect(fake.requestsFor('messages-cache').length).toBe(sent);
+    await gateway.settled();
+    const { rows } = await admin().query('select count(*)::int as n from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows[0].n).toBe(0);
+
+    // The defaults, said out loud, are what is billed: forwarded untouched.
+    await client.beta.messages.create({ model, max_tokens: 10, messages, speed: 'standard', inference_geo: 'global', fallbacks: [] });
+    expect(fake.requestsFor('messages-cache').at(-1)!.body).toMatchObject({ speed: 'standard', inference_geo: 'global', fallbacks: [] });
+    await client.messages.create({ model, max_tokens: 10, messages, speed: null, inference_geo: null });
+    expect(fake.requestsFor('messages-cache').at(-1)!.body).toMatchObject({ speed: null, inference_geo: null });
+  });
+
   it('server tools that add input are held for it: web fetch at max_uses × max_content_tokens, each search at 10,000 result tokens; an unbounded web fetch and the MCP connector are refused', async () => {
     const customer = await createCustomer({ balance: 100_000_000 });
     const model = await createModel({ ...price, web_search: 10_000 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });

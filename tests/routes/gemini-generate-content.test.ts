@@ -1,4 +1,4 @@
-import { GoogleGenAI } from '@google/genai';
+import { ApiError, GoogleGenAI, ServiceTier } from '@google/genai';
 import { getEncoding } from 'js-tiktoken';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
@@ -241,6 +241,40 @@ describe('Google Search grounding', () => {
   });
 });
 
+
+describe('service tiers', () => {
+  it('Priority and Flex, billed by Google at other rates than the model\'s, are refused from the SDK and in every spelling; the standard tier passes as sent', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const client = genai(customer.apiKey);
+    const sent = fake.requests.length;
+    for (const serviceTier of [ServiceTier.PRIORITY, ServiceTier.FLEX]) {
+      const error = await client.models.generateContent({ model, contents: 'What is the answer?', config: { serviceTier } }).then(() => null, (caught: unknown) => caught);
+      expect(error, serviceTier).toBeInstanceOf(ApiError);
+      expect((error as ApiError).status).toBe(400);
+      expect(JSON.parse((error as ApiError).message)).toMatchObject({
+        error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter', message: expect.stringContaining(`serviceTier "${serviceTier}" is not available`) },
+      });
+    }
+    for (const fields of [{ service_tier: 'SERVICE_TIER_PRIORITY' }, { serviceTier: 'Priority' }, { service_tier: 'flex' }, { serviceTier: 3 }]) {
+      const response = await fetch(`${gateway.url}/v1beta/models/${model}:generateContent`, {
+        method: 'POST',
+        headers: { 'x-goog-api-key': customer.apiKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ contents: [{ parts: [{ text: 'x' }] }], ...fields }),
+      });
+      expect(response.status, JSON.stringify(fields)).toBe(400);
+      expect(await response.json()).toMatchObject({ error: { status: 'INVALID_ARGUMENT', reason: 'unsupported_parameter' } });
+    }
+    expect(fake.requests.length).toBe(sent);
+    expect(await eventsOf(customer.accountId)).toEqual([]);
+
+    for (const serviceTier of [ServiceTier.STANDARD, ServiceTier.UNSPECIFIED]) {
+      const response = await client.models.generateContent({ model, contents: 'What is the answer?', config: { serviceTier } });
+      expect(response.text).toBeTruthy();
+      expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ serviceTier });
+    }
+  });
+});
 
 describe('field names in snake_case, which Google takes as well as camelCase', () => {
   const post = (model: string, apiKey: string, body: unknown) =>
