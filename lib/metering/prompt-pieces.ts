@@ -53,6 +53,56 @@ export function inlineFileOf(value: string): InlineFile {
   return dataUrl ? { data: value.slice(dataUrl[0].length), mediaType: dataUrl[1]!.toLowerCase() } : { data: value };
 }
 
+/** What a file's data tells, once decoded and read: whether it is a PDF by its header, and its pages bound (null: not counted). */
+interface FileReading {
+  header: boolean;
+  pages: number | null;
+}
+
+/**
+ * Readings of files seen before, by their base64 data itself (an exact key: a
+ * digest would need an asynchronous call, and a weaker hash could be matched by a
+ * crafted file). An agent sends its PDFs again with every turn, and reading one
+ * takes milliseconds (4 to 18 for a 263 KB manual); a lookup, a comparison of the
+ * data. Least recently used first out, within a bound on the data kept.
+ */
+const readings = new Map<string, FileReading>();
+let readingsChars = 0;
+/** The data kept for the readings, at most (characters of base64, a byte each). */
+export const pdfReadingsCacheChars = 8 * 1024 * 1024;
+/** Files smaller than this are read again each time: as quick as a lookup, and not worth the room. */
+const smallestCached = 16 * 1024;
+
+/** How many readings are kept, and the characters of data they keep. */
+export function pdfReadingsKept(): { files: number; chars: number } {
+  return { files: readings.size, chars: readingsChars };
+}
+
+function readFile(file: InlineFile, declared: boolean): FileReading | null {
+  const cached = readings.get(file.data);
+  if (cached) {
+    readings.delete(file.data);
+    readings.set(file.data, cached);
+    return cached;
+  }
+  const binary = decodeBase64(file.data);
+  if (binary === null) return null;
+  const header = binary.slice(0, 1024).includes('%PDF-');
+  // Only a file read as a PDF is read through (and worth keeping).
+  if (!declared && !header) return { header, pages: null };
+  const reading = { header, pages: pdfPageBound(binary, Math.ceil(remoteContentTokenBound / pdfPageTokenBound)) };
+  if (file.data.length >= smallestCached && file.data.length <= pdfReadingsCacheChars) {
+    readings.set(file.data, reading);
+    readingsChars += file.data.length;
+    for (const [data] of readings) {
+      if (readingsChars <= pdfReadingsCacheChars) break;
+      readings.delete(data);
+      readingsChars -= data.length;
+    }
+  }
+  return reading;
+}
+
 /**
  * What the inline PDFs add beyond their bytes: their pages at the page bound, and
  * whether any could not be counted (content of unknown size). A file that is not a
@@ -63,15 +113,14 @@ function pdfPages(files: InlineFile[]): { pages: number; uncounted: boolean } {
   let pages = 0;
   let uncounted = false;
   for (const file of files) {
-    const binary = decodeBase64(file.data);
     const declared = file.mediaType === 'application/pdf';
-    if (binary === null || !(declared || binary.slice(0, 1024).includes('%PDF-'))) {
+    const reading = readFile(file, declared);
+    if (reading === null || !(declared || reading.header)) {
       uncounted ||= declared;
       continue;
     }
-    const counted = pdfPageBound(binary, Math.ceil(remoteContentTokenBound / pdfPageTokenBound));
-    if (counted === null) uncounted = true;
-    else pages += counted;
+    if (reading.pages === null) uncounted = true;
+    else pages += reading.pages;
   }
   return { pages, uncounted };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pdfPageTokenBound, remoteContentTokenBound } from '../../../lib/metering/prompt-pieces.ts';
+import { pdfPageTokenBound, pdfReadingsCacheChars, pdfReadingsKept, remoteContentTokenBound } from '../../../lib/metering/prompt-pieces.ts';
 import { boundMessagesInputTokens } from '../../../lib/providers/anthropic/anthropic-input.ts';
 import { boundGeminiInputTokens } from '../../../lib/providers/google/gemini-input.ts';
 import { generateContentRequestSchema } from '../../../lib/providers/google/gemini-wire.ts';
@@ -53,5 +53,42 @@ describe('inline PDFs and content stored upstream', () => {
     const plain = request([{ ...file, file_data: `data:${notPdf('application/pdf')};base64,${filler(five)}` }, { ...file, file_data: `data:${notPdf('application/pdf')};base64,${filler(five)}` }]);
     expect((request([file, file])) - plain).toBe(10 * pdfPageTokenBound);
     expect((request([file, file], { previous_response_id: 'resp_1' })) - plain).toBe(remoteContentTokenBound);
+  });
+});
+
+describe('readings of PDFs kept between requests', () => {
+  const bound = formats['Messages (a base64 document)'];
+
+  it('a PDF sent again is held as when it was first read, whether declared or known by its header; other data the same way', () => {
+    const pdf = base64(buildPdf({ pages: 300 }));
+    expect(pdf.length).toBeGreaterThan(16 * 1024);
+    const before = pdfReadingsKept().files;
+    const first = bound(pdf, 'application/pdf');
+    expect(pdfReadingsKept().files).toBe(before + 1);
+    expect(bound(pdf, 'application/pdf')).toBe(first);
+    expect(pdfReadingsKept().files).toBe(before + 1);
+    expect(first - bound(filler(pdf), notPdf('application/pdf'))).toBe(remoteContentTokenBound);
+    expect(bound(pdf, 'application/octet-stream') - bound(filler(pdf), notPdf('application/octet-stream'))).toBe(remoteContentTokenBound);
+    // Data that is no PDF: content of unknown size when declared one, its bytes alone when not, read first either way.
+    const other = base64(Buffer.alloc(20_000, 'not a pdf '));
+    const asPdf = bound(other, 'application/pdf') - bound(filler(other), notPdf('application/pdf'));
+    const asText = bound(other, 'text/plain') - bound(filler(other), notPdf('text/plain'));
+    expect([asPdf, asText]).toEqual([remoteContentTokenBound, 0]);
+    const otherAgain = base64(Buffer.alloc(20_000, 'still none '));
+    expect(bound(otherAgain, 'text/plain') - bound(filler(otherAgain), notPdf('text/plain'))).toBe(0);
+    expect(bound(otherAgain, 'application/pdf') - bound(filler(otherAgain), notPdf('application/pdf'))).toBe(remoteContentTokenBound);
+  });
+
+  it('keeps at most its bound of data, the least recently used given up first', () => {
+    const padded = (index: number) => base64(buildPdf({ pages: 2 + (index % 3), extra: [`(${String(index).padStart(6, '0')}${'x'.repeat(400_000)})`] }));
+    const files = Array.from({ length: 24 }, (_, index) => padded(index));
+    expect(files.reduce((sum, data) => sum + data.length, 0)).toBeGreaterThan(pdfReadingsCacheChars);
+    const pages = files.map((data) => bound(data, 'application/pdf') - bound(filler(data), notPdf('application/pdf')));
+    expect(pages).toEqual(files.map((_, index) => (2 + (index % 3)) * pdfPageTokenBound));
+    const kept = pdfReadingsKept();
+    expect(kept.chars).toBeLessThanOrEqual(pdfReadingsCacheChars);
+    expect(kept.chars).toBeGreaterThan(pdfReadingsCacheChars - files[0]!.length);
+    // The first ones were given up, and are read again, to the same bound.
+    expect(bound(files[0]!, 'application/pdf') - bound(filler(files[0]!), notPdf('application/pdf'))).toBe(2 * pdfPageTokenBound);
   });
 });
