@@ -194,6 +194,13 @@ export interface AuthorizeRequestInput {
   providers?: string[] | undefined;
   /** Priced calls the request may make at most (`{web_search: 10}`): held per call, refused (`tool_not_priced`) where unpriced. */
   calls?: Partial<Record<'web_search', number>> | undefined;
+  /**
+   * Stored content the request refers to (a response it continues, stored items sent back
+   * by id), which `maxInputTokens` holds as content of unknown size, and the bound of the
+   * request without it: the database holds the request at that bound plus what the
+   * responses it refers to read and wrote, when it knows them all.
+   */
+  referenced?: ReferencedInput | undefined;
 }
 
 export type RequestOutcome = 'completed' | 'aborted' | 'failed';
@@ -245,6 +252,13 @@ async function callFunction<T>(
   return parsed.data;
 }
 
+/** Stored content a request refers to, and its input bound besides. */
+export interface ReferencedInput {
+  previousResponseId: string | null;
+  itemIds: string[];
+  besides: number;
+}
+
 /** An authorization as authorize_requests takes it; authorize_request takes the same with `p_` before each name. */
 function authorizationItem(input: AuthorizeRequestInput) {
   return {
@@ -258,6 +272,9 @@ function authorizationItem(input: AuthorizeRequestInput) {
     cap_output: input.capOutput ?? false,
     providers: input.providers ?? null,
     calls: input.calls ?? {},
+    referenced: input.referenced
+      ? { previous_response_id: input.referenced.previousResponseId, item_ids: input.referenced.itemIds, besides: input.referenced.besides }
+      : null,
   };
 }
 

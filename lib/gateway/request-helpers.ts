@@ -268,13 +268,16 @@ function readied(
     // next. Taken once this request's answer is complete, so it never competes with it;
     // and not while the instance is busy (authorizations go together then, and holds
     // taken ahead would only add to what the database does).
-    const worthOne = ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2;
+    // Nor for a request held below its own bound (stored content it refers to, held at what it
+    // is): a hold taken ahead is adopted by a request it holds enough for by that bound alone.
+    const worthOne = ampleRateLimit && result.key.max_concurrent === null && result.available >= result.hold * speculationHeadroom * 2
+      && result.max_input_tokens >= input.maxInputTokens;
     c.var.hold!.whenClosed(() =>
       setTimeout(() => {
         // Not if the key was refused while this request ran: `again` was said before that.
         const stillNoted = services.readyHolds.finished(keyHash, requestShape);
         if (!worthOne || services.authorizations.busy || services.activity.requests > readyHoldsUpToRequests) return;
-        services.readyHolds.refill({ ...input, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, stillNoted && (options.again ?? false));
+        services.readyHolds.refill({ ...input, referenced: undefined, maxInputTokens: input.maxInputTokens * 2, clientIp: ip }, stillNoted && (options.again ?? false));
       }, 0),
     );
   }

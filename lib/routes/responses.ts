@@ -10,7 +10,7 @@ import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gatew
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest, withStandardTier } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
-import { boundResponsesInputTokens, countResponsesInputTokens } from '../providers/openai/responses-input.ts';
+import { boundResponsesInputTokens, countResponsesInputTokens, responsesReferences } from '../providers/openai/responses-input.ts';
 import { createResponsesStreamReader, recordableItemId, responseDelivered, responseItemIds, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
 import { channelsFor, channelsOf, providerFormat } from '../providers/registry.ts';
@@ -178,6 +178,9 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       countPrompt: () => countResponsesInputTokens(request),
     };  };
 
+  // Stored content it refers to is held at what the database knows of it, when the model
+  // runs once over the context: a hosted tool (a search) runs it again over all of it.
+  const references = tools.every((type) => type === 'function' || type === 'custom') ? responsesReferences(request) : null;
   return authorizeAndProxy(
     c,
     {
@@ -185,6 +188,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       model: request.model,
       // Each hosted search adds its results to the input.
       maxInputTokens: boundResponsesInputTokens(request) + toolPrompt + searches * searchResultTokens,
+      ...(references ? { referenced: { previousResponseId: references.previousResponseId, itemIds: references.itemIds, besides: references.besides + toolPrompt } } : {}),
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
       providers: [...config.channels.keys()].filter((provider) => {

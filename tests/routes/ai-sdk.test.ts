@@ -66,6 +66,12 @@ describe('the AI SDK\'s default providers', () => {
     const referenced = sent.filter((item) => item.type === 'item_reference').map((item) => item.id);
     expect(referenced.length).toBeGreaterThan(0);
     expect((first.response.body as { output: Array<{ id: string }> }).output.map((item) => item.id)).toEqual(expect.arrayContaining(referenced));
+    // Held at what the first answer read and wrote (20 and 74 tokens), not at a context
+    // window: the second turn carries under a hundred tokens of its own.
+    await gateway.settled();
+    const { rows: held } = await admin().query('select max_input_tokens::int from public.usage_events where account_id = $1 order by created_at', [owner.accountId]);
+    expect(held).toHaveLength(2);
+    expect(held[1].max_input_tokens).toBeLessThan(1_000);
     // The same messages from another account's key: refused before the upstream is asked.
     const upstreamBefore = fake.requests.length;
     const refused = generateText({ model: createOpenAI({ apiKey: stranger.apiKey, baseURL: `${gateway.url}/v1` })(model), messages: conversation, maxRetries: 0 });

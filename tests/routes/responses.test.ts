@@ -5,6 +5,9 @@ import type { AddressInfo } from 'node:net';
 import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
+import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
+import { responsesReferences } from '../../lib/providers/openai/responses-input.ts';
+import { responsesRequestSchema } from '../../lib/providers/openai/responses-wire.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
 import { admin, createCustomer, createModel } from '../support/supabase.ts';
@@ -311,6 +314,72 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     }
   });
 
+  it('stored content of its own account is held at what the responses it comes from read and wrote, once they are recorded and settled; anything else as content of unknown size', async () => {
+    const model = await createModel({ ...price, web_search: 10_000 }, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const created = (await (await post(customer.apiKey, { model, input: 'Remember: the code is 4711' })).json()) as { id: string; output: Array<{ id: string }> };
+    await gateway.settled();
+    const [reasoning, message] = created.output.map((item) => item.id);
+    const heldFor = async (body: Record<string, unknown>) => {
+      const response = await post(customer.apiKey, { model, max_output_tokens: 20, ...body });
+      expect(response.status, JSON.stringify(body)).toBe(200);
+      await response.text();
+      await gateway.settled();
+      const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
+      return event.max_input_tokens as number;
+    };
+    const besides = (body: Record<string, unknown>) => responsesReferences(responsesRequestSchema.parse({ model, ...body }))!.besides;
+    // responses-basic read 20 tokens and wrote 74 (64 of them reasoning); its two output items
+    // are recorded with it. Framing: 64 a response, 8 an item of it.
+    const ofCreated = 20 + 74 + 64 + 2 * 8;
+    const continued = { input: 'What was the code?', previous_response_id: created.id };
+    expect(await heldFor(continued)).toBe(besides(continued) + ofCreated);
+    const sentBack = { input: [{ type: 'item_reference', id: message }, { type: 'reasoning', id: reasoning, summary: [] }, { role: 'user', content: 'What was the code?' }] };
+    expect(await heldFor(sentBack)).toBe(besides(sentBack) + ofCreated);
+    // Both at once: the one response they come from is counted once.
+    expect(await heldFor({ ...sentBack, previous_response_id: created.id })).toBe(besides({ ...sentBack, previous_response_id: created.id }) + ofCreated);
+    expect(besides(continued)).toBeLessThan(100);
+
+    // Held as before (content of unknown size): an id recorded for no account; the same
+    // with a hosted search, which runs the model over the whole context again; a response
+    // billed by an estimate or not completed.
+    const unknown = [
+      { input: [{ type: 'item_reference', id: message }, { type: 'item_reference', id: 'msg_never_recorded' }] },
+      { ...continued, tools: [{ type: 'web_search' }], max_tool_calls: 1 },
+    ];
+    for (const body of unknown) expect(await heldFor(body)).toBeGreaterThanOrEqual(remoteContentTokenBound);
+    const { rows: [{ request_id: createdRequest }] } = await admin().query('select request_id from public.stored_responses where response_id = $1', [created.id]);
+    for (const change of [`usage_source = 'estimate'`, `status = 'aborted'`]) {
+      await admin().query(`update public.usage_events set ${change} where request_id = $1`, [createdRequest]);
+      expect(await heldFor(continued)).toBeGreaterThanOrEqual(remoteContentTokenBound);
+      await admin().query(`update public.usage_events set usage_source = 'provider', status = 'completed' where request_id = $1`, [createdRequest]);
+    }
+    expect(await heldFor(continued)).toBe(besides(continued) + ofCreated);
+  });
+
+  it('a request held at the stored content it refers to takes no hold ahead, which would be held as content of unknown size', async () => {
+    const ahead = await startGateway({ OPENAI_BASE_URL: `${fake.url}/v1`, OPENAI_API_KEY: 'sk-upstream', READY_HOLDS: 'on', READY_HOLD_SECONDS: '5' });
+    try {
+      const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
+      const customer = await createCustomer({ balance: 100_000_000 });
+      const send = async (body: Record<string, unknown>) => {
+        const response = await ahead.openai(customer.apiKey).responses.create({ model, max_output_tokens: 50, ...body } as never);
+        await ahead.settled();
+        return response as unknown as { id: string };
+      };
+      const first = await send({ input: 'Remember: the code is 4711' });
+      for (let index = 0; index < 4; index++) await send({ input: 'And then?', previous_response_id: first.id });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await ahead.settled();
+      const { rows } = await admin().query(
+        'select max_input_tokens::int, ready_until is not null as ahead from public.usage_events where account_id = $1 order by created_at', [customer.accountId]);
+      expect(rows.map((row) => row.ahead)).toEqual([false, false, false, false, false]);
+      expect(rows.slice(1).every((row) => row.max_input_tokens < 1_000)).toBe(true);
+    } finally {
+      await ahead.close();
+    }
+  });
+
   it('a response is continued only by the account that created it; one recorded for no account yet passes', async () => {
     const model = await createModel(price, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
     const [owner, stranger] = [await createCustomer({ balance: 10_000_000 }), await createCustomer({ balance: 10_000_000 })];
@@ -474,6 +543,12 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       // Two continuations make a key warm for continuations: the third adopts a hold taken ahead.
       const first = await send(owner.apiKey);
       const own = await send(stranger.apiKey);
+      // Continuing a response billed by an estimate is held as content of unknown size (one
+      // billed from the provider's usage is held at that usage, and takes no hold ahead).
+      await admin().query(
+        `update public.usage_events set usage_source = 'estimate' where request_id in (select request_id from public.stored_responses where response_id = any ($1))`,
+        [[first.body.id, own.body.id]],
+      );
       for (let index = 0; index < 2; index++) {
         expect((await send(owner.apiKey, first.body.id)).status).toBe(200);
         expect((await send(stranger.apiKey, own.body.id)).status).toBe(200);

@@ -44,8 +44,14 @@ function contentPieces(content: unknown, pieces: PromptPieces): void {
  */
 const toolOutputs = new Set<unknown>(['function_call_output', 'custom_tool_call_output', 'computer_call_output']);
 
+/** Stored content the input refers to, fetched upstream: the response it continues, items sent back by id. */
+interface StoredReferences {
+  previousResponseId: string | null;
+  itemIds: string[];
+}
+
 /** The input's pieces: text by its bytes, images and remote content by their bounds, anything else by its JSON. */
-function promptPieces(request: ResponsesRequest): PromptPieces {
+function promptPieces(request: ResponsesRequest, stored: StoredReferences = { previousResponseId: null, itemIds: [] }): PromptPieces {
   const pieces: PromptPieces = { texts: [], images: 0, remote: 0, opaqueBytes: 0 };
   contentPieces(request.instructions, pieces);
   if (typeof request.input === 'string') pieces.texts.push(request.input);
@@ -59,6 +65,7 @@ function promptPieces(request: ResponsesRequest): PromptPieces {
         // A stored item, fetched upstream: by reference, or a reasoning item sent back by its
         // id alone (OpenAI puts the stored reasoning in the prompt).
         pieces.remote = (pieces.remote ?? 0) + 1;
+        stored.itemIds.push(typeof item.id === 'string' ? item.id : '');
         if (item.type === 'reasoning') pieces.opaqueBytes += utf8Bytes(JSON.stringify(element) ?? '');
       } else if (item && toolOutputs.has(item.type) && item.output !== null && typeof item.output === 'object') {
         // Its parts as a message's content; the item's other fields by their JSON.
@@ -71,9 +78,10 @@ function promptPieces(request: ResponsesRequest): PromptPieces {
   } else if (request.input !== undefined && request.input !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.input) ?? '');
   // Content stored upstream and added there: a response continued (previous_response_id),
   // a conversation, a prompt template. Its size is unknown here.
-  for (const stored of [request.previous_response_id, request.conversation, request.prompt]) {
-    if (stored !== undefined && stored !== null && stored !== '') pieces.remote = (pieces.remote ?? 0) + 1;
+  for (const content of [request.previous_response_id, request.conversation, request.prompt]) {
+    if (content !== undefined && content !== null && content !== '') pieces.remote = (pieces.remote ?? 0) + 1;
   }
+  if (typeof request.previous_response_id === 'string' && request.previous_response_id !== '') stored.previousResponseId = request.previous_response_id;
   // The template's variables are sent here, and go into the prompt as well.
   if (request.prompt !== undefined && request.prompt !== null) pieces.opaqueBytes += utf8Bytes(JSON.stringify(request.prompt) ?? '');
   if (request.tools) pieces.texts.push(JSON.stringify(request.tools));
@@ -87,6 +95,21 @@ const framing = (request: ResponsesRequest) => (Array.isArray(request.input) ? r
 /** A strict upper bound on the request's input tokens, with no tokenizer. */
 export function boundResponsesInputTokens(request: ResponsesRequest): number {
   return boundPromptTokens(promptPieces(request), framing(request));
+}
+
+/**
+ * The stored content the request refers to, and its bound without it (what the rest of
+ * the request can be, content of other unknown size included); null when it refers to none.
+ */
+export function responsesReferences(request: ResponsesRequest): (StoredReferences & { besides: number }) | null {
+  const stored: StoredReferences = { previousResponseId: null, itemIds: [] };
+  const pieces = promptPieces(request, stored);
+  const count = stored.itemIds.length + (stored.previousResponseId === null ? 0 : 1);
+  // Ids the database could not have recorded as sent (as record_stored_response takes them:
+  // 1 to 200 characters, no NUL nor surrogate, which OpenAI's ids never have) leave it held as before.
+  const recordable = (id: string | null) => id === null || (id.length >= 1 && id.length <= 200 && !/[\u0000\uD800-\uDFFF]/.test(id));
+  if (count === 0 || stored.itemIds.length > 1000 || !stored.itemIds.every(recordable) || !recordable(stored.previousResponseId)) return null;
+  return { ...stored, besides: boundPromptTokens({ ...pieces, remote: (pieces.remote ?? 0) - count }, framing(request)) };
 }
 
 /** The input by the tokenizer, for when the provider reported no usage. */
