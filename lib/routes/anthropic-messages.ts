@@ -38,6 +38,9 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   refuseUnbilledOptions([
     [notDefault(raw.speed, 'standard'), 'speed', `speed "${String(raw.speed)}" (fast mode)`, 'Anthropic bills it at a multiple of the model\'s token prices'],
     [notDefault(raw.inference_geo, 'global'), 'inference_geo', `inference_geo "${String(raw.inference_geo)}"`, 'Anthropic bills inference kept in one geography above the model\'s token prices'],
+    // A thread is held by Anthropic under the operator's one key: any account could continue
+    // another's by its message id, and what it adds to the prompt has no size known here.
+    [raw.thread !== undefined && raw.thread !== null, 'thread', 'A server-held thread', 'Anthropic would hold it under the operator\'s key, where any account could continue another\'s; send the conversation in messages'],
     [fallbacks, 'fallbacks', 'Server-side fallback to other models', 'another model would answer, billed at its own prices, not at those of the model authorized'],
     [advisor !== undefined, 'tools', `The server tool "${String(advisor?.type)}"`, 'the advisor is another model, billed at its own prices, not at those of the model authorized'],
     [feeTool !== undefined, 'tools', `The server tool "${String(feeTool?.type)}"`],

@@ -45,6 +45,7 @@ export async function geminiGenerateContent(c: Context<AppEnv>): Promise<Respons
   const tier = (request as { serviceTier?: unknown }).serviceTier;
   const tierName = tier === undefined || tier === null ? 'standard' : String(tier).toLowerCase().replace(/^service_tier_/, '');
   refuseUnbilledOptions([
+    [toolNames.includes('mcpServers'), 'tools', 'Remote MCP servers (mcpServers)', 'each tool call adds its result to the input, and neither their number nor their size has a bound'],
     [tierName !== 'standard' && tierName !== 'unspecified', 'serviceTier', `serviceTier "${String(tier)}"`, 'Google bills it at other rates than the model\'s token prices'],
     [feeTool !== undefined, 'tools', `The ${feeTool} tool`],
     [unpricedOutput !== undefined, 'generationConfig.responseModalities', `${unpricedOutput === 'IMAGE' ? 'Image' : 'Audio'} output`],

@@ -77,9 +77,15 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const raw = request as Record<string, unknown>;
   const tools = offeredTools(raw).map((tool) => String((tool as { type?: unknown } | null)?.type));
   const feeTool = tools.find((type) => feeTools.has(type));
+  // The shell tool in a container OpenAI runs (container_auto, or one named): billed per container session, as code_interpreter is.
+  const hostedShell = offeredTools(raw).some((tool) => {
+    const { type, environment } = (tool ?? {}) as { type?: unknown; environment?: { type?: unknown } | null };
+    return type === 'shell' && typeof environment?.type === 'string' && environment.type.startsWith('container');
+  });
   const searches = tools.some(isSearchTool) ? searchBound(raw) : 0;
   refuseUnbilledOptions([
     [feeTool !== undefined, 'tools', `The hosted tool "${feeTool}"`],
+    [hostedShell, 'tools', 'The shell tool in a hosted container', 'OpenAI bills each container session beyond token prices; run the shell locally (environment "local")'],
     [tools.includes('mcp'), 'tools', 'The hosted tool "mcp"', 'each call adds its result (and the server\'s tool list) to the input, and neither has a bound'],
     // Conversations are created by POST /v1/conversations, which this gateway does not serve:
     // under its one operator key, any conversation id is the operator's own, not a customer's.

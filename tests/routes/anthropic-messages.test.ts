@@ -185,7 +185,7 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(rows[0].n).toBe(0);
   });
 
-  it('refuses options Anthropic bills at other rates than the model\'s (fast mode, one geography, other models answering), sent through the SDK; their defaults pass as sent', async () => {
+  it('refuses options Anthropic bills at other rates than the model\'s (fast mode, one geography, other models answering) and server-held threads, sent through the SDK; their defaults pass as sent', async () => {
     const customer = await createCustomer({ balance: 1_000_000 });
     const model = await claude('messages-cache');
     const client = anthropic(customer.apiKey);
@@ -198,6 +198,9 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
       ['server-side fallback to a named model', () => client.beta.messages.create({ model, max_tokens: 10, messages, fallbacks: [{ model: 'claude-fable-5-1' }] }), 'fallback'],
       ['server-side fallback to the default ones', () => client.beta.messages.create({ model, max_tokens: 10, messages, fallbacks: 'default' }), 'fallback'],
       ['an advisor model', () => client.beta.messages.create({ model, max_tokens: 10, messages, tools: [{ type: 'advisor_20260301', name: 'advisor', model: 'claude-opus-5-5' }] }), 'advisor_20260301'],
+      // Threads held by Anthropic under the operator's one key: any account could continue another's.
+      ['a server-held thread begun', () => client.beta.messages.create({ model, max_tokens: 10, messages, thread: { type: 'create' }, betas: ['message-threads-2026-08-12'] }), 'thread'],
+      ['a server-held thread continued', () => client.beta.messages.create({ model, max_tokens: 10, messages, thread: { type: 'continue', previous_message_id: 'msg_01' } }), 'thread'],
     ];
     for (const [what, send, named] of refusals) {
       const error = await send().then(() => null, (caught: unknown) => caught);

@@ -303,6 +303,8 @@ describe('field names in snake_case, which Google takes as well as camelCase', (
       [{ tools: [{ google_search_retrieval: { dynamic_retrieval_config: { mode: 'MODE_DYNAMIC' } } }] }, 'unsupported_parameter'],
       [{ tools: [{ google_maps: {} }] }, 'unsupported_parameter'],
       [{ tools: [{ enterprise_web_search: {} }] }, 'unsupported_parameter'],
+      [{ tools: [{ mcp_servers: [{ name: 'files', streamable_http_transport: { url: 'https://mcp.example.test' } }] }] }, 'unsupported_parameter'],
+      [{ tools: [{ mcpServers: [{ name: 'files', streamableHttpTransport: { url: 'https://mcp.example.test' } }] }] }, 'unsupported_parameter'],
       [{ generation_config: { response_modalities: ['TEXT', 'IMAGE'] } }, 'unsupported_parameter'],
       [{ generationConfig: { response_modalities: ['AUDIO'] } }, 'unsupported_parameter'],
     ];

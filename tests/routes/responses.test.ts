@@ -165,6 +165,16 @@ describe('POST /v1/responses with the openai SDK', () => {
     await expect(client.responses.create({ model, input: 'list files', tools: [{ type: 'mcp', server_label: 'fs', server_url: 'https://mcp.example.test' }] })).rejects.toMatchObject({
       status: 400, error: { code: 'unsupported_parameter', param: 'tools', message: expect.stringContaining('The hosted tool "mcp"') },
     });
+    // The shell tool in a container OpenAI runs is billed per container session; run locally, it is a client tool.
+    for (const environment of [{ type: 'container_auto', memory_limit: '64g' }, { type: 'container_reference', container_id: 'cntr_1' }]) {
+      await expect(client.responses.create({ model, input: 'ls', tools: [{ type: 'shell', environment } as never] })).rejects.toMatchObject({
+        status: 400, error: { code: 'unsupported_parameter', param: 'tools', message: expect.stringContaining('hosted container') },
+      });
+    }
+    for (const tool of [{ type: 'shell', environment: { type: 'local' } }, { type: 'shell' }]) {
+      expect((await gateway.openai(other.apiKey).responses.create({ model, input: 'ls', max_output_tokens: 20, tools: [tool as never] })).status).toBe('completed');
+      expect(fake.requests.at(-1)!.body.tools).toEqual([tool]);
+    }
     // Web search is priced per search; this model has no such price. Any version or spelling of the tool.
     for (const type of ['web_search', 'web_search_preview', 'web_search_2026_01_01']) {
       await expect(client.responses.create({ model, input: 'news?', tools: [{ type } as never] })).rejects.toMatchObject({
