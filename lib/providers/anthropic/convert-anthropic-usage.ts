@@ -12,12 +12,14 @@ import type { AnthropicIterationUsage, AnthropicUsage } from './anthropic-wire.t
  * 5-minute writes. With server-side compaction, the pass that summarizes the
  * conversation is an iteration of its own in `usage.iterations`, billed by
  * Anthropic, and not in the top-level counts, which cover the final pass: it is
- * added (an iteration of type "message" is that final pass, already counted).
+ * added (an iteration of type "message", or "fallback_message" in its place, is that
+ * final pass, already counted).
  */
 export function convertAnthropicUsage(usage: AnthropicUsage): TokenUsage {
   const buckets = bucketsOf(usage);
   for (const iteration of usage.iterations ?? []) {
-    if (iteration.type === 'message') continue;
+    // A fallback model's pass that produced the answer comes as "fallback_message" in place of "message": counted alike.
+    if (iteration.type === 'message' || iteration.type === 'fallback_message') continue;
     for (const [bucket, count] of Object.entries(bucketsOf(iteration))) {
       const name = bucket as keyof TokenUsage;
       buckets[name] = (buckets[name] ?? 0) + (count ?? 0);

@@ -39,6 +39,18 @@ describe('convertAnthropicUsage', () => {
       },
       { input: 203000, cached_input: 100, cache_write: 0, cache_write_1h: 0, output: 4500, reasoning: 0 },
     ],
+    [
+      'a fallback model\'s pass in place of the final one is not counted twice',
+      {
+        input_tokens: 500,
+        output_tokens: 40,
+        iterations: [
+          { type: 'message', input_tokens: 480, output_tokens: 2, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+          { type: 'fallback_message', input_tokens: 500, output_tokens: 40, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+        ],
+      },
+      { input: 500, cached_input: 0, cache_write: 0, cache_write_1h: 0, output: 40, reasoning: 0 },
+    ],
   ])('%s', (_name, usage, expected) => {
     expect(convertAnthropicUsage(usage)).toEqual(expected);
   });
