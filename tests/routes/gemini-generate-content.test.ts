@@ -447,6 +447,19 @@ describe('content of unknown size is held at the largest context window served',
     expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ cachedContent: 'cachedContents/abc123' });
   });
 
+  it('a continuation token, whose generation so far Google puts back in the prompt, from the SDK and in either spelling', async () => {
+    const model = await gemini('generate-cached-thoughts');
+    const customer = await createCustomer({ balance: 10_000_000 });
+    const resumed = await genai(customer.apiKey).models.generateContent({
+      model, contents: 'Summarize.', config: { continuationToken: 'Q09OVElOVUU=', automaticContinuation: false, maxOutputTokens: 50 },
+    });
+    expect(resumed.text).toBeTruthy();
+    expect(fake.requestsFor('generate-cached-thoughts').at(-1)!.body).toMatchObject({ continuationToken: 'Q09OVElOVUU=' });
+    const response = await post(model, customer.apiKey, { continuation_token: 'Q09OVElOVUU=', contents: [{ role: 'user', parts: [{ text: 'Summarize.' }] }], generationConfig: { maxOutputTokens: 50 } });
+    expect(response.status).toBe(200);
+    expect(await maxInputTokens(customer.accountId)).toEqual([remoteContentTokenBound + 26, remoteContentTokenBound + 26]);
+  });
+
   it('the URL context tool, which reads the pages the prompt names into the input, in either spelling', async () => {
     const model = await gemini('generate-cached-thoughts');
     const customer = await createCustomer({ balance: 10_000_000 });

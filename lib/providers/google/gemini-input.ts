@@ -47,6 +47,10 @@ function promptPieces(request: GenerateContentRequest): PromptPieces {
   if (request.tools) texts.push(JSON.stringify(request.tools));
   // Content cached at Google (cachedContents/…) is added to the prompt there, at a size unknown here.
   if (request.cachedContent) remote += 1;
+  // A generation resumed by its continuation token: Google puts the output generated so far
+  // back in the prompt (billed as input), and only the opaque token says what it is.
+  const continuation = (request as { continuationToken?: unknown }).continuationToken;
+  if (continuation !== undefined && continuation !== null && continuation !== '') remote += 1;
   return { texts, images, remote, files, opaqueBytes: opaque };
 }
 
