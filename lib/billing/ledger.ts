@@ -252,11 +252,17 @@ async function callFunction<T>(
   return parsed.data;
 }
 
-/** Stored content a request refers to, and its input bound besides. */
+/**
+ * Stored content a request refers to, its input bound besides, and the model it asks for:
+ * the responses it refers to bound what they add only when made by the same model, with
+ * neither reasoning.context nor truncation "auto" (recorded as whole), and the request
+ * itself has neither.
+ */
 export interface ReferencedInput {
   previousResponseId: string | null;
   itemIds: string[];
   besides: number;
+  model: string;
 }
 
 /** An authorization as authorize_requests takes it; authorize_request takes the same with `p_` before each name. */
@@ -273,7 +279,7 @@ function authorizationItem(input: AuthorizeRequestInput) {
     providers: input.providers ?? null,
     calls: input.calls ?? {},
     referenced: input.referenced
-      ? { previous_response_id: input.referenced.previousResponseId, item_ids: input.referenced.itemIds, besides: input.referenced.besides }
+      ? { previous_response_id: input.referenced.previousResponseId, item_ids: input.referenced.itemIds, besides: input.referenced.besides, model: input.referenced.model }
       : null,
   };
 }
@@ -437,12 +443,16 @@ export function createLedger(serviceClient: RpcClient) {
       );
     },
 
-    /** Records the request's account as the stored response's owner, and of its output items (`itemIds`, added to those recorded before). */
-    recordStoredResponse(requestId: string, responseId: string, itemIds: string[] = []): Promise<unknown> {
+    /**
+     * Records the request's account as the stored response's owner, and of its output items
+     * (`itemIds`, added to those recorded before); `whole`: its usage covers all that a request
+     * continuing it adds (see ReferencedInput).
+     */
+    recordStoredResponse(requestId: string, responseId: string, itemIds: string[] = [], whole = false): Promise<unknown> {
       return callFunction(
         serviceClient,
         'record_stored_response',
-        { p_request_id: requestId, p_response_id: storableText(responseId), p_item_ids: itemIds.map(storableText) },
+        { p_request_id: requestId, p_response_id: storableText(responseId), p_item_ids: itemIds.map(storableText), p_whole: whole },
         z.unknown(),
       );
     },

@@ -10,7 +10,7 @@ import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gatew
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest, withStandardTier } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
-import { boundResponsesInputTokens, countResponsesInputTokens, responsesReferences } from '../providers/openai/responses-input.ts';
+import { boundResponsesInputTokens, countResponsesInputTokens, responsesReferences, responsesWhole } from '../providers/openai/responses-input.ts';
 import { createResponsesStreamReader, recordableItemId, responseDelivered, responseItemIds, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
 import { channelsFor, channelsOf, providerFormat } from '../providers/registry.ts';
@@ -126,6 +126,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const extraHeaders = clientHeaders(c);
   // A response stored upstream is remembered as this account's, so only it may retrieve it.
   const { services } = c.var;
+  const whole = responsesWhole(request);
   // With its output items' ids once they are known: a later request may refer to them.
   const remember = (responseId: string | null | undefined, itemIds: string[] = []) => {
     if (!responseId || raw.store === false) return;
@@ -133,7 +134,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
     const { requestId } = c.var;
     services.waitUntil(
       // The database records at most 1,000 (any beyond are recorded for no account, so they pass).
-      services.ledger.recordStoredResponse(requestId, responseId, itemIds.slice(0, 1000)).catch((error: unknown) => {
+      services.ledger.recordStoredResponse(requestId, responseId, itemIds.slice(0, 1000), whole).catch((error: unknown) => {
         services.log({ level: 'warn', event: 'stored_response_unrecorded', requestId, responseId, error: (error as Error).message });
       }),
     );
@@ -194,7 +195,9 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
       model: request.model,
       // Each hosted search adds its results to the input.
       maxInputTokens: boundResponsesInputTokens(request) + toolPrompt + searches * searchResultTokens,
-      ...(references ? { referenced: { previousResponseId: references.previousResponseId, itemIds: references.itemIds, besides: references.besides + toolPrompt } } : {}),
+      ...(references
+        ? { referenced: { previousResponseId: references.previousResponseId, itemIds: references.itemIds, besides: references.besides + toolPrompt, model: request.model } }
+        : {}),
       maxOutputTokens: requestedCap,
       capOutput: requestedCap === undefined,
       providers: [...config.channels.keys()].filter((provider) => {

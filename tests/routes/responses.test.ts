@@ -346,6 +346,9 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     expect(await heldFor(continued)).toBe(besides(continued) + ofCreated);
     const sentBack = { input: [{ type: 'item_reference', id: message }, { type: 'reasoning', id: reasoning, summary: [] }, { role: 'user', content: 'What was the code?' }] };
     expect(await heldFor(sentBack)).toBe(besides(sentBack) + ofCreated);
+    // A reference's type is optional: {id} alone is one too.
+    const typeless = { input: [{ id: message }, { type: null, id: reasoning }, { role: 'user', content: 'What was the code?' }] };
+    expect(await heldFor(typeless)).toBe(besides(typeless) + ofCreated);
     // Both at once: the one response they come from is counted once.
     expect(await heldFor({ ...sentBack, previous_response_id: created.id })).toBe(besides({ ...sentBack, previous_response_id: created.id }) + ofCreated);
     expect(besides(continued)).toBeLessThan(100);
@@ -353,9 +356,16 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
     // Held as before (content of unknown size): an id recorded for no account; the same
     // with a hosted search, which runs the model over the whole context again; a response
     // billed by an estimate or not completed.
+    // Another model continuing it (an image, a context window, cost it otherwise), or a request
+    // leaving earlier reasoning or items out (reasoning.context, truncation "auto").
+    const otherModel = await createModel({ ...price, web_search: 10_000 }, { upstreamModel: 'responses-basic', maxOutputTokens: 128_000 });
     const unknown = [
       { input: [{ type: 'item_reference', id: message }, { type: 'item_reference', id: 'msg_never_recorded' }] },
+      { input: [{ id: 'msg_never_recorded' }] },
       { ...continued, tools: [{ type: 'web_search' }], max_tool_calls: 1 },
+      { ...continued, model: otherModel },
+      { ...continued, reasoning: { effort: 'low', context: 'all_turns' } },
+      { ...continued, truncation: 'auto' },
     ];
     for (const body of unknown) expect(await heldFor(body)).toBeGreaterThanOrEqual(remoteContentTokenBound);
     const { rows: [{ request_id: createdRequest }] } = await admin().query('select request_id from public.stored_responses where response_id = $1', [created.id]);
@@ -365,6 +375,12 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       await admin().query(`update public.usage_events set usage_source = 'provider', status = 'completed' where request_id = $1`, [createdRequest]);
     }
     expect(await heldFor(continued)).toBe(besides(continued) + ofCreated);
+    // A response made with either setting does not bound what follows it.
+    for (const setting of [{ truncation: 'auto' }, { reasoning: { context: 'current_turn' } }]) {
+      const partial = (await (await post(customer.apiKey, { model, input: 'Remember: the code is 4711', ...setting })).json()) as { id: string };
+      await gateway.settled();
+      expect(await heldFor({ input: 'What was the code?', previous_response_id: partial.id })).toBeGreaterThanOrEqual(remoteContentTokenBound);
+    }
   });
 
   it('a request held at the stored content it refers to takes no hold ahead, which would be held as content of unknown size', async () => {

@@ -44,6 +44,21 @@ function contentPieces(content: unknown, pieces: PromptPieces): void {
  */
 const toolOutputs = new Set<unknown>(['function_call_output', 'custom_tool_call_output', 'computer_call_output']);
 
+/** A stored item sent back by reference: {type: "item_reference", id}, the type being optional ({id} alone, or a null type). */
+function isItemReference(item: Item): boolean {
+  return item.type === 'item_reference' || ((item.type === undefined || item.type === null) && !('role' in item) && 'id' in item);
+}
+
+/**
+ * Whether a request's stored response can bound what a later request continuing it adds:
+ * not when some of what it carries on was left out of its own input, so out of its usage
+ * (the reasoning of earlier turns, by reasoning.context; earlier items, by truncation "auto").
+ */
+export function responsesWhole(request: ResponsesRequest): boolean {
+  const raw = request as { truncation?: unknown; reasoning?: { context?: unknown } | null };
+  return raw.truncation !== 'auto' && (raw.reasoning?.context === undefined || raw.reasoning.context === null);
+}
+
 /** Stored content the input refers to, fetched upstream: the response it continues, items sent back by id. */
 interface StoredReferences {
   previousResponseId: string | null;
@@ -61,7 +76,7 @@ function promptPieces(request: ResponsesRequest, stored: StoredReferences = { pr
       if (item && (item.type === 'message' || (item.type === undefined && 'role' in item))) {
         if (typeof item.role === 'string') pieces.texts.push(item.role);
         contentPieces(item.content, pieces);
-      } else if (item && (item.type === 'item_reference' || (item.type === 'reasoning' && typeof item.id === 'string' && !item.encrypted_content))) {
+      } else if (item && (isItemReference(item) || (item.type === 'reasoning' && typeof item.id === 'string' && !item.encrypted_content))) {
         // A stored item, fetched upstream: by reference, or a reasoning item sent back by its
         // id alone (OpenAI puts the stored reasoning in the prompt).
         pieces.remote = (pieces.remote ?? 0) + 1;
@@ -109,6 +124,8 @@ export function responsesReferences(request: ResponsesRequest): (StoredReference
   // 1 to 200 characters, no NUL nor surrogate, which OpenAI's ids never have) leave it held as before.
   const recordable = (id: string | null) => id === null || (id.length >= 1 && id.length <= 200 && !/[\u0000\uD800-\uDFFF]/.test(id));
   if (count === 0 || stored.itemIds.length > 1000 || !stored.itemIds.every(recordable) || !recordable(stored.previousResponseId)) return null;
+  // The same settings that keep a response from bounding what follows it keep this request from being bounded so.
+  if (!responsesWhole(request)) return null;
   return { ...stored, besides: boundPromptTokens({ ...pieces, remote: (pieces.remote ?? 0) - count }, framing(request)) };
 }
 
