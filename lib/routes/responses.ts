@@ -126,7 +126,10 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const extraHeaders = clientHeaders(c);
   // A response stored upstream is remembered as this account's, so only it may retrieve it.
   const { services } = c.var;
-  const whole = responsesWhole(request);
+  // A hosted tool's results (a search's) go into its input as the provider counts them, and
+  // may be rendered otherwise when the response is continued: such a response bounds nothing.
+  const clientToolsOnly = tools.every((type) => type === 'function' || type === 'custom');
+  const whole = responsesWhole(request) && clientToolsOnly;
   // With its output items' ids once they are known: a later request may refer to them.
   const remember = (responseId: string | null | undefined, itemIds: string[] = []) => {
     if (!responseId || raw.store === false) return;
@@ -187,7 +190,7 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
 
   // Stored content it refers to is held at what the database knows of it, when the model
   // runs once over the context: a hosted tool (a search) runs it again over all of it.
-  const references = tools.every((type) => type === 'function' || type === 'custom') ? responsesReferences(request) : null;
+  const references = clientToolsOnly ? responsesReferences(request) : null;
   return authorizeAndProxy(
     c,
     {
