@@ -1,6 +1,7 @@
 // The `demo` provider of `npm run dev`: a local server speaking OpenAI's wire
-// format (chat completions, streamed or not, and embeddings), so the gateway
-// can be tried without any provider key. It reports usage like OpenAI does.
+// format (chat completions and the Responses API, streamed or not, and
+// embeddings), so the gateway can be tried without any provider key, from the
+// SDKs and from Codex. It reports usage like OpenAI does.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { countTokens } from '../lib/metering/count-tokens.ts';
@@ -18,6 +19,13 @@ function textOf(content: unknown): string {
   if (typeof content === 'string') return content;
   if (Array.isArray(content)) return content.map((part) => (part as { text?: string }).text ?? '').join(' ');
   return '';
+}
+
+/** A Responses request's input as chat messages: a string is one user message; items with a role are messages. */
+function messagesOf(input: unknown): ChatBody['messages'] {
+  if (typeof input === 'string') return [{ role: 'user', content: input }];
+  if (!Array.isArray(input)) return [];
+  return (input as Array<{ role?: string; content?: unknown } | null>).filter((item) => typeof item?.role === 'string').map((item) => ({ role: item!.role, content: item!.content }));
 }
 
 async function answer(body: ChatBody) {
@@ -59,6 +67,11 @@ async function handle(request: IncomingMessage, response: ServerResponse) {
     return;
   }
 
+  if (request.url?.endsWith('/responses')) {
+    await respond(body, response, model, created);
+    return;
+  }
+
   const { words, usage } = await answer(body);
   if (!body.stream) {
     response.writeHead(200, { 'content-type': 'application/json' });
@@ -85,6 +98,50 @@ async function handle(request: IncomingMessage, response: ServerResponse) {
   send([{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }]);
   if (withUsage) send([], usage);
   response.end('data: [DONE]\n\n');
+}
+
+/** POST /v1/responses: the same answer as a Responses API object, or its stream of events. */
+async function respond(body: ChatBody & { input?: unknown; instructions?: unknown; max_output_tokens?: number }, response: ServerResponse, model: string, created: number) {
+  const messages = [...(typeof body.instructions === 'string' ? [{ role: 'system', content: body.instructions }] : []), ...(messagesOf(body.input) ?? [])];
+  const { words, usage } = await answer({ messages, max_tokens: body.max_output_tokens });
+  const id = `resp_demo${Date.now()}`;
+  const itemId = `msg_demo${Date.now()}`;
+  const text = words.join('');
+  const message = (status: string, content: unknown[]) => ({ id: itemId, type: 'message', status, role: 'assistant', content });
+  const part = (partText: string) => ({ type: 'output_text', text: partText, annotations: [], logprobs: [] });
+  const responseUsage = {
+    input_tokens: usage.prompt_tokens, input_tokens_details: { cached_tokens: 0 },
+    output_tokens: usage.completion_tokens, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: usage.total_tokens,
+  };
+  const object = (status: string, output: unknown[], withUsage: boolean) => ({
+    id, object: 'response', created_at: created, status, model, output, usage: withUsage ? responseUsage : null,
+    error: null, incomplete_details: null, instructions: body.instructions ?? null, max_output_tokens: body.max_output_tokens ?? null,
+    parallel_tool_calls: true, previous_response_id: null, store: false, temperature: 1, text: { format: { type: 'text' } },
+    tool_choice: 'auto', tools: [], top_p: 1, truncation: 'disabled', metadata: {},
+  });
+  const done = object('completed', [message('completed', [part(text)])], true);
+  if (!body.stream) {
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify(done));
+    return;
+  }
+  let sequence = 0;
+  const send = (type: string, fields: Record<string, unknown>) => response.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence++, ...fields })}\n\n`);
+  response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+  send('response.created', { response: object('in_progress', [], false) });
+  send('response.in_progress', { response: object('in_progress', [], false) });
+  send('response.output_item.added', { output_index: 0, item: message('in_progress', []) });
+  send('response.content_part.added', { item_id: itemId, output_index: 0, content_index: 0, part: part('') });
+  for (const word of words) {
+    if (response.destroyed) return;
+    send('response.output_text.delta', { item_id: itemId, output_index: 0, content_index: 0, delta: word, logprobs: [] });
+    await new Promise((resolve) => setTimeout(resolve, 30));
+  }
+  send('response.output_text.done', { item_id: itemId, output_index: 0, content_index: 0, text, logprobs: [] });
+  send('response.content_part.done', { item_id: itemId, output_index: 0, content_index: 0, part: part(text) });
+  send('response.output_item.done', { output_index: 0, item: message('completed', [part(text)]) });
+  send('response.completed', { response: done });
+  response.end();
 }
 
 export async function startDemoUpstream(port = 0): Promise<{ url: string; close: () => Promise<void> }> {
