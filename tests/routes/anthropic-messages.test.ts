@@ -220,6 +220,29 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(fake.requestsFor('messages-cache').at(-1)!.body).toMatchObject({ speed: null, inference_geo: null });
   });
 
+  it('a request the usage says ran above the standard rates (a workspace whose default geography is the US) is billed as any, and the log says so, streamed and not', async () => {
+    const model = await claude('messages-us-geo');
+    const customer = await createCustomer({ balance: 1_000_000 });
+    const client = anthropic(customer.apiKey);
+    const plain = await client.messages.create({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }] }).withResponse();
+    const streamed = await client.messages.stream({ model, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }] });
+    await streamed.finalMessage();
+    await gateway.settled();
+    const reported = gateway.logs.filter((entry) => entry.event === 'upstream_above_standard_rates' && entry.model === model);
+    expect(reported).toEqual([
+      expect.objectContaining({ level: 'warn', requestId: plain.response.headers.get('x-request-id'), reported: ['inference_geo us'] }),
+      expect.objectContaining({ level: 'warn', reported: ['inference_geo us'] }),
+    ]);
+    // Billed at the model's prices, as any request: 6135, as messages-cache.
+    const { rows } = await admin().query('select amount::int from public.usage_events where account_id = $1', [customer.accountId]);
+    expect(rows).toEqual([{ amount: 6135 }, { amount: 6135 }]);
+    // An ordinary answer says nothing of the kind.
+    const ordinary = await claude('messages-cache');
+    await client.messages.create({ model: ordinary, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }] });
+    await gateway.settled();
+    expect(gateway.logs.filter((entry) => entry.event === 'upstream_above_standard_rates' && entry.model === ordinary)).toEqual([]);
+  });
+
   it('server tools that add input are held for it: web fetch at max_uses × max_content_tokens, each search at 10,000 result tokens; an unbounded web fetch and the MCP connector are refused', async () => {
     const customer = await createCustomer({ balance: 100_000_000 });
     const model = await createModel({ ...price, web_search: 10_000 }, { provider: 'anthropic', upstreamModel: 'messages-cache', maxOutputTokens: 64_000 });

@@ -1,7 +1,7 @@
 import type { TokenUsage } from '../../billing/token-buckets.ts';
 import { forwardAsIs, type StreamProcessor } from '../../gateway/proxy.ts';
 import { sseJson } from '../../metering/sse-event-splitter.ts';
-import { anthropicInputUsage, convertAnthropicUsage, mergeAnthropicUsage } from './convert-anthropic-usage.ts';
+import { anthropicAboveStandard, anthropicInputUsage, convertAnthropicUsage, mergeAnthropicUsage } from './convert-anthropic-usage.ts';
 import { anthropicStreamEventSchema, type AnthropicStreamEvent, type AnthropicUsage } from './anthropic-wire.ts';
 
 /** Reads Anthropic stream events: cumulative usage, delivered text, errors. */
@@ -59,10 +59,13 @@ export function createAnthropicStreamReader() {
     error: () => error,
     /** Web searches begun, for when the stream ends before its final usage counts them. */
     calls: (): TokenUsage => (searches ? { web_search: searches } : {}),
+    /** What the usage so far says ran above the standard rates (see anthropicAboveStandard). */
+    aboveStandard: (): string[] => (usage ? anthropicAboveStandard(usage) : []),
   };
 }
 
-/** Native streams: forwarded as received, metered on the way. */
-export function createAnthropicStreamMeter(): StreamProcessor {
-  return forwardAsIs(createAnthropicStreamReader());
+/** Native streams: forwarded as received, metered on the way; `aboveStandard` as the reader's. */
+export function createAnthropicStreamMeter(): StreamProcessor & { aboveStandard: () => string[] } {
+  const reader = createAnthropicStreamReader();
+  return { ...forwardAsIs(reader), aboveStandard: reader.aboveStandard };
 }

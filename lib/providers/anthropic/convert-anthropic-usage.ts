@@ -63,3 +63,18 @@ export function anthropicInputUsage(usage: AnthropicUsage): TokenUsage {
   const { output: _output, reasoning: _reasoning, web_search: _searches, ...input } = convertAnthropicUsage(usage);
   return input;
 }
+
+/**
+ * What the usage says ran at rates above the standard ones the price sheet holds: inference
+ * kept in the US (1.1× on Claude 4.6 and later, which a workspace's default geography
+ * chooses without the request saying so), fast mode, the Priority Tier. The request's own
+ * options for these are refused; this is what an operator's workspace set.
+ */
+export function anthropicAboveStandard(usage: AnthropicUsage): string[] {
+  const reported = usage as Record<string, unknown>;
+  const above: string[] = [];
+  if (reported.inference_geo === 'us') above.push('inference_geo us');
+  if (reported.speed === 'fast') above.push('speed fast');
+  if (reported.service_tier === 'priority') above.push('service_tier priority');
+  return above;
+}
