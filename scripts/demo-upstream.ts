@@ -104,8 +104,10 @@ async function handle(request: IncomingMessage, response: ServerResponse) {
 async function respond(body: ChatBody & { input?: unknown; instructions?: unknown; max_output_tokens?: number }, response: ServerResponse, model: string, created: number) {
   const messages = [...(typeof body.instructions === 'string' ? [{ role: 'system', content: body.instructions }] : []), ...(messagesOf(body.input) ?? [])];
   const { words, usage } = await answer({ messages, max_tokens: body.max_output_tokens });
-  const id = `resp_demo${Date.now()}`;
-  const itemId = `msg_demo${Date.now()}`;
+  // Unique as OpenAI's are: the gateway records stored responses and their items by id.
+  const unique = crypto.randomUUID().replaceAll('-', '');
+  const id = `resp_demo${unique}`;
+  const itemId = `msg_demo${unique}`;
   const text = words.join('');
   const message = (status: string, content: unknown[]) => ({ id: itemId, type: 'message', status, role: 'assistant', content });
   const part = (partText: string) => ({ type: 'output_text', text: partText, annotations: [], logprobs: [] });

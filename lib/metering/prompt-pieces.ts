@@ -73,9 +73,9 @@ export const pdfReadingsCacheChars = 8 * 1024 * 1024;
 /** Files smaller than this are read again each time: as quick as a lookup, and not worth the room. */
 const smallestCached = 16 * 1024;
 
-/** How many readings are kept, and the characters of data they keep. */
-export function pdfReadingsKept(): { files: number; chars: number } {
-  return { files: readings.size, chars: readingsChars };
+/** How many readings are kept, the characters of data they keep, and whether one of `data` is. */
+export function pdfReadingsKept(data?: string): { files: number; chars: number; kept: boolean } {
+  return { files: readings.size, chars: readingsChars, kept: data !== undefined && readings.has(data) };
 }
 
 function readFile(file: InlineFile, declared: boolean): FileReading | null {

@@ -375,8 +375,8 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       await admin().query(`update public.usage_events set usage_source = 'provider', status = 'completed' where request_id = $1`, [createdRequest]);
     }
     expect(await heldFor(continued)).toBe(besides(continued) + ofCreated);
-    // A response made with either setting, or with a hosted tool, does not bound what follows it.
-    for (const setting of [{ truncation: 'auto' }, { reasoning: { context: 'current_turn' } }, { tools: [{ type: 'web_search' }], max_tool_calls: 1 }]) {
+    // A response made with either setting, a hosted tool, or a stored prompt template (which can bring hosted tools) does not bound what follows it.
+    for (const setting of [{ truncation: 'auto' }, { reasoning: { context: 'current_turn' } }, { tools: [{ type: 'web_search' }], max_tool_calls: 1 }, { prompt: { id: 'pmpt_abc123' } }]) {
       const partial = (await (await post(customer.apiKey, { model, input: 'Remember: the code is 4711', ...setting })).json()) as { id: string };
       await gateway.settled();
       expect(await heldFor({ input: 'What was the code?', previous_response_id: partial.id })).toBeGreaterThanOrEqual(remoteContentTokenBound);

@@ -52,11 +52,13 @@ function isItemReference(item: Item): boolean {
 /**
  * Whether a request's stored response can bound what a later request continuing it adds:
  * not when some of what it carries on was left out of its own input, so out of its usage
- * (the reasoning of earlier turns, by reasoning.context; earlier items, by truncation "auto").
+ * (the reasoning of earlier turns, by reasoning.context; earlier items, by truncation "auto"),
+ * nor when a stored prompt template shaped it (a template can bring hosted tools of its own).
  */
 export function responsesWhole(request: ResponsesRequest): boolean {
   const raw = request as { truncation?: unknown; reasoning?: { context?: unknown } | null };
-  return raw.truncation !== 'auto' && (raw.reasoning?.context === undefined || raw.reasoning.context === null);
+  return raw.truncation !== 'auto' && (raw.reasoning?.context === undefined || raw.reasoning.context === null)
+    && (request.prompt === undefined || request.prompt === null);
 }
 
 /** Stored content the input refers to, fetched upstream: the response it continues, items sent back by id. */

@@ -83,12 +83,20 @@ describe('readings of PDFs kept between requests', () => {
     const padded = (index: number) => base64(buildPdf({ pages: 2 + (index % 3), extra: [`(${String(index).padStart(6, '0')}${'x'.repeat(400_000)})`] }));
     const files = Array.from({ length: 24 }, (_, index) => padded(index));
     expect(files.reduce((sum, data) => sum + data.length, 0)).toBeGreaterThan(pdfReadingsCacheChars);
-    const pages = files.map((data) => bound(data, 'application/pdf') - bound(filler(data), notPdf('application/pdf')));
+    // The first file is read again after each other one: used most recently, it is the one kept longest.
+    const pages = files.map((data) => {
+      const counted = bound(data, 'application/pdf') - bound(filler(data), notPdf('application/pdf'));
+      bound(files[0]!, 'application/pdf');
+      return counted;
+    });
     expect(pages).toEqual(files.map((_, index) => (2 + (index % 3)) * pdfPageTokenBound));
     const kept = pdfReadingsKept();
     expect(kept.chars).toBeLessThanOrEqual(pdfReadingsCacheChars);
     expect(kept.chars).toBeGreaterThan(pdfReadingsCacheChars - files[0]!.length);
-    // The first ones were given up, and are read again, to the same bound.
-    expect(bound(files[0]!, 'application/pdf') - bound(filler(files[0]!), notPdf('application/pdf'))).toBe(2 * pdfPageTokenBound);
+    expect(files.map((data) => pdfReadingsKept(data).kept)).toEqual(files.map((_, index) => index === 0 || index >= files.length - (kept.files - 1)));
+    // Given up, the second file is read again, to the same bound, and kept once more.
+    expect(pdfReadingsKept(files[1]!).kept).toBe(false);
+    expect(bound(files[1]!, 'application/pdf') - bound(filler(files[1]!), notPdf('application/pdf'))).toBe(3 * pdfPageTokenBound);
+    expect(pdfReadingsKept(files[1]!).kept).toBe(true);
   });
 });
