@@ -24,6 +24,8 @@ export interface StreamProcessor {
   error(): string | null;
   /** Priced calls the upstream reported (hosted web searches), billed however the tokens are counted. */
   calls?(): TokenUsage;
+  /** What the usage says ran at rates above the standard ones the price sheet holds (Anthropic's: see anthropicAboveStandard). */
+  aboveStandard?(): string[];
 }
 
 /** What a provider's stream reader offers: it reads events and keeps the metering. */
@@ -43,6 +45,7 @@ export function forwardAsIs(reader: StreamReader): StreamProcessor {
     delivered: reader.delivered,
     error: reader.error,
     calls: reader.calls,
+    aboveStandard: reader.aboveStandard,
   };
 }
 
@@ -53,6 +56,8 @@ export interface BodyResult {
   delivered: string[];
   /** Priced calls the answer reports (hosted web searches). */
   calls?: TokenUsage;
+  /** What the usage says ran at rates above the standard ones (see StreamProcessor). */
+  aboveStandard?: string[];
 }
 
 export interface ProxyPlan {
@@ -144,6 +149,13 @@ async function answerMetered(
   const { services, requestId } = c.var;
   const hold = c.var.hold!;
   const settle = (input: () => Promise<SettleRequestInput>) => hold.settle(input);
+  // Billed upstream above the standard rates charged here, by settings of the operator's
+  // account there (an Anthropic workspace's default geography): said in the log, for the
+  // operator to price. Billed here as any request.
+  const reportAboveStandard = (above: string[] | undefined) => {
+    if (!above?.length) return;
+    services.log({ level: 'warn', event: 'upstream_above_standard_rates', requestId: c.var.requestId, model: authorization.model.id, reported: above });
+  };
   const release = (error: string) => hold.release(error, upstreamAbort.signal.aborted && !timedOut ? 'aborted' : 'failed');
   // The answer must be over before the platform's own limit kills the function unsettled.
   const limitMs = services.config.REQUEST_MAX_MS;
@@ -211,6 +223,7 @@ async function answerMetered(
       const headers = headersFor(result);
       if (plan.translateError) headers.set('content-type', 'application/json');
       const response = new Response(read.body, { status: result.response.status, headers });
+      reportAboveStandard(read.aboveStandard);
       // Charged once the answer is ready to go; a failure before this point releases the hold.
       settle(() => settlementFor(requestId, 'completed', read.usage, read.delivered, plan, undefined, null, read.calls));
       return response;
@@ -248,7 +261,8 @@ async function answerMetered(
       heartbeatMs: services.config.STREAM_HEARTBEAT_MS,
       deadline,
       limitMs,
-      onEnd: (reason, error) =>
+      onEnd: (reason, error) => {
+        reportAboveStandard(processor.aboveStandard?.());
         settle(() =>
           settlementFor(
             requestId,
@@ -260,7 +274,8 @@ async function answerMetered(
             processor.inputUsage?.(),
             processor.calls?.(),
           ),
-        ),
+        );
+      },
     });
     // From here the stream owns the hold and settles it when it ends.
     hold.handOff();

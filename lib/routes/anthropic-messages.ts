@@ -58,12 +58,6 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
   // Anthropic requires max_tokens, so it is always the output bound; never lowered silently.
   const stream = request.stream === true;
   const clientHeaders = { version: c.req.header('anthropic-version'), beta: c.req.header('anthropic-beta') };
-  // Billed by Anthropic above the standard rates charged here, by the operator's workspace
-  // settings (a default geography, say): said in the log, for the operator to price.
-  const reportAboveStandard = (above: string[]) => {
-    if (above.length === 0) return;
-    c.var.services.log({ level: 'warn', event: 'upstream_above_standard_rates', requestId: c.var.requestId, model: request.model, reported: above });
-  };
   return authorizeAndProxy(
     c,
     { keyHash, model: request.model, maxInputTokens: boundMessagesInputTokens(request) + serverToolInput, maxOutputTokens: request.max_tokens, providers: providersSpeaking(c, 'anthropic'), ...(searches ? { calls: { web_search: searches } } : {}) },
@@ -72,21 +66,16 @@ export async function anthropicMessages(c: Context<AppEnv>): Promise<Response> {
       channels: channelsSpeaking(c, authorization, 'anthropic'),
       stream,
       build: (channel) => buildAnthropicRequest(channel, { ...request, model: authorization.model.upstream_model }, stream, clientHeaders),
-      createStreamProcessor: () => {
-        const meter = createAnthropicStreamMeter();
-        c.var.hold?.whenClosed(() => reportAboveStandard(meter.aboveStandard()));
-        return meter;
-      },
+      createStreamProcessor: createAnthropicStreamMeter,
       readBody: (text) => {
         const parsed = parseJsonAs(anthropicMessageSchema, text);
-        if (parsed?.usage) reportAboveStandard(anthropicAboveStandard(parsed.usage));
         const delivered: string[] = [];
         for (const block of parsed?.content ?? []) {
           if (block.text) delivered.push(block.text);
           if (block.thinking) delivered.push(block.thinking);
           if (block.type === 'tool_use') delivered.push(block.name ?? '', JSON.stringify(block.input ?? {}));
         }
-        return { body: text, usage: parsed?.usage ? convertAnthropicUsage(parsed.usage) : null, delivered };
+        return { body: text, usage: parsed?.usage ? convertAnthropicUsage(parsed.usage) : null, delivered, aboveStandard: parsed?.usage ? anthropicAboveStandard(parsed.usage) : [] };
       },
       errorEvent: (error) => anthropicErrorEvent(error.message, anthropicErrorType(error.status)),
       countPrompt: () => countMessagesInputTokens(request),

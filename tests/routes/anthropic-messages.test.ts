@@ -220,7 +220,7 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     expect(fake.requestsFor('messages-cache').at(-1)!.body).toMatchObject({ speed: null, inference_geo: null });
   });
 
-  it('a request the usage says ran above the standard rates (a workspace whose default geography is the US) is billed as any, and the log says so, streamed and not', async () => {
+  it('a request the usage says ran above the standard rates (a workspace whose default geography is the US) is billed as any, and the log says so, streamed and not, native and translated', async () => {
     const model = await claude('messages-us-geo');
     const customer = await createCustomer({ balance: 1_000_000 });
     const client = anthropic(customer.apiKey);
@@ -236,6 +236,14 @@ describe('POST /v1/messages with @anthropic-ai/sdk', () => {
     // Billed at the model's prices, as any request: 6135, as messages-cache.
     const { rows } = await admin().query('select amount::int from public.usage_events where account_id = $1', [customer.accountId]);
     expect(rows).toEqual([{ amount: 6135 }, { amount: 6135 }]);
+    // The same answer reached through the Chat Completions and Responses translations, streamed and not.
+    const openai = gateway.openai(customer.apiKey);
+    await openai.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1024 });
+    for await (const _chunk of await openai.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1024, stream: true })) void _chunk;
+    await openai.responses.create({ model, input: 'Hi', max_output_tokens: 1024 });
+    for await (const _event of await openai.responses.create({ model, input: 'Hi', max_output_tokens: 1024, stream: true })) void _event;
+    await gateway.settled();
+    expect(gateway.logs.filter((entry) => entry.event === 'upstream_above_standard_rates' && entry.model === model)).toHaveLength(6);
     // An ordinary answer says nothing of the kind.
     const ordinary = await claude('messages-cache');
     await client.messages.create({ model: ordinary, max_tokens: 1024, messages: [{ role: 'user', content: 'Hi' }] });

@@ -64,8 +64,7 @@ export function createAnthropicStreamReader() {
   };
 }
 
-/** Native streams: forwarded as received, metered on the way; `aboveStandard` as the reader's. */
-export function createAnthropicStreamMeter(): StreamProcessor & { aboveStandard: () => string[] } {
-  const reader = createAnthropicStreamReader();
-  return { ...forwardAsIs(reader), aboveStandard: reader.aboveStandard };
+/** Native streams: forwarded as received, metered on the way. */
+export function createAnthropicStreamMeter(): StreamProcessor {
+  return forwardAsIs(createAnthropicStreamReader());
 }

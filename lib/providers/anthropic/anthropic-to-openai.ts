@@ -6,7 +6,7 @@ import { createChunkWriter, toOpenAIUsage } from '../openai/openai-chunks.ts';
 import { openAIErrorBody, openAIErrorEvent } from '../openai/openai-adaptor.ts';
 import { createAnthropicStreamReader } from './anthropic-stream-meter.ts';
 import { anthropicMessageSchema } from './anthropic-wire.ts';
-import { convertAnthropicUsage } from './convert-anthropic-usage.ts';
+import { anthropicAboveStandard, convertAnthropicUsage } from './convert-anthropic-usage.ts';
 
 const finishReasons: Record<string, string> = {
   end_turn: 'stop',
@@ -22,7 +22,7 @@ export function anthropicFinishReason(reason: string | null | undefined): string
 }
 
 /** A non-streaming Anthropic message as an OpenAI chat completion. */
-export function anthropicToOpenAICompletion(text: string, model: string): { body: string; usage: TokenUsage | null; delivered: string[] } {
+export function anthropicToOpenAICompletion(text: string, model: string): { body: string; usage: TokenUsage | null; delivered: string[]; aboveStandard?: string[] } {
   const message = parseJsonAs(anthropicMessageSchema, text);
   // Not JSON: passed on, nothing counted; JSON of another shape: its text counts as output.
   if (!message) return { body: text, usage: null, delivered: parseJsonAs(z.unknown(), text) === undefined ? [] : [text] };
@@ -57,7 +57,7 @@ export function anthropicToOpenAICompletion(text: string, model: string): { body
     ],
     ...(usage ? { usage: toOpenAIUsage(usage) } : {}),
   };
-  return { body: JSON.stringify(completion), usage, delivered };
+  return { body: JSON.stringify(completion), usage, delivered, aboveStandard: message.usage ? anthropicAboveStandard(message.usage) : [] };
 }
 
 /** An Anthropic stream as OpenAI chat.completion.chunk events. */
@@ -104,6 +104,7 @@ export function createAnthropicToOpenAIStream({ model, includeUsage }: { model: 
     },
     usage: reader.usage,
     inputUsage: reader.inputUsage,
+    aboveStandard: reader.aboveStandard,
     delivered: reader.delivered,
     error: reader.error,
   };

@@ -7,7 +7,7 @@ import { createResponsesWriter, responsesErrorEvent, type Ending, type Responses
 import type { ResponsesRequest } from '../openai/responses-wire.ts';
 import { createAnthropicStreamReader } from './anthropic-stream-meter.ts';
 import { anthropicMessageSchema } from './anthropic-wire.ts';
-import { convertAnthropicUsage } from './convert-anthropic-usage.ts';
+import { anthropicAboveStandard, convertAnthropicUsage } from './convert-anthropic-usage.ts';
 
 function ending(stopReason: string | null | undefined): Ending {
   if (stopReason === 'max_tokens') return { status: 'incomplete', reason: 'max_output_tokens' };
@@ -69,7 +69,7 @@ export function anthropicToResponse(text: string, request: ResponsesRequest, too
   }
   const usage = message.usage ? convertAnthropicUsage(message.usage) : null;
   const body = writer.response(usage, ending(message.stop_reason));
-  return { body: JSON.stringify(body), usage, delivered, calls: searches ? { web_search: searches } : {} };
+  return { body: JSON.stringify(body), usage, delivered, calls: searches ? { web_search: searches } : {}, aboveStandard: message.usage ? anthropicAboveStandard(message.usage) : [] };
 }
 
 /** An Anthropic stream as Responses API events. */
@@ -152,6 +152,7 @@ export function createAnthropicToResponsesStream(request: ResponsesRequest, tool
     finish: () => (started && !ended ? responsesErrorEvent('upstream_unavailable', 'The upstream ended the stream before the answer was complete.') : ''),
     usage: reader.usage,
     inputUsage: reader.inputUsage,
+    aboveStandard: reader.aboveStandard,
     delivered: reader.delivered,
     error: reader.error,
     calls: (): TokenUsage => reader.calls(),
