@@ -129,14 +129,23 @@ function pdfPages(files: InlineFile[]): { pages: number; uncounted: boolean } {
  * A strict upper bound on the prompt's tokens with no tokenizer: UTF-8 bytes of the
  * text, a fixed bound per image, and per page of an inline PDF. Remote content, a PDF
  * whose pages cannot be counted, and the pages of the others together fill at most a
- * context window.
+ * context window. `besides`: the same bound without `stored` of the remote pieces (stored
+ * content the caller bounds otherwise), from the same reading of the pieces.
  */
-export function boundPromptTokens(pieces: PromptPieces, framingTokens: number): number {
+export function promptBounds(pieces: PromptPieces, framingTokens: number, stored = 0): { bound: number; besides: number } {
   let bytes = pieces.opaqueBytes;
   for (const text of pieces.texts) bytes += utf8Bytes(text);
   const pdfs = pieces.files?.length ? pdfPages(pieces.files) : { pages: 0, uncounted: false };
-  const unknown = (pieces.remote ?? 0) > 0 || pdfs.uncounted ? remoteContentTokenBound : 0;
-  return bytes + pieces.images * imageTokenBound + Math.min(unknown + pdfs.pages * pdfPageTokenBound, remoteContentTokenBound) + framingTokens;
+  const known = bytes + pieces.images * imageTokenBound + framingTokens;
+  const upToWindow = (remote: number) =>
+    Math.min((remote > 0 || pdfs.uncounted ? remoteContentTokenBound : 0) + pdfs.pages * pdfPageTokenBound, remoteContentTokenBound);
+  const remote = pieces.remote ?? 0;
+  return { bound: known + upToWindow(remote), besides: known + upToWindow(remote - stored) };
+}
+
+/** The bound of promptBounds alone. */
+export function boundPromptTokens(pieces: PromptPieces, framingTokens: number): number {
+  return promptBounds(pieces, framingTokens).bound;
 }
 
 /** The prompt's tokens by the tokenizer; `estimated` when images or other parts had to be guessed. */

@@ -10,7 +10,7 @@ import { abortWhenAborted, forwardableHeaders, sendWithFailover } from '../gatew
 import { toolUseSystemPromptTokens } from '../providers/anthropic/anthropic-input.ts';
 import { buildOpenAIRequest, withStandardTier } from '../providers/openai/openai-adaptor.ts';
 import { convertResponsesUsage } from '../providers/openai/convert-responses-usage.ts';
-import { boundResponsesInputTokens, countResponsesInputTokens, responsesReferences, responsesWhole } from '../providers/openai/responses-input.ts';
+import { boundResponsesInput, countResponsesInputTokens, responsesWhole } from '../providers/openai/responses-input.ts';
 import { createResponsesStreamReader, recordableItemId, responseDelivered, responseItemIds, responseSearches } from '../providers/openai/responses-stream-reader.ts';
 import { responseObjectSchema, responsesRequestSchema } from '../providers/openai/responses-wire.ts';
 import { channelsFor, channelsOf, providerFormat } from '../providers/registry.ts';
@@ -75,10 +75,11 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
   const keyHash = await readKeyHash(c);
   const request = await readJsonBody(c, responsesRequestSchema);
   const raw = request as Record<string, unknown>;
-  const tools = offeredTools(raw).map((tool) => String((tool as { type?: unknown } | null)?.type));
+  const offered = offeredTools(raw);
+  const tools = offered.map((tool) => String((tool as { type?: unknown } | null)?.type));
   const feeTool = tools.find((type) => feeTools.has(type));
   // The shell tool in a container OpenAI runs (container_auto, or one named): billed per container session, as code_interpreter is.
-  const hostedShell = offeredTools(raw).some((tool) => {
+  const hostedShell = offered.some((tool) => {
     const { type, environment } = (tool ?? {}) as { type?: unknown; environment?: { type?: unknown } | null };
     return type === 'shell' && typeof environment?.type === 'string' && environment.type.startsWith('container');
   });
@@ -190,14 +191,15 @@ export async function responses(c: Context<AppEnv>): Promise<Response> {
 
   // Stored content it refers to is held at what the database knows of it, when the model
   // runs once over the context: a hosted tool (a search) runs it again over all of it.
-  const references = clientToolsOnly ? responsesReferences(request) : null;
+  const input = boundResponsesInput(request);
+  const references = clientToolsOnly ? input.references : null;
   return authorizeAndProxy(
     c,
     {
       keyHash,
       model: request.model,
       // Each hosted search adds its results to the input.
-      maxInputTokens: boundResponsesInputTokens(request) + toolPrompt + searches * searchResultTokens,
+      maxInputTokens: input.tokens + toolPrompt + searches * searchResultTokens,
       ...(references
         ? { referenced: { previousResponseId: references.previousResponseId, itemIds: references.itemIds, besides: references.besides + toolPrompt, model: request.model } }
         : {}),

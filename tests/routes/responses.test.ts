@@ -6,7 +6,7 @@ import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countTokens } from '../../lib/metering/count-tokens.ts';
 import { remoteContentTokenBound } from '../../lib/metering/prompt-pieces.ts';
-import { responsesReferences } from '../../lib/providers/openai/responses-input.ts';
+import { boundResponsesInput } from '../../lib/providers/openai/responses-input.ts';
 import { responsesRequestSchema } from '../../lib/providers/openai/responses-wire.ts';
 import { readFixture, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
 import { startGateway, type Gateway } from '../support/gateway.ts';
@@ -338,7 +338,7 @@ describe('what /v1/responses cannot meter, and content of unknown size', () => {
       const { rows: [event] } = await admin().query('select max_input_tokens::int from public.usage_events where request_id = $1', [response.headers.get('x-request-id')]);
       return event.max_input_tokens as number;
     };
-    const besides = (body: Record<string, unknown>) => responsesReferences(responsesRequestSchema.parse({ model, ...body }))!.besides;
+    const besides = (body: Record<string, unknown>) => boundResponsesInput(responsesRequestSchema.parse({ model, ...body })).references!.besides;
     // responses-basic read 20 tokens and wrote 74 (64 of them reasoning); its two output items
     // are recorded with it. Framing: 64 a response, 8 an item of it.
     const ofCreated = 20 + 74 + 64 + 2 * 8;

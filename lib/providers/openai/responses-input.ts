@@ -1,5 +1,6 @@
 import { utf8Bytes } from '../../metering/count-tokens.ts';
-import { boundPromptTokens, countPromptTokens, inlineFileOf, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { countPromptTokens, inlineFileOf, promptBounds, type PromptPieces } from '../../metering/prompt-pieces.ts';
+import { recordableItemId } from './responses-stream-reader.ts';
 import type { ResponsesRequest } from './responses-wire.ts';
 
 type Item = Record<string, unknown>;
@@ -109,26 +110,28 @@ function promptPieces(request: ResponsesRequest, stored: StoredReferences = { pr
 
 const framing = (request: ResponsesRequest) => (Array.isArray(request.input) ? request.input.length : 1) * itemOverhead + 3;
 
-/** A strict upper bound on the request's input tokens, with no tokenizer. */
-export function boundResponsesInputTokens(request: ResponsesRequest): number {
-  return boundPromptTokens(promptPieces(request), framing(request));
-}
-
 /**
- * The stored content the request refers to, and its bound without it (what the rest of
- * the request can be, content of other unknown size included); null when it refers to none.
+ * A strict upper bound on the request's input tokens, with no tokenizer; and the stored
+ * content it refers to with its bound without it (what the rest of the request can be,
+ * content of other unknown size included), or null when it refers to none that can be
+ * bounded otherwise. The request is read once for both.
  */
-export function responsesReferences(request: ResponsesRequest): (StoredReferences & { besides: number }) | null {
+export function boundResponsesInput(request: ResponsesRequest): { tokens: number; references: (StoredReferences & { besides: number }) | null } {
   const stored: StoredReferences = { previousResponseId: null, itemIds: [] };
   const pieces = promptPieces(request, stored);
   const count = stored.itemIds.length + (stored.previousResponseId === null ? 0 : 1);
+  const { bound, besides } = promptBounds(pieces, framing(request), count);
   // Ids the database could not have recorded as sent (as record_stored_response takes them:
-  // 1 to 200 characters, no NUL nor surrogate, which OpenAI's ids never have) leave it held as before.
-  const recordable = (id: string | null) => id === null || (id.length >= 1 && id.length <= 200 && !/[\u0000\uD800-\uDFFF]/.test(id));
-  if (count === 0 || stored.itemIds.length > 1000 || !stored.itemIds.every(recordable) || !recordable(stored.previousResponseId)) return null;
-  // The same settings that keep a response from bounding what follows it keep this request from being bounded so.
-  if (!responsesWhole(request)) return null;
-  return { ...stored, besides: boundPromptTokens({ ...pieces, remote: (pieces.remote ?? 0) - count }, framing(request)) };
+  // no NUL nor surrogate, which OpenAI's ids never have) leave it held as before; so do the
+  // settings that keep a response from bounding what follows it.
+  const recordable = (id: string | null) => id === null || (recordableItemId(id) && !/[\u0000\uD800-\uDFFF]/.test(id));
+  const boundable = count > 0 && stored.itemIds.length <= 1000 && stored.itemIds.every(recordable) && recordable(stored.previousResponseId) && responsesWhole(request);
+  return { tokens: bound, references: boundable ? { ...stored, besides } : null };
+}
+
+/** The bound of boundResponsesInput alone. */
+export function boundResponsesInputTokens(request: ResponsesRequest): number {
+  return boundResponsesInput(request).tokens;
 }
 
 /** The input by the tokenizer, for when the provider reported no usage. */
